@@ -1,0 +1,51 @@
+# Two commands on a fresh machine with Python 3.11, pip and make:  make demo  /  make test
+# uv is bootstrapped into .tools/ when it is not on PATH; .venv is built from uv.lock with
+# bytecode compiled at install (import tensorflow: ~3 s instead of ~13 s).
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+UV_VERSION := 0.13.9
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+STAMP := $(VENV)/.tfpipe-synced
+export UV_PYTHON_DOWNLOADS := never
+export UV_COMPILE_BYTECODE := 1
+
+.PHONY: help venv demo test test-fast airflow mlflow lock clean
+
+help:
+	@echo "make demo     run the penguins pipeline through Airflow and print a summary"
+	@echo "make test     run the whole test suite"
+	@echo "make airflow  Airflow standalone on http://127.0.0.1:8080 with this project's DAGs"
+	@echo "make mlflow   MLflow UI on http://127.0.0.1:5000 over the embedded store"
+	@echo "make lock     re-resolve uv.lock after editing pyproject.toml"
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --python "$(PYTHON)"
+	@touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tfpipe demo penguins
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not integration"
+
+airflow: $(STAMP)
+	$(VENV)/bin/tfpipe airflow standalone
+
+mlflow: $(STAMP)
+	$(VENV)/bin/tfpipe mlflow ui --host 127.0.0.1 --port 5000
+
+lock: | $(UV)
+	$(UV) lock --python "$(PYTHON)"
+
+clean:
+	rm -rf .tfpipe

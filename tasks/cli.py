@@ -1,0 +1,211 @@
+"""The ``tfpipe`` command. Heavy libraries are imported only by the subcommand that needs them,
+so ``tfpipe --help`` and config errors answer at once.
+
+    tfpipe run PIPELINE [--until STEP] [--set key=value ...] [--run-id ID]
+    tfpipe check PIPELINE                  validate a pipeline config
+    tfpipe summary PIPELINE [--run-id ID]  what a pipeline run did (from MLflow)
+    tfpipe demo                            run the penguins DAG through Airflow, then summarize
+    tfpipe airflow ARGS...                 the airflow command with this project's settings
+    tfpipe mlflow ARGS...                  the mlflow command with this project's settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tasks.config import ConfigError, load_pipeline, parse_overrides
+from tasks.pipeline import STEPS
+from tasks.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def airflow_environment(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment under which Airflow runs this project's DAGs and plugins."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("TFPIPE_HOME", str(settings.home))
+    env.setdefault("AIRFLOW_HOME", str(settings.airflow_home))
+    env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
+    env.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO / "plugins"))
+    env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    env.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
+    env.setdefault("AIRFLOW__API__PORT", "8080")
+    env.setdefault("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}")
+    env.setdefault("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30")
+    env.setdefault("AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT", "120")
+    # `airflow standalone` starts its components as plain `airflow ...` from PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    return env
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (beside the running interpreter)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tasks.pipeline import make_context, run_pipeline
+
+    settings = Settings.from_env()
+    run_id = args.run_id or f"cli__{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H-%M-%S')}"
+    ctx = make_context(args.pipeline, run_id=run_id, settings=settings, overrides=parse_overrides(args.set or []))
+    durations: dict[str, float] = {}
+
+    def on_step(name, record, seconds):
+        durations[name] = seconds
+        print(f"[tfpipe] {name} done in {seconds:.1f}s", flush=True)
+
+    print(f"[tfpipe] pipeline {ctx.config.name}, run {run_id}", flush=True)
+    results = run_pipeline(ctx, until=args.until, on_step=on_step)
+    print(format_summary(ctx.config.name, run_id, durations, results, settings))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = load_pipeline(args.pipeline, parse_overrides(args.set or []))
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from tasks.tracking import MlflowTracking
+
+    settings = Settings.from_env()
+    name = load_pipeline(args.pipeline).name
+    tracking = MlflowTracking(settings.tracking_uri, settings.mlflow_artifact_location)
+    run = tracking.pipeline_summary(name, args.run_id)
+    if run is None:
+        print(f"no runs of pipeline {name} in {settings.tracking_uri}", file=sys.stderr)
+        return 1
+    print(format_summary(name, run["run_id"], run["durations"], run["results"], settings, run["status"]))
+    return 0 if run["status"] == "FINISHED" else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    env = airflow_environment(settings)
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    airflow = _bin("airflow")
+    if not (settings.airflow_home / "airflow.db").exists():
+        print("[tfpipe] initializing the Airflow database (first run only)", flush=True)
+        subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    print(f"[tfpipe] running DAG {args.pipeline} through Airflow (airflow dags test)", flush=True)
+    started = time.perf_counter()
+    log = settings.home / "demo.log"
+    with log.open("w") as handle:
+        proc = subprocess.run([airflow, "dags", "test", args.pipeline], env=env, stdout=handle,
+                              stderr=subprocess.STDOUT)
+    print(f"[tfpipe] DAG run finished in {time.perf_counter() - started:.0f}s (Airflow log: {log})")
+    summary = _cmd_summary(argparse.Namespace(pipeline=args.pipeline, run_id=None))
+    if proc.returncode != 0:
+        print(f"[tfpipe] the DAG run failed; see {log}", file=sys.stderr)
+        return proc.returncode
+    return summary
+
+
+def _exec(tool: str, args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    env = airflow_environment(settings)
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    argv = list(args.args)
+    if tool == "mlflow" and argv[:1] in (["ui"], ["server"]) and "--backend-store-uri" not in argv:
+        argv += ["--backend-store-uri", settings.tracking_uri]
+    os.execvpe(_bin(tool), [tool, *argv], env)
+    return 0  # pragma: no cover - exec does not return
+
+
+def format_summary(pipeline: str, run_id: str, durations: dict[str, float], results: dict,
+                   settings: Settings, status: str | None = None) -> str:
+    lines = ["", f"tfpipe summary: pipeline {pipeline}, run {run_id}" + (f" ({status})" if status else ""), ""]
+    lines.append("  step                  seconds")
+    for step in STEPS:
+        if step in durations:
+            lines.append(f"  {step:<20}{durations[step]:>9.1f}")
+        else:
+            lines.append(f"  {step:<20}{'skipped':>9}")
+    evaluation = results.get("evaluate_model")
+    if evaluation:
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(evaluation["metrics"].items()) if k != "example_count")
+        lines += ["", f"eval metrics: {metrics} ({int(evaluation['metrics'].get('example_count', 0))} examples)"]
+        lines.append(f"blessing: {'BLESSED' if evaluation['blessed'] else 'NOT BLESSED'}")
+        lines += [f"  - {reason}" for reason in evaluation["reasons"]]
+    optimized = results.get("optimize_model")
+    if optimized:
+        for name, row in optimized["report"]["variants"].items():
+            quality = optimized["report"]["quality_metric"]
+            lines.append(f"variant {name}: {row['size_bytes']} bytes, {quality} {row[quality]:.4f}, kept={row['kept']}")
+    pushed = results.get("push_model")
+    if pushed:
+        lines += ["", f"pushed: version {pushed['version']} at {pushed['uri']} "
+                      f"(MLflow registry: {pipeline} v{pushed.get('registry_version')}, alias champion)"]
+    elif evaluation:
+        lines += ["", "pushed: nothing (the model was not blessed)"]
+    lines += [
+        "",
+        "browse:",
+        f"  MLflow:  make mlflow   then open http://127.0.0.1:5000  (experiment '{pipeline}')",
+        "  Airflow: make airflow  then open http://127.0.0.1:8080  (DAG "
+        f"'{pipeline}'; login in {settings.airflow_home}/simple_auth_manager_passwords.json.generated)",
+        f"  store:   {settings.model_store}",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfpipe", description="Tabular data to a served TensorFlow model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline's steps in this process, without Airflow")
+    run.add_argument("pipeline", help="a name under dags/pipelines/ or a path to a YAML file")
+    run.add_argument("--until", choices=STEPS, help="stop after this step")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    run.add_argument("--run-id", help="run id (default: cli__<UTC time>)")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check", help="validate a pipeline config and print it")
+    check.add_argument("pipeline")
+    check.add_argument("--set", action="append", metavar="KEY=VALUE")
+    check.set_defaults(func=_cmd_check)
+
+    summary = sub.add_parser("summary", help="summarize a pipeline run from MLflow")
+    summary.add_argument("pipeline")
+    summary.add_argument("--run-id", help="default: the latest run")
+    summary.set_defaults(func=_cmd_summary)
+
+    demo = sub.add_parser("demo", help="run a pipeline DAG once through Airflow and summarize it")
+    demo.add_argument("pipeline", nargs="?", default="penguins")
+    demo.set_defaults(func=_cmd_demo)
+
+    for tool in ("airflow", "mlflow"):
+        p = sub.add_parser(tool, help=f"run {tool} with this project's settings", add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a, tool=tool: _exec(tool, a))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        print(f"tfpipe: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - a failed step ends the command with its error
+        if os.environ.get("TFPIPE_TRACEBACK"):
+            raise
+        print(f"tfpipe: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The pipeline config: one frozen, validated object loaded from a pipeline's YAML file.
+
+A pipeline lives in ``dags/pipelines/<name>.yaml``. Overrides (``tfpipe run --set``,
+Airflow ``Param``s) address fields by dotted path (``train.epochs=5``) and are applied to
+the raw mapping *before* validation, so an override is checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "dags" / "pipelines"
+
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A pipeline config that cannot be used; the message names the file and the key."""
+
+
+class TaskType(str, Enum):
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+    REGRESSION = "regression"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    """Where the examples come from and how they are split."""
+
+    source: list[str] = Field(
+        description="CSV or Parquet URIs (local path, file://, s3:// or package://PKG/PATH); "
+        "Jinja templated with the run's {{ ds }}, {{ ds_nodash }}, {{ run_id }}; globs allowed."
+    )
+    format: str = Field("auto", description="csv, parquet, or auto (from the file suffix).")
+    split: dict[str, float] = Field(
+        default_factory=lambda: {"train": 0.8, "eval": 0.2},
+        description="Split name to fraction; must contain train and eval and sum to 1.",
+    )
+    split_key: str | None = Field(
+        None, description="Column whose value decides the split; default: the whole row."
+    )
+    num_shards: int = Field(2, ge=1, le=1024, description="TFRecord shards per split.")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("source")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if not value or any(not v.strip() for v in value):
+            raise ValueError("at least one non-empty source URI is required")
+        return value
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in ("auto", "csv", "parquet"):
+            raise ValueError(f"must be one of auto, csv, parquet (got {value!r})")
+        return value
+
+    @field_validator("split")
+    @classmethod
+    def _valid_split(cls, value: dict[str, float]) -> dict[str, float]:
+        missing = {"train", "eval"} - set(value)
+        if missing:
+            raise ValueError(f"must contain the splits train and eval (missing: {sorted(missing)})")
+        if any(f <= 0 for f in value.values()):
+            raise ValueError("every split fraction must be > 0")
+        if abs(sum(value.values()) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must sum to 1 (got {sum(value.values()):g})")
+        return value
+
+
+class TrainConfig(_Frozen):
+    """Hyperparameters of the training step."""
+
+    epochs: int = Field(20, ge=1, le=10_000, description="Passes over the train split.")
+    batch_size: int = Field(32, ge=1, le=65_536, description="Global batch size.")
+    learning_rate: float = Field(0.01, gt=0, le=10, description="Adam learning rate.")
+    hidden_units: list[int] = Field(default_factory=lambda: [32, 16], description="Dense layer widths.")
+    embedding_dim: int = Field(4, ge=1, le=512, description="Embedding width of categorical features.")
+    strategy: str = Field(
+        "auto", description="tf.distribute strategy: auto, one_device, mirrored or multi_worker."
+    )
+    seed: int = Field(42, description="Seed for weights and shuffling.")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in ("auto", "one_device", "mirrored", "multi_worker"):
+            raise ValueError(f"must be one of auto, one_device, mirrored, multi_worker (got {value!r})")
+        return value
+
+
+class MetricGate(_Frozen):
+    """Bounds on one evaluation metric.
+
+    ``lower_bound``/``upper_bound`` are absolute. ``max_decrease``/``max_increase`` bound the
+    change against the champion (the latest version in the model store); with no champion
+    (cold start) change thresholds are not applied, as in TFX.
+    """
+
+    lower_bound: float | None = None
+    upper_bound: float | None = None
+    max_decrease: float | None = Field(None, ge=0)
+    max_increase: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> MetricGate:
+        if all(v is None for v in (self.lower_bound, self.upper_bound, self.max_decrease, self.max_increase)):
+            raise ValueError("a gated metric needs at least one bound")
+        return self
+
+
+class GateConfig(_Frozen):
+    metrics: dict[str, MetricGate] = Field(
+        default_factory=lambda: {"accuracy": MetricGate(lower_bound=0.5, max_decrease=0.0)},
+        description="Metric name to its bounds; every check must pass for a blessing.",
+    )
+
+
+class OptimizeConfig(_Frozen):
+    max_accuracy_drop: float = Field(
+        0.02, ge=0, le=1, description="A variant losing more accuracy than this is rejected."
+    )
+
+
+class PipelineConfig(_Frozen):
+    """A validated pipeline; build with :func:`load_pipeline`."""
+
+    name: str
+    description: str = ""
+    schedule: str | None = "@daily"
+    model_name: str
+    data: DataConfig
+    label: str
+    task: TaskType
+    features: list[str] | None = Field(
+        None, description="Feature columns; default: every column but the label."
+    )
+    train: TrainConfig = TrainConfig()
+    gate: GateConfig = GateConfig()
+    optimize: OptimizeConfig = OptimizeConfig()
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("name", "model_name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError(
+                f"{value!r} must start with a letter and hold only letters, digits, '_' or '-'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _label_not_a_feature(self) -> PipelineConfig:
+        if self.features is not None:
+            if self.label in self.features:
+                raise ValueError(f"the label {self.label!r} cannot also be listed in features")
+            if not self.features:
+                raise ValueError("features, when given, must list at least one column")
+        return self
+
+
+def resolve_pipeline_path(pipeline: str | Path) -> Path:
+    """A pipeline name under ``dags/pipelines/`` or a path to a YAML file."""
+    candidate = Path(pipeline)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"pipeline file {candidate} does not exist")
+        return candidate.resolve()
+    named = PIPELINES_DIR / f"{pipeline}.yaml"
+    if not named.is_file():
+        known = ", ".join(sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))) or "none"
+        raise ConfigError(f"no pipeline named {pipeline!r} in {PIPELINES_DIR} (known: {known})")
+    return named
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["train.epochs=5", ...]`` to ``{"train.epochs": 5}``; values are YAML scalars."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
+        overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return overrides
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a copy of ``raw``; an unknown key is reported by validation."""
+    result = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    for dotted, value in overrides.items():
+        node = result
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted!r}: {part!r} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = [f"invalid pipeline config {source}:"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def config_from_mapping(raw: Mapping[str, Any], source: str, default_name: str | None = None) -> PipelineConfig:
+    """Validate a raw mapping; errors name ``source`` and every bad key."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"invalid pipeline config {source}: the top level must be a mapping")
+    data = dict(raw)
+    if default_name is not None:
+        data.setdefault("name", default_name)
+    data.setdefault("model_name", data.get("name"))
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(source, error)) from None
+
+
+def load_pipeline(pipeline: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """Load, override and validate a pipeline config.
+
+    Args:
+        pipeline: A name under ``dags/pipelines/`` or a path to a YAML file.
+        overrides: Dotted keys to values, applied before validation.
+
+    Raises:
+        ConfigError: The file is missing, is not YAML, or a key is unknown or invalid.
+    """
+    path = resolve_pipeline_path(pipeline)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"pipeline config {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid pipeline config {path}: the top level must be a mapping")
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return config_from_mapping(raw, str(path), default_name=path.stem)
+
+
+def discover_pipelines(directory: Path = PIPELINES_DIR) -> list[Path]:
+    """Every pipeline YAML file in ``directory``, sorted by name."""
+    return sorted(directory.glob("*.yaml"))

@@ -1,0 +1,179 @@
+"""The model, built from the schema and the statistics, and its serving signatures.
+
+Numeric features are normalized with the train split's mean and standard deviation; a
+missing numeric value is imputed with the mean. String features are looked up in their
+vocabulary (the schema's domain, else the statistics' values) and embedded; a missing or
+unseen value maps to the out-of-vocabulary slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MAX_VOCABULARY = 10_000
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How one input column is parsed and preprocessed."""
+
+    name: str
+    kind: str  # "float", "int" or "string"
+    mean: float = 0.0
+    std: float = 1.0
+    vocabulary: tuple[str, ...] = ()
+
+    @property
+    def categorical(self) -> bool:
+        return self.kind == "string"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the model's inputs and read its outputs."""
+
+    task: str
+    label: str
+    label_kind: str
+    label_vocabulary: tuple[str, ...]
+    features: tuple[FeatureSpec, ...]
+    hidden_units: tuple[int, ...] = (32, 16)
+    embedding_dim: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_outputs(self) -> int:
+        if self.task == "multiclass":
+            return len(self.label_vocabulary)
+        return 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        data = dict(data)
+        data["features"] = tuple(FeatureSpec(**{**f, "vocabulary": tuple(f["vocabulary"])}) for f in data["features"])
+        data["label_vocabulary"] = tuple(data["label_vocabulary"])
+        data["hidden_units"] = tuple(data["hidden_units"])
+        return cls(**data)
+
+
+_KIND_OF_TYPE = {1: "string", 2: "int", 3: "float"}  # schema_pb2.FeatureType: BYTES, INT, FLOAT
+
+
+def _vocabulary(stats_feature, schema, schema_feature) -> tuple[str, ...]:
+    if schema_feature.HasField("domain"):
+        for domain in schema.string_domain:
+            if domain.name == schema_feature.domain:
+                return tuple(domain.value)
+    if schema_feature.HasField("string_domain"):
+        return tuple(schema_feature.string_domain.value)
+    buckets = stats_feature.string_stats.rank_histogram.buckets
+    return tuple(sorted(b.label for b in buckets))[:MAX_VOCABULARY]
+
+
+def model_spec_from(schema, statistics, *, label: str, task: str, features: list[str],
+                    hidden_units: list[int], embedding_dim: int) -> ModelSpec:
+    """Derive the model's inputs from a TFDV schema and the train split's statistics."""
+    stats = {f.path.step[0] if f.path.step else f.name: f for f in statistics.datasets[0].features}
+    by_name = {f.name: f for f in schema.feature}
+    specs = []
+    for name in features:
+        if name not in by_name:
+            raise ValueError(f"feature {name!r} is not in the schema (schema features: {sorted(by_name)})")
+        schema_feature, feature_stats = by_name[name], stats.get(name)
+        kind = _KIND_OF_TYPE.get(schema_feature.type, "string")
+        if kind == "string":
+            vocabulary = _vocabulary(feature_stats, schema, schema_feature)
+            specs.append(FeatureSpec(name=name, kind=kind, vocabulary=vocabulary))
+        else:
+            num = feature_stats.num_stats if feature_stats is not None else None
+            mean = float(num.mean) if num is not None else 0.0
+            std = float(num.std_dev) if num is not None and num.std_dev > 0 else 1.0
+            specs.append(FeatureSpec(name=name, kind=kind, mean=mean, std=std))
+    label_feature = by_name[label]
+    label_kind = _KIND_OF_TYPE.get(label_feature.type, "string")
+    label_vocabulary: tuple[str, ...] = ()
+    if task in ("multiclass", "binary") and label_kind == "string":
+        label_vocabulary = _vocabulary(stats[label], schema, label_feature)
+        if task == "binary" and len(label_vocabulary) != 2:
+            raise ValueError(f"binary task: label {label!r} has {len(label_vocabulary)} values {label_vocabulary}, not 2")
+    elif task == "multiclass":
+        raise ValueError(f"multiclass task: label {label!r} must be a string column (it is {label_kind})")
+    return ModelSpec(
+        task=task,
+        label=label,
+        label_kind=label_kind,
+        label_vocabulary=label_vocabulary,
+        features=tuple(specs),
+        hidden_units=tuple(hidden_units),
+        embedding_dim=embedding_dim,
+    )
+
+
+def parse_spec(spec: ModelSpec, with_label: bool) -> dict[str, Any]:
+    """``tf.io.parse_example`` spec; a missing value becomes the mean or the OOV string."""
+    import tensorflow as tf
+
+    parse: dict[str, Any] = {}
+    for f in spec.features:
+        if f.kind == "string":
+            parse[f.name] = tf.io.FixedLenFeature([1], tf.string, default_value=[""])
+        elif f.kind == "int":
+            parse[f.name] = tf.io.FixedLenFeature([1], tf.int64, default_value=[int(round(f.mean))])
+        else:
+            parse[f.name] = tf.io.FixedLenFeature([1], tf.float32, default_value=[f.mean])
+    if with_label:
+        dtype = {"string": tf.string, "int": tf.int64, "float": tf.float32}[spec.label_kind]
+        parse[spec.label] = tf.io.FixedLenFeature([1], dtype)
+    return parse
+
+
+def raw_input_signature(spec: ModelSpec) -> dict[str, Any]:
+    """One rank-1 tensor per feature: what the ``predict_features`` signature takes."""
+    import tensorflow as tf
+
+    dtypes = {"string": tf.string, "int": tf.int64, "float": tf.float32}
+    return {f.name: tf.TensorSpec([None], dtypes[f.kind], name=f.name) for f in spec.features}
+
+
+def build_model(spec: ModelSpec, seed: int):
+    """A Keras functional model taking ``{feature: [batch, 1]}``, returning logits.
+
+    Numeric inputs are float32 (see :func:`prepare`), string inputs raw strings.
+    """
+    import tf_keras as keras
+
+    initializer = keras.initializers.GlorotUniform(seed=seed)
+    inputs, encoded = {}, []
+    for f in spec.features:
+        if f.categorical:
+            inputs[f.name] = keras.Input(shape=(1,), dtype="string", name=f.name)
+            ids = keras.layers.StringLookup(vocabulary=list(f.vocabulary), num_oov_indices=1, name=f"{f.name}_lookup")(inputs[f.name])
+            embedded = keras.layers.Embedding(len(f.vocabulary) + 1, spec.embedding_dim,
+                                              embeddings_initializer=keras.initializers.RandomUniform(seed=seed),
+                                              name=f"{f.name}_embedding")(ids)
+            encoded.append(keras.layers.Flatten()(embedded))
+        else:
+            inputs[f.name] = keras.Input(shape=(1,), dtype="float32", name=f.name)
+            encoded.append(keras.layers.Normalization(mean=f.mean, variance=f.std**2, name=f"{f.name}_norm")(inputs[f.name]))
+    x = keras.layers.Concatenate()(encoded) if len(encoded) > 1 else encoded[0]
+    for i, units in enumerate(spec.hidden_units):
+        x = keras.layers.Dense(units, activation="relu", kernel_initializer=initializer, name=f"hidden_{i}")(x)
+    logits = keras.layers.Dense(spec.num_outputs, kernel_initializer=initializer, name="logits")(x)
+    return keras.Model(inputs=inputs, outputs=logits)
+
+
+def prepare(spec: ModelSpec, parsed: dict[str, Any]) -> dict[str, Any]:
+    """Parsed or raw feature tensors to the model's inputs: ``[batch, 1]``, numbers as float32."""
+    import tensorflow as tf
+
+    inputs = {}
+    for f in spec.features:
+        value = parsed[f.name]
+        if value.shape.rank == 1:
+            value = tf.expand_dims(value, -1)
+        inputs[f.name] = value if f.categorical else tf.cast(value, tf.float32)
+    return inputs

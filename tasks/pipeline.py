@@ -1,0 +1,399 @@
+"""The pipeline's steps as called by Airflow and by ``tfpipe run``: each opens its MLflow child
+run, calls the step function with explicit arguments, records what it produced, and returns a
+small JSON-able record (URIs, counts, metrics) that moves through XCom.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from tasks import __version__, artifacts, storage
+from tasks.config import PipelineConfig, load_pipeline, resolve_pipeline_path
+from tasks.settings import Settings
+from tasks.tracking import MlflowTracking, RunIdentity, Tracker
+
+STEPS = (
+    "ingest_examples",
+    "validate_examples",
+    "train_model",
+    "evaluate_model",
+    "optimize_model",
+    "push_model",
+)
+
+# Trigger-form parameters: name -> (dotted config key, JSON-schema type, min, max, description).
+_PARAMS: dict[str, tuple[str, str, float | None, float | None, str]] = {
+    "epochs": ("train.epochs", "integer", 1, 1000, "Passes over the train split."),
+    "batch_size": ("train.batch_size", "integer", 1, 4096, "Global training batch size."),
+    "learning_rate": ("train.learning_rate", "number", 1e-6, 1.0, "Adam learning rate."),
+    "data_source": ("data.source", "string", None, None,
+                    "CSV/Parquet URI (path, s3://, package://); {{ ds }} selects a partition."),
+}
+_UNIT_METRICS = {"accuracy", "auc", "precision", "recall"}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One field of the Airflow trigger form; the DAG turns it into an ``airflow.sdk.Param``."""
+
+    name: str
+    key: str
+    default: Any
+    type: str
+    minimum: float | None
+    maximum: float | None
+    description: str
+
+
+def param_specs(config: PipelineConfig) -> list[ParamSpec]:
+    """The trigger form of a pipeline: training knobs, the data source and each gate bound."""
+    raw = config.model_dump(mode="json")
+    specs = []
+    for name, (key, kind, low, high, text) in _PARAMS.items():
+        value: Any = raw
+        for part in key.split("."):
+            value = value[part]
+        if name == "data_source":
+            value = value[0] if len(value) == 1 else ""
+            text += " Empty: the sources in the pipeline config."
+        specs.append(ParamSpec(name, key, value, kind, low, high, text))
+    for metric, bounds in config.gate.metrics.items():
+        for bound in ("lower_bound", "upper_bound"):
+            value = getattr(bounds, bound)
+            if value is not None:
+                word = "minimum" if bound == "lower_bound" else "maximum"
+                name = f"{metric}_threshold" if bound == "lower_bound" or bounds.lower_bound is None else f"{metric}_{word}"
+                unit = (0.0, 1.0) if metric in _UNIT_METRICS else (None, None)
+                specs.append(ParamSpec(
+                    name, f"gate.metrics.{metric}.{bound}", value, "number", *unit,
+                    f"Gate: the eval {metric} {word} a model needs to be pushed.",
+                ))
+    return specs
+
+
+def overrides_from_params(config: PipelineConfig, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Airflow params (or ``dag_run.conf``) to dotted config overrides; unknown names are ignored
+    here because Airflow itself holds other params (they were validated by the form)."""
+    if not params:
+        return {}
+    overrides = {}
+    for spec in param_specs(config):
+        if spec.name in params and params[spec.name] is not None:
+            value = params[spec.name]
+            if spec.name == "data_source" and value == "":
+                continue
+            overrides[spec.key] = value
+    return overrides
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One pipeline run: the config after overrides, where state lives, and who runs it."""
+
+    pipeline: str
+    config: PipelineConfig
+    settings: Settings
+    run_id: str
+    dag_id: str
+    ds: str | None = None
+    try_number: int = 1
+    orchestrator: str = "cli"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> RunIdentity:
+        return RunIdentity(self.config.name, self.run_id, self.dag_id, self.orchestrator)
+
+    def output(self, name: str) -> str:
+        return artifacts.output_uri(self.settings.artifact_root, self.config.name, self.run_id, name)
+
+    def work_dir(self, step: str) -> Path:
+        return self.settings.home / "work" / self.config.name / artifacts.safe_run_id(self.run_id) / step
+
+
+def make_context(
+    pipeline: str | Path,
+    run_id: str,
+    settings: Settings,
+    overrides: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    ds: str | None = None,
+    dag_id: str | None = None,
+    try_number: int = 1,
+    orchestrator: str = "cli",
+) -> RunContext:
+    """Load the pipeline with ``params`` (trigger form) then ``overrides`` (``--set``) applied."""
+    base = load_pipeline(pipeline)
+    merged = {**overrides_from_params(base, params), **(overrides or {})}
+    config = load_pipeline(pipeline, merged) if merged else base
+    return RunContext(
+        pipeline=str(resolve_pipeline_path(pipeline)),
+        config=config,
+        settings=settings,
+        run_id=run_id,
+        dag_id=dag_id or config.name,
+        ds=ds,
+        try_number=try_number,
+        orchestrator=orchestrator,
+        overrides=merged,
+    )
+
+
+@lru_cache(maxsize=4)
+def _tracking(tracking_uri: str, artifact_location: str | None) -> MlflowTracking:
+    return MlflowTracking(tracking_uri, artifact_location)
+
+
+def code_version() -> str:
+    """The tfpipe version and, in a git checkout, the commit."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+            text=True, timeout=5, check=True,
+        ).stdout.strip()
+        return f"{__version__}+g{sha}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+@contextmanager
+def _step(ctx: RunContext, name: str) -> Iterator[Tracker]:
+    if ctx.settings.home:
+        ctx.settings.home.mkdir(parents=True, exist_ok=True)
+    if ctx.settings.tracking_uri.startswith("sqlite:"):
+        ctx.settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    tracking = _tracking(ctx.settings.tracking_uri, ctx.settings.mlflow_artifact_location)
+    params = {"config": ctx.config.model_dump(mode="json"), "overrides": json.dumps(ctx.overrides),
+              "code_version": code_version()}
+    started = time.perf_counter()
+    with tracking.step_run(ctx.identity, name, ctx.try_number, params=params) as tracker:
+        yield tracker
+        tracker.log_metrics({"step_seconds": time.perf_counter() - started})
+
+
+def _end_pipeline(ctx: RunContext, tracker: Tracker, outcome: str) -> None:
+    """Mark the parent run FINISHED: this step is the last one the run executes."""
+    tracking = _tracking(ctx.settings.tracking_uri, ctx.settings.mlflow_artifact_location)
+    parent = tracking.parent_run_id(ctx.identity)
+    tracking.client.set_tag(parent, "tfpipe.outcome", outcome)
+    tracking.set_parent_status(parent, "FINISHED")
+
+
+def ingest_examples(ctx: RunContext) -> dict[str, Any]:
+    from tasks.ingest import ingest_examples as ingest, render_sources
+
+    with _step(ctx, "ingest_examples") as tracker:
+        variables = {"ds": ctx.ds or "", "ds_nodash": (ctx.ds or "").replace("-", ""), "run_id": ctx.run_id}
+        sources = render_sources(ctx.config.data.source, variables)
+        tracker.log_params({"sources": json.dumps(sources)})
+        result = ingest(ctx.config, sources, ctx.output("examples"), ctx.work_dir("ingest_examples"))
+        tracker.log_metrics({f"examples_{split}": count for split, count in result.counts.items()})
+        tracker.log_dict(json.loads(storage.read_bytes(storage.join(result.uri, "manifest.json"))),
+                         "examples/manifest.json")
+        tracker.set_tags({"tfpipe.examples_uri": result.uri})
+        return result.to_dict()
+
+
+def validate_examples(ctx: RunContext, examples: Mapping[str, Any]) -> dict[str, Any]:
+    from tasks.validate import DataValidationError, format_report, validate_examples as validate
+
+    with _step(ctx, "validate_examples") as tracker:
+        recorded = artifacts.recorded_schema_uri(ctx.settings.artifact_root, ctx.config.name)
+        try:
+            result = validate(
+                examples["uri"], ctx.output("statistics"), ctx.output("anomalies"), recorded,
+                ctx.config.label, ctx.settings.cache_dir, ctx.work_dir("validate_examples"),
+            )
+        except DataValidationError as error:
+            tracker.log_metrics({"anomalies": len(error.report)})
+            tracker.log_dict(error.report, "anomalies/report.json")
+            tracker.log_text(format_report(error.report), "anomalies/report.txt")
+            _log_dir(tracker, ctx.output("statistics"), ctx, "statistics")
+            raise
+        tracker.log_metrics({"anomalies": 0})
+        tracker.log_params({"schema_inferred": result.schema_inferred, "recorded_schema": recorded})
+        _log_dir(tracker, result.statistics_uri, ctx, "statistics")
+        _log_dir(tracker, result.anomalies_uri, ctx, "anomalies")
+        return result.to_dict()
+
+
+def _log_dir(tracker: Tracker, uri: str, ctx: RunContext, artifact_path: str) -> None:
+    if storage.is_s3(uri) or storage.local_path(uri).is_dir():
+        local = storage.materialize(uri, ctx.settings.cache_dir)
+        for item in sorted(local.iterdir()):
+            if not item.name.startswith((".", "_")):
+                tracker.log_artifact(item, artifact_path)
+
+
+def train_model(ctx: RunContext, examples: Mapping[str, Any], validation: Mapping[str, Any]) -> dict[str, Any]:
+    from tasks.model import model_spec_from
+    from tasks.plots import training_curves
+    from tasks.train import read_history, train_model as train
+    from tasks.validate import load_schema, load_statistics
+
+    with _step(ctx, "train_model") as tracker:
+        cache = ctx.settings.cache_dir
+        spec = model_spec_from(
+            load_schema(validation["statistics_uri"], cache),
+            load_statistics(validation["statistics_uri"], "train", cache),
+            label=ctx.config.label,
+            task=ctx.config.task.value,
+            features=[c for c in examples["columns"] if c != ctx.config.label],
+            hidden_units=ctx.config.train.hidden_units,
+            embedding_dim=ctx.config.train.embedding_dim,
+        )
+        tracker.log_params({"train": ctx.config.train.model_dump(mode="json")})
+        checkpoints = ctx.work_dir("train_model") / "checkpoints"
+        result = train(examples["uri"], spec, ctx.config.train, ctx.output("model"), checkpoints,
+                       cache, ctx.work_dir("train_model"))
+        history = read_history(result.uri)
+        for key in ("loss", "eval_loss", "eval_accuracy"):
+            if history and key in history[0]:
+                tracker.log_metric_history(key, [row[key] for row in history])
+        tracker.log_metrics({f"final_{k}": v for k, v in result.final_metrics.items()})
+        tracker.set_tags({"tfpipe.strategy": result.strategy, "tfpipe.replicas": str(result.replicas),
+                          "tfpipe.resumed_from_epoch": str(result.resumed_from_epoch)})
+        with _scratch(ctx, "train_model") as scratch:
+            training_curves(history, scratch / "training_curves.png")
+            tracker.log_artifact(scratch / "training_curves.png", "plots")
+        _log_dir(tracker, result.uri, ctx, "model")
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the run's model is published
+        return result.to_dict()
+
+
+@contextmanager
+def _scratch(ctx: RunContext, step: str) -> Iterator[Path]:
+    import tempfile
+
+    base = ctx.work_dir(step)
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=base, prefix="log-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def evaluate_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
+    from tasks.evaluate import evaluate_model as evaluate, format_checks
+    from tasks.push import champion
+
+    with _step(ctx, "evaluate_model") as tracker:
+        baseline = champion(ctx.settings.model_store, ctx.config.model_name)
+        blessing = evaluate(model["uri"], examples["uri"], ctx.config.gate, baseline,
+                            ctx.output("evaluation"), ctx.settings.cache_dir, ctx.work_dir("evaluate_model"))
+        record = blessing.to_dict()
+        tracker.log_metrics(blessing.metrics)
+        if blessing.baseline:
+            tracker.log_metrics({f"champion_{k}": v for k, v in blessing.baseline["metrics"].items()})
+        tracker.log_dict(record, "evaluation/blessing.json")
+        tracker.log_text(format_checks(record), "evaluation/blessing.txt")
+        tracker.set_tags({"tfpipe.blessed": str(blessing.blessed).lower()})
+        if not blessing.blessed:
+            _end_pipeline(ctx, tracker, "not_blessed")
+        return record
+
+
+def gate(blessing: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The blessing when blessed, else None: what a short-circuit task returns to skip the rest."""
+    return dict(blessing) if blessing.get("blessed") else None
+
+
+def optimize_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any],
+                   blessing: Mapping[str, Any]) -> dict[str, Any]:
+    from tasks.optimize import format_report, optimize_model as optimize
+
+    with _step(ctx, "optimize_model") as tracker:
+        result = optimize(model["uri"], examples["uri"], ctx.config.optimize.max_accuracy_drop,
+                          ctx.output("optimized"), ctx.settings.cache_dir, ctx.work_dir("optimize_model"))
+        for variant, row in result.report["variants"].items():
+            tracker.log_metrics({f"{variant}.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        tracker.log_dict(result.report, "optimization/report.json")
+        tracker.log_text(format_report(result.report), "optimization/report.txt")
+        return result.to_dict()
+
+
+def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any],
+               blessing: Mapping[str, Any], optimized: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    from tasks.evaluate import read_blessing
+    from tasks.push import push_model as push
+    from tasks.train import SAVED_MODEL_DIR
+
+    with _step(ctx, "push_model") as tracker:
+        # Re-read the published blessing rather than trusting what came through XCom.
+        verdict = read_blessing(blessing["uri"])
+        if verdict["model_uri"] != model["uri"]:
+            raise ValueError(f"blessing {blessing['uri']} is for {verdict['model_uri']}, not {model['uri']}")
+        saved_model = storage.materialize(model["uri"], ctx.settings.cache_dir) / SAVED_MODEL_DIR
+        pushed = push(saved_model, verdict, ctx.settings.model_store, ctx.config.model_name,
+                      owner=f"{ctx.dag_id}/{ctx.run_id}")
+        registry_version = tracker.register_model(
+            ctx.config.model_name,
+            pushed.uri,
+            {
+                "store_uri": pushed.uri,
+                "store_version": str(pushed.version),
+                "pipeline": ctx.config.name,
+                "dag_id": ctx.dag_id,
+                "run_id": ctx.run_id,
+                "model_uri": model["uri"],
+                "code_version": code_version(),
+                "data_version": _data_version(examples["uri"]),
+            },
+        )
+        tracker.log_params({"pushed_uri": pushed.uri, "pushed_version": pushed.version})
+        tracker.set_tags({"tfpipe.pushed_uri": pushed.uri, "tfpipe.registry_version": registry_version})
+        _end_pipeline(ctx, tracker, "pushed")
+        return {**pushed.to_dict(), "registry_version": registry_version}
+
+
+def _data_version(examples_uri: str) -> str:
+    """The digests of the sources the model was trained on, from the examples manifest."""
+    from tasks.ingest import read_manifest
+
+    return ",".join(source["sha256"][:16] for source in read_manifest(examples_uri)["sources"])
+
+
+def run_pipeline(ctx: RunContext, until: str | None = None, on_step=None) -> dict[str, Any]:
+    """Run the steps in order in this process (``tfpipe run``); stops after ``until``.
+
+    Returns:
+        Step name to its record; a step that did not run is absent. Evaluation that does not
+        bless the model ends the run before optimize and push, as the DAG's short-circuit does.
+    """
+    if until is not None and until not in STEPS:
+        raise ValueError(f"unknown step {until!r}; steps are {', '.join(STEPS)}")
+    results: dict[str, Any] = {}
+
+    def run(name: str, fn, *args):
+        started = time.perf_counter()
+        results[name] = fn(ctx, *args)
+        if on_step is not None:
+            on_step(name, results[name], time.perf_counter() - started)
+        return name == until
+
+    if run("ingest_examples", ingest_examples):
+        return results
+    if run("validate_examples", validate_examples, results["ingest_examples"]):
+        return results
+    if run("train_model", train_model, results["ingest_examples"], results["validate_examples"]):
+        return results
+    if run("evaluate_model", evaluate_model, results["ingest_examples"], results["train_model"]):
+        return results
+    if not results["evaluate_model"]["blessed"]:
+        return results
+    if run("optimize_model", optimize_model, results["ingest_examples"], results["train_model"],
+           results["evaluate_model"]):
+        return results
+    run("push_model", push_model, results["ingest_examples"], results["train_model"], results["evaluate_model"],
+        results["optimize_model"])
+    return results

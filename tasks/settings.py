@@ -1,0 +1,76 @@
+"""Where tfpipe keeps its state: bound from the environment at the edge (CLI, DAGs, tests).
+
+Library functions never read the environment; they receive a :class:`Settings`.
+
+========================  =============================================  ==========================
+variable                  meaning                                        default
+========================  =============================================  ==========================
+``TFPIPE_HOME``           all local state                                ``<repo>/.tfpipe``
+``TFPIPE_ARTIFACT_ROOT``  pipeline artifacts (local path or ``s3://``)   ``$TFPIPE_HOME/artifacts``
+``TFPIPE_MODEL_STORE``    serving model store (local path or ``s3://``)  ``$TFPIPE_HOME/model_store``
+``MLFLOW_TRACKING_URI``   any MLflow tracking server or store            ``sqlite:///$TFPIPE_HOME/mlflow/mlflow.db``
+========================  =============================================  ==========================
+
+S3 endpoint and credentials come from the standard AWS variables (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ...) which boto3 reads itself; under Airflow, from the connection
+``aws_default`` when those are unset.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def default_home() -> Path:
+    """``.tfpipe`` in the source checkout when running from one, else ``~/.tfpipe``."""
+    repo = _PACKAGE_DIR.parent
+    if (repo / "pyproject.toml").is_file():
+        return repo / ".tfpipe"
+    return Path.home() / ".tfpipe"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Locations of every piece of state; see the module docstring."""
+
+    home: Path
+    artifact_root: str
+    model_store: str
+    tracking_uri: str
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def mlflow_artifact_location(self) -> str | None:
+        """Artifact location for new experiments on the embedded store; a server decides its own."""
+        if self.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in self.tracking_uri:
+            return (self.mlflow_dir / "artifacts").as_uri()
+        return None
+
+    @property
+    def cache_dir(self) -> Path:
+        """Local copies of remote artifacts (TensorFlow cannot read ``s3://`` itself)."""
+        return self.home / "cache"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        home = Path(env.get("TFPIPE_HOME") or default_home()).expanduser().resolve()
+        return cls(
+            home=home,
+            artifact_root=env.get("TFPIPE_ARTIFACT_ROOT") or str(home / "artifacts"),
+            model_store=env.get("TFPIPE_MODEL_STORE") or str(home / "model_store"),
+            tracking_uri=env.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+        )

@@ -1,0 +1,256 @@
+"""Files by URI, on a local directory or on S3 (any S3-compatible endpoint, through boto3).
+
+TensorFlow 2.16 cannot open ``s3://`` itself, so steps work on local directories and use
+:func:`materialize` to fetch their inputs and :func:`publish_dir` to publish their outputs.
+A published directory is complete only once its ``_SUCCESS`` marker exists: the marker is
+written last, so a failed step leaves nothing a later step could mistake for complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+SUCCESS_MARKER = "_SUCCESS"
+
+
+class ArtifactNotFoundError(FileNotFoundError):
+    """An input artifact is missing or was never published completely."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path segments onto a local path or an ``s3://`` URI."""
+    if is_s3(uri):
+        return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(local_path(uri), *parts))
+
+
+def local_path(uri: str) -> Path:
+    """A ``file://`` URI or plain path as a :class:`Path`."""
+    if uri.startswith("file://"):
+        return Path(urlparse(uri).path)
+    return Path(uri)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@lru_cache(maxsize=1)
+def s3_client():
+    """A boto3 S3 client; endpoint and credentials come from the standard AWS settings."""
+    import boto3
+
+    return boto3.session.Session().client("s3")
+
+
+def reset_clients() -> None:
+    """Forget cached clients (after the AWS environment changed)."""
+    s3_client.cache_clear()
+
+
+def _s3_keys(uri: str) -> list[tuple[str, int]]:
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    keys: list[tuple[str, int]] = []
+    for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys.extend((item["Key"][len(prefix):], item["Size"]) for item in page.get("Contents", []))
+    return keys
+
+
+def exists(uri: str) -> bool:
+    """Whether a file exists at ``uri``."""
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+    return local_path(uri).is_file()
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise ArtifactNotFoundError(f"{uri} does not exist") from None
+            raise
+    path = local_path(uri)
+    if not path.is_file():
+        raise ArtifactNotFoundError(f"{uri} does not exist")
+    return path.read_bytes()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write one file; local writes go through a temporary name and a rename."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def list_dir(uri: str) -> list[str]:
+    """Names of the immediate children (files and directories) of a directory."""
+    if is_s3(uri):
+        bucket, prefix = split_s3(uri)
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        names: set[str] = set()
+        paginator = s3_client().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            names.update(p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
+            names.update(o["Key"][len(prefix):] for o in page.get("Contents", []))
+        return sorted(n for n in names if n)
+    path = local_path(uri)
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+
+
+def list_files(uri: str) -> dict[str, int]:
+    """Every file below a directory, as relative path to size in bytes."""
+    if is_s3(uri):
+        return dict(_s3_keys(uri))
+    root = local_path(uri)
+    if not root.is_dir():
+        return {}
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def delete_dir(uri: str) -> None:
+    """Remove a directory and everything below it (absent is fine)."""
+    if is_s3(uri):
+        bucket, prefix = split_s3(uri)
+        keys = [prefix.rstrip("/") + "/" + k for k, _ in _s3_keys(uri)]
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[start:start + 1000]]
+            s3_client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        return
+    shutil.rmtree(local_path(uri), ignore_errors=True)
+
+
+def upload_file(local: Path, uri: str) -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().upload_file(str(local), bucket, key)
+    else:
+        target = local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, target)
+
+
+def _ordered(files: Iterable[Path], root: Path, last: tuple[str, ...]) -> list[Path]:
+    """Files with any named in ``last`` moved to the end, in that order."""
+    files = sorted(files)
+    tail = [root / name for name in last if (root / name) in files]
+    return [f for f in files if f not in tail] + tail
+
+
+def copy_tree(local_dir: Path, uri: str, last: tuple[str, ...] = ()) -> dict[str, int]:
+    """Copy every file of ``local_dir`` below ``uri``; files named in ``last`` go last.
+
+    Returns:
+        Relative path to size of every file copied.
+    """
+    files = [p for p in local_dir.rglob("*") if p.is_file()]
+    copied: dict[str, int] = {}
+    for path in _ordered(files, local_dir, last):
+        rel = path.relative_to(local_dir).as_posix()
+        upload_file(path, join(uri, rel))
+        copied[rel] = path.stat().st_size
+    return copied
+
+
+def publish_dir(local_dir: Path, uri: str) -> str:
+    """Publish a finished local directory at ``uri``, replacing what a previous try left.
+
+    Locally the directory is copied beside the target and renamed into place; on S3 the old
+    prefix is cleared and the files uploaded. Either way ``_SUCCESS`` is written last.
+    """
+    (local_dir / SUCCESS_MARKER).unlink(missing_ok=True)
+    if is_s3(uri):
+        delete_dir(uri)
+        copy_tree(local_dir, uri)
+        write_bytes(join(uri, SUCCESS_MARKER), b"")
+        return uri
+    target = local_path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    shutil.copytree(local_dir, staging)
+    (staging / SUCCESS_MARKER).write_bytes(b"")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    return str(target)
+
+
+def require_complete(uri: str) -> None:
+    """Raise unless ``uri`` was published completely by :func:`publish_dir`."""
+    if not exists(join(uri, SUCCESS_MARKER)):
+        raise ArtifactNotFoundError(
+            f"artifact {uri} is missing or incomplete (no {SUCCESS_MARKER} marker): "
+            "the step that produces it did not finish"
+        )
+
+
+def materialize(uri: str, cache_dir: Path) -> Path:
+    """A local directory holding the files of ``uri`` (downloaded once when on S3)."""
+    if not is_s3(uri):
+        path = local_path(uri)
+        if not path.exists():
+            raise ArtifactNotFoundError(f"{uri} does not exist")
+        return path
+    files = _s3_keys(uri)
+    if not files:
+        raise ArtifactNotFoundError(f"{uri} does not exist or is empty")
+    # Keyed by the listing too, so a republished artifact is fetched again.
+    digest = hashlib.sha256(repr((uri, sorted(files))).encode()).hexdigest()[:16]
+    target = cache_dir / digest
+    if (target / ".materialized").is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{digest}-"))
+    bucket, prefix = split_s3(uri)
+    prefix = prefix.rstrip("/")
+    for rel, _size in files:
+        dest = staging / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        s3_client().download_file(bucket, f"{prefix}/{rel}", str(dest))
+    (staging / ".materialized").write_text(uri)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return target
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

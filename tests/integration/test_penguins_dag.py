@@ -1,0 +1,165 @@
+"""The whole penguins DAG through Airflow's dag.test(), against real services on 127.0.0.1:
+S3 (moto server) as artifact root and model store, and an `mlflow server` subprocess."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import mlflow_server, moto_s3
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BUCKET = "tfpipe-it"
+STEPS = ["ingest_examples", "validate_examples", "train_model", "evaluate_model", "optimize_model", "push_model"]
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    root = tmp_path_factory.mktemp("it")
+    saved = dict(os.environ)
+    with moto_s3() as endpoint, mlflow_server(root / "mlflow") as tracking_uri:
+        os.environ.update({
+            "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_TRACKING_URI": tracking_uri,
+            "TFPIPE_HOME": str(root / "home"),
+            "TFPIPE_ARTIFACT_ROOT": f"s3://{BUCKET}/artifacts",
+            "TFPIPE_MODEL_STORE": f"s3://{BUCKET}/model_store",
+        })
+        import boto3
+
+        from tasks import storage
+
+        storage.reset_clients()
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
+                       capture_output=True, timeout=600)
+        try:
+            yield {"root": root, "tracking_uri": tracking_uri}
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            storage.reset_clients()
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    dag = bag.dags["penguins"]
+    for task in dag.tasks:  # dag.test() would sleep through retry delays on a failure
+        task.retries = 0
+    return dag
+
+
+def _states(dag_run):
+    return {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dag_run.get_task_instances()}
+
+
+def _client(services):
+    from mlflow import MlflowClient
+
+    return MlflowClient(services["tracking_uri"])
+
+
+def _children(client, run_id):
+    experiment = client.get_experiment_by_name("penguins")
+    parent = client.search_runs([experiment.experiment_id],
+                                f"tags.`tfpipe.role` = 'pipeline' and tags.`tfpipe.run_id` = '{run_id}'")[0]
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return parent, {c.data.tags["airflow.task_id"]: c for c in children}
+
+
+def _artifacts(client, run_id, path=None):
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found.extend(_artifacts(client, run_id, item.path) if item.is_dir else [item.path])
+    return found
+
+
+@pytest.fixture(scope="module")
+def blessed_run(services, dag):
+    dag_run = dag.test(run_conf={"epochs": 30})
+    return dag_run
+
+
+def test_every_task_succeeds(blessed_run):
+    assert str(getattr(blessed_run.state, "value", blessed_run.state)) == "success"
+    assert _states(blessed_run) == {step: "success" for step in STEPS}
+
+
+def test_pushed_model_is_in_s3_and_serves(services, blessed_run):
+    import tensorflow as tf
+
+    from tasks import storage
+    from tasks.evaluate import eval_data
+    from tasks.ingest import read_manifest
+    from tasks.train import read_model_spec
+
+    assert storage.exists(f"s3://{BUCKET}/model_store/penguins/1/saved_model.pb")
+    local = storage.materialize(f"s3://{BUCKET}/model_store/penguins/1", services["root"] / "download")
+    serve = tf.saved_model.load(str(local)).signatures["serving_default"]
+    run_root = f"s3://{BUCKET}/artifacts/penguins/runs"
+    run_dir = storage.list_dir(run_root)[0]
+    examples_uri = f"{run_root}/{run_dir}/examples"
+    assert read_manifest(examples_uri)["splits"]["eval"]["count"] > 0
+    records, labels = eval_data(examples_uri, read_model_spec(f"{run_root}/{run_dir}/model"), services["root"] / "c")
+    predicted = serve(examples=tf.constant(records))["predicted_class"].numpy().astype(str)
+    assert (predicted == labels).mean() > 0.85
+
+
+def test_mlflow_run_tree_holds_every_artifact(services, blessed_run):
+    client = _client(services)
+    parent, children = _children(client, blessed_run.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["airflow.dag_id"] == "penguins"
+    assert set(children) == set(STEPS)
+    assert all(c.info.status == "FINISHED" for c in children.values())
+    expected = {
+        "ingest_examples": ["examples/manifest.json"],
+        "validate_examples": ["statistics/schema.pbtxt", "statistics/train/FeatureStats.pb",
+                              "statistics/train/statistics.html", "anomalies/report.txt"],
+        "train_model": ["plots/training_curves.png", "model/saved_model/saved_model.pb"],
+        "evaluate_model": ["evaluation/blessing.json"],
+        "optimize_model": ["optimization/report.json"],
+    }
+    for step, paths in expected.items():
+        listed = _artifacts(client, children[step].info.run_id)
+        for path in paths:
+            assert path in listed, (step, path, listed)
+    assert children["evaluate_model"].data.metrics["accuracy"] > 0.85
+    assert len(client.get_metric_history(children["train_model"].info.run_id, "loss")) == 30
+    push = children["push_model"]
+    assert push.data.params["pushed_uri"] == f"s3://{BUCKET}/model_store/penguins/1"
+    champion = client.get_model_version_by_alias("penguins", "champion")
+    assert champion.source == f"s3://{BUCKET}/model_store/penguins/1"
+    assert champion.tags["store_version"] == "1"
+
+
+def test_unmet_threshold_pushes_nothing(services, dag, blessed_run):
+    from tasks import storage
+    from tasks.push import versions
+
+    before = storage.list_files(f"s3://{BUCKET}/model_store/penguins/1")
+    dag_run = dag.test(run_conf={"epochs": 1, "learning_rate": 1e-6, "accuracy_threshold": 0.99})
+    states = _states(dag_run)
+    assert states["evaluate_model"] == "success"
+    assert states["optimize_model"] == states["push_model"] == "skipped"
+    assert versions(os.environ["TFPIPE_MODEL_STORE"], "penguins") == [1]
+    assert storage.list_files(f"s3://{BUCKET}/model_store/penguins/1") == before
+    parent, children = _children(_client(services), dag_run.run_id)
+    assert children["evaluate_model"].data.tags["tfpipe.blessed"] == "false"
+    assert parent.data.tags["tfpipe.outcome"] == "not_blessed"
+    assert parent.info.status == "FINISHED"
+
+
+def test_conf_violating_a_param_bound_is_rejected(services, dag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        dag.test(run_conf={"epochs": 100000})

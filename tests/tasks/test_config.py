@@ -1,0 +1,87 @@
+import pytest
+
+from tasks.config import ConfigError, load_pipeline, parse_overrides
+from tasks.pipeline import make_context, overrides_from_params, param_specs
+from tasks.settings import Settings
+from tests.conftest import write_pipeline
+
+
+def test_shipped_penguins_pipeline_is_valid():
+    config = load_pipeline("penguins")
+    assert config.name == "penguins"
+    assert config.task.value == "multiclass"
+    assert config.label == "species"
+    assert config.schedule == "@daily"
+
+
+def test_overrides_are_validated_like_the_file(pipeline_file):
+    config = load_pipeline(pipeline_file, parse_overrides(["train.epochs=7", "gate.metrics.accuracy.lower_bound=0.9"]))
+    assert config.train.epochs == 7
+    assert config.gate.metrics["accuracy"].lower_bound == 0.9
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"train.epoch": 3}, "train.epoch: unknown key"),
+        ({"train.epochs": 0}, "train.epochs"),
+        ({"train.strategy": "tpu"}, "train.strategy"),
+        ({"data.split": {"train": 0.5, "eval": 0.2}}, "data.split"),
+        ({"task": "ranking"}, "task"),
+    ],
+)
+def test_bad_key_is_named(pipeline_file, override, named):
+    with pytest.raises(ConfigError) as error:
+        load_pipeline(pipeline_file, override)
+    assert named in str(error.value)
+    assert str(pipeline_file) in str(error.value)
+
+
+def test_missing_required_key_is_named(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("data: {source: x.csv}\ntask: binary\n")
+    with pytest.raises(ConfigError, match="label: required key is missing"):
+        load_pipeline(path)
+
+
+def test_unknown_pipeline_lists_known_ones():
+    with pytest.raises(ConfigError, match="penguins"):
+        load_pipeline("no_such_pipeline")
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_trigger_form_covers_training_source_and_gate(pipeline_file):
+    specs = {p.name: p for p in param_specs(load_pipeline(pipeline_file))}
+    assert {"epochs", "batch_size", "learning_rate", "data_source", "accuracy_threshold"} <= set(specs)
+    assert specs["epochs"].default == 3 and specs["epochs"].minimum == 1
+    assert specs["accuracy_threshold"].key == "gate.metrics.accuracy.lower_bound"
+    assert all(p.description for p in specs.values())
+
+
+def test_params_then_set_overrides_apply_in_order(pipeline_file, tmp_path):
+    settings = Settings.from_env({"TFPIPE_HOME": str(tmp_path)})
+    ctx = make_context(pipeline_file, "r1", settings, overrides={"train.epochs": 9},
+                       params={"epochs": 4, "learning_rate": 0.5, "accuracy_threshold": 0.99, "data_source": ""})
+    assert ctx.config.train.epochs == 9
+    assert ctx.config.train.learning_rate == 0.5
+    assert ctx.config.gate.metrics["accuracy"].lower_bound == 0.99
+    assert ctx.config.data.source == load_pipeline(pipeline_file).data.source
+
+
+def test_unrelated_params_are_ignored(pipeline_file):
+    assert overrides_from_params(load_pipeline(pipeline_file), {"something_else": 1}) == {}
+
+
+def test_settings_defaults_and_overrides(tmp_path):
+    settings = Settings.from_env({"TFPIPE_HOME": str(tmp_path)})
+    assert settings.artifact_root == str(tmp_path / "artifacts")
+    assert settings.model_store == str(tmp_path / "model_store")
+    assert settings.tracking_uri == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    remote = Settings.from_env({"TFPIPE_HOME": str(tmp_path), "TFPIPE_MODEL_STORE": "s3://b/store",
+                                "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
+    assert remote.model_store == "s3://b/store"
+    assert remote.mlflow_artifact_location is None

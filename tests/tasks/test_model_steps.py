@@ -1,0 +1,181 @@
+"""train, evaluate, optimize and push on one tiny trained model (trained once per module)."""
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.config import GateConfig, MetricGate, load_pipeline
+from tasks.evaluate import evaluate_model, gate_checks, read_blessing
+from tasks.ingest import ingest_examples
+from tasks.model import model_spec_from
+from tasks.optimize import optimize_model
+from tasks.push import PushError, champion, claim_version, push_model, versions
+from tasks.train import FEATURES_SIGNATURE, SERVING_SIGNATURE, read_model_spec, train_model
+from tasks.validate import load_schema, load_statistics, validate_examples
+from tests.conftest import write_pipeline
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    config = load_pipeline(write_pipeline(root, train={"epochs": 4, "batch_size": 32, "learning_rate": 0.03}))
+    cache, work = root / "cache", root / "work"
+    examples = ingest_examples(config, config.data.source, str(root / "examples"), work)
+    validation = validate_examples(examples.uri, str(root / "statistics"), str(root / "anomalies"),
+                                   str(root / "schema.pbtxt"), "species", cache, work)
+    spec = model_spec_from(load_schema(validation.statistics_uri, cache),
+                           load_statistics(validation.statistics_uri, "train", cache),
+                           label="species", task="multiclass",
+                           features=[c for c in examples.columns if c != "species"],
+                           hidden_units=[16], embedding_dim=3)
+    epochs = []
+    model = train_model(examples.uri, spec, config.train, str(root / "model"), root / "ckpt", cache, work,
+                        on_epoch=lambda epoch, record: epochs.append(record))
+    return {"root": root, "config": config, "examples": examples, "model": model, "epochs": epochs,
+            "cache": cache, "work": work}
+
+
+def test_model_spec_comes_from_schema_and_statistics(trained):
+    spec = read_model_spec(trained["model"].uri)
+    features = {f.name: f for f in spec.features}
+    assert spec.label_vocabulary == ("Adelie", "Chinstrap", "Gentoo")
+    assert features["island"].vocabulary == ("Biscoe", "Dream", "Torgersen")
+    assert 40 < features["bill_length_mm"].mean < 47 and features["bill_length_mm"].std > 1
+    assert features["year"].kind == "int"
+
+
+def test_training_learns_and_checkpoints_every_epoch(trained):
+    epochs = trained["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert epochs[-1]["eval_accuracy"] > 0.8
+    assert trained["model"].strategy == "OneDeviceStrategy"
+    assert (trained["root"] / "ckpt" / "checkpoint").is_file()
+
+
+def test_retry_resumes_from_last_checkpoint(trained):
+    root = trained["root"]
+    config = trained["config"]
+    more = config.train.model_copy(update={"epochs": 6})
+    spec = read_model_spec(trained["model"].uri)
+    resumed = train_model(trained["examples"].uri, spec, more, str(root / "model_resumed"), root / "ckpt",
+                          trained["cache"], trained["work"])
+    assert resumed.resumed_from_epoch == 4
+    assert resumed.epochs == 6
+
+
+def test_saved_model_serves_examples_and_raw_features(trained):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(trained["model"].saved_model_uri)
+    assert set(loaded.signatures) == {SERVING_SIGNATURE, FEATURES_SIGNATURE}
+    example = tf.train.Example()
+    for key, value in {"island": b"Biscoe", "sex": b"male"}.items():
+        example.features.feature[key].bytes_list.value.append(value)
+    for key, value in {"bill_length_mm": 50.0, "bill_depth_mm": 15.0, "flipper_length_mm": 220.0,
+                       "body_mass_g": 5400.0}.items():
+        example.features.feature[key].float_list.value.append(value)
+    example.features.feature["year"].int64_list.value.append(2008)
+    by_example = loaded.signatures[SERVING_SIGNATURE](examples=tf.constant([example.SerializeToString()]))
+    by_features = loaded.signatures[FEATURES_SIGNATURE](
+        island=tf.constant(["Biscoe"]), sex=tf.constant(["male"]), bill_length_mm=tf.constant([50.0]),
+        bill_depth_mm=tf.constant([15.0]), flipper_length_mm=tf.constant([220.0]),
+        body_mass_g=tf.constant([5400.0]), year=tf.constant([2008], tf.int64))
+    assert by_example["predicted_class"].numpy()[0] == b"Gentoo"
+    np.testing.assert_allclose(by_example["scores"].numpy(), by_features["scores"].numpy(), rtol=1e-5)
+    assert by_example["classes"].numpy()[0].tolist() == [b"Adelie", b"Chinstrap", b"Gentoo"]
+
+
+def _evaluate(trained, gate, champion_ref, name):
+    return evaluate_model(trained["model"].uri, trained["examples"].uri, gate, champion_ref,
+                          str(trained["root"] / name), trained["cache"], trained["work"])
+
+
+def test_cold_start_blessing_uses_absolute_threshold_only(trained):
+    gate = GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.5, max_decrease=0.0)})
+    blessing = _evaluate(trained, gate, None, "eval_cold")
+    assert blessing.blessed
+    assert blessing.baseline is None
+    assert [c.kind for c in blessing.checks] == ["lower_bound", "max_decrease"]
+    assert blessing.checks[1].passed is None
+    assert "skipped" in blessing.reasons[1]
+    assert (trained["root"] / "eval_cold" / "BLESSED").is_file()
+    assert read_blessing(blessing.uri)["blessed"] is True
+
+
+def test_unreachable_threshold_is_not_blessed(trained):
+    gate = GateConfig(metrics={"accuracy": MetricGate(lower_bound=1.01)})
+    blessing = _evaluate(trained, gate, None, "eval_strict")
+    assert not blessing.blessed
+    assert "FAILED" in blessing.reasons[0]
+    assert (trained["root"] / "eval_strict" / "NOT_BLESSED").is_file()
+
+
+def test_regression_against_champion_is_blocked():
+    gate = GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.5, max_decrease=0.01),
+                               "log_loss": MetricGate(max_increase=0.1)})
+    checks = gate_checks(gate, {"accuracy": 0.90, "log_loss": 0.3}, {"accuracy": 0.95, "log_loss": 0.1})
+    verdicts = {(c.metric, c.kind): c.passed for c in checks}
+    assert verdicts == {("accuracy", "lower_bound"): True, ("accuracy", "max_decrease"): False,
+                        ("log_loss", "max_increase"): False}
+
+
+def test_gate_on_unknown_metric_is_an_error():
+    with pytest.raises(ValueError, match="gate.metrics.auc"):
+        gate_checks(GateConfig(metrics={"auc": MetricGate(lower_bound=0.5)}), {"accuracy": 1.0}, None)
+
+
+def test_champion_is_evaluated_on_the_same_examples(trained, tmp_path):
+    store = str(tmp_path / "store")
+    blessing = _evaluate(trained, GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.0)}), None, "eval_a")
+    push_model(Path(trained["model"].saved_model_uri), blessing.to_dict(), store, "tiny", owner="t")
+    with_champion = _evaluate(trained, GateConfig(metrics={"accuracy": MetricGate(max_decrease=0.0)}),
+                              champion(store, "tiny"), "eval_b")
+    assert with_champion.baseline["version"] == 1
+    assert with_champion.baseline["metrics"]["accuracy"] == pytest.approx(with_champion.metrics["accuracy"])
+    assert with_champion.blessed
+
+
+def test_optimize_measures_tflite_variant(trained):
+    result = optimize_model(trained["model"].uri, trained["examples"].uri, 0.02, str(trained["root"] / "optimized"),
+                            trained["cache"], trained["work"])
+    variants = result.report["variants"]
+    tflite = variants["tflite_dynamic_range"]
+    assert tflite["size_bytes"] < variants["saved_model"]["size_bytes"]
+    assert abs(tflite["accuracy"] - variants["saved_model"]["accuracy"]) <= 0.02
+    assert tflite["kept"] and (trained["root"] / "optimized" / tflite["file"]).is_file()
+    assert json.loads((trained["root"] / "optimized" / "report.json").read_text()) == result.report
+
+
+def test_push_versions_increase_and_never_overwrite(trained, tmp_path):
+    store = str(tmp_path / "store")
+    blessing = {"blessed": True, "model_uri": trained["model"].uri, "reasons": []}
+    first = push_model(Path(trained["model"].saved_model_uri), blessing, store, "tiny", owner="a")
+    before = {p: p.read_bytes() for p in Path(first.uri).rglob("*") if p.is_file()}
+    second = push_model(Path(trained["model"].saved_model_uri), blessing, store, "tiny", owner="b")
+    assert (first.version, second.version) == (1, 2)
+    assert versions(store, "tiny") == [1, 2]
+    assert {p: p.read_bytes() for p in Path(first.uri).rglob("*") if p.is_file()} == before
+    assert (Path(second.uri) / "saved_model.pb").is_file()
+
+
+def test_push_refuses_an_unblessed_model(trained, tmp_path):
+    store = tmp_path / "store"
+    with pytest.raises(PushError, match="not blessed"):
+        push_model(Path(trained["model"].saved_model_uri),
+                   {"blessed": False, "model_uri": "m", "reasons": ["accuracy FAILED"]}, str(store), "tiny", owner="a")
+    assert not store.exists()
+
+
+def test_concurrent_claims_get_distinct_versions(tmp_path):
+    store = str(tmp_path / "store")
+    claimed: list[int] = []
+    threads = [threading.Thread(target=lambda i=i: claimed.append(claim_version(store, "m", f"w{i}"))) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == list(range(1, 9))
