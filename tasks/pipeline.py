@@ -6,6 +6,7 @@ small JSON-able record (URIs, counts, metrics) that moves through XCom.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import time
@@ -20,6 +21,8 @@ from tasks import __version__, artifacts, storage
 from tasks.config import PipelineConfig, load_pipeline, resolve_pipeline_path
 from tasks.settings import Settings
 from tasks.tracking import MlflowTracking, RunIdentity, Tracker
+
+log = logging.getLogger(__name__)
 
 STEPS = (
     "ingest_examples",
@@ -197,6 +200,7 @@ def ingest_examples(ctx: RunContext) -> dict[str, Any]:
         tracker.log_params({"sources": json.dumps(sources)})
         result = ingest(ctx.config, sources, ctx.output("examples"), ctx.work_dir("ingest_examples"))
         tracker.log_metrics({f"examples_{split}": count for split, count in result.counts.items()})
+        log.info("ingested %s examples into %s", result.counts, result.uri)
         tracker.log_dict(json.loads(storage.read_bytes(storage.join(result.uri, "manifest.json"))),
                          "examples/manifest.json")
         tracker.set_tags({"tfpipe.examples_uri": result.uri})
@@ -298,6 +302,7 @@ def evaluate_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[
         tracker.log_dict(record, "evaluation/blessing.json")
         tracker.log_text(format_checks(record), "evaluation/blessing.txt")
         tracker.set_tags({"tfpipe.blessed": str(blessing.blessed).lower()})
+        log.info("%s", format_checks(record))
         if not blessing.blessed:
             _end_pipeline(ctx, tracker, "not_blessed")
         return record
@@ -319,6 +324,7 @@ def optimize_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[
             tracker.log_metrics({f"{variant}.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         tracker.log_dict(result.report, "optimization/report.json")
         tracker.log_text(format_report(result.report), "optimization/report.txt")
+        log.info("optimization report:\n%s", format_report(result.report))
         return result.to_dict()
 
 
