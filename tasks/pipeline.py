@@ -170,8 +170,7 @@ def code_version() -> str:
 
 @contextmanager
 def _step(ctx: RunContext, name: str) -> Iterator[Tracker]:
-    if ctx.settings.home:
-        ctx.settings.home.mkdir(parents=True, exist_ok=True)
+    ctx.settings.home.mkdir(parents=True, exist_ok=True)
     if ctx.settings.tracking_uri.startswith("sqlite:"):
         ctx.settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     tracking = _tracking(ctx.settings.tracking_uri, ctx.settings.mlflow_artifact_location)

@@ -1,8 +1,9 @@
 """Experiment tracking: the only module that imports ``mlflow``.
 
 One MLflow *parent* run per pipeline run (one DAG run, or one ``tfpipe run``) in the
-experiment named after the pipeline, and one *child* run per step. Steps receive a
-:class:`Tracker`; tests can pass :class:`RecordingTracker` instead of a real server.
+experiment named after the pipeline, and one *child* run per step. The step functions
+themselves know nothing of tracking: ``tasks.pipeline`` wraps each in a child run and
+records what it returned through a :class:`Tracker`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,51 +63,6 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-@dataclass
-class RecordingTracker:
-    """A tracker that keeps everything in memory: for unit tests and dry runs."""
-
-    params: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    histories: dict[str, list[float]] = field(default_factory=dict)
-    artifacts: dict[str, Any] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    registered: list[dict[str, Any]] = field(default_factory=list)
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        self.params.update(params)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self.metrics.update({k: float(v) for k, v in metrics.items()})
-
-    def log_metric_history(self, name: str, values: list[float]) -> None:
-        self.histories[name] = [float(v) for v in values]
-
-    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        local_path = Path(local_path)
-        prefix = f"{artifact_path}/" if artifact_path else ""
-        if local_path.is_dir():
-            for item in sorted(local_path.rglob("*")):
-                if item.is_file():
-                    self.artifacts[f"{prefix}{local_path.name}/{item.relative_to(local_path).as_posix()}"] = item
-        else:
-            self.artifacts[f"{prefix}{local_path.name}"] = local_path
-
-    def log_dict(self, data: Any, artifact_file: str) -> None:
-        self.artifacts[artifact_file] = data
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        self.artifacts[artifact_file] = text
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        self.tags.update({k: str(v) for k, v in tags.items()})
-
-    def register_model(self, name: str, source: str, tags: Mapping[str, str]) -> str:
-        version = str(len(self.registered) + 1)
-        self.registered.append({"name": name, "source": source, "tags": dict(tags), "version": version})
-        return version
 
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
