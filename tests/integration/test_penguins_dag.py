@@ -163,3 +163,26 @@ def test_conf_violating_a_param_bound_is_rejected(services, dag):
 
     with pytest.raises(ParamValidationError):
         dag.test(run_conf={"epochs": 100000})
+
+
+def test_s3_credentials_from_the_aws_default_connection(services, dag, blessed_run):
+    """With no AWS variables set, tasks bind the Airflow connection `aws_default` instead."""
+    import json
+
+    from tasks import storage
+
+    saved = {k: os.environ.pop(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")}
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps({
+        "conn_type": "aws", "login": saved["AWS_ACCESS_KEY_ID"], "password": saved["AWS_SECRET_ACCESS_KEY"],
+        "extra": {"endpoint_url": saved["AWS_ENDPOINT_URL"], "region_name": "us-east-1"},
+    })
+    storage.reset_clients()
+    try:
+        dag_run = dag.test(run_conf={"epochs": 2})
+        states = _states(dag_run)
+        assert states["ingest_examples"] == states["validate_examples"] == states["evaluate_model"] == "success"
+        assert os.environ["AWS_ENDPOINT_URL"] == saved["AWS_ENDPOINT_URL"]
+    finally:
+        os.environ.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
+        os.environ.update(saved)
+        storage.reset_clients()
