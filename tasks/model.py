@@ -8,7 +8,7 @@ unseen value maps to the out-of-vocabulary slot.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 MAX_VOCABULARY = 10_000
@@ -40,7 +40,6 @@ class ModelSpec:
     features: tuple[FeatureSpec, ...]
     hidden_units: tuple[int, ...] = (32, 16)
     embedding_dim: int = 4
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_outputs(self) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 from tasks import __version__, artifacts, storage
 from tasks.config import PipelineConfig, load_pipeline, resolve_pipeline_path
 from tasks.settings import Settings
-from tasks.tracking import MlflowTracking, RunIdentity, Tracker
+from tasks.tracking import MlflowTracker, MlflowTracking, RunIdentity
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ def _tracking(tracking_uri: str, artifact_location: str | None) -> MlflowTrackin
     return MlflowTracking(tracking_uri, artifact_location)
 
 
+@lru_cache(maxsize=1)
 def code_version() -> str:
     """The tfpipe version and, in a git checkout, the commit."""
     try:
@@ -169,7 +170,7 @@ def code_version() -> str:
 
 
 @contextmanager
-def _step(ctx: RunContext, name: str) -> Iterator[Tracker]:
+def _step(ctx: RunContext, name: str) -> Iterator[MlflowTracker]:
     ctx.settings.home.mkdir(parents=True, exist_ok=True)
     if ctx.settings.tracking_uri.startswith("sqlite:"):
         ctx.settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
@@ -182,12 +183,11 @@ def _step(ctx: RunContext, name: str) -> Iterator[Tracker]:
         tracker.log_metrics({"step_seconds": time.perf_counter() - started})
 
 
-def _end_pipeline(ctx: RunContext, tracker: Tracker, outcome: str) -> None:
+def _end_pipeline(ctx: RunContext, tracker: MlflowTracker, outcome: str) -> None:
     """Mark the parent run FINISHED: this step is the last one the run executes."""
     tracking = _tracking(ctx.settings.tracking_uri, ctx.settings.mlflow_artifact_location)
-    parent = tracking.parent_run_id(ctx.identity)
-    tracking.client.set_tag(parent, "tfpipe.outcome", outcome)
-    tracking.set_parent_status(parent, "FINISHED")
+    tracking.client.set_tag(tracker.parent_run_id, "tfpipe.outcome", outcome)
+    tracking.set_parent_status(tracker.parent_run_id, "FINISHED")
 
 
 def ingest_examples(ctx: RunContext) -> dict[str, Any]:
@@ -229,7 +229,7 @@ def validate_examples(ctx: RunContext, examples: Mapping[str, Any]) -> dict[str,
         return result.to_dict()
 
 
-def _log_dir(tracker: Tracker, uri: str, ctx: RunContext, artifact_path: str) -> None:
+def _log_dir(tracker: MlflowTracker, uri: str, ctx: RunContext, artifact_path: str) -> None:
     if storage.is_s3(uri) or storage.local_path(uri).is_dir():
         local = storage.materialize(uri, ctx.settings.cache_dir)
         for item in sorted(local.iterdir()):

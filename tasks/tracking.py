@@ -3,7 +3,7 @@
 One MLflow *parent* run per pipeline run (one DAG run, or one ``tfpipe run``) in the
 experiment named after the pipeline, and one *child* run per step. The step functions
 themselves know nothing of tracking: ``tasks.pipeline`` wraps each in a child run and
-records what it returned through a :class:`Tracker`.
+records what it returned through an :class:`MlflowTracker`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 PARENT_ROLE = "pipeline"
 STEP_ROLE = "step"
@@ -29,26 +29,6 @@ TAG_DAG_ID = "airflow.dag_id"
 TAG_DAG_RUN_ID = "airflow.run_id"
 TAG_TASK_ID = "airflow.task_id"
 TAG_TRY = "airflow.try_number"
-
-
-class Tracker(Protocol):
-    """What a step may record about itself."""
-
-    def log_params(self, params: Mapping[str, Any]) -> None: ...
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
-
-    def log_metric_history(self, name: str, values: list[float]) -> None: ...
-
-    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None: ...
-
-    def log_dict(self, data: Any, artifact_file: str) -> None: ...
-
-    def log_text(self, text: str, artifact_file: str) -> None: ...
-
-    def set_tags(self, tags: Mapping[str, str]) -> None: ...
-
-    def register_model(self, name: str, source: str, tags: Mapping[str, str]) -> str: ...
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -70,11 +50,12 @@ def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 class MlflowTracker:
-    """A :class:`Tracker` writing into one MLflow run through ``MlflowClient``."""
+    """What a step records, written into its MLflow child run through ``MlflowClient``."""
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(self, client: Any, run_id: str, parent_run_id: str | None = None) -> None:
         self.client = client
         self.run_id = run_id
+        self.parent_run_id = parent_run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -233,8 +214,7 @@ class MlflowTracking:
                 TAG_TRY: str(try_number),
             },
         )
-        tracker = MlflowTracker(self.client, run.info.run_id)
-        tracker.parent_run_id = parent_id  # type: ignore[attr-defined]
+        tracker = MlflowTracker(self.client, run.info.run_id, parent_id)
         try:
             yield tracker
         except BaseException:

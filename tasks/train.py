@@ -118,46 +118,43 @@ def loss_function(spec: ModelSpec):
     return lambda y, logits: mse(y[:, None], logits)
 
 
-class ServingModule:
-    """Builds the exported ``tf.Module`` around a trained model."""
+def serving_module(model, spec: ModelSpec):
+    """The exported ``tf.Module`` around a trained model, and its signatures."""
+    import tensorflow as tf
 
-    @staticmethod
-    def build(model, spec: ModelSpec):
-        import tensorflow as tf
+    module = tf.Module()
+    module.model = model
+    parse = parse_spec(spec, with_label=False)
+    vocabulary = tf.constant(list(spec.label_vocabulary) or ["0", "1"])
 
-        module = tf.Module()
-        module.model = model
-        parse = parse_spec(spec, with_label=False)
-        vocabulary = tf.constant(list(spec.label_vocabulary) or ["0", "1"])
+    def outputs(logits):
+        if spec.task == "regression":
+            return {"predictions": tf.squeeze(logits, -1)}
+        if spec.task == "binary":
+            positive = tf.squeeze(tf.sigmoid(logits), -1)
+            probabilities = tf.stack([1 - positive, positive], axis=-1)
+        else:
+            probabilities = tf.nn.softmax(logits, axis=-1)
+        class_ids = tf.argmax(probabilities, axis=-1)
+        # "scores"/"classes" per class follow TensorFlow Serving's Classify convention.
+        return {
+            "scores": probabilities,
+            "classes": tf.tile(vocabulary[None, :], [tf.shape(probabilities)[0], 1]),
+            "predicted_class": tf.gather(vocabulary, class_ids),
+            "predicted_class_id": class_ids,
+        }
 
-        def outputs(logits):
-            if spec.task == "regression":
-                return {"predictions": tf.squeeze(logits, -1)}
-            if spec.task == "binary":
-                positive = tf.squeeze(tf.sigmoid(logits), -1)
-                probabilities = tf.stack([1 - positive, positive], axis=-1)
-            else:
-                probabilities = tf.nn.softmax(logits, axis=-1)
-            class_ids = tf.argmax(probabilities, axis=-1)
-            # "scores"/"classes" per class follow TensorFlow Serving's Classify convention.
-            return {
-                "scores": probabilities,
-                "classes": tf.tile(vocabulary[None, :], [tf.shape(probabilities)[0], 1]),
-                "predicted_class": tf.gather(vocabulary, class_ids),
-                "predicted_class_id": class_ids,
-            }
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
+    def serve_examples(examples):
+        return outputs(module.model(prepare(spec, tf.io.parse_example(examples, parse)), training=False))
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
-        def serve_examples(examples):
-            return outputs(module.model(prepare(spec, tf.io.parse_example(examples, parse)), training=False))
+    @tf.function(input_signature=[raw_input_signature(spec)], autograph=False)
+    def serve_features(features):
+        return outputs(module.model(prepare(spec, features), training=False))
 
-        @tf.function(input_signature=[raw_input_signature(spec)], autograph=False)
-        def serve_features(features):
-            return outputs(module.model(prepare(spec, features), training=False))
-
-        module.serve_examples = serve_examples
-        module.serve_features = serve_features
-        return module, {SERVING_SIGNATURE: serve_examples, FEATURES_SIGNATURE: serve_features}
+    module.serve_examples = serve_examples
+    module.serve_features = serve_features
+    return module, {SERVING_SIGNATURE: serve_examples, FEATURES_SIGNATURE: serve_features}
 
 
 def train_model(
@@ -263,7 +260,7 @@ def train_model(
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="train-"))
     try:
-        module, signatures = ServingModule.build(model, spec)
+        module, signatures = serving_module(model, spec)
         tf.saved_model.save(module, str(scratch / SAVED_MODEL_DIR), signatures=signatures)
         (scratch / MODEL_SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
         (scratch / HISTORY_FILE).write_text(json.dumps(history, indent=2))
