@@ -4,6 +4,7 @@
 
     <artifact_root>/<pipeline>/
         schema/schema.pbtxt                 the pipeline's recorded schema (first run infers it)
+        schema/baseline.json                statistics of the last run whose data passed (drift)
         runs/<run>/examples/                TFRecord shards per split + manifest.json
         runs/<run>/statistics/              TFDV statistics per split
         runs/<run>/anomalies/               anomalies per split + a readable report
@@ -50,6 +51,10 @@ def output_uri(artifact_root: str, pipeline: str, run_id: str, name: str) -> str
 
 def recorded_schema_uri(artifact_root: str, pipeline: str) -> str:
     return storage.join(artifact_root, pipeline, "schema", "schema.pbtxt")
+
+
+def baseline_statistics_uri(artifact_root: str, pipeline: str) -> str:
+    return storage.join(artifact_root, pipeline, "schema", "baseline.json")
 
 
 def model_dir_uri(model_store: str, model_name: str) -> str:

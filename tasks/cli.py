@@ -5,6 +5,7 @@ so ``tfpipe --help`` and config errors answer at once.
     tfpipe check PIPELINE                  validate a pipeline config
     tfpipe summary PIPELINE [--run-id ID]  what a pipeline run did (from MLflow)
     tfpipe demo                            run the penguins DAG through Airflow, then summarize
+    tfpipe datagen OUT [--rows N] ...      synthetic tabular data (CSV or Parquet)
     tfpipe airflow ARGS...                 the airflow command with this project's settings
     tfpipe mlflow ARGS...                  the mlflow command with this project's settings
 """
@@ -112,6 +113,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return summary
 
 
+def _cmd_datagen(args: argparse.Namespace) -> int:
+    from tasks.datagen import generate, pipeline_yaml
+
+    started = time.perf_counter()
+    result = generate(args.out, rows=args.rows, columns=args.columns, task=args.task, seed=args.seed,
+                      missing=args.missing, drift=args.drift, corrupt=args.corrupt, data_format=args.format)
+    size = Path(args.out).stat().st_size
+    print(f"[tfpipe] wrote {result['rows']} rows x {len(result['columns'])} columns ({result['format']}, "
+          f"{size / 1e6:.1f} MB) to {args.out} in {time.perf_counter() - started:.1f}s")
+    if args.pipeline:
+        path = Path(args.pipeline)
+        path.write_text(pipeline_yaml(path.stem, str(Path(args.out).resolve()), args.task))
+        print(f"[tfpipe] wrote the pipeline config {path}; run it with: tfpipe run {path}")
+    return 0
+
+
 def _exec(tool: str, args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     env = airflow_environment(settings)
@@ -185,6 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run a pipeline DAG once through Airflow and summarize it")
     demo.add_argument("pipeline", nargs="?", default="penguins")
     demo.set_defaults(func=_cmd_demo)
+
+    datagen = sub.add_parser("datagen", help="write synthetic tabular data for benchmarks and tests")
+    datagen.add_argument("out", help="output file: .csv or .parquet")
+    datagen.add_argument("--rows", type=int, default=1_000_000)
+    datagen.add_argument("--columns", type=int, default=20, help="columns including the label (default 20)")
+    datagen.add_argument("--task", choices=("binary", "multiclass", "regression"), default="binary")
+    datagen.add_argument("--format", choices=("auto", "csv", "parquet"), default="auto")
+    datagen.add_argument("--seed", type=int, default=0)
+    datagen.add_argument("--missing", type=float, default=0.02, help="fraction of feature values left empty")
+    datagen.add_argument("--drift", type=float, default=0.0, help="shift distributions (0: none, 1: strong)")
+    datagen.add_argument("--corrupt", type=float, default=0.0, help="fraction of rows with one defect each")
+    datagen.add_argument("--pipeline", metavar="YAML", help="also write a pipeline config for the data")
+    datagen.set_defaults(func=_cmd_datagen)
 
     for tool in ("airflow", "mlflow"):
         p = sub.add_parser(tool, help=f"run {tool} with this project's settings", add_help=False)

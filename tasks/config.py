@@ -51,6 +51,15 @@ class DataConfig(_Frozen):
         None, description="Column whose value decides the split; default: the whole row."
     )
     num_shards: int = Field(2, ge=1, le=1024, description="TFRecord shards per split.")
+    column_types: dict[str, str] = Field(
+        default_factory=dict,
+        description="Column to int, float or string; overrides the schema and what the data looks like "
+        "(e.g. a zip code column that must stay text).",
+    )
+    compression_level: int = Field(
+        1, ge=1, le=9,
+        description="GZIP level of the TFRecord shards: 1 compresses about 3x faster than 6 at a similar size.",
+    )
 
     @field_validator("source", mode="before")
     @classmethod
@@ -62,6 +71,14 @@ class DataConfig(_Frozen):
     def _non_empty(cls, value: list[str]) -> list[str]:
         if not value or any(not v.strip() for v in value):
             raise ValueError("at least one non-empty source URI is required")
+        return value
+
+    @field_validator("column_types")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = {k: v for k, v in value.items() if v not in ("int", "float", "string")}
+        if bad:
+            raise ValueError(f"types must be int, float or string (got {bad})")
         return value
 
     @field_validator("format")
@@ -138,6 +155,52 @@ class OptimizeConfig(_Frozen):
     )
 
 
+class DistanceConfig(_Frozen):
+    """Bounds on how far a feature's distribution may move (TFDV comparators).
+
+    Categorical features use the L-infinity distance of their value frequencies, numeric
+    features the Jensen-Shannon divergence of their histograms. ``None`` disables a check.
+    """
+
+    categorical_linf: float | None = Field(0.3, gt=0, le=1)
+    numeric_jsd: float | None = Field(0.3, gt=0, le=1)
+    features: dict[str, float | None] = Field(
+        default_factory=dict, description="Per-feature threshold (None: not checked)."
+    )
+
+
+class ValidateConfig(_Frozen):
+    """How statistics are computed and what stops a run."""
+
+    engine: str = Field(
+        "auto",
+        description="auto (= streaming), streaming (TFDV's in-memory generators over the TFRecords, batch by "
+        "batch), in_memory (one batch, small data only) or beam (tfdv.generate_statistics_from_tfrecord).",
+    )
+    beam_pipeline_args: list[str] = Field(
+        default_factory=list,
+        description="Beam pipeline options for engine beam, e.g. [--runner=FlinkRunner, --parallelism=8].",
+    )
+    schema_file: str | None = Field(
+        None,
+        description="Curated schema (pbtxt) relative to the pipeline file; default <name>.schema.pbtxt beside "
+        "it when that exists. A curated schema is authoritative: it is never inferred or overwritten.",
+    )
+    drift: DistanceConfig = Field(
+        default_factory=DistanceConfig, description="Train split against the last run whose data passed."
+    )
+    skew: DistanceConfig = Field(
+        default_factory=DistanceConfig, description="Eval split against the train split of the same run."
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        if value not in ("auto", "streaming", "in_memory", "beam"):
+            raise ValueError(f"must be one of auto, streaming, in_memory, beam (got {value!r})")
+        return value
+
+
 class PipelineConfig(_Frozen):
     """A validated pipeline; build with :func:`load_pipeline`."""
 
@@ -151,6 +214,7 @@ class PipelineConfig(_Frozen):
     features: list[str] | None = Field(
         None, description="Feature columns; default: every column but the label."
     )
+    validation: ValidateConfig = ValidateConfig()
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
     optimize: OptimizeConfig = OptimizeConfig()

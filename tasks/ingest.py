@@ -1,42 +1,73 @@
-"""ingest_examples: CSV/Parquet (local, s3:// or package://) to GZIP TFRecord shards.
+"""ingest_examples: CSV/Parquet (local, s3:// or package://) to GZIP TFRecord shards, streamed.
 
-Rows become ``tf.train.Example``s through tfx-bsl's C++ encoder (a missing value becomes an
-absent feature), are split train/eval by a deterministic hash (of ``split_key`` when set,
-else of the whole row) and published with a ``manifest.json`` (counts, files, source
-digests, column types).
+The sources are read as a stream of Arrow record batches (pyarrow's CSV reader and Parquet
+row groups), so memory does not grow with the number of rows. Each batch is checked, split
+train/eval by a deterministic hash (of ``split_key`` when set, else of the whole row),
+encoded to ``tf.train.Example``s by :mod:`tasks.coders` and compressed, on all cores; batches
+are written in source order as gzip members, so the same input always gives the same bytes.
+The shards and a ``manifest.json`` (counts, files, source digests, column types) are
+published atomically at a run-scoped URI.
+
+Column types come from, in order: ``data.column_types`` in the config, the pipeline's
+schema (curated or recorded), else the first source file. An integer column that later
+holds fractions is widened to float (the ingest restarts once); text in a numeric column is
+an error that names the file, the column, the row and the value.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import fnmatch
 import glob
 import importlib.resources
 import json
+import logging
+import os
+import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks import storage
 from tasks.config import PipelineConfig
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
 COMPRESSION = "GZIP"
-_HASH_BUCKETS = 10_000
+KINDS = ("int", "float", "string")
+_ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
+_CSV_BLOCK_BYTES = 4 << 20
+_PARQUET_BATCH_ROWS = 65_536
+_PROGRESS_SECONDS = 10.0
 
 
 class DataError(ValueError):
     """Source data that cannot be ingested; the message names the file and the column."""
 
 
+class _Widen(Exception):
+    """An inferred column type must widen (int to float, or a first type for an all-null start)."""
+
+    def __init__(self, column: str, kind: str, reason: str) -> None:
+        super().__init__(f"column {column!r} becomes {kind}: {reason}")
+        self.column, self.kind, self.reason = column, kind, reason
+
+
 @dataclass(frozen=True)
 class SourceFile:
     uri: str
-    local: Path
+    local: Path | None = None  # None: fetched from S3 when read
 
 
 @dataclass(frozen=True)
@@ -47,6 +78,9 @@ class ExamplesArtifact:
     counts: dict[str, int]
     columns: dict[str, str]
     label: str
+    rows: int = 0
+    seconds: float = 0.0
+    widened: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,8 +111,8 @@ def _package_file(uri: str) -> Path:
     return path
 
 
-def resolve_sources(uris: list[str], download_dir: Path) -> list[SourceFile]:
-    """Expand globs and fetch remote files; raises if a URI matches nothing."""
+def resolve_sources(uris: list[str]) -> list[SourceFile]:
+    """Expand globs; raises if a URI matches nothing. Nothing is downloaded yet."""
     files: list[SourceFile] = []
     for uri in uris:
         if uri.startswith("package://"):
@@ -94,10 +128,7 @@ def resolve_sources(uris: list[str], download_dir: Path) -> list[SourceFile]:
                 matched = [uri] if storage.exists(uri) else []
             if not matched:
                 raise DataError(f"data source {uri}: no such object")
-            for match in matched:
-                local = download_dir / f"{len(files):05d}-{Path(storage.split_s3(match)[1]).name}"
-                local.write_bytes(storage.read_bytes(match))
-                files.append(SourceFile(match, local))
+            files.extend(SourceFile(m) for m in matched)
         else:
             pattern = str(storage.local_path(uri))
             matched = sorted(glob.glob(pattern)) if any(ch in pattern for ch in "*?[") else [pattern]
@@ -111,190 +142,525 @@ def resolve_sources(uris: list[str], download_dir: Path) -> list[SourceFile]:
 def _format_of(source: SourceFile, configured: str) -> str:
     if configured != "auto":
         return configured
-    name = source.local.name.lower()
+    name = source.uri.lower()
     if name.endswith((".parquet", ".pq")):
         return "parquet"
-    if name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
+    if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".tsv", ".txt")):
         return "csv"
     raise DataError(f"{source.uri}: cannot tell the format from the name; set data.format to csv or parquet")
 
 
-def read_source(source: SourceFile, data_format: str) -> pd.DataFrame:
-    """One source file as a DataFrame; any read error names the file."""
-    fmt = _format_of(source, data_format)
-    try:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            frame = pq.read_table(source.local).to_pandas()
-        else:
-            frame = pd.read_csv(source.local, encoding="utf-8", low_memory=False)
-    except UnicodeDecodeError as error:
-        raise DataError(f"{source.uri}: not valid UTF-8 text ({error.reason} at byte {error.start})") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{source.uri}: the file is empty (no header, no rows)") from None
-    except Exception as error:  # noqa: BLE001 - every reader failure becomes a named DataError
-        raise DataError(f"{source.uri}: cannot read as {fmt}: {error}") from None
-    if frame.empty:
-        raise DataError(f"{source.uri}: no data rows")
-    return frame
-
-
-def column_kind(series: pd.Series) -> str:
-    """``int``, ``float`` or ``string``: the ``tf.train.Example`` list a column becomes."""
-    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_integer_dtype(series):
+def kind_of(arrow_type: pa.DataType) -> str | None:
+    """``int``, ``float`` or ``string`` (the ``tf.train.Example`` list a column becomes); None for null."""
+    if pa.types.is_null(arrow_type):
+        return None
+    if pa.types.is_dictionary(arrow_type):
+        return kind_of(arrow_type.value_type)
+    if pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
         return "int"
-    if pd.api.types.is_float_dtype(series):
+    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
         return "float"
     return "string"
 
 
-def _check_columns(frame: pd.DataFrame, source: SourceFile, config: PipelineConfig) -> list[str]:
-    columns = [str(c) for c in frame.columns]
-    # pandas renames a repeated CSV header "x" to "x.1"; Parquet keeps both names.
-    duplicated = sorted(
-        {c for c in columns if columns.count(c) > 1}
-        | {c.rsplit(".", 1)[0] for c in columns if "." in c and c.rsplit(".", 1)[1].isdigit() and c.rsplit(".", 1)[0] in columns}
-    )
-    if duplicated:
-        raise DataError(f"{source.uri}: duplicated column(s) {duplicated} in the header")
-    if config.label not in columns:
-        raise DataError(f"{source.uri}: the label column {config.label!r} is missing (columns: {columns})")
-    features = config.features or [c for c in columns if c != config.label]
-    missing = [f for f in features if f not in columns]
-    if missing:
-        raise DataError(f"{source.uri}: feature column(s) {missing} are missing (columns: {columns})")
-    unlabeled = frame[config.label].isna().to_numpy()
-    if unlabeled.any():
-        first = int(np.flatnonzero(unlabeled)[0])
-        raise DataError(
-            f"{source.uri}: column {config.label!r} (the label) is empty in {int(unlabeled.sum())} row(s), "
-            f"first at data row {first + 1}"
+# --- reading ---------------------------------------------------------------------------------
+
+@dataclass
+class _Reader:
+    """One open source: its column names and a stream of record batches."""
+
+    names: list[str]
+    types: dict[str, pa.DataType]
+    batches: Iterator[pa.RecordBatch]
+
+
+def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: frozenset[str]) -> _Reader:
+    import pyarrow.csv as pacsv
+
+    # An int column is read as float64 and cast, so "181.0" (as pandas writes ints with gaps) is 181
+    # while 181.5 is an error naming the row.
+    column_types = {name: pa.float64() if kind == "int" else _ARROW_TYPES[kind] for name, kind in kinds.items() if kind}
+    try:
+        reader = pacsv.open_csv(
+            str(path),
+            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+            convert_options=pacsv.ConvertOptions(
+                column_types=column_types, strings_can_be_null=True, quoted_strings_can_be_null=True
+            ),
         )
-    return features
+    except pa.ArrowInvalid as error:
+        if "Empty CSV file" in str(error):
+            raise DataError(f"{uri}: the file is empty (no header, no rows)") from None
+        raise _csv_error(error, path, uri, _csv_header(path), declared) from None
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{uri}: cannot read as CSV: {error}") from None
+    names = list(reader.schema.names)
+    types = {f.name: f.type for f in reader.schema}
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except pa.ArrowInvalid as error:
+                raise _csv_error(error, path, uri, names, declared) from None
+            except (OSError, EOFError, zlib.error) as error:
+                raise DataError(f"{uri}: cannot read as CSV: {error}") from None
+            yield batch
+
+    return _Reader(names, types, batches())
 
 
-def _list_array(series: pd.Series, kind: str):
-    """A column as a pyarrow ListArray of 0 or 1 values per row (null: absent feature)."""
-    import pyarrow as pa
+def _csv_header(path: Path) -> list[str] | None:
+    import csv
+    import io
 
-    mask = series.isna().to_numpy()
-    present = series[~mask]
-    if kind == "string":
-        values = pa.array(present.astype(str).tolist(), pa.binary())
-    elif kind == "int":
-        values = pa.array(present.to_numpy(dtype=np.int64), pa.int64())
-    else:
-        floats = present.to_numpy(dtype=np.float64)
-        if not np.isfinite(floats).all():
-            raise DataError(f"column {series.name!r} holds infinite values")
-        values = pa.array(floats.astype(np.float32), pa.float32())
-    offsets = np.zeros(len(series) + 1, dtype=np.int32)
-    np.cumsum(~mask, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(mask))
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            first = stream.read(1 << 20).decode("utf-8", errors="replace").splitlines()[:1]
+        return next(csv.reader(io.StringIO(first[0]))) if first else None
+    except (OSError, pa.ArrowInvalid, StopIteration):
+        return None
 
 
-def split_names(fractions: dict[str, float]) -> list[str]:
+_CSV_CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'", re.S)
+
+
+def _csv_error(error: Exception, path: Path, uri: str, names: list[str] | None,
+               declared: frozenset[str]) -> Exception:
+    """A conversion error as a widening (inferred int meets a fraction) or a DataError with the row."""
+    text = str(error)
+    match = _CSV_CONVERSION.search(text)
+    if not match or names is None:
+        if "invalid UTF8" in text or "UTF-8" in text or "UTF8" in text:
+            return DataError(f"{uri}: the file is not valid UTF-8 text ({text})")
+        return DataError(f"{uri}: cannot parse as CSV: {text}")
+    column = names[int(match.group(1))]
+    target, value = match.group(2), match.group(3)
+    value_kind = _kind_of_text(value)
+    if column not in declared:
+        if target == "null":
+            return _Widen(column, value_kind, f"{uri} holds {value!r} after empty rows")
+        if target == "int64" and value_kind == "float":
+            return _Widen(column, "float", f"{uri} holds {value!r}")
+    row = _find_row(path, column, value)
+    where = f" at data row {row}" if row else ""
+    expected = {"int64": "an integer", "double": "a number", "null": "empty"}.get(target, target)
+    hint = "" if column in declared else (f"; if {column!r} is categorical, declare it in the config: "
+                                          f"data.column_types: {{{column}: string}}")
+    return DataError(f"{uri}: column {column!r} holds {value!r}{where}, expected {expected}{hint}")
+
+
+def _kind_of_text(value: str) -> str:
+    try:
+        int(value)
+        return "int"
+    except ValueError:
+        pass
+    try:
+        float(value)
+        return "float"
+    except ValueError:
+        return "string"
+
+
+def _find_row(path: Path, column: str, value: str) -> int | None:
+    """The 1-based data row of the first ``value`` in ``column`` (only on the error path)."""
+    import pyarrow.csv as pacsv
+
+    try:
+        reader = pacsv.open_csv(
+            str(path),
+            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+            convert_options=pacsv.ConvertOptions(include_columns=[column], column_types={column: pa.string()}),
+        )
+        seen = 0
+        for batch in reader:
+            values = batch.column(0).to_pylist()
+            if value in values:
+                return seen + values.index(value) + 1
+            seen += len(values)
+    except (pa.ArrowInvalid, OSError):
+        return None
+    return None
+
+
+def _open_parquet(path: Path, uri: str) -> _Reader:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(str(path))
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DataError(f"{uri}: cannot read as Parquet (truncated or not Parquet?): {error}") from None
+    schema = parquet.schema_arrow
+    names = list(schema.names)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise DataError(f"{uri}: cannot read as Parquet (truncated?): {error}") from None
+
+    return _Reader(names, {f.name: f.type for f in schema}, batches())
+
+
+# --- checking and splitting one batch ------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Plan:
+    columns: list[str]
+    label: str
+    kinds: dict[str, str | None]
+    declared: frozenset[str]
+    fractions: list[float]
+    split_key: str | None
+    num_shards: int
+    level: int
+
+
+def _normalize(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) -> pa.RecordBatch:
+    """The plan's columns, cast to their kinds, NaN as missing; raises on bad values."""
+    arrays = []
+    for name in plan.columns:
+        array = batch.column(batch.schema.get_field_index(name))
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        if pa.types.is_dictionary(array.type):
+            array = array.dictionary_decode()
+        kind, actual = plan.kinds.get(name), kind_of(array.type)
+        if actual is not None and (kind is None or (kind == "int" and actual == "float")) and name not in plan.declared:
+            raise _Widen(name, actual, f"{uri} holds {actual} values")
+        if kind is not None and actual != kind:
+            array = _cast(array, kind, name, uri, first_row)
+        elif kind == "float" and array.type != pa.float64():
+            array = array.cast(pa.float64())
+        elif kind == "int" and array.type != pa.int64():
+            array = _cast(array, kind, name, uri, first_row)
+        if kind == "float" and len(array):
+            array = _no_infinity(array, name, uri, first_row)
+        if kind == "string" and (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
+            _check_utf8(array, name, uri, first_row)
+        arrays.append(array)
+    out = pa.RecordBatch.from_arrays(arrays, plan.columns)
+    label = out.column(plan.columns.index(plan.label))
+    if label.null_count:
+        missing = np.flatnonzero(np.asarray(label.is_null(), dtype=bool))
+        raise DataError(
+            f"{uri}: column {plan.label!r} (the label) is empty in {len(missing)} row(s) of this batch, "
+            f"first at data row {first_row + int(missing[0]) + 1}"
+        )
+    return out
+
+
+def _cast(array: pa.Array, kind: str, name: str, uri: str, first_row: int) -> pa.Array:
+    if pa.types.is_null(array.type):
+        return pa.nulls(len(array), _ARROW_TYPES[kind])
+    try:
+        return array.cast(_ARROW_TYPES[kind])
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    values = array.to_pylist()
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        try:
+            pa.array([value]).cast(_ARROW_TYPES[kind])
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            expected = {"int": "an integer", "float": "a number", "string": "text"}[kind]
+            raise DataError(
+                f"{uri}: column {name!r} holds {value!r} at data row {first_row + i + 1}, expected {expected} "
+                f"(the column's type is {kind})"
+            ) from None
+    raise DataError(f"{uri}: column {name!r} of type {array.type} cannot become {kind}")
+
+
+def _no_infinity(array: pa.Array, name: str, uri: str, first_row: int) -> pa.Array:
+    values = np.asarray(array.fill_null(0.0), dtype=np.float64)
+    infinite = np.isinf(values)
+    if infinite.any():
+        row = int(np.flatnonzero(infinite)[0])
+        raise DataError(
+            f"{uri}: column {name!r} holds {values[row]} at data row {first_row + row + 1}; "
+            "infinite values cannot be normalized (clean or drop them at the source)"
+        )
+    nan = np.isnan(values)
+    if nan.any():  # NaN is a missing value, as pandas and the CSV reader treat it
+        array = pc.if_else(pa.array(nan), pa.nulls(len(array), pa.float64()), array)
+    return array
+
+
+def _check_utf8(array: pa.Array, name: str, uri: str, first_row: int) -> None:
+    for i, value in enumerate(array.to_pylist()):
+        if value is not None:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{uri}: column {name!r} holds bytes that are not valid UTF-8 at data row "
+                    f"{first_row + i + 1} ({value!r}: {error.reason})"
+                ) from None
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_NULL_HASH = np.uint64(0x5851F42D4C957F2D)
+
+
+def row_hashes(batch: pa.RecordBatch, columns: list[str]) -> np.ndarray:
+    """A 64-bit hash per row of ``columns`` that depends only on the row's values."""
+    import pandas as pd
+
+    hashes = np.zeros(batch.num_rows, dtype=np.uint64)
+    for name in columns:
+        array = batch.column(batch.schema.get_field_index(name))
+        if pa.types.is_null(array.type):
+            column = np.full(batch.num_rows, _NULL_HASH, dtype=np.uint64)
+        elif kind_of(array.type) == "string":
+            encoded = array.dictionary_encode()
+            uniques = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+            table = pd.util.hash_array(uniques) if len(uniques) else np.zeros(0, dtype=np.uint64)
+            indices = np.asarray(encoded.indices.fill_null(0), dtype=np.int64)
+            column = table[indices] if len(table) else np.zeros(batch.num_rows, dtype=np.uint64)
+        else:
+            values = np.asarray(array.fill_null(0), dtype=np.float64 if kind_of(array.type) == "float" else np.int64)
+            column = pd.util.hash_array(values)
+        if array.null_count:
+            column = np.where(np.asarray(array.is_null(), dtype=bool), _NULL_HASH, column)
+        hashes = (hashes ^ column) * _MIX
+        hashes ^= hashes >> np.uint64(29)
+    return hashes
+
+
+def assign_splits(hashes: np.ndarray, fractions: list[float]) -> np.ndarray:
+    """Split index per row from its hash: the same row always lands in the same split."""
+    position = (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    bounds = np.cumsum(fractions)
+    bounds[-1] = 1.0
+    return np.searchsorted(bounds, position, side="right")
+
+
+def split_names(fractions: Mapping[str, float]) -> list[str]:
     """A fixed order (train, eval, then the rest by name) so assignment never depends on dict order."""
     return sorted(fractions, key=lambda s: (s != "train", s != "eval", s))
 
 
-def assign_splits(frame: pd.DataFrame, fractions: dict[str, float], key: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Split index and a 64-bit row hash for every row; the same rows always land the same way."""
-    keys = frame[[key]] if key else frame
-    hashes = pd.util.hash_pandas_object(keys, index=False).to_numpy(dtype=np.uint64)
-    position = (hashes % np.uint64(_HASH_BUCKETS)).astype(np.float64) / _HASH_BUCKETS
-    bounds = np.cumsum([fractions[name] for name in split_names(fractions)])
-    bounds[-1] = 1.0
-    return np.searchsorted(bounds, position, side="right"), hashes
+@dataclass
+class _Encoded:
+    rows: int
+    counts: np.ndarray  # per (split, shard)
+    members: list[bytes]  # one gzip member per (split, shard), empty when no rows
+    non_null: np.ndarray  # per column
 
+
+def _encode_batch(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) -> _Encoded:
+    from tasks.coders import encode_examples, frame_records
+
+    batch = _normalize(batch, plan, uri, first_row)
+    hashes = row_hashes(batch, [plan.split_key] if plan.split_key else plan.columns)
+    groups = assign_splits(hashes, plan.fractions) * plan.num_shards + (
+        (hashes & np.uint64(0xFFFFFFFF)) % np.uint64(plan.num_shards)
+    ).astype(np.int64)
+    n_groups = len(plan.fractions) * plan.num_shards
+    counts = np.bincount(groups, minlength=n_groups)
+    order = np.argsort(groups, kind="stable")
+    records = encode_examples(batch.take(pa.array(order)))
+    members, start = [], 0
+    for count in counts.tolist():
+        if count:
+            compressor = zlib.compressobj(plan.level, zlib.DEFLATED, 31)
+            framed = frame_records(records.slice(start, count))
+            members.append(compressor.compress(framed) + compressor.flush())
+        else:
+            members.append(b"")
+        start += count
+    non_null = np.array([len(c) - c.null_count for c in batch.columns], dtype=np.int64)
+    return _Encoded(batch.num_rows, counts, members, non_null)
+
+
+# --- the step ----------------------------------------------------------------------------
 
 def ingest_examples(
     config: PipelineConfig,
     sources: list[str],
     output_uri: str,
     work_dir: Path,
+    column_types: Mapping[str, str] | None = None,
+    workers: int | None = None,
 ) -> ExamplesArtifact:
-    """Read the sources, split, encode and publish the examples at ``output_uri``.
+    """Stream the sources into split, sharded GZIP TFRecords published at ``output_uri``.
 
     Args:
-        config: The pipeline (label, features, split, shards).
+        config: The pipeline (label, features, split, shards, column types, compression).
         sources: Rendered source URIs.
         output_uri: Run-scoped location to publish at (replaced on a retry).
         work_dir: Scratch space; removed on return.
+        column_types: Column kinds from the pipeline's schema (``data.column_types`` wins).
+        workers: Threads encoding and compressing (default: every core).
 
     Raises:
-        DataError: A source is missing, unreadable, or lacks the label or a feature column.
+        DataError: A source is missing, unreadable, empty, lacks a column or holds a bad value.
     """
-    import pyarrow as pa
-    import tensorflow as tf
-    from tfx_bsl.coders import example_coder
+    declared = {**(column_types or {}), **config.data.column_types}
+    widened: dict[str, str] = {}
+    started = time.perf_counter()
+    for _attempt in range(64):
+        try:
+            counts, columns, rows = _ingest_once(
+                config, sources, output_uri, work_dir, declared, widened, workers or os.cpu_count() or 1
+            )
+            return ExamplesArtifact(
+                uri=output_uri, counts=counts, columns=columns, label=config.label, rows=rows,
+                seconds=round(time.perf_counter() - started, 3), widened=widened,
+            )
+        except _Widen as widen:
+            log.info("ingest: %s; starting over with %s as %s", widen.reason, widen.column, widen.kind)
+            widened[widen.column] = widen.kind
+    raise DataError("ingest: column types did not settle after 64 passes")  # pragma: no cover
 
+
+def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str, str],
+                 widened: dict[str, str], workers: int) -> tuple[dict[str, int], dict[str, str], int]:
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="ingest-"))
     try:
-        resolved = resolve_sources(sources, scratch)
-        frames, source_records, columns = [], [], None
-        for source in resolved:
-            frame = read_source(source, config.data.format)
-            features = _check_columns(frame, source, config)
-            wanted = [*features, config.label]
-            if columns is not None and set(wanted) != set(columns):
-                raise DataError(f"{source.uri}: columns differ from {resolved[0].uri}")
-            columns = wanted
-            frames.append(frame[wanted])
-            source_records.append(
-                {"uri": source.uri, "sha256": storage.sha256_file(source.local), "rows": len(frame)}
-            )
-        data = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        kinds: dict[str, str] = {}
-        arrays = []
-        for name in columns:
-            kinds[name] = column_kind(data[name])
-            try:
-                arrays.append(_list_array(data[name], kinds[name]))
-            except DataError as error:
-                raise DataError(f"{', '.join(s['uri'] for s in source_records)}: {error}") from None
-        batch = pa.RecordBatch.from_arrays(arrays, columns)
-        split_index, hashes = assign_splits(data, config.data.split, config.data.split_key)
-        shard_index = (hashes >> np.uint64(32)) % np.uint64(config.data.num_shards)
-
+        resolved = resolve_sources(sources)
+        splits = split_names(config.data.split)
+        shards = config.data.num_shards
         out = scratch / "examples"
-        encoder = example_coder.RecordBatchToExamplesEncoder()
-        counts: dict[str, int] = {}
-        files: dict[str, list[str]] = {}
-        for i, split in enumerate(split_names(config.data.split)):
+        files: dict[str, list[str]] = {s: [] for s in splits}
+        handles = []
+        for split in splits:
             (out / split).mkdir(parents=True)
-            files[split] = []
-            counts[split] = int((split_index == i).sum())
-            for shard in range(config.data.num_shards):
-                rows = np.flatnonzero((split_index == i) & (shard_index == shard))
-                rel = f"{split}/data-{shard:05d}-of-{config.data.num_shards:05d}.tfrecord.gz"
-                with tf.io.TFRecordWriter(str(out / rel), options=COMPRESSION) as writer:
-                    if len(rows):
-                        for record in encoder.encode(batch.take(pa.array(rows))):
-                            writer.write(record)
+            for shard in range(shards):
+                rel = f"{split}/data-{shard:05d}-of-{shards:05d}.tfrecord.gz"
                 files[split].append(rel)
-        for split, count in counts.items():
-            if count == 0:
+                handles.append((out / rel).open("wb"))
+        plan: _Plan | None = None
+        totals = np.zeros(len(splits) * shards, dtype=np.int64)
+        non_null: np.ndarray | None = None
+        source_records = []
+        rows_total = 0
+        began = last_log = time.perf_counter()
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
+                for index, source in enumerate(resolved):
+                    local = source.local or storage.download_file(
+                        source.uri, scratch / "download" / f"{index:05d}-{Path(source.uri).name}"
+                    )
+                    reader = _open(source, local, config.data.format,
+                                   {**(plan.kinds if plan else {}), **declared, **widened}, frozenset(declared))
+                    plan = plan or _make_plan(config, reader, source.uri, declared, widened)
+                    _check_columns(reader, source.uri, plan, resolved[0].uri)
+                    file_rows = 0
+                    pending: deque[concurrent.futures.Future] = deque()
+
+                    def drain(limit: int) -> None:
+                        nonlocal non_null
+                        while len(pending) > limit:
+                            encoded = pending.popleft().result()
+                            for handle, member in zip(handles, encoded.members):
+                                if member:
+                                    handle.write(member)
+                            totals[:] += encoded.counts
+                            non_null = encoded.non_null if non_null is None else non_null + encoded.non_null
+
+                    for batch in reader.batches:
+                        pending.append(pool.submit(_encode_batch, batch, plan, source.uri, file_rows))
+                        file_rows += batch.num_rows
+                        drain(workers * 2)
+                        if time.perf_counter() - last_log > _PROGRESS_SECONDS:
+                            last_log = time.perf_counter()
+                            done = rows_total + file_rows
+                            log.info("ingest: %d rows read from %d/%d file(s), %.0f rows/s",
+                                     done, index + 1, len(resolved), done / (last_log - began))
+                    drain(0)
+                    if file_rows == 0:
+                        raise DataError(f"{source.uri}: no data rows (the file holds only a header)")
+                    rows_total += file_rows
+                    source_records.append({"uri": source.uri, "sha256": storage.sha256_file(local), "rows": file_rows})
+                    if source.local is None:
+                        local.unlink(missing_ok=True)
+        finally:
+            for handle in handles:
+                handle.close()
+        assert plan is not None and non_null is not None
+        empty = [c for c, n in zip(plan.columns, non_null.tolist()) if n == 0]
+        if empty:
+            raise DataError(
+                f"{', '.join(s['uri'] for s in source_records)}: column(s) {empty} have no value in any of "
+                f"{rows_total} rows"
+            )
+        counts = {}
+        for i, split in enumerate(splits):
+            counts[split] = int(totals[i * shards:(i + 1) * shards].sum())
+            if counts[split] == 0:
                 raise DataError(
-                    f"split {split!r} received no rows out of {len(data)}: too few rows for the split fractions"
+                    f"split {split!r} received no rows out of {rows_total}: too few rows for the split fractions"
                 )
+        for i, handle in enumerate(handles):
+            path = Path(handle.name)
+            if path.stat().st_size == 0:  # a valid, empty gzip stream
+                compressor = zlib.compressobj(plan.level, zlib.DEFLATED, 31)
+                path.write_bytes(compressor.flush())
+        columns = {c: plan.kinds[c] or "string" for c in plan.columns}
         manifest = {
             "sources": source_records,
-            "columns": kinds,
+            "rows": rows_total,
+            "columns": columns,
             "label": config.label,
-            "features": columns[:-1],
-            "splits": {s: {"count": counts[s], "files": files[s]} for s in counts},
+            "features": [c for c in plan.columns if c != config.label],
+            "splits": {s: {"count": counts[s], "files": files[s]} for s in splits},
             "split": {"fractions": dict(config.data.split), "key": config.data.split_key},
             "compression": COMPRESSION,
+            "compression_level": plan.level,
             "format": "tf.train.Example",
+            "column_types": {"declared": sorted(declared), "widened": dict(widened)},
         }
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         storage.publish_dir(out, output_uri)
-        return ExamplesArtifact(uri=output_uri, counts=counts, columns=kinds, label=config.label)
+        log.info("ingest: %d rows, splits %s, published %s", rows_total, counts, output_uri)
+        return counts, columns, rows_total
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _open(source: SourceFile, local: Path, data_format: str, kinds: Mapping[str, str | None],
+          declared: frozenset[str]) -> _Reader:
+    if _format_of(source, data_format) == "parquet":
+        return _open_parquet(local, source.uri)
+    return _open_csv(local, source.uri, kinds, declared)
+
+
+def _make_plan(config: PipelineConfig, reader: _Reader, uri: str, declared: Mapping[str, str],
+               widened: Mapping[str, str]) -> _Plan:
+    names = reader.names
+    if config.label not in names:
+        raise DataError(f"{uri}: the label column {config.label!r} is missing (columns: {names})")
+    features = config.features or [c for c in dict.fromkeys(names) if c != config.label]
+    columns = [*features, config.label]
+    kinds = {c: declared.get(c) or widened.get(c) or (kind_of(reader.types[c]) if c in reader.types else None)
+             for c in columns}
+    if config.data.split_key and config.data.split_key not in names:
+        raise DataError(f"{uri}: the split key column {config.data.split_key!r} is missing (columns: {names})")
+    return _Plan(
+        columns=columns, label=config.label, kinds=kinds, declared=frozenset(declared),
+        fractions=[config.data.split[s] for s in split_names(config.data.split)],
+        split_key=config.data.split_key, num_shards=config.data.num_shards,
+        level=config.data.compression_level,
+    )
+
+
+def _check_columns(reader: _Reader, uri: str, plan: _Plan, first_uri: str) -> None:
+    names = reader.names
+    duplicated = sorted({c for c in names if names.count(c) > 1})
+    if duplicated:
+        raise DataError(f"{uri}: duplicated column(s) {duplicated} in the header")
+    if plan.label not in names:
+        raise DataError(f"{uri}: the label column {plan.label!r} is missing (columns: {names})")
+    missing = [c for c in plan.columns if c not in names]
+    if missing:
+        raise DataError(f"{uri}: feature column(s) {missing} are missing (columns: {names}; "
+                        f"expected those of {first_uri})")
 
 
 def read_manifest(examples_uri: str) -> dict[str, Any]:

@@ -190,15 +190,37 @@ def _end_pipeline(ctx: RunContext, tracker: MlflowTracker, outcome: str) -> None
     tracking.set_parent_status(tracker.parent_run_id, "FINISHED")
 
 
+def curated_schema_path(ctx: RunContext) -> Path:
+    """Where a pipeline's curated schema lives: ``validation.schema_file`` or ``<name>.schema.pbtxt``."""
+    base = Path(ctx.pipeline).parent
+    return base / (ctx.config.validation.schema_file or f"{Path(ctx.pipeline).stem}.schema.pbtxt")
+
+
+def _schema_column_types(ctx: RunContext) -> tuple[dict[str, str], str | None]:
+    """Column kinds from the curated or recorded schema, so every run reads columns alike."""
+    from tasks.validate import column_types, load_schema_text
+
+    curated = curated_schema_path(ctx)
+    if curated.is_file():
+        return column_types(load_schema_text(curated.read_text(encoding="utf-8"))), str(curated)
+    recorded = artifacts.recorded_schema_uri(ctx.settings.artifact_root, ctx.config.name)
+    if storage.exists(recorded):
+        return column_types(load_schema_text(storage.read_bytes(recorded).decode("utf-8"))), recorded
+    return {}, None
+
+
 def ingest_examples(ctx: RunContext) -> dict[str, Any]:
     from tasks.ingest import ingest_examples as ingest, render_sources
 
     with _step(ctx, "ingest_examples") as tracker:
         variables = {"ds": ctx.ds or "", "ds_nodash": (ctx.ds or "").replace("-", ""), "run_id": ctx.run_id}
         sources = render_sources(ctx.config.data.source, variables)
-        tracker.log_params({"sources": json.dumps(sources)})
-        result = ingest(ctx.config, sources, ctx.output("examples"), ctx.work_dir("ingest_examples"))
+        types, schema_source = _schema_column_types(ctx)
+        tracker.log_params({"sources": json.dumps(sources), "column_types_from": schema_source or "data"})
+        result = ingest(ctx.config, sources, ctx.output("examples"), ctx.work_dir("ingest_examples"),
+                        column_types=types)
         tracker.log_metrics({f"examples_{split}": count for split, count in result.counts.items()})
+        tracker.log_metrics({"rows": result.rows, "rows_per_second": result.rows / max(result.seconds, 1e-9)})
         log.info("ingested %s examples into %s", result.counts, result.uri)
         tracker.log_dict(json.loads(storage.read_bytes(storage.join(result.uri, "manifest.json"))),
                          "examples/manifest.json")
@@ -215,15 +237,20 @@ def validate_examples(ctx: RunContext, examples: Mapping[str, Any]) -> dict[str,
             result = validate(
                 examples["uri"], ctx.output("statistics"), ctx.output("anomalies"), recorded,
                 ctx.config.label, ctx.settings.cache_dir, ctx.work_dir("validate_examples"),
+                settings=ctx.config.validation, curated_schema=curated_schema_path(ctx),
+                baseline_uri=artifacts.baseline_statistics_uri(ctx.settings.artifact_root, ctx.config.name),
+                run_id=ctx.run_id,
             )
         except DataValidationError as error:
             tracker.log_metrics({"anomalies": len(error.report)})
             tracker.log_dict(error.report, "anomalies/report.json")
             tracker.log_text(format_report(error.report), "anomalies/report.txt")
             _log_dir(tracker, ctx.output("statistics"), ctx, "statistics")
+            log.error("the data did not pass validation:\n%s", format_report(error.report))
             raise
-        tracker.log_metrics({"anomalies": 0})
-        tracker.log_params({"schema_inferred": result.schema_inferred, "recorded_schema": recorded})
+        tracker.log_metrics({"anomalies": 0, "validate_seconds": result.seconds})
+        tracker.log_params({"schema_source": result.schema_source, "recorded_schema": recorded,
+                            "baseline_run": result.baseline_run or ""})
         _log_dir(tracker, result.statistics_uri, ctx, "statistics")
         _log_dir(tracker, result.anomalies_uri, ctx, "anomalies")
         return result.to_dict()

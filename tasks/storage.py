@@ -155,6 +155,17 @@ def delete_dir(uri: str) -> None:
     shutil.rmtree(local_path(uri), ignore_errors=True)
 
 
+def download_file(uri: str, dest: Path) -> Path:
+    """Copy one object or file to ``dest`` without holding it in memory."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().download_file(bucket, key, str(dest))
+    else:
+        shutil.copyfile(local_path(uri), dest)
+    return dest
+
+
 def upload_file(local: Path, uri: str) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)

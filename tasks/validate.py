@@ -1,26 +1,42 @@
-"""validate_examples: TFDV statistics, the schema lifecycle and anomalies.
+"""validate_examples: TFDV statistics, the schema lifecycle, drift and skew, anomalies.
 
-The first run of a pipeline infers a schema from the train split and records it beside the
-pipeline's artifacts; every later run validates against that recorded schema. Any anomaly
-in any split stops the run with a report naming each feature and what is wrong.
+Statistics are computed by TFDV's own statistics generators fed batch by batch from the
+TFRecords (the ``streaming`` engine): tf.data decompresses on its own threads while the
+generators update their accumulators, so memory stays bounded for data larger than RAM and
+the result is what ``tfdv.generate_statistics_from_tfrecord`` computes, without a Beam
+pipeline. ``engine: beam`` runs TFDV's Beam pipeline with the configured options instead
+(Flink, Spark, Dataflow).
+
+The schema: a curated ``<pipeline>.schema.pbtxt`` beside the pipeline config is
+authoritative; without one, the first run whose data passes records an inferred schema and
+every later run validates against it. Drift compares the train split with the last run whose
+data passed, skew the eval split with the train split. Any anomaly stops the run with a
+report that names each feature, the anomaly, and what was expected and observed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tasks import storage
+from tasks.config import DistanceConfig, ValidateConfig
 from tasks.ingest import read_manifest, split_files
+
+log = logging.getLogger(__name__)
 
 SCHEMA_FILE = "schema.pbtxt"
 STATS_FILE = "FeatureStats.pb"
 TRAINING = "TRAINING"
 SERVING = "SERVING"
+_BATCH = 8192
 
 
 class DataValidationError(ValueError):
@@ -36,44 +52,117 @@ class ValidationArtifact:
     statistics_uri: str
     schema_uri: str
     anomalies_uri: str
-    schema_inferred: bool
+    schema_source: str  # curated, recorded or inferred
     anomalies: int
+    baseline_run: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def schema_inferred(self) -> bool:
+        return self.schema_source == "inferred"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "schema_inferred": self.schema_inferred}
 
 
-def read_split_record_batch(local_examples: Path, manifest: dict[str, Any], split: str):
-    """All examples of a split decoded to one Arrow RecordBatch (tfx-bsl's C++ decoder)."""
-    import pyarrow as pa
+# --- statistics ------------------------------------------------------------------------------
+
+def iter_record_batches(files: list[str], batch_size: int = _BATCH) -> Iterator[Any]:
+    """Decoded Arrow record batches of GZIP TFRecord files (tf.data reads ahead on its own threads)."""
     import tensorflow as tf
     from tfx_bsl.coders import example_coder
 
-    records = [
-        r.numpy()
-        for r in tf.data.TFRecordDataset(split_files(local_examples, manifest, split), compression_type="GZIP")
-    ]
     decoder = example_coder.ExamplesToRecordBatchDecoder()
-    if not records:
-        return pa.RecordBatch.from_arrays([], [])
-    return decoder.DecodeBatch(records)
+    dataset = (
+        tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(len(files), 4) or 1)
+        .batch(batch_size)
+        .prefetch(2)
+    )
+    for records in dataset.as_numpy_iterator():
+        yield decoder.DecodeBatch(list(records))
 
 
-def compute_statistics(record_batch):
-    """TFDV statistics of an in-memory batch (no Beam pipeline start-up for small data)."""
+def streaming_statistics(batches, options=None):
+    """TFDV statistics of a stream of record batches, through TFDV's in-memory generators."""
     import tensorflow_data_validation as tfdv
     from tensorflow_data_validation.statistics import stats_impl
 
-    return stats_impl.generate_statistics_in_memory(record_batch, tfdv.StatsOptions())
+    options = options or tfdv.StatsOptions()
+    generators = stats_impl.get_generators(options, in_memory=True)
+    accumulators = [g.create_accumulator() for g in generators]
+    for count, batch in enumerate(batches, 1):
+        accumulators = [g.add_input(a, batch) for g, a in zip(generators, accumulators)]
+        if count % 64 == 0:
+            accumulators = [g.compact(a) for g, a in zip(generators, accumulators)]
+    return stats_impl.extract_statistics_output(accumulators, generators)
 
+
+def in_memory_statistics(files: list[str]):
+    """Every record decoded into one batch, then TFDV's in-memory path (needs the data to fit)."""
+    import pyarrow as pa
+    import tensorflow_data_validation as tfdv
+    from tensorflow_data_validation.statistics import stats_impl
+
+    return stats_impl.generate_statistics_in_memory(_one_batch(iter_record_batches(files)), tfdv.StatsOptions())
+
+
+def _one_batch(batches):
+    import pyarrow as pa
+
+    tables = [pa.Table.from_batches([b]) for b in batches]
+    if not tables:
+        return pa.RecordBatch.from_arrays([], [])
+    table = pa.concat_tables(tables, promote=True).combine_chunks()
+    return pa.RecordBatch.from_arrays([c.chunk(0) if c.num_chunks else c for c in table.columns], table.schema.names)
+
+
+def beam_statistics(files: list[str], beam_args: list[str], scratch: Path):
+    """``tfdv.generate_statistics_from_tfrecord`` with the given Beam pipeline options."""
+    import tensorflow_data_validation as tfdv
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    pattern = str(Path(files[0]).parent / "*.tfrecord.gz")
+    return tfdv.generate_statistics_from_tfrecord(
+        data_location=pattern,
+        output_path=str(scratch / "beam_stats.tfrecord"),
+        pipeline_options=PipelineOptions(beam_args or []),
+    )
+
+
+def compute_statistics(files: list[str], engine: str = "auto", beam_args: list[str] | None = None,
+                       scratch: Path | None = None):
+    if engine in ("auto", "streaming"):
+        return streaming_statistics(iter_record_batches(files))
+    if engine == "in_memory":
+        return in_memory_statistics(files)
+    if engine == "beam":
+        return beam_statistics(files, beam_args or [], scratch or Path(tempfile.mkdtemp()))
+    raise ValueError(f"unknown statistics engine {engine!r}")
+
+
+# --- schema ----------------------------------------------------------------------------------
 
 def infer_schema(train_statistics, label: str):
     """Infer a schema with a label-free ``SERVING`` environment (what a served model receives)."""
     import tensorflow_data_validation as tfdv
 
     schema = tfdv.infer_schema(train_statistics, infer_feature_shape=True)
-    schema.default_environment.extend([TRAINING, SERVING])
-    tfdv.get_feature(schema, label).not_in_environment.append(SERVING)
+    return ensure_environments(schema, label)
+
+
+def ensure_environments(schema, label: str):
+    """``TRAINING`` and ``SERVING`` environments, the label absent from ``SERVING``."""
+    import tensorflow_data_validation as tfdv
+
+    for env in (TRAINING, SERVING):
+        if env not in schema.default_environment:
+            schema.default_environment.append(env)
+    try:
+        feature = tfdv.get_feature(schema, label)
+    except ValueError:
+        return schema
+    if SERVING not in feature.not_in_environment:
+        feature.not_in_environment.append(SERVING)
     return schema
 
 
@@ -90,8 +179,119 @@ def schema_text(schema) -> str:
     return text_format.MessageToString(schema)
 
 
-def anomaly_report(split: str, anomalies) -> list[dict[str, str]]:
-    """One readable row per anomaly: split, feature, what, and TFDV's explanation."""
+def column_types(schema) -> dict[str, str]:
+    """Column kinds a schema prescribes: INT to int, FLOAT to float, BYTES to string."""
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    names = {schema_pb2.INT: "int", schema_pb2.FLOAT: "float", schema_pb2.BYTES: "string"}
+    return {f.name: names[f.type] for f in schema.feature if f.type in names}
+
+
+def _is_categorical(feature) -> bool:
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    return (
+        feature.type == schema_pb2.BYTES
+        or feature.HasField("domain") or feature.HasField("string_domain")
+        or (feature.HasField("int_domain") and feature.int_domain.is_categorical)
+        or feature.HasField("bool_domain")
+    )
+
+
+def add_comparators(schema, drift: DistanceConfig, skew: DistanceConfig):
+    """Drift and skew thresholds on every feature that has none in the schema yet."""
+    for feature in schema.feature:
+        for settings, comparator in ((drift, feature.drift_comparator), (skew, feature.skew_comparator)):
+            if comparator.HasField("infinity_norm") or comparator.HasField("jensen_shannon_divergence"):
+                continue  # set in a curated schema: authoritative
+            categorical = _is_categorical(feature)
+            threshold = settings.features.get(
+                feature.name, settings.categorical_linf if categorical else settings.numeric_jsd
+            )
+            if threshold is None:
+                continue
+            if categorical:
+                comparator.infinity_norm.threshold = threshold
+            else:
+                comparator.jensen_shannon_divergence.threshold = threshold
+    return schema
+
+
+# --- the report ------------------------------------------------------------------------------
+
+def _feature_stats(statistics, name: str):
+    if statistics is None or not statistics.datasets:
+        return None, 0
+    dataset = statistics.datasets[0]
+    for feature in dataset.features:
+        path = ".".join(feature.path.step) if feature.HasField("path") else feature.name
+        if path == name:
+            return feature, dataset.num_examples
+    return None, dataset.num_examples
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def expected_of(schema, name: str) -> str:
+    """What the schema asks of a feature, in a few words."""
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    feature = next((f for f in schema.feature if f.name == name), None)
+    if feature is None:
+        return "not in the schema"
+    parts = [schema_pb2.FeatureType.Name(feature.type)]
+    if feature.HasField("presence"):
+        if feature.presence.min_fraction:
+            parts.append(f"present in >= {feature.presence.min_fraction:.0%} of examples")
+        if feature.presence.min_count:
+            parts.append(f"in >= {feature.presence.min_count} example(s)")
+    domain = None
+    if feature.HasField("domain"):
+        domain = next((d for d in schema.string_domain if d.name == feature.domain), None)
+    elif feature.HasField("string_domain"):
+        domain = feature.string_domain
+    if domain is not None:
+        values = list(domain.value)
+        parts.append("one of " + ", ".join(values[:12]) + (f" (+{len(values) - 12} more)" if len(values) > 12 else ""))
+    for field in ("float_domain", "int_domain"):
+        if feature.HasField(field):
+            dom = getattr(feature, field)
+            low = _fmt(dom.min) if dom.HasField("min") else "-inf"
+            high = _fmt(dom.max) if dom.HasField("max") else "+inf"
+            if dom.HasField("min") or dom.HasField("max"):
+                parts.append(f"in [{low}, {high}]")
+    for label, comparator in (("drift", feature.drift_comparator), ("skew", feature.skew_comparator)):
+        if comparator.HasField("infinity_norm"):
+            parts.append(f"{label} L-inf <= {_fmt(comparator.infinity_norm.threshold)}")
+        if comparator.HasField("jensen_shannon_divergence"):
+            parts.append(f"{label} JS divergence <= {_fmt(comparator.jensen_shannon_divergence.threshold)}")
+    return "; ".join(parts)
+
+
+def observed_of(statistics, name: str) -> str:
+    """What the statistics show for a feature, in a few words."""
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    feature, examples = _feature_stats(statistics, name)
+    if feature is None:
+        return f"absent from all {examples} examples"
+    parts = [statistics_pb2.FeatureNameStatistics.Type.Name(feature.type)]
+    if feature.HasField("num_stats"):
+        common, stats = feature.num_stats.common_stats, feature.num_stats
+        parts.append(f"present in {common.num_non_missing}/{examples}")
+        parts.append(f"min {_fmt(stats.min)}, max {_fmt(stats.max)}, mean {_fmt(stats.mean)}")
+    elif feature.HasField("string_stats"):
+        common, stats = feature.string_stats.common_stats, feature.string_stats
+        parts.append(f"present in {common.num_non_missing}/{examples}")
+        top = ", ".join(f"{v.value} ({int(v.frequency)})" for v in stats.top_values[:6])
+        parts.append(f"{stats.unique} unique: {top}")
+    return "; ".join(parts)
+
+
+def anomaly_report(split: str, anomalies, schema=None, statistics=None) -> list[dict[str, str]]:
+    """One readable row per anomaly: split, feature, anomaly, expected, observed, TFDV's detail."""
     rows = []
     for feature, info in sorted(anomalies.anomaly_info.items()):
         reasons = [r.description for r in info.reason] or [info.description]
@@ -100,6 +300,8 @@ def anomaly_report(split: str, anomalies) -> list[dict[str, str]]:
                 "split": split,
                 "feature": feature,
                 "anomaly": info.short_description,
+                "expected": expected_of(schema, feature) if schema is not None else "",
+                "observed": observed_of(statistics, feature) if statistics is not None else "",
                 "detail": " ".join(reasons),
                 "severity": _severity_name(info.severity),
             }
@@ -111,6 +313,8 @@ def anomaly_report(split: str, anomalies) -> list[dict[str, str]]:
                 "split": split,
                 "feature": "(dataset)",
                 "anomaly": info.short_description,
+                "expected": "",
+                "observed": "",
                 "detail": info.description,
                 "severity": _severity_name(info.severity),
             }
@@ -125,24 +329,30 @@ def _severity_name(value: int) -> str:
 
 
 def format_report(rows: list[dict[str, str]]) -> str:
+    """The anomalies as a text table, then TFDV's detail under each row."""
     if not rows:
         return "no anomalies"
-    header = ("split", "feature", "anomaly", "detail")
-    widths = [max(len(h), *(len(r[h]) for r in rows)) for h in header[:-1]]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header[:-1], widths)) + "  detail"]
+    header = ("split", "feature", "anomaly", "expected", "observed")
+    widths = [min(60, max(len(h), *(len(r.get(h, "")) for r in rows))) for h in header]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     for row in rows:
-        lines.append("  ".join(row[h].ljust(w) for h, w in zip(header[:-1], widths)) + "  " + row["detail"])
+        lines.append("  ".join(row.get(h, "")[:w].ljust(w) for h, w in zip(header, widths)).rstrip())
+        lines.append(f"    {row['detail']}")
     return "\n".join(lines)
 
 
-def statistics_html(statistics) -> str | None:
+def statistics_html(statistics, baseline=None) -> str | None:
     """TFDV's statistics visualization (Facets) as a standalone HTML page."""
     try:
         from tensorflow_data_validation.utils import display_util
     except ImportError:  # pragma: no cover - visualization extras missing
         return None
+    if baseline is not None:
+        return display_util.get_statistics_html(statistics, baseline, lhs_name="this run", rhs_name="baseline")
     return display_util.get_statistics_html(statistics)
 
+
+# --- the step --------------------------------------------------------------------------------
 
 def validate_examples(
     examples_uri: str,
@@ -152,45 +362,75 @@ def validate_examples(
     label: str,
     cache_dir: Path,
     work_dir: Path,
+    settings: ValidateConfig | None = None,
+    curated_schema: Path | None = None,
+    baseline_uri: str | None = None,
+    run_id: str = "",
 ) -> ValidationArtifact:
     """Compute statistics per split, settle the schema and check every split against it.
+
+    Args:
+        curated_schema: A checked-in schema; authoritative when it exists.
+        baseline_uri: Pointer (JSON) to the statistics of the last run whose data passed;
+            updated when this run passes.
 
     The statistics, the schema used and the anomalies are published even when validation
     fails, so the report can be read; the exception stops everything downstream.
 
     Raises:
-        DataValidationError: Some split has anomalies against the schema.
+        DataValidationError: Some split has anomalies against the schema, drifts or skews.
     """
+    import tensorflow_data_validation as tfdv
+
+    settings = settings or ValidateConfig()
+    started = time.perf_counter()
     manifest = read_manifest(examples_uri)
     local_examples = storage.materialize(examples_uri, cache_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="validate-"))
     try:
         stats_dir, anomalies_dir = scratch / "statistics", scratch / "anomalies"
+        baseline = _read_baseline(baseline_uri, run_id, cache_dir)
         statistics = {}
         for split in manifest["splits"]:
-            statistics[split] = compute_statistics(read_split_record_batch(local_examples, manifest, split))
+            split_started = time.perf_counter()
+            statistics[split] = compute_statistics(
+                split_files(local_examples, manifest, split), settings.engine, settings.beam_pipeline_args, scratch
+            )
+            log.info("statistics of %s (%d examples) in %.2fs", split, manifest["splits"][split]["count"],
+                     time.perf_counter() - split_started)
             (stats_dir / split).mkdir(parents=True)
             (stats_dir / split / STATS_FILE).write_bytes(statistics[split].SerializeToString())
-            html = statistics_html(statistics[split])
+            html = statistics_html(statistics[split], baseline[1].get(split) if baseline else None)
             if html:
                 (stats_dir / split / "statistics.html").write_text(html, encoding="utf-8")
 
-        inferred = not storage.exists(recorded_schema_uri)
-        if inferred:
-            schema = infer_schema(statistics["train"], label)
-        else:
+        if curated_schema is not None and curated_schema.is_file():
+            source = "curated"
+            try:
+                schema = ensure_environments(load_schema_text(curated_schema.read_text(encoding="utf-8")), label)
+            except Exception as error:  # noqa: BLE001 - a broken curated schema is a config error
+                raise ValueError(f"curated schema {curated_schema} cannot be parsed: {error}") from None
+        elif storage.exists(recorded_schema_uri):
+            source = "recorded"
             schema = load_schema_text(storage.read_bytes(recorded_schema_uri).decode("utf-8"))
+        else:
+            source = "inferred"
+            schema = infer_schema(statistics["train"], label)
         (stats_dir / SCHEMA_FILE).write_text(schema_text(schema))
-
-        import tensorflow_data_validation as tfdv
+        checked = add_comparators(type(schema).FromString(schema.SerializeToString()), settings.drift, settings.skew)
 
         report: list[dict[str, str]] = []
         for split, stats in statistics.items():
-            anomalies = tfdv.validate_statistics(stats, schema, environment=TRAINING)
+            kwargs: dict[str, Any] = {}
+            if split == "train" and baseline is not None and "train" in baseline[1]:
+                kwargs["previous_statistics"] = baseline[1]["train"]
+            if split == "train" and "eval" in statistics:
+                kwargs["serving_statistics"] = statistics["eval"]
+            anomalies = tfdv.validate_statistics(stats, checked, environment=TRAINING, **kwargs)
             (anomalies_dir / split).mkdir(parents=True)
             (anomalies_dir / split / "anomalies.pbtxt").write_text(schema_text(anomalies))
-            report.extend(anomaly_report(split, anomalies))
+            report.extend(anomaly_report(split, anomalies, checked, stats))
         (anomalies_dir / "report.json").write_text(json.dumps(report, indent=2))
         (anomalies_dir / "report.txt").write_text(format_report(report) + "\n")
 
@@ -198,22 +438,49 @@ def validate_examples(
         storage.publish_dir(anomalies_dir, anomalies_uri)
         if report:
             raise DataValidationError(
-                f"{len(report)} anomal{'y' if len(report) == 1 else 'ies'} in {examples_uri} "
-                f"against the schema {recorded_schema_uri}:\n{format_report(report)}",
+                f"{len(report)} anomal{'y' if len(report) == 1 else 'ies'} in {examples_uri} against the "
+                f"{source} schema{f' {curated_schema}' if source == 'curated' else ''}:\n{format_report(report)}",
                 report,
             )
-        if inferred:
+        if source == "inferred":
             # Recorded only from data that passed, so a bad first run cannot poison later ones.
             storage.write_bytes(recorded_schema_uri, schema_text(schema).encode("utf-8"))
+        if baseline_uri:
+            storage.write_bytes(baseline_uri, json.dumps({"run_id": run_id, "statistics_uri": statistics_uri}).encode())
         return ValidationArtifact(
             statistics_uri=statistics_uri,
             schema_uri=storage.join(statistics_uri, SCHEMA_FILE),
             anomalies_uri=anomalies_uri,
-            schema_inferred=inferred,
-            anomalies=len(report),
+            schema_source=source,
+            anomalies=0,
+            baseline_run=baseline[0] if baseline else None,
+            seconds=round(time.perf_counter() - started, 3),
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _read_baseline(baseline_uri: str | None, run_id: str, cache_dir: Path):
+    """(run id, split -> statistics) of the last run whose data passed, if any and not this run."""
+    if not baseline_uri or not storage.exists(baseline_uri):
+        return None
+    pointer = json.loads(storage.read_bytes(baseline_uri))
+    if pointer.get("run_id") == run_id:
+        return None  # a retry of the run that set it: compare with nothing rather than itself
+    try:
+        local = storage.materialize(pointer["statistics_uri"], cache_dir)
+    except storage.ArtifactNotFoundError:
+        log.warning("baseline statistics %s are gone; drift is not checked", pointer["statistics_uri"])
+        return None
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    splits = {}
+    for split_dir in local.iterdir():
+        if (split_dir / STATS_FILE).is_file():
+            splits[split_dir.name] = statistics_pb2.DatasetFeatureStatisticsList.FromString(
+                (split_dir / STATS_FILE).read_bytes()
+            )
+    return pointer.get("run_id"), splits
 
 
 def load_statistics(statistics_uri: str, split: str, cache_dir: Path):
@@ -226,3 +493,8 @@ def load_statistics(statistics_uri: str, split: str, cache_dir: Path):
 def load_schema(statistics_uri: str, cache_dir: Path):
     local = storage.materialize(statistics_uri, cache_dir)
     return load_schema_text((local / SCHEMA_FILE).read_text())
+
+
+def read_split_record_batch(local_examples: Path, manifest: dict[str, Any], split: str):
+    """All examples of a split decoded into one Arrow record batch (tests and small data)."""
+    return _one_batch(iter_record_batches(split_files(local_examples, manifest, split)))

@@ -1,12 +1,15 @@
 import gzip
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from tasks.config import load_pipeline
-from tasks.ingest import DataError, assign_splits, ingest_examples, read_manifest
+from tasks.ingest import DataError, assign_splits, ingest_examples, read_manifest, row_hashes
 from tasks.validate import read_split_record_batch
 from tests.conftest import write_pipeline
 
@@ -51,17 +54,92 @@ def test_split_is_deterministic_and_rerun_replaces_output(tmp_path, pipeline_fil
                                   after.sort_values("bill_length_mm", key=lambda s: s.str[0]).reset_index(drop=True))
 
 
-def test_split_does_not_depend_on_row_order(penguins_frame):
-    fractions = {"train": 0.8, "eval": 0.2}
-    index, _ = assign_splits(penguins_frame, fractions, None)
+def _splits(frame, key=None, fractions=(0.8, 0.2)):
+    batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
+    return assign_splits(row_hashes(batch, [key] if key else list(frame.columns)), list(fractions))
+
+
+def test_split_does_not_depend_on_row_order_or_batching(penguins_frame):
+    index = _splits(penguins_frame)
     shuffled = penguins_frame.sample(frac=1.0, random_state=3)
-    index_shuffled, _ = assign_splits(shuffled, fractions, None)
-    assert np.array_equal(index[shuffled.index.to_numpy()], index_shuffled)
+    assert np.array_equal(index[shuffled.index.to_numpy()], _splits(shuffled.reset_index(drop=True)))
+    halves = np.concatenate([_splits(penguins_frame.iloc[:100]), _splits(penguins_frame.iloc[100:])])
+    assert np.array_equal(index, halves)
+    assert 0.7 < (index == 0).mean() < 0.9
 
 
 def test_split_key_keeps_groups_together(penguins_frame):
-    index, _ = assign_splits(penguins_frame, {"train": 0.5, "eval": 0.5}, "island")
+    index = _splits(penguins_frame, "island", (0.5, 0.5))
     assert penguins_frame.assign(split=index).groupby("island")["split"].nunique().max() == 1
+
+
+def test_rerun_writes_identical_bytes(tmp_path, pipeline_file):
+    config = load_pipeline(pipeline_file)
+    _ingest(tmp_path, config, "one")
+    _ingest(tmp_path, config, "two")
+    for rel in read_manifest(str(tmp_path / "one"))["splits"]["train"]["files"]:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()
+
+
+def test_csv_and_parquet_give_the_same_examples(tmp_path, penguins_frame):
+    penguins_frame.to_parquet(tmp_path / "p.parquet")
+    penguins_frame.to_csv(tmp_path / "p.csv", index=False)
+    frames = []
+    for name in ("p.parquet", "p.csv"):
+        config = load_pipeline(write_pipeline(tmp_path, data={"source": str(tmp_path / name)}))
+        result = _ingest(tmp_path, config, f"out-{name}")
+        frames.append(read_split_record_batch(tmp_path / f"out-{name}", read_manifest(result.uri), "train").to_pandas())
+    key = ["bill_length_mm", "bill_depth_mm", "body_mass_g", "island", "sex", "year"]
+    a, b = (f.applymap(lambda v: None if v is None else v[0]) for f in frames)
+    pd.testing.assert_frame_equal(a.sort_values(key, na_position="first").reset_index(drop=True),
+                                  b[a.columns].sort_values(key, na_position="first").reset_index(drop=True))
+
+
+def test_integer_column_with_a_late_fraction_is_widened_to_float(tmp_path, monkeypatch):
+    monkeypatch.setattr("tasks.ingest._CSV_BLOCK_BYTES", 64 << 10)  # types are inferred from the first block
+    rows = ["label,x,c"] + [f"{i % 2},{i},c{i % 3}" for i in range(60_000)] + ["1,2.5,c1"]
+    source = tmp_path / "late.csv"
+    source.write_text("\n".join(rows) + "\n")
+    config = load_pipeline(write_pipeline(tmp_path, data={"source": str(source)}, label="label", task="binary"))
+    result = _ingest(tmp_path, config)
+    assert result.widened == {"x": "float"} and result.columns["x"] == "float"
+    assert result.rows == 60_001
+
+
+def test_text_in_a_declared_numeric_column_names_row_and_value(tmp_path, monkeypatch):
+    monkeypatch.setattr("tasks.ingest._CSV_BLOCK_BYTES", 64 << 10)
+    rows = ["label,x"] + [f"{i % 2},{i}" for i in range(50_000)] + ["1,twelve"]
+    source = tmp_path / "text.csv"
+    source.write_text("\n".join(rows) + "\n")
+    config = load_pipeline(write_pipeline(tmp_path, data={"source": str(source), "column_types": {"x": "int"}},
+                                          label="label", task="binary"))
+    with pytest.raises(DataError) as error:
+        _ingest(tmp_path, config)
+    assert "text.csv" in str(error.value) and "'x'" in str(error.value)
+    assert "'twelve' at data row 50001" in str(error.value)
+
+
+def test_peak_memory_does_not_grow_with_rows(tmp_path):
+    """Ingest N and 4N rows in fresh processes: the peak RSS may grow by at most 20%."""
+    from tasks.datagen import generate
+
+    script = (
+        "import resource, sys; from pathlib import Path\n"
+        "from tasks.config import config_from_mapping\n"
+        "from tasks.ingest import ingest_examples\n"
+        "cfg = config_from_mapping({'name': 'm', 'data': {'source': [sys.argv[1]]}, 'label': 'label',"
+        " 'task': 'binary'}, 'memory')\n"
+        "ingest_examples(cfg, [sys.argv[1]], sys.argv[2], Path(sys.argv[3]))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    peaks = {}
+    for rows in (150_000, 600_000):
+        source = tmp_path / f"{rows}.csv"
+        generate(source, rows, columns=20, seed=rows)
+        out = subprocess.run([sys.executable, "-c", script, str(source), str(tmp_path / f"out{rows}"),
+                              str(tmp_path / "work")], capture_output=True, text=True, check=True)
+        peaks[rows] = int(out.stdout.split()[-1])
+    assert peaks[600_000] <= 1.2 * peaks[150_000], peaks
 
 
 def test_parquet_and_several_files(tmp_path, penguins_frame):

@@ -75,15 +75,15 @@ def test_saved_model_serves_examples_and_raw_features(trained):
     example = tf.train.Example()
     for key, value in {"island": b"Biscoe", "sex": b"male"}.items():
         example.features.feature[key].bytes_list.value.append(value)
-    for key, value in {"bill_length_mm": 50.0, "bill_depth_mm": 15.0, "flipper_length_mm": 220.0,
-                       "body_mass_g": 5400.0}.items():
+    for key, value in {"bill_length_mm": 50.0, "bill_depth_mm": 15.0}.items():
         example.features.feature[key].float_list.value.append(value)
-    example.features.feature["year"].int64_list.value.append(2008)
+    for key, value in {"flipper_length_mm": 220, "body_mass_g": 5400, "year": 2008}.items():
+        example.features.feature[key].int64_list.value.append(value)  # whole numbers in the CSV: INT
     by_example = loaded.signatures[SERVING_SIGNATURE](examples=tf.constant([example.SerializeToString()]))
     by_features = loaded.signatures[FEATURES_SIGNATURE](
         island=tf.constant(["Biscoe"]), sex=tf.constant(["male"]), bill_length_mm=tf.constant([50.0]),
-        bill_depth_mm=tf.constant([15.0]), flipper_length_mm=tf.constant([220.0]),
-        body_mass_g=tf.constant([5400.0]), year=tf.constant([2008], tf.int64))
+        bill_depth_mm=tf.constant([15.0]), flipper_length_mm=tf.constant([220], tf.int64),
+        body_mass_g=tf.constant([5400], tf.int64), year=tf.constant([2008], tf.int64))
     assert by_example["predicted_class"].numpy()[0] == b"Gentoo"
     np.testing.assert_allclose(by_example["scores"].numpy(), by_features["scores"].numpy(), rtol=1e-5)
     assert by_example["classes"].numpy()[0].tolist() == [b"Adelie", b"Chinstrap", b"Gentoo"]

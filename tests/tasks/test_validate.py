@@ -1,17 +1,24 @@
 import pytest
 
+from tasks.ingest import DataError
+
 from tasks.config import load_pipeline
 from tasks.ingest import ingest_examples
-from tasks.validate import DataValidationError, load_schema, validate_examples
+from tasks.validate import DataValidationError, column_types, load_schema, load_schema_text, validate_examples
 from tests.conftest import PENGUINS_CSV, write_pipeline
 
 
-def _run(tmp_path, source, run):
-    config = load_pipeline(write_pipeline(tmp_path, data={"source": str(source)}))
-    examples = ingest_examples(config, config.data.source, str(tmp_path / run / "examples"), tmp_path / "work")
+def _run(tmp_path, source, run, **changes):
+    """Ingest then validate as the pipeline does: column types from the recorded schema."""
+    config = load_pipeline(write_pipeline(tmp_path, data={"source": str(source)}, **changes))
+    recorded = tmp_path / "schema" / "schema.pbtxt"
+    types = column_types(load_schema_text(recorded.read_text())) if recorded.exists() else {}
+    examples = ingest_examples(config, config.data.source, str(tmp_path / run / "examples"), tmp_path / "work",
+                               column_types=types)
     return validate_examples(
         examples.uri, str(tmp_path / run / "statistics"), str(tmp_path / run / "anomalies"),
-        str(tmp_path / "schema" / "schema.pbtxt"), "species", tmp_path / "cache", tmp_path / "work",
+        str(recorded), "species", tmp_path / "cache", tmp_path / "work", settings=config.validation,
+        baseline_uri=str(tmp_path / "schema" / "baseline.json"), run_id=run,
     )
 
 
@@ -44,12 +51,33 @@ def test_new_category_fails_with_report_naming_feature(tmp_path, penguins_frame)
     assert (tmp_path / "r2" / "anomalies" / "report.txt").read_text().count("island") >= 1
 
 
-def test_new_column_and_wrong_type_are_reported(tmp_path, penguins_frame):
+def test_new_column_is_reported(tmp_path, penguins_frame):
     _run(tmp_path, PENGUINS_CSV, "r1")
-    bad = penguins_frame.assign(wingspan=1.0, year=penguins_frame["year"].astype(str) + "y")
     path = tmp_path / "bad.csv"
-    bad.to_csv(path, index=False)
+    penguins_frame.assign(wingspan=1.0).to_csv(path, index=False)
     with pytest.raises(DataValidationError) as error:
         _run(tmp_path, path, "r2")
-    features = {r["feature"] for r in error.value.report}
-    assert {"wingspan", "year"} <= features
+    rows = [r for r in error.value.report if r["feature"] == "wingspan"]
+    assert rows and rows[0]["expected"] == "not in the schema" and "present in" in rows[0]["observed"]
+
+
+def test_wrong_type_stops_ingest_against_the_schema(tmp_path, penguins_frame):
+    _run(tmp_path, PENGUINS_CSV, "r1")
+    path = tmp_path / "bad.csv"
+    penguins_frame.assign(year=penguins_frame["year"].astype(str) + "y").to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"bad.csv: column 'year' holds '2007y' at data row 1, expected a number"):
+        _run(tmp_path, path, "r2")
+
+
+def test_drift_against_the_last_passing_run(tmp_path, penguins_frame):
+    _run(tmp_path, PENGUINS_CSV, "r1")
+    assert _run(tmp_path, PENGUINS_CSV, "r2").baseline_run == "r1"
+    heavy = penguins_frame.assign(body_mass_g=penguins_frame["body_mass_g"] * 1.6)
+    path = tmp_path / "heavy.csv"
+    heavy.to_csv(path, index=False)
+    with pytest.raises(DataValidationError) as error:
+        _run(tmp_path, path, "r3")
+    drift = [r for r in error.value.report if r["feature"] == "body_mass_g"]
+    assert drift and "Jensen-Shannon" in drift[0]["anomaly"] and "drift JS divergence <= 0.3" in drift[0]["expected"]
+    # switched off per feature in the config, the same data passes
+    assert _run(tmp_path, path, "r4", validation={"drift": {"features": {"body_mass_g": None}}}).anomalies == 0
