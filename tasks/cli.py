@@ -6,6 +6,7 @@ so ``tfpipe --help`` and config errors answer at once.
     tfpipe summary PIPELINE [--run-id ID]  what a pipeline run did (from MLflow)
     tfpipe demo                            run the penguins DAG through Airflow, then summarize
     tfpipe datagen OUT [--rows N] ...      synthetic tabular data (CSV or Parquet)
+    tfpipe schema PIPELINE [--curate]      the schema in force; --curate copies the recorded one beside the config
     tfpipe airflow ARGS...                 the airflow command with this project's settings
     tfpipe mlflow ARGS...                  the mlflow command with this project's settings
 """
@@ -113,6 +114,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return summary
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from tasks import artifacts, storage
+    from tasks.config import resolve_pipeline_path
+    from tasks.pipeline import curated_schema_path, make_context
+
+    settings = Settings.from_env()
+    ctx = make_context(args.pipeline, run_id="schema", settings=settings)
+    curated = curated_schema_path(ctx)
+    recorded = artifacts.recorded_schema_uri(settings.artifact_root, ctx.config.name)
+    if curated.is_file() and not args.curate:
+        print(f"# curated schema (authoritative): {curated}")
+        print(curated.read_text(encoding="utf-8"), end="")
+        return 0
+    if not storage.exists(recorded):
+        print(f"no schema yet for {ctx.config.name}: the first run that passes validation records one "
+              f"at {recorded}", file=sys.stderr)
+        return 1
+    text = storage.read_bytes(recorded).decode("utf-8")
+    if not args.curate:
+        print(f"# recorded schema: {recorded}")
+        print(text, end="")
+        return 0
+    if curated.exists():
+        print(f"{curated} exists; edit it in place (not overwritten)", file=sys.stderr)
+        return 1
+    curated.write_text(f"# Curated from {recorded}; authoritative from now on.\n{text}", encoding="utf-8")
+    print(f"[tfpipe] wrote {curated} from the recorded schema of {resolve_pipeline_path(args.pipeline).name}; "
+          "edit it (ranges, presence, domains) and commit it beside the config")
+    return 0
+
+
 def _cmd_datagen(args: argparse.Namespace) -> int:
     from tasks.datagen import generate, pipeline_yaml
 
@@ -215,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     datagen.add_argument("--corrupt", type=float, default=0.0, help="fraction of rows with one defect each")
     datagen.add_argument("--pipeline", metavar="YAML", help="also write a pipeline config for the data")
     datagen.set_defaults(func=_cmd_datagen)
+
+    schema = sub.add_parser("schema", help="print the schema in force, or --curate the recorded one")
+    schema.add_argument("pipeline")
+    schema.add_argument("--curate", action="store_true",
+                        help="write the recorded schema beside the config as <name>.schema.pbtxt")
+    schema.set_defaults(func=_cmd_schema)
 
     for tool in ("airflow", "mlflow"):
         p = sub.add_parser(tool, help=f"run {tool} with this project's settings", add_help=False)

@@ -232,9 +232,14 @@ def _csv_error(error: Exception, path: Path, uri: str, names: list[str] | None,
     """A conversion error as a widening (inferred int meets a fraction) or a DataError with the row."""
     text = str(error)
     match = _CSV_CONVERSION.search(text)
+    if "invalid UTF8" in text:
+        column = re.search(r"In CSV column #(\d+)", text)
+        if column and names is not None and int(column.group(1)) < len(names):
+            name = names[int(column.group(1))]
+            return DataError(f"{uri}: column {name!r} holds bytes that are not valid UTF-8 "
+                             f"(data row {_find_invalid_utf8(path, name) or '?'})")
+        return DataError(f"{uri}: the file is not valid UTF-8 text ({text})")
     if not match or names is None:
-        if "invalid UTF8" in text or "UTF-8" in text or "UTF8" in text:
-            return DataError(f"{uri}: the file is not valid UTF-8 text ({text})")
         return DataError(f"{uri}: cannot parse as CSV: {text}")
     column = names[int(match.group(1))]
     target, value = match.group(2), match.group(3)
@@ -281,6 +286,29 @@ def _find_row(path: Path, column: str, value: str) -> int | None:
             if value in values:
                 return seen + values.index(value) + 1
             seen += len(values)
+    except (pa.ArrowInvalid, OSError):
+        return None
+    return None
+
+
+def _find_invalid_utf8(path: Path, column: str) -> int | None:
+    import pyarrow.csv as pacsv
+
+    try:
+        reader = pacsv.open_csv(
+            str(path),
+            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+            convert_options=pacsv.ConvertOptions(include_columns=[column], column_types={column: pa.binary()}),
+        )
+        seen = 0
+        for batch in reader:
+            for i, value in enumerate(batch.column(0).to_pylist()):
+                if value is not None:
+                    try:
+                        value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return seen + i + 1
+            seen += batch.num_rows
     except (pa.ArrowInvalid, OSError):
         return None
     return None
@@ -595,7 +623,8 @@ def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str
             counts[split] = int(totals[i * shards:(i + 1) * shards].sum())
             if counts[split] == 0:
                 raise DataError(
-                    f"split {split!r} received no rows out of {rows_total}: too few rows for the split fractions"
+                    f"{', '.join(r['uri'] for r in source_records)}: split {split!r} received no rows out of "
+                    f"{rows_total}: too few rows for the split fractions"
                 )
         for i, handle in enumerate(handles):
             path = Path(handle.name)

@@ -44,3 +44,42 @@ def test_failing_step_exits_nonzero_with_its_error(tmp_path, home, capsys):
 def test_bad_override_exits_2_naming_the_key(tmp_path, home, capsys):
     assert main(["run", str(write_pipeline(tmp_path)), "--set", "train.epoks=3"]) == 2
     assert "train.epoks: unknown key" in capsys.readouterr().err
+
+
+def test_datagen_writes_learnable_data_and_a_pipeline_that_runs(tmp_path, home, capsys):
+    import pandas as pd
+
+    data, config = tmp_path / "synth.parquet", tmp_path / "synth.yaml"
+    assert main(["datagen", str(data), "--rows", "3000", "--columns", "12", "--task", "multiclass",
+                 "--pipeline", str(config)]) == 0
+    frame = pd.read_parquet(data)
+    assert frame.shape == (3000, 12) and set(frame["label"]) == {"class_a", "class_b", "class_c"}
+    assert 0.005 < frame.drop(columns="label").isna().mean().mean() < 0.05  # missing values
+    import pyarrow.parquet as pq
+
+    assert {"double", "int64", "string"} <= {str(f.type) for f in pq.read_schema(data)}
+    again = tmp_path / "again.parquet"
+    main(["datagen", str(again), "--rows", "3000", "--columns", "12", "--task", "multiclass"])
+    pd.testing.assert_frame_equal(frame, pd.read_parquet(again))  # same seed, same data
+    assert main(["run", str(config), "--until", "validate_examples", "--run-id", "s1"]) == 0
+    capsys.readouterr()
+    # drift is caught against the run that passed; the schema in force is printed
+    main(["datagen", str(data), "--rows", "3000", "--columns", "12", "--task", "multiclass", "--drift", "1",
+          "--seed", "7"])
+    assert main(["run", str(config), "--until", "validate_examples", "--run-id", "s2"]) == 1
+    assert "DataValidationError" in capsys.readouterr().err
+    assert main(["schema", str(config)]) == 0
+    assert capsys.readouterr().out.startswith("# recorded schema:")
+    assert main(["schema", str(config), "--curate"]) == 0
+    assert (tmp_path / "synth.schema.pbtxt").read_text().startswith("# Curated from")
+    assert main(["schema", str(config)]) == 0
+    assert "# curated schema (authoritative)" in capsys.readouterr().out
+
+
+def test_datagen_corruption_is_caught_by_ingest(tmp_path, home, capsys):
+    data = tmp_path / "dirty.csv"
+    assert main(["datagen", str(data), "--rows", "2000", "--corrupt", "0.05", "--pipeline",
+                 str(tmp_path / "dirty.yaml")]) == 0
+    assert main(["run", str(tmp_path / "dirty.yaml"), "--until", "validate_examples"]) == 1
+    err = capsys.readouterr().err
+    assert "DataError" in err and "dirty.csv" in err and "at data row" in err
