@@ -6,6 +6,7 @@ so ``tfpipe --help`` and config errors answer at once.
     tfpipe summary PIPELINE [--run-id ID]  what a pipeline run did (from MLflow)
     tfpipe demo                            run the penguins DAG through Airflow, then summarize
     tfpipe datagen OUT [--rows N] ...      synthetic tabular data (CSV or Parquet)
+    tfpipe bench ingest|validate [--rows N] [--out FILE]   benchmarks (ours, reference, floor)
     tfpipe schema PIPELINE [--curate]      the schema in force; --curate copies the recorded one beside the config
     tfpipe airflow ARGS...                 the airflow command with this project's settings
     tfpipe mlflow ARGS...                  the mlflow command with this project's settings
@@ -145,6 +146,20 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from tasks import bench
+
+    if args.suite == "ingest":
+        result = bench.bench_ingest(args.rows, args.columns, args.repeat, args.format)
+    else:
+        result = bench.bench_validate(args.rows, args.columns, args.repeat)
+    bench.write(result, args.out)
+    print(bench.format_table(result))
+    if args.out:
+        print(f"\n[tfpipe] wrote {args.out}")
+    return 0
+
+
 def _cmd_datagen(args: argparse.Namespace) -> int:
     from tasks.datagen import generate, pipeline_yaml
 
@@ -247,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     datagen.add_argument("--corrupt", type=float, default=0.0, help="fraction of rows with one defect each")
     datagen.add_argument("--pipeline", metavar="YAML", help="also write a pipeline config for the data")
     datagen.set_defaults(func=_cmd_datagen)
+
+    bench = sub.add_parser("bench", help="benchmark a step against its reference and floor (GUIDE section 4)")
+    bench.add_argument("suite", choices=("ingest", "validate"))
+    bench.add_argument("--rows", type=int, default=1_000_000)
+    bench.add_argument("--columns", type=int, default=20)
+    bench.add_argument("--repeat", type=int, default=3, help="interleaved repetitions (median reported)")
+    bench.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="source format (ingest)")
+    bench.add_argument("--out", metavar="FILE", help="write the result as JSON")
+    bench.set_defaults(func=_cmd_bench)
 
     schema = sub.add_parser("schema", help="print the schema in force, or --curate the recorded one")
     schema.add_argument("pipeline")
