@@ -190,12 +190,9 @@ def _read_floor(source: Path, data_format: str) -> int:
 
 def _raw_records(examples: Path) -> list[bytes]:
     """Our shards, decompressed: the serialized records (with their TFRecord frames)."""
-    chunks = []
-    for path in sorted(examples.rglob("*.tfrecord.gz")):
-        import gzip
+    import gzip
 
-        chunks.append(gzip.decompress(path.read_bytes()))
-    return chunks
+    return [gzip.decompress(path.read_bytes()) for path in sorted(examples.rglob("*.tfrecord.gz"))]
 
 
 def _compress_floor(chunks: list[bytes], level: int, workers: int) -> int:
@@ -210,7 +207,7 @@ def _compress_floor(chunks: list[bytes], level: int, workers: int) -> int:
         return sum(pool.map(compress, pieces))
 
 
-def _decoded(examples_dir: Path, files: list[str]) -> "Any":
+def _decoded(files: list[str]) -> Any:
     import pandas as pd
 
     from tasks.validate import iter_record_batches
@@ -253,20 +250,25 @@ def bench_ingest(rows: int, columns: int = 20, repeat: int = 3, data_format: str
 
         # warm-up on small data, and the same-work check: identical examples, row for row
         assert ours(small) == reference(small) == min(rows, 5000)
-        mine = _decoded(root / "ours", [str(p) for p in sorted((root / "ours").rglob("*.tfrecord.gz"))])
-        theirs = _decoded(root / "reference", [str(p) for p in sorted((root / "reference").glob("*.tfrecord.gz"))])
+        mine = _decoded([str(p) for p in sorted((root / "ours").rglob("*.tfrecord.gz"))])
+        theirs = _decoded([str(p) for p in sorted((root / "reference").glob("*.tfrecord.gz"))])
         import pandas as pd
 
         pd.testing.assert_frame_equal(mine[sorted(mine.columns)], theirs[sorted(mine.columns)], check_dtype=False,
                                       rtol=1e-6)
         ours()
         chunks = _raw_records(root / "ours")
+
+        def floor_compress():
+            _compress_floor(chunks, level, workers)
+            return rows
+
         measured = run_variants(
             {
                 "ours": ours,
                 "per_row_reference": reference,
                 "floor_read": lambda: _read_floor(source, data_format),
-                "floor_compress": lambda: _compress_floor(chunks, level, workers) and rows,
+                "floor_compress": floor_compress,
             },
             repeat,
         )
@@ -290,7 +292,6 @@ def bench_ingest(rows: int, columns: int = 20, repeat: int = 3, data_format: str
                     "source_mb": round(source.stat().st_size / 1e6, 1),
                 },
                 "checks": {"same_examples_on_warmup": True, "rows": rows},
-                "targets": {"ours/per_row_reference >= 10": None, "ours/floor >= 0.5": None},
             },
         )
         result["targets"] = {

@@ -117,7 +117,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     from tasks import artifacts, storage
-    from tasks.config import resolve_pipeline_path
     from tasks.pipeline import curated_schema_path, make_context
 
     settings = Settings.from_env()
@@ -141,7 +140,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
         print(f"{curated} exists; edit it in place (not overwritten)", file=sys.stderr)
         return 1
     curated.write_text(f"# Curated from {recorded}; authoritative from now on.\n{text}", encoding="utf-8")
-    print(f"[tfpipe] wrote {curated} from the recorded schema of {resolve_pipeline_path(args.pipeline).name}; "
+    print(f"[tfpipe] wrote {curated} from the recorded schema of {Path(ctx.pipeline).name}; "
           "edit it (ranges, presence, domains) and commit it beside the config")
     return 0
 

@@ -31,6 +31,12 @@ class TaskType(str, Enum):
     REGRESSION = "regression"
 
 
+def _one_of(value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"must be one of {', '.join(choices)} (got {value!r})")
+    return value
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -84,9 +90,7 @@ class DataConfig(_Frozen):
     @field_validator("format")
     @classmethod
     def _known_format(cls, value: str) -> str:
-        if value not in ("auto", "csv", "parquet"):
-            raise ValueError(f"must be one of auto, csv, parquet (got {value!r})")
-        return value
+        return _one_of(value, ("auto", "csv", "parquet"))
 
     @field_validator("split")
     @classmethod
@@ -117,9 +121,7 @@ class TrainConfig(_Frozen):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        if value not in ("auto", "one_device", "mirrored", "multi_worker"):
-            raise ValueError(f"must be one of auto, one_device, mirrored, multi_worker (got {value!r})")
-        return value
+        return _one_of(value, ("auto", "one_device", "mirrored", "multi_worker"))
 
 
 class MetricGate(_Frozen):
@@ -196,9 +198,7 @@ class ValidateConfig(_Frozen):
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, value: str) -> str:
-        if value not in ("auto", "streaming", "in_memory", "beam"):
-            raise ValueError(f"must be one of auto, streaming, in_memory, beam (got {value!r})")
-        return value
+        return _one_of(value, ("auto", "streaming", "in_memory", "beam"))
 
 
 class PipelineConfig(_Frozen):

@@ -63,9 +63,10 @@ def _chunk(design: list[_Column], rows: int, rng: np.random.Generator, task: str
     for column in design:
         if column.kind in ("float", "lognormal"):
             z = rng.normal(drift, 1.0, rows)
-            data = column.mean + column.scale * z
             if column.kind == "lognormal":
                 data = np.exp(z * 0.5 + drift * 0.5) * column.scale
+            else:
+                data = column.mean + column.scale * z
             values[column.name] = np.round(data, 4)
             score += column.weight * z
         elif column.kind == "int":
@@ -99,9 +100,9 @@ def _corrupt(values: dict, masks: dict, label: np.ndarray, design: list[_Column]
     arrays = {}
     label_mask = np.zeros(rows, dtype=bool)
     text_cells: dict[str, dict[int, str]] = {}
+    numeric = [c for c in design if c.kind != "category"]
+    categorical = [c for c in design if c.kind == "category"]
     for row, kind in zip(defects.tolist(), kinds.tolist()):
-        numeric = [c for c in design if c.kind != "category"]
-        categorical = [c for c in design if c.kind == "category"]
         if kind == 0 and text_allowed and numeric:
             column = numeric[row % len(numeric)]
             text_cells.setdefault(column.name, {})[row] = "n/a?"

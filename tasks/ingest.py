@@ -237,7 +237,7 @@ def _csv_error(error: Exception, path: Path, uri: str, names: list[str] | None,
         if column and names is not None and int(column.group(1)) < len(names):
             name = names[int(column.group(1))]
             return DataError(f"{uri}: column {name!r} holds bytes that are not valid UTF-8 "
-                             f"(data row {_find_invalid_utf8(path, name) or '?'})")
+                             f"(data row {_first_row(path, name, pa.binary(), _not_utf8) or '?'})")
         return DataError(f"{uri}: the file is not valid UTF-8 text ({text})")
     if not match or names is None:
         return DataError(f"{uri}: cannot parse as CSV: {text}")
@@ -249,7 +249,7 @@ def _csv_error(error: Exception, path: Path, uri: str, names: list[str] | None,
             return _Widen(column, value_kind, f"{uri} holds {value!r} after empty rows")
         if target == "int64" and value_kind == "float":
             return _Widen(column, "float", f"{uri} holds {value!r}")
-    row = _find_row(path, column, value)
+    row = _first_row(path, column, pa.string(), lambda v: v == value)
     where = f" at data row {row}" if row else ""
     expected = {"int64": "an integer", "double": "a number", "null": "empty"}.get(target, target)
     hint = "" if column in declared else (f"; if {column!r} is categorical, declare it in the config: "
@@ -270,47 +270,33 @@ def _kind_of_text(value: str) -> str:
         return "string"
 
 
-def _find_row(path: Path, column: str, value: str) -> int | None:
-    """The 1-based data row of the first ``value`` in ``column`` (only on the error path)."""
+def _first_row(path: Path, column: str, arrow_type: pa.DataType, bad) -> int | None:
+    """The 1-based data row of the first value of ``column`` for which ``bad(value)`` holds
+    (a second read, only on the error path)."""
     import pyarrow.csv as pacsv
 
     try:
         reader = pacsv.open_csv(
             str(path),
             read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
-            convert_options=pacsv.ConvertOptions(include_columns=[column], column_types={column: pa.string()}),
+            convert_options=pacsv.ConvertOptions(include_columns=[column], column_types={column: arrow_type}),
         )
         seen = 0
         for batch in reader:
-            values = batch.column(0).to_pylist()
-            if value in values:
-                return seen + values.index(value) + 1
-            seen += len(values)
+            for i, value in enumerate(batch.column(0).to_pylist()):
+                if value is not None and bad(value):
+                    return seen + i + 1
+            seen += batch.num_rows
     except (pa.ArrowInvalid, OSError):
         return None
     return None
 
 
-def _find_invalid_utf8(path: Path, column: str) -> int | None:
-    import pyarrow.csv as pacsv
-
+def _not_utf8(value: bytes) -> UnicodeDecodeError | None:
     try:
-        reader = pacsv.open_csv(
-            str(path),
-            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
-            convert_options=pacsv.ConvertOptions(include_columns=[column], column_types={column: pa.binary()}),
-        )
-        seen = 0
-        for batch in reader:
-            for i, value in enumerate(batch.column(0).to_pylist()):
-                if value is not None:
-                    try:
-                        value.decode("utf-8")
-                    except UnicodeDecodeError:
-                        return seen + i + 1
-            seen += batch.num_rows
-    except (pa.ArrowInvalid, OSError):
-        return None
+        value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error
     return None
 
 
@@ -359,16 +345,12 @@ def _normalize(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) -> 
         kind, actual = plan.kinds.get(name), kind_of(array.type)
         if actual is not None and (kind is None or (kind == "int" and actual == "float")) and name not in plan.declared:
             raise _Widen(name, actual, f"{uri} holds {actual} values")
-        if kind is not None and actual != kind:
-            array = _cast(array, kind, name, uri, first_row)
-        elif kind == "float" and array.type != pa.float64():
-            array = array.cast(pa.float64())
-        elif kind == "int" and array.type != pa.int64():
-            array = _cast(array, kind, name, uri, first_row)
-        if kind == "float" and len(array):
-            array = _no_infinity(array, name, uri, first_row)
         if kind == "string" and (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
             _check_utf8(array, name, uri, first_row)
+        if kind is not None and array.type != _ARROW_TYPES[kind]:
+            array = _cast(array, kind, name, uri, first_row)
+        if kind == "float":
+            array = _finite_or_missing(array, name, uri, first_row)
         arrays.append(array)
     out = pa.RecordBatch.from_arrays(arrays, plan.columns)
     label = out.column(plan.columns.index(plan.label))
@@ -403,7 +385,7 @@ def _cast(array: pa.Array, kind: str, name: str, uri: str, first_row: int) -> pa
     raise DataError(f"{uri}: column {name!r} of type {array.type} cannot become {kind}")
 
 
-def _no_infinity(array: pa.Array, name: str, uri: str, first_row: int) -> pa.Array:
+def _finite_or_missing(array: pa.Array, name: str, uri: str, first_row: int) -> pa.Array:
     values = np.asarray(array.fill_null(0.0), dtype=np.float64)
     infinite = np.isinf(values)
     if infinite.any():
@@ -420,14 +402,12 @@ def _no_infinity(array: pa.Array, name: str, uri: str, first_row: int) -> pa.Arr
 
 def _check_utf8(array: pa.Array, name: str, uri: str, first_row: int) -> None:
     for i, value in enumerate(array.to_pylist()):
-        if value is not None:
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError(
-                    f"{uri}: column {name!r} holds bytes that are not valid UTF-8 at data row "
-                    f"{first_row + i + 1} ({value!r}: {error.reason})"
-                ) from None
+        error = _not_utf8(value) if value is not None else None
+        if error is not None:
+            raise DataError(
+                f"{uri}: column {name!r} holds bytes that are not valid UTF-8 at data row "
+                f"{first_row + i + 1} ({value!r}: {error.reason})"
+            )
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -474,7 +454,6 @@ def split_names(fractions: Mapping[str, float]) -> list[str]:
 
 @dataclass
 class _Encoded:
-    rows: int
     counts: np.ndarray  # per (split, shard)
     members: list[bytes]  # one gzip member per (split, shard), empty when no rows
     non_null: np.ndarray  # per column
@@ -502,7 +481,7 @@ def _encode_batch(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) 
             members.append(b"")
         start += count
     non_null = np.array([len(c) - c.null_count for c in batch.columns], dtype=np.int64)
-    return _Encoded(batch.num_rows, counts, members, non_null)
+    return _Encoded(counts, members, non_null)
 
 
 # --- the step ----------------------------------------------------------------------------
@@ -569,6 +548,19 @@ def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str
         source_records = []
         rows_total = 0
         began = last_log = time.perf_counter()
+        pending: deque[concurrent.futures.Future] = deque()
+
+        def drain(limit: int) -> None:
+            """Write finished batches in submission order until at most ``limit`` are in flight."""
+            nonlocal non_null
+            while len(pending) > limit:
+                encoded = pending.popleft().result()
+                for handle, member in zip(handles, encoded.members):
+                    if member:
+                        handle.write(member)
+                totals[:] += encoded.counts
+                non_null = encoded.non_null if non_null is None else non_null + encoded.non_null
+
         try:
             with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
                 for index, source in enumerate(resolved):
@@ -580,18 +572,6 @@ def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str
                     plan = plan or _make_plan(config, reader, source.uri, declared, widened)
                     _check_columns(reader, source.uri, plan, resolved[0].uri)
                     file_rows = 0
-                    pending: deque[concurrent.futures.Future] = deque()
-
-                    def drain(limit: int) -> None:
-                        nonlocal non_null
-                        while len(pending) > limit:
-                            encoded = pending.popleft().result()
-                            for handle, member in zip(handles, encoded.members):
-                                if member:
-                                    handle.write(member)
-                            totals[:] += encoded.counts
-                            non_null = encoded.non_null if non_null is None else non_null + encoded.non_null
-
                     for batch in reader.batches:
                         pending.append(pool.submit(_encode_batch, batch, plan, source.uri, file_rows))
                         file_rows += batch.num_rows

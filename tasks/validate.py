@@ -99,7 +99,6 @@ def streaming_statistics(batches, options=None):
 
 def in_memory_statistics(files: list[str]):
     """Every record decoded into one batch, then TFDV's in-memory path (needs the data to fit)."""
-    import pyarrow as pa
     import tensorflow_data_validation as tfdv
     from tensorflow_data_validation.statistics import stats_impl
 
@@ -129,14 +128,13 @@ def beam_statistics(files: list[str], beam_args: list[str], scratch: Path):
     )
 
 
-def compute_statistics(files: list[str], engine: str = "auto", beam_args: list[str] | None = None,
-                       scratch: Path | None = None):
+def compute_statistics(files: list[str], scratch: Path, engine: str = "auto", beam_args: list[str] | None = None):
     if engine in ("auto", "streaming"):
         return streaming_statistics(iter_record_batches(files))
     if engine == "in_memory":
         return in_memory_statistics(files)
     if engine == "beam":
-        return beam_statistics(files, beam_args or [], scratch or Path(tempfile.mkdtemp()))
+        return beam_statistics(files, beam_args or [], scratch)
     raise ValueError(f"unknown statistics engine {engine!r}")
 
 
@@ -395,7 +393,7 @@ def validate_examples(
         for split in manifest["splits"]:
             split_started = time.perf_counter()
             statistics[split] = compute_statistics(
-                split_files(local_examples, manifest, split), settings.engine, settings.beam_pipeline_args, scratch
+                split_files(local_examples, manifest, split), scratch, settings.engine, settings.beam_pipeline_args
             )
             log.info("statistics of %s (%d examples) in %.2fs", split, manifest["splits"][split]["count"],
                      time.perf_counter() - split_started)

@@ -3,7 +3,6 @@ import pytest
 from tasks.config import ConfigError, load_pipeline, parse_overrides
 from tasks.pipeline import make_context, overrides_from_params, param_specs
 from tasks.settings import Settings
-from tests.conftest import write_pipeline
 
 
 def test_shipped_penguins_pipeline_is_valid():
