@@ -36,7 +36,7 @@ SCHEMA_FILE = "schema.pbtxt"
 STATS_FILE = "FeatureStats.pb"
 TRAINING = "TRAINING"
 SERVING = "SERVING"
-_BATCH = 8192
+_BATCH = 16384
 
 
 class DataValidationError(ValueError):
@@ -67,19 +67,46 @@ class ValidationArtifact:
 
 # --- statistics ------------------------------------------------------------------------------
 
-def iter_record_batches(files: list[str], batch_size: int = _BATCH) -> Iterator[Any]:
-    """Decoded Arrow record batches of GZIP TFRecord files (tf.data reads ahead on its own threads)."""
-    import tensorflow as tf
-    from tfx_bsl.coders import example_coder
+def iter_record_batches(files: list[str], columns: dict[str, str] | None = None,
+                        batch_size: int = _BATCH) -> Iterator[Any]:
+    """Arrow record batches (one list column per feature, null where absent) of GZIP TFRecords.
 
-    decoder = example_coder.ExamplesToRecordBatchDecoder()
-    dataset = (
-        tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(len(files), 4) or 1)
-        .batch(batch_size)
-        .prefetch(2)
-    )
-    for records in dataset.as_numpy_iterator():
-        yield decoder.DecodeBatch(list(records))
+    With ``columns`` (name to int, float or string, as the examples manifest records them),
+    ``tf.io.parse_example`` parses whole batches on tf.data's threads, in parallel with the
+    caller; otherwise tfx-bsl's ``ExamplesToRecordBatchDecoder`` decodes them on this thread
+    (about 3x slower here). Both give the same batches for the examples ingest writes, which
+    never hold an empty list.
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(len(files), 4) or 1)
+    dataset = dataset.batch(batch_size)
+    if not columns:
+        from tfx_bsl.coders import example_coder
+
+        decoder = example_coder.ExamplesToRecordBatchDecoder()
+        for records in dataset.prefetch(2).as_numpy_iterator():
+            yield decoder.DecodeBatch(list(records))
+        return
+    import numpy as np
+    import pyarrow as pa
+
+    types = {"int": tf.int64, "float": tf.float32, "string": tf.string}
+    spec = {name: tf.io.VarLenFeature(types[kind]) for name, kind in columns.items()}
+    parsed = dataset.map(lambda r: tf.io.parse_example(r, spec), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    names = list(columns)
+    for features in parsed:
+        arrays = []
+        for name in names:
+            sparse = features[name]
+            rows = int(sparse.dense_shape[0])
+            counts = np.bincount(sparse.indices.numpy()[:, 0], minlength=rows)
+            offsets = np.zeros(rows + 1, dtype=np.int32)
+            np.cumsum(counts, out=offsets[1:])
+            values = sparse.values.numpy()
+            values = pa.array(values, pa.binary()) if values.dtype == object else pa.array(values)
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(counts == 0)))
+        yield pa.RecordBatch.from_arrays(arrays, names)
 
 
 def streaming_statistics(batches, options=None):
@@ -128,9 +155,10 @@ def beam_statistics(files: list[str], beam_args: list[str], scratch: Path):
     )
 
 
-def compute_statistics(files: list[str], scratch: Path, engine: str = "auto", beam_args: list[str] | None = None):
+def compute_statistics(files: list[str], scratch: Path, engine: str = "auto", beam_args: list[str] | None = None,
+                       columns: dict[str, str] | None = None):
     if engine in ("auto", "streaming"):
-        return streaming_statistics(iter_record_batches(files))
+        return streaming_statistics(iter_record_batches(files, columns))
     if engine == "in_memory":
         return in_memory_statistics(files)
     if engine == "beam":
@@ -393,7 +421,8 @@ def validate_examples(
         for split in manifest["splits"]:
             split_started = time.perf_counter()
             statistics[split] = compute_statistics(
-                split_files(local_examples, manifest, split), scratch, settings.engine, settings.beam_pipeline_args
+                split_files(local_examples, manifest, split), scratch, settings.engine, settings.beam_pipeline_args,
+                manifest["columns"],
             )
             log.info("statistics of %s (%d examples) in %.2fs", split, manifest["splits"][split]["count"],
                      time.perf_counter() - split_started)
@@ -495,4 +524,4 @@ def load_schema(statistics_uri: str, cache_dir: Path):
 
 def read_split_record_batch(local_examples: Path, manifest: dict[str, Any], split: str):
     """All examples of a split decoded into one Arrow record batch (tests and small data)."""
-    return _one_batch(iter_record_batches(split_files(local_examples, manifest, split)))
+    return _one_batch(iter_record_batches(split_files(local_examples, manifest, split), manifest["columns"]))

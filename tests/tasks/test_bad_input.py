@@ -191,3 +191,22 @@ def test_bad_input(name, project, tmp_path, capsys):
         rows = [line for line in report.splitlines() if f" {feature} " in f" {line} "]
         assert rows, report
         assert anomaly in report, report
+        # the report and TFDV's statistics page are artifacts of the failed step's MLflow run
+        assert {"anomalies/report.txt", "statistics/train/statistics.html"} <= _validate_artifacts(run_id)
+
+
+def _validate_artifacts(run_id: str) -> set[str]:
+    from tasks.settings import Settings
+    from tasks.tracking import MlflowTracking
+
+    settings = Settings.from_env()
+    client = MlflowTracking(settings.tracking_uri, settings.mlflow_artifact_location).client
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("penguins").experiment_id],
+        f"tags.`airflow.task_id` = 'validate_examples' and tags.`tfpipe.run_id` = '{run_id}'",
+    )
+    paths, todo = set(), [None]
+    while todo:
+        for item in client.list_artifacts(run.info.run_id, todo.pop()):
+            (todo.append(item.path) if item.is_dir else paths.add(item.path))
+    return paths

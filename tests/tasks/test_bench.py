@@ -31,8 +31,8 @@ def test_bench_validate_contract(tmp_path):
     assert main(["bench", "validate", "--rows", "3000", "--repeat", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     _check_contract(result, "validate",
-                    {"ours", "tfdv_default", "beam_all_cores", "in_memory", "sampled_10pct", "floor"})
+                    {"ours", "tfdv_default", "beam_all_cores", "in_memory", "tfdv_sampled_10pct", "floor"})
     checks = result["checks"]
     assert checks["ours_same_as_tfdv_default"] == "identical"
     assert checks["in_memory_same_as_tfdv_default"] == "identical"
-    assert checks["sampled_10pct_same_as_tfdv_default"] != "identical"  # sampling changes the statistics
+    assert checks["tfdv_sampled_10pct_same_as_tfdv_default"] != "identical"  # sampling changes the statistics

@@ -197,3 +197,39 @@ def test_missing_source_is_named(tmp_path):
 def test_manifest_is_json(tmp_path, pipeline_file):
     result = _ingest(tmp_path, load_pipeline(pipeline_file))
     assert json.loads((tmp_path / "examples" / "manifest.json").read_text())["label"] == "species" == result.label
+
+
+def test_s3_partition_per_run_date(tmp_path, monkeypatch, penguins_frame):
+    """A templated S3 glob: each run date (a scheduled run, a backfill) reads only its partition."""
+    import boto3
+
+    from tasks import storage
+    from tasks.ingest import render_sources
+    from tests.servers import moto_s3
+
+    with moto_s3() as endpoint:
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        storage.reset_clients()
+        try:
+            s3 = boto3.client("s3")
+            s3.create_bucket(Bucket="lake")
+            parts = {"2026-01-01": [penguins_frame.iloc[:100], penguins_frame.iloc[100:150]],
+                     "2026-01-02": [penguins_frame.iloc[150:]]}
+            for day, frames in parts.items():
+                for i, frame in enumerate(frames):
+                    frame.to_parquet(tmp_path / "part.parquet")
+                    s3.upload_file(str(tmp_path / "part.parquet"), "lake", f"penguins/date={day}/part-{i}.parquet")
+            config = load_pipeline(write_pipeline(
+                tmp_path, data={"source": "s3://lake/penguins/date={{ ds }}/*.parquet"}))
+            for day, frames in parts.items():
+                sources = render_sources(config.data.source, {"ds": day})
+                result = ingest_examples(config, sources, str(tmp_path / day), tmp_path / "work")
+                manifest = read_manifest(result.uri)
+                assert [s["uri"] for s in manifest["sources"]] == [
+                    f"s3://lake/penguins/date={day}/part-{i}.parquet" for i in range(len(frames))]
+                assert result.rows == sum(len(f) for f in frames)
+            assert not list((tmp_path / "work").iterdir())  # downloads removed with the scratch space
+        finally:
+            storage.reset_clients()
