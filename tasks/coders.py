@@ -63,6 +63,14 @@ def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return groups, lengths
 
 
+def values_of(array: pa.Array, arrow_type: pa.DataType, dtype: str) -> np.ndarray:
+    """A numeric array's values as numpy, cast to ``arrow_type``, without a copy when it already
+    is; what null slots hold is unspecified."""
+    if array.type != arrow_type:
+        array = array.cast(arrow_type, safe=False)
+    return np.frombuffer(array.buffers()[1], dtype=dtype)[array.offset: array.offset + len(array)]
+
+
 def _feature_kind(arrow_type: pa.DataType) -> str:
     if pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
         return "int"
@@ -110,7 +118,7 @@ def _encode_column(name: str, column: pa.Array) -> list[pa.Array]:
     head = _entry_head(name.encode("utf-8"))
     kind = _feature_kind(column.type)
     if kind == "float":
-        values = np.asarray(column.cast(pa.float32(), safe=False).fill_null(0), dtype="<f4")
+        values = values_of(column, pa.float32(), "<f4")
         # 0a <E> key-field 12 08 | Feature 12 06 | FloatList 0a 04 <4 bytes>
         prefix = _TAG_1 + varint(len(head) + 9) + head + b"\x08" + _TAG_2 + b"\x06" + _TAG_1 + b"\x04"
         block = np.empty((n, len(prefix) + 4), dtype=np.uint8)
@@ -118,7 +126,7 @@ def _encode_column(name: str, column: pa.Array) -> list[pa.Array]:
         block[:, len(prefix):] = values.view(np.uint8).reshape(n, 4)
         return [_fixed(block, present)]
     if kind == "int":
-        values = np.asarray(column.cast(pa.int64()).fill_null(0), dtype=np.int64).view(np.uint64)
+        values = values_of(column, pa.int64(), "<i8").view(np.uint64)
         digits, sizes = _varints(values)
         # 0a <E> key-field 12 <F> | Feature 1a <2+V> | Int64List 0a <V> <varint>, V = varint bytes
         headers = [
@@ -171,26 +179,39 @@ def _encode_column(name: str, column: pa.Array) -> list[pa.Array]:
     return [_binary(np.hstack(pieces)[mask], total), strings]
 
 
+def _lengths(parts: list[pa.Array], n: int) -> np.ndarray:
+    """Row lengths of the row-wise concatenation of ``parts``, without concatenating."""
+    total = np.zeros(n, dtype=np.uint64)
+    for part in parts:
+        offsets = _offsets(part)
+        total += (offsets[1:] - offsets[:-1]).astype(np.uint64)
+    return total
+
+
+def _example_parts(batch: pa.RecordBatch) -> list[pa.Array]:
+    """Each row's ``Example`` as arrays to concatenate row-wise: the message head, then the
+    feature entries column by column."""
+    n = batch.num_rows
+    parts: list[pa.Array] = []
+    for name, column in zip(batch.schema.names, batch.columns):
+        parts.extend(_encode_column(name, column))
+    digits, lengths = _varints(_lengths(parts, n))  # the Features message's size
+    return [_ragged(np.hstack([np.full((n, 1), 0x0A, dtype=np.uint8), digits]), lengths + 1), *parts]
+
+
 def encode_examples(batch: pa.RecordBatch) -> pa.Array:
     """Serialize every row of ``batch`` as a ``tf.train.Example`` (a large_binary array).
 
     Raises:
         TypeError: A column is not of a scalar numeric, boolean or string type.
     """
-    n = batch.num_rows
-    parts: list[pa.Array] = []
-    for name, column in zip(batch.schema.names, batch.columns):
-        parts.extend(_encode_column(name, column))
-    if not parts:
-        body = pa.array([b""] * n, pa.large_binary())
-    elif len(parts) == 1:
-        body = parts[0]
-    else:
-        body = pc.binary_join_element_wise(*parts, _NO_SEPARATOR)
-    sizes = np.asarray(pc.binary_length(body), dtype=np.int64).astype(np.uint64)
-    digits, lengths = _varints(sizes)
-    head = np.hstack([np.full((n, 1), 0x0A, dtype=np.uint8), digits])
-    return pc.binary_join_element_wise(_ragged(head, lengths + 1), body, _NO_SEPARATOR)
+    parts = _example_parts(batch)
+    return pc.binary_join_element_wise(*parts, _NO_SEPARATOR) if len(parts) > 1 else parts[0]
+
+
+def encode_tfrecords(batch: pa.RecordBatch) -> pa.Buffer:
+    """``frame_records(encode_examples(batch))`` in one pass over the bytes."""
+    return _frame(_example_parts(batch), batch.num_rows)
 
 
 # --- TFRecord framing ------------------------------------------------------------------------
@@ -229,24 +250,34 @@ def _offsets(array: pa.Array) -> np.ndarray:
 
 def frame_records(records: pa.Array) -> pa.Buffer:
     """The TFRecord file bytes of ``records`` (serialized protos), in order, as one buffer."""
-    import google_crc32c
-
-    n = len(records)
-    if n == 0:
-        return pa.py_buffer(b"")
     if not pa.types.is_large_binary(records.type):
         records = records.cast(pa.large_binary())
-    offsets = _offsets(records)
-    lengths = (offsets[1:] - offsets[:-1]).astype(np.uint64)
-    data = records.buffers()[2]
-    blob = data.to_pybytes()[offsets[0]: offsets[-1]] if data is not None else b""
-    starts = (offsets - offsets[0]).tolist()
-    crc = google_crc32c.value  # takes bytes only, hence the slices
-    crcs = np.fromiter((crc(blob[a:b]) for a, b in zip(starts[:-1], starts[1:])), np.uint32, count=n)
+    return _frame([records], len(records))
+
+
+def _frame(parts: list[pa.Array], n: int) -> pa.Buffer:
+    """TFRecord frames around records given as ``parts`` to concatenate row-wise.
+
+    One row-wise join writes every frame with a zero data CRC; the CRCs are then computed on
+    the joined bytes and written in place (the join's output buffer is new and ours alone).
+    """
+    import google_crc32c
+
+    if n == 0:
+        return pa.py_buffer(b"")
+    lengths = _lengths(parts, n)
     header = np.empty((n, 12), dtype=np.uint8)
     header[:, :8] = lengths.astype("<u8").view(np.uint8).reshape(n, 8)
     header[:, 8:] = _mask(_crc32c_of_u64(lengths)).astype("<u4").view(np.uint8).reshape(n, 4)
-    footer = _mask(crcs).astype("<u4").view(np.uint8).reshape(n, 4)
-    framed = pc.binary_join_element_wise(_fixed(header, None), records, _fixed(footer, None), _NO_SEPARATOR)
+    framed = pc.binary_join_element_wise(
+        _fixed(header, None), *parts, _fixed(np.zeros((n, 4), dtype=np.uint8), None), _NO_SEPARATOR
+    )
     bounds = _offsets(framed)
-    return framed.buffers()[2].slice(int(bounds[0]), int(bounds[-1] - bounds[0]))
+    data = np.frombuffer(framed.buffers()[2], dtype=np.uint8)
+    if not data.flags.writeable:  # pragma: no cover - an allocator that hands out read-only memory
+        data = data.copy()
+    crc = google_crc32c.value  # reads numpy slices without copying them
+    starts, ends = (bounds[:-1] + 12).tolist(), (bounds[1:] - 4).tolist()
+    crcs = np.fromiter((crc(data[a:b]) for a, b in zip(starts, ends)), np.uint32, count=n)
+    data[(bounds[1:] - 4)[:, None] + np.arange(4)] = _mask(crcs).astype("<u4").view(np.uint8).reshape(n, 4)
+    return pa.py_buffer(data[bounds[0]: bounds[-1]])

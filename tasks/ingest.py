@@ -386,15 +386,18 @@ def _cast(array: pa.Array, kind: str, name: str, uri: str, first_row: int) -> pa
 
 
 def _finite_or_missing(array: pa.Array, name: str, uri: str, first_row: int) -> pa.Array:
-    values = np.asarray(array.fill_null(0.0), dtype=np.float64)
-    infinite = np.isinf(values)
+    from tasks.coders import values_of
+
+    values = values_of(array, pa.float64(), "<f8")
+    valid = np.asarray(array.is_valid(), dtype=bool) if array.null_count else True
+    infinite = np.isinf(values) & valid
     if infinite.any():
         row = int(np.flatnonzero(infinite)[0])
         raise DataError(
             f"{uri}: column {name!r} holds {values[row]} at data row {first_row + row + 1}; "
             "infinite values cannot be normalized (clean or drop them at the source)"
         )
-    nan = np.isnan(values)
+    nan = np.isnan(values) & valid
     if nan.any():  # NaN is a missing value, as pandas and the CSV reader treat it
         array = pc.if_else(pa.array(nan), pa.nulls(len(array), pa.float64()), array)
     return array
@@ -418,6 +421,8 @@ def row_hashes(batch: pa.RecordBatch, columns: list[str]) -> np.ndarray:
     """A 64-bit hash per row of ``columns`` that depends only on the row's values."""
     import pandas as pd
 
+    from tasks.coders import values_of
+
     hashes = np.zeros(batch.num_rows, dtype=np.uint64)
     for name in columns:
         array = batch.column(batch.schema.get_field_index(name))
@@ -430,8 +435,9 @@ def row_hashes(batch: pa.RecordBatch, columns: list[str]) -> np.ndarray:
             indices = np.asarray(encoded.indices.fill_null(0), dtype=np.int64)
             column = table[indices] if len(table) else np.zeros(batch.num_rows, dtype=np.uint64)
         else:
-            values = np.asarray(array.fill_null(0), dtype=np.float64 if kind_of(array.type) == "float" else np.int64)
-            column = pd.util.hash_array(values)
+            floating = kind_of(array.type) == "float"
+            column = pd.util.hash_array(values_of(array, pa.float64() if floating else pa.int64(),
+                                                  "<f8" if floating else "<i8"))
         if array.null_count:
             column = np.where(np.asarray(array.is_null(), dtype=bool), _NULL_HASH, column)
         hashes = (hashes ^ column) * _MIX
@@ -460,7 +466,7 @@ class _Encoded:
 
 
 def _encode_batch(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) -> _Encoded:
-    from tasks.coders import encode_examples, frame_records
+    from tasks.coders import encode_tfrecords
 
     batch = _normalize(batch, plan, uri, first_row)
     hashes = row_hashes(batch, [plan.split_key] if plan.split_key else plan.columns)
@@ -469,13 +475,12 @@ def _encode_batch(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) 
     ).astype(np.int64)
     n_groups = len(plan.fractions) * plan.num_shards
     counts = np.bincount(groups, minlength=n_groups)
-    order = np.argsort(groups, kind="stable")
-    records = encode_examples(batch.take(pa.array(order)))
+    ordered = batch.take(pa.array(np.argsort(groups, kind="stable")))
     members, start = [], 0
     for count in counts.tolist():
         if count:
             compressor = zlib.compressobj(plan.level, zlib.DEFLATED, 31)
-            framed = frame_records(records.slice(start, count))
+            framed = encode_tfrecords(ordered.slice(start, count))
             members.append(compressor.compress(framed) + compressor.flush())
         else:
             members.append(b"")
@@ -571,6 +576,7 @@ def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str
                                    {**(plan.kinds if plan else {}), **declared, **widened}, frozenset(declared))
                     plan = plan or _make_plan(config, reader, source.uri, declared, widened)
                     _check_columns(reader, source.uri, plan, resolved[0].uri)
+                    digest = pool.submit(storage.sha256_file, local)
                     file_rows = 0
                     for batch in reader.batches:
                         pending.append(pool.submit(_encode_batch, batch, plan, source.uri, file_rows))
@@ -585,7 +591,7 @@ def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str
                     if file_rows == 0:
                         raise DataError(f"{source.uri}: no data rows (the file holds only a header)")
                     rows_total += file_rows
-                    source_records.append({"uri": source.uri, "sha256": storage.sha256_file(local), "rows": file_rows})
+                    source_records.append({"uri": source.uri, "sha256": digest.result(), "rows": file_rows})
                     if source.local is None:
                         local.unlink(missing_ok=True)
         finally:

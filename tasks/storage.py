@@ -201,8 +201,9 @@ def copy_tree(local_dir: Path, uri: str, last: tuple[str, ...] = ()) -> dict[str
 def publish_dir(local_dir: Path, uri: str) -> str:
     """Publish a finished local directory at ``uri``, replacing what a previous try left.
 
-    Locally the directory is copied beside the target and renamed into place; on S3 the old
-    prefix is cleared and the files uploaded. Either way ``_SUCCESS`` is written last.
+    Locally the directory is moved (or, across filesystems, copied) beside the target and
+    renamed into place, so ``local_dir`` is gone afterwards; on S3 the old prefix is cleared
+    and the files uploaded. Either way ``_SUCCESS`` is written last.
     """
     (local_dir / SUCCESS_MARKER).unlink(missing_ok=True)
     if is_s3(uri):
@@ -213,7 +214,10 @@ def publish_dir(local_dir: Path, uri: str) -> str:
     target = local_path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    shutil.copytree(local_dir, staging)
+    try:
+        os.rename(local_dir, staging)
+    except OSError:  # another filesystem
+        shutil.copytree(local_dir, staging)
     (staging / SUCCESS_MARKER).write_bytes(b"")
     if target.exists():
         shutil.rmtree(target)

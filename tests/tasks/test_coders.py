@@ -112,3 +112,11 @@ def test_varints_match_protobuf():
         expected = encoder._VarintBytes(value)
         assert varint(value) == expected
     assert varint_lengths(np.array(values, dtype=np.uint64)).tolist() == [len(varint(v)) for v in values]
+
+
+def test_encode_tfrecords_is_framing_of_the_encoded_examples():
+    from tasks.coders import encode_tfrecords
+
+    batch = _batch(400, seed=3)
+    assert encode_tfrecords(batch).to_pybytes() == frame_records(encode_examples(batch)).to_pybytes()
+    assert encode_tfrecords(batch.slice(0, 0)).to_pybytes() == b""
