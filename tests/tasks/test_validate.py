@@ -10,7 +10,8 @@ from tests.conftest import PENGUINS_CSV, write_pipeline
 
 def _run(tmp_path, source, run, **changes):
     """Ingest then validate as the pipeline does: column types from the recorded schema."""
-    config = load_pipeline(write_pipeline(tmp_path, data={"source": str(source)}, **changes))
+    data = {"source": str(source), **changes.pop("data", {})}
+    config = load_pipeline(write_pipeline(tmp_path, data=data, **changes))
     recorded = tmp_path / "schema" / "schema.pbtxt"
     types = column_types(load_schema_text(recorded.read_text())) if recorded.exists() else {}
     examples = ingest_examples(config, config.data.source, str(tmp_path / run / "examples"), tmp_path / "work",
@@ -81,3 +82,42 @@ def test_drift_against_the_last_passing_run(tmp_path, penguins_frame):
     assert drift and "Jensen-Shannon" in drift[0]["anomaly"] and "drift JS divergence <= 0.3" in drift[0]["expected"]
     # switched off per feature in the config, the same data passes
     assert _run(tmp_path, path, "r4", validation={"drift": {"features": {"body_mass_g": None}}}).anomalies == 0
+
+
+def test_curated_schema_is_authoritative_and_never_recorded(tmp_path):
+    curated = tmp_path / "tiny.schema.pbtxt"
+    curated.write_text(
+        'feature { name: "island" type: BYTES domain: "island" }\n'
+        'string_domain { name: "island" value: "Biscoe" value: "Dream" }\n'
+    )
+    config = load_pipeline(write_pipeline(tmp_path))
+    examples = ingest_examples(config, config.data.source, str(tmp_path / "examples"), tmp_path / "work")
+    recorded = tmp_path / "schema" / "schema.pbtxt"
+    with pytest.raises(DataValidationError) as error:
+        validate_examples(examples.uri, str(tmp_path / "statistics"), str(tmp_path / "anomalies"), str(recorded),
+                          "species", tmp_path / "cache", tmp_path / "work", curated_schema=curated)
+    assert "curated schema" in str(error.value) and "Torgersen" in str(error.value)
+    assert {r["feature"] for r in error.value.report} >= {"island", "species"}  # species: not in the schema
+    assert not recorded.exists()
+    assert curated.read_text().startswith('feature { name: "island"')
+
+
+def test_skew_between_eval_and_train(tmp_path):
+    # splitting by island puts whole islands in eval: its island distribution is far from train's
+    with pytest.raises(DataValidationError) as error:
+        _run(tmp_path, PENGUINS_CSV, "r1", data={"split_key": "island", "split": {"train": 0.5, "eval": 0.5}})
+    skew = {r["feature"]: r for r in error.value.report if "training and serving" in r["detail"]}
+    assert "island" in skew and "skew L-inf <= 0.3" in skew["island"]["expected"]
+    assert "skew JS divergence <= 0.3" in skew["bill_length_mm"]["expected"]  # numeric features: JSD
+
+
+def test_beam_engine_computes_the_same_statistics(tmp_path):
+    from tasks.bench import _compare_statistics
+    from tasks.validate import load_statistics
+
+    streaming = _run(tmp_path, PENGUINS_CSV, "r1")
+    beam = _run(tmp_path, PENGUINS_CSV, "r2", validation={"engine": "beam",
+                                                          "beam_pipeline_args": ["--runner=DirectRunner"]})
+    for split in ("train", "eval"):
+        assert _compare_statistics(load_statistics(beam.statistics_uri, split, tmp_path / "cache"),
+                                   load_statistics(streaming.statistics_uri, split, tmp_path / "cache")) == []
