@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -72,41 +73,125 @@ def iter_record_batches(files: list[str], columns: dict[str, str] | None = None,
     """Arrow record batches (one list column per feature, null where absent) of GZIP TFRecords.
 
     With ``columns`` (name to int, float or string, as the examples manifest records them),
-    ``tf.io.parse_example`` parses whole batches on tf.data's threads, in parallel with the
-    caller; otherwise tfx-bsl's ``ExamplesToRecordBatchDecoder`` decodes them on this thread
-    (about 3x slower here). Both give the same batches for the examples ingest writes, which
-    never hold an empty list.
+    files are inflated and parsed (``tf.io.parse_example``) on reader threads, a few files
+    ahead of the caller and in file order; otherwise tf.data reads them and tfx-bsl's
+    ``ExamplesToRecordBatchDecoder`` decodes them on this thread (several times slower here).
+    Both give the same batches for the examples ingest writes, which never hold an empty list.
     """
+    if columns:
+        yield from _parsed_batches(files, columns, batch_size)
+        return
+    import tensorflow as tf
+    from tfx_bsl.coders import example_coder
+
+    decoder = example_coder.ExamplesToRecordBatchDecoder()
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(len(files), 4) or 1)
+    for records in dataset.batch(batch_size).prefetch(2).as_numpy_iterator():
+        yield decoder.DecodeBatch(list(records))
+
+
+@lru_cache(maxsize=8)
+def _batch_parser(columns: tuple[tuple[str, str], ...]):
+    """A traced function: serialized examples to, per column, row counts and values (strings
+    joined, with their lengths, so no Python object is made per value). Cached: tracing it
+    for 20 columns takes about a second."""
     import tensorflow as tf
 
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=min(len(files), 4) or 1)
-    dataset = dataset.batch(batch_size)
-    if not columns:
-        from tfx_bsl.coders import example_coder
+    columns = dict(columns)
+    types = {"int": tf.int64, "float": tf.float32, "string": tf.string}
+    spec = {name: tf.io.VarLenFeature(types[kind]) for name, kind in columns.items()}
 
-        decoder = example_coder.ExamplesToRecordBatchDecoder()
-        for records in dataset.prefetch(2).as_numpy_iterator():
-            yield decoder.DecodeBatch(list(records))
-        return
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def parse(records):
+        parsed = tf.io.parse_example(records, spec)
+        rows = tf.shape(records)[0]
+        out = {}
+        for name, kind in columns.items():
+            sparse = parsed[name]
+            counts = tf.math.bincount(tf.cast(sparse.indices[:, 0], tf.int32), minlength=rows, maxlength=rows)
+            if kind == "string":
+                out[name] = (counts, tf.strings.reduce_join(sparse.values), tf.strings.length(sparse.values))
+            else:
+                out[name] = (counts, sparse.values)
+        return out
+
+    return parse
+
+
+def _to_record_batch(parsed, columns: dict[str, str]):
     import numpy as np
     import pyarrow as pa
 
-    types = {"int": tf.int64, "float": tf.float32, "string": tf.string}
-    spec = {name: tf.io.VarLenFeature(types[kind]) for name, kind in columns.items()}
-    parsed = dataset.map(lambda r: tf.io.parse_example(r, spec), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
-    names = list(columns)
-    for features in parsed:
-        arrays = []
-        for name in names:
-            sparse = features[name]
-            rows = int(sparse.dense_shape[0])
-            counts = np.bincount(sparse.indices.numpy()[:, 0], minlength=rows)
-            offsets = np.zeros(rows + 1, dtype=np.int32)
-            np.cumsum(counts, out=offsets[1:])
-            values = sparse.values.numpy()
-            values = pa.array(values, pa.binary()) if values.dtype == object else pa.array(values)
-            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(counts == 0)))
-        yield pa.RecordBatch.from_arrays(arrays, names)
+    arrays = []
+    for name, kind in columns.items():
+        counts = parsed[name][0].numpy()
+        offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+        np.cumsum(counts, out=offsets[1:])
+        if kind == "string":
+            lengths = parsed[name][2].numpy()
+            starts = np.zeros(len(lengths) + 1, dtype=np.int32)
+            np.cumsum(lengths, out=starts[1:])
+            data = parsed[name][1].numpy()
+            values = pa.BinaryArray.from_buffers(pa.binary(), len(lengths),
+                                                 [None, pa.py_buffer(starts), pa.py_buffer(data)])
+        else:
+            values = pa.array(parsed[name][1].numpy())
+        arrays.append(pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(counts == 0)))
+    return pa.RecordBatch.from_arrays(arrays, list(columns))
+
+
+def _parsed_batches(files: list[str], columns: dict[str, str], batch_size: int) -> Iterator[Any]:
+    import os
+    import queue
+    import threading
+
+    import tensorflow as tf
+
+    from tasks.coders import iter_gzip_tfrecords
+
+    parse = _batch_parser(tuple(columns.items()))
+    queues = [queue.Queue(maxsize=4) for _ in files]
+    claimed = iter(range(len(files)))
+    lock, stop, end = threading.Lock(), threading.Event(), object()
+
+    def put(i: int, item) -> None:
+        while not stop.is_set():
+            try:
+                queues[i].put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read() -> None:
+        while not stop.is_set():
+            with lock:
+                i = next(claimed, None)
+            if i is None:
+                return
+            try:
+                pending: list[bytes] = []
+                for records in iter_gzip_tfrecords(files[i]):
+                    pending.extend(records)
+                    while len(pending) >= batch_size:
+                        put(i, _to_record_batch(parse(tf.constant(pending[:batch_size])), columns))
+                        pending = pending[batch_size:]
+                if pending:
+                    put(i, _to_record_batch(parse(tf.constant(pending)), columns))
+                put(i, end)
+            except BaseException as error:  # noqa: BLE001 - raised on the consumer's thread
+                put(i, error)
+
+    threads = [threading.Thread(target=read, daemon=True) for _ in range(min(len(files), os.cpu_count() or 1))]
+    for thread in threads:
+        thread.start()
+    try:
+        for i in range(len(files)):  # file order, whatever order the readers finish in
+            while (item := queues[i].get()) is not end:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+    finally:
+        stop.set()
 
 
 def streaming_statistics(batches, options=None):

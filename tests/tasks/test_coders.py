@@ -120,3 +120,25 @@ def test_encode_tfrecords_is_framing_of_the_encoded_examples():
     batch = _batch(400, seed=3)
     assert encode_tfrecords(batch).to_pybytes() == frame_records(encode_examples(batch)).to_pybytes()
     assert encode_tfrecords(batch.slice(0, 0)).to_pybytes() == b""
+
+
+def test_gzip_reader_matches_tensorflow_and_rejects_truncation(tmp_path):
+    import zlib
+
+    import tensorflow as tf
+
+    from tasks.coders import iter_gzip_tfrecords
+
+    records = encode_examples(_batch(3000, seed=4))
+    path = tmp_path / "multi.tfrecord.gz"
+    with path.open("wb") as handle:  # two gzip members, as ingest writes one per batch
+        for part in (records.slice(0, 1000), records.slice(1000)):
+            compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+            handle.write(compressor.compress(frame_records(part)) + compressor.flush())
+    ours = [r for chunk in iter_gzip_tfrecords(str(path), chunk_bytes=4096) for r in chunk]
+    theirs = [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")]
+    assert ours == theirs == records.to_pylist()
+    truncated = tmp_path / "truncated.tfrecord.gz"
+    truncated.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated.tfrecord.gz"):
+        list(iter_gzip_tfrecords(str(truncated)))
