@@ -13,8 +13,8 @@ ingest:
                      compressing our serialized records at our GZIP level on all cores
 
 validate (statistics of the train split):
-  ours               TFDV's generators fed batch by batch, parsed by tf.io.parse_example on
-                     tf.data's threads (engine streaming)
+  ours               TFDV's generators fed batch by batch; reader threads inflate the shards
+                     with zlib and parse them with tf.io.parse_example (engine streaming)
   tfdv_default       ``tfdv.generate_statistics_from_tfrecord`` with default options
   beam_all_cores     the same on Beam's DirectRunner, multi_processing, one worker per core
   in_memory          every record decoded by tfx-bsl into one batch, ``generate_statistics_in_memory``

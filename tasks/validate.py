@@ -1,7 +1,7 @@
 """validate_examples: TFDV statistics, the schema lifecycle, drift and skew, anomalies.
 
 Statistics are computed by TFDV's own statistics generators fed batch by batch from the
-TFRecords (the ``streaming`` engine): tf.data decompresses on its own threads while the
+TFRecords (the ``streaming`` engine): reader threads inflate and parse the shards while the
 generators update their accumulators, so memory stays bounded for data larger than RAM and
 the result is what ``tfdv.generate_statistics_from_tfrecord`` computes, without a Beam
 pipeline. ``engine: beam`` runs TFDV's Beam pipeline with the configured options instead
