@@ -35,6 +35,7 @@ import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,46 @@ def _decoded(files: list[str]) -> Any:
     frame = pd.concat(frames, ignore_index=True)
     frame = frame.applymap(lambda v: None if v is None else (v[0].decode() if isinstance(v[0], bytes) else v[0]))
     return frame.sort_values(sorted(frame.columns), na_position="first").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class PreparedExamples:
+    """Generated data taken through ingest and validation, ready to train on."""
+
+    uri: str
+    spec: Any  # tasks.model.ModelSpec
+    counts: dict[str, int]
+    files: dict[str, list[str]]
+
+
+def prepare_examples(root: Path, rows: int, columns: int = 20, task: str = "binary", num_shards: int = 4,
+                     hidden_units: tuple[int, ...] = (32, 16), seed: int = 1) -> PreparedExamples:
+    """``tfpipe datagen`` data, ingested and validated by the pipeline's own steps, and its model spec."""
+    from tasks.config import config_from_mapping
+    from tasks.datagen import generate
+    from tasks.ingest import ingest_examples, read_manifest, split_files
+    from tasks.model import model_spec_from
+    from tasks.validate import load_schema, load_statistics, validate_examples
+
+    root.mkdir(parents=True, exist_ok=True)
+    source = root / "data.parquet"
+    generate(source, rows, columns=columns, task=task, seed=seed)
+    config = config_from_mapping(
+        {"name": "bench", "data": {"source": [str(source)], "num_shards": num_shards}, "label": "label",
+         "task": task}, "bench",
+    )
+    cache, work = root / "cache", root / "work"
+    examples = ingest_examples(config, [str(source)], str(root / "examples"), work)
+    validation = validate_examples(examples.uri, str(root / "statistics"), str(root / "anomalies"),
+                                   str(root / "schema.pbtxt"), "label", cache, work)
+    spec = model_spec_from(load_schema(validation.statistics_uri, cache),
+                           load_statistics(validation.statistics_uri, "train", cache),
+                           label="label", task=task, features=[c for c in examples.columns if c != "label"],
+                           hidden_units=list(hidden_units), embedding_dim=4)
+    manifest = read_manifest(examples.uri)
+    local = Path(examples.uri)
+    return PreparedExamples(examples.uri, spec, dict(examples.counts),
+                            {split: split_files(local, manifest, split) for split in manifest["splits"]})
 
 
 def bench_ingest(rows: int, columns: int = 20, repeat: int = 3, data_format: str = "parquet",

@@ -6,7 +6,8 @@ so ``tfpipe --help`` and config errors answer at once.
     tfpipe summary PIPELINE [--run-id ID]  what a pipeline run did (from MLflow)
     tfpipe demo                            run the penguins DAG through Airflow, then summarize
     tfpipe datagen OUT [--rows N] ...      synthetic tabular data (CSV or Parquet)
-    tfpipe bench ingest|validate [--rows N] [--out FILE]   benchmarks (ours, reference, floor)
+    tfpipe bench ingest|validate|input|train [--rows N] [--out FILE]   benchmarks (ours, reference, floor)
+    tfpipe tfjob --name N --image I --request URI   a Kubeflow TFJob for multi-worker training as pods
     tfpipe schema PIPELINE [--curate]      the schema in force; --curate copies the recorded one beside the config
     tfpipe airflow ARGS...                 the airflow command with this project's settings
     tfpipe mlflow ARGS...                  the mlflow command with this project's settings
@@ -28,6 +29,8 @@ from tasks.pipeline import STEPS
 from tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+BENCH_ROWS = {"ingest": 1_000_000, "validate": 1_000_000, "input": 1_000_000, "train": 200_000}
+BENCH_EXPERIMENT = "tfpipe-bench"
 
 
 def airflow_environment(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -148,14 +151,43 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from tasks import bench
 
+    rows = args.rows or BENCH_ROWS[args.suite]
     if args.suite == "ingest":
-        result = bench.bench_ingest(args.rows, args.columns, args.repeat, args.format)
+        result = bench.bench_ingest(rows, args.columns, args.repeat, args.format)
+    elif args.suite == "validate":
+        result = bench.bench_validate(rows, args.columns, args.repeat)
     else:
-        result = bench.bench_validate(args.rows, args.columns, args.repeat)
+        from tasks import bench_training
+
+        if args.suite == "input":
+            result = bench_training.bench_input(rows, args.columns, args.repeat, batch_size=args.batch_size)
+        else:
+            result = bench_training.bench_train(rows, args.columns, args.repeat, epochs=args.epochs,
+                                                batch_size=args.batch_size)
     bench.write(result, args.out)
-    print(bench.format_table(result))
+    table = bench.format_table(result)
+    print(table)
     if args.out:
         print(f"\n[tfpipe] wrote {args.out}")
+    if not args.no_mlflow:
+        from tasks.tracking import log_benchmark
+
+        settings = Settings.from_env()
+        if settings.tracking_uri.startswith("sqlite:"):
+            settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+        run_id = log_benchmark(settings.tracking_uri, result, table, settings.mlflow_artifact_location)
+        print(f"[tfpipe] logged to MLflow: experiment {BENCH_EXPERIMENT}, run {run_id}")
+    return 0
+
+
+def _cmd_tfjob(args: argparse.Namespace) -> int:
+    import yaml
+
+    from tasks.launcher import tfjob_manifest
+
+    manifest = tfjob_manifest(args.name, args.image, args.workers, args.request, namespace=args.namespace,
+                              cpu=args.cpu, memory=args.memory, gpus=args.gpus)
+    print(yaml.safe_dump(manifest, sort_keys=False), end="")
     return 0
 
 
@@ -263,13 +295,27 @@ def build_parser() -> argparse.ArgumentParser:
     datagen.set_defaults(func=_cmd_datagen)
 
     bench = sub.add_parser("bench", help="benchmark a step against its reference and floor (GUIDE section 4)")
-    bench.add_argument("suite", choices=("ingest", "validate"))
-    bench.add_argument("--rows", type=int, default=1_000_000)
+    bench.add_argument("suite", choices=("ingest", "validate", "input", "train"))
+    bench.add_argument("--rows", type=int, help=f"generated rows (default: {BENCH_ROWS})")
     bench.add_argument("--columns", type=int, default=20)
     bench.add_argument("--repeat", type=int, default=3, help="interleaved repetitions (median reported)")
     bench.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="source format (ingest)")
+    bench.add_argument("--epochs", type=int, default=3, help="epochs per variant (train)")
+    bench.add_argument("--batch-size", type=int, default=1024, help="global batch size (input, train)")
     bench.add_argument("--out", metavar="FILE", help="write the result as JSON")
+    bench.add_argument("--no-mlflow", action="store_true", help=f"do not log a run to the {BENCH_EXPERIMENT} experiment")
     bench.set_defaults(func=_cmd_bench)
+
+    tfjob = sub.add_parser("tfjob", help="print a Kubeflow TFJob that runs multi-worker training as pods")
+    tfjob.add_argument("--name", required=True, help="job name (pods are <name>-worker-<i>)")
+    tfjob.add_argument("--image", required=True, help="the tfpipe image (docker/)")
+    tfjob.add_argument("--workers", type=int, default=2)
+    tfjob.add_argument("--request", required=True, help="the training request JSON on shared storage (s3://...)")
+    tfjob.add_argument("--namespace", default="default")
+    tfjob.add_argument("--cpu", default="4")
+    tfjob.add_argument("--memory", default="16Gi")
+    tfjob.add_argument("--gpus", type=int, default=0, help="GPUs per worker")
+    tfjob.set_defaults(func=_cmd_tfjob)
 
     schema = sub.add_parser("schema", help="print the schema in force, or --curate the recorded one")
     schema.add_argument("pipeline")

@@ -105,23 +105,106 @@ class DataConfig(_Frozen):
         return value
 
 
+class EarlyStoppingConfig(_Frozen):
+    """Stop when the eval loss has not improved for ``patience`` epochs."""
+
+    patience: int | None = Field(
+        10, ge=1, le=10_000, description="Epochs without improvement before stopping; null: never stop early."
+    )
+    min_delta: float = Field(0.0, ge=0, description="A smaller decrease of the eval loss is no improvement.")
+    restore_best: bool = Field(True, description="Export the weights of the best epoch, not the last.")
+
+
 class TrainConfig(_Frozen):
     """Hyperparameters of the training step."""
 
     epochs: int = Field(20, ge=1, le=10_000, description="Passes over the train split.")
-    batch_size: int = Field(32, ge=1, le=65_536, description="Global batch size.")
-    learning_rate: float = Field(0.01, gt=0, le=10, description="Adam learning rate.")
+    batch_size: int = Field(
+        32, ge=1, le=65_536,
+        description="Global batch size, split across the replicas (each replica gets batch_size / replicas).",
+    )
+    learning_rate: float = Field(0.01, gt=0, le=10, description="Peak learning rate (after warm-up).")
+    optimizer: str = Field("adam", description="adam, or adamw (decoupled weight decay).")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    lr_schedule: str = Field(
+        "cosine", description="After warm-up: cosine (to min_learning_rate_ratio), exponential, or constant."
+    )
+    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="Share of all steps spent warming up linearly.")
+    decay_rate: float = Field(0.9, gt=0, le=1, description="Exponential schedule: factor per epoch.")
+    min_learning_rate_ratio: float = Field(0.0, ge=0, le=1, description="Cosine schedule: final LR / peak LR.")
+    clip_norm: float | None = Field(
+        1.0, gt=0, description="Clip the gradients (summed over replicas) to this global norm; null: off."
+    )
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     hidden_units: list[int] = Field(default_factory=lambda: [32, 16], description="Dense layer widths.")
     embedding_dim: int = Field(4, ge=1, le=512, description="Embedding width of categorical features.")
+    model_fn: str | None = Field(
+        None,
+        description="Your own model: 'package.module:function', called as function(spec, seed) and returning "
+        "a Keras model from the prepared feature dict to logits. Default: built from schema and statistics.",
+    )
     strategy: str = Field(
         "auto", description="tf.distribute strategy: auto, one_device, mirrored or multi_worker."
     )
+    workers: int = Field(
+        2, ge=1, le=64,
+        description="multi_worker without TF_CONFIG: worker processes started on 127.0.0.1.",
+    )
+    cpu_replicas: int = Field(
+        1, ge=1, le=64,
+        description="mirrored without GPUs: split the CPU into this many logical devices (one replica each).",
+    )
+    steps_per_execution: int = Field(
+        8, ge=1, le=10_000, description="Training steps run by one call of the compiled step function."
+    )
+    checkpoint_every_steps: int = Field(
+        100, ge=1, description="Checkpoint interval; a retried task resumes from the latest checkpoint."
+    )
+    mixed_precision: str = Field(
+        "auto", description="auto (mixed_float16 on a GPU), on, or off."
+    )
+    shuffle_buffer: int = Field(10_000, ge=1, description="Examples in the shuffle buffer.")
+    cache: str = Field(
+        "auto", description="Keep the decompressed examples in memory after the first epoch: auto (when they "
+        "fit in a quarter of the free memory), memory, or none."
+    )
+    deterministic: bool = Field(
+        False, description="Same seed, same result: deterministic tf.data order and TensorFlow ops (slower)."
+    )
+    tensorboard: bool = Field(True, description="Write TensorBoard logs (an MLflow artifact).")
     seed: int = Field(42, description="Seed for weights and shuffling.")
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
         return _one_of(value, ("auto", "one_device", "mirrored", "multi_worker"))
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        return _one_of(value, ("adam", "adamw"))
+
+    @field_validator("lr_schedule")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        return _one_of(value, ("cosine", "exponential", "constant"))
+
+    @field_validator("mixed_precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        return _one_of(value, ("auto", "on", "off"))
+
+    @field_validator("cache")
+    @classmethod
+    def _known_cache(cls, value: str) -> str:
+        return _one_of(value, ("auto", "memory", "none"))
+
+    @field_validator("model_fn")
+    @classmethod
+    def _module_path(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", value):
+            raise ValueError(f"must look like 'package.module:function' (got {value!r})")
+        return value
 
 
 class MetricGate(_Frozen):

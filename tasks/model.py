@@ -161,8 +161,32 @@ def build_model(spec: ModelSpec, seed: int):
     x = keras.layers.Concatenate()(encoded) if len(encoded) > 1 else encoded[0]
     for i, units in enumerate(spec.hidden_units):
         x = keras.layers.Dense(units, activation="relu", kernel_initializer=initializer, name=f"hidden_{i}")(x)
-    logits = keras.layers.Dense(spec.num_outputs, kernel_initializer=initializer, name="logits")(x)
+    # float32 logits even under a mixed_float16 policy, so the loss is computed in float32.
+    logits = keras.layers.Dense(spec.num_outputs, kernel_initializer=initializer, name="logits", dtype="float32")(x)
     return keras.Model(inputs=inputs, outputs=logits)
+
+
+def load_model_fn(path: str, search_path: tuple[str, ...] = ()):
+    """``'package.module:function'`` to the function; errors say what is missing.
+
+    ``search_path`` (the pipeline config's folder) is searched first, so a pipeline can keep
+    its model module beside its config.
+    """
+    import importlib
+    import sys
+
+    module_name, _, attribute = path.partition(":")
+    for folder in reversed(search_path):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"train.model_fn {path!r}: cannot import module {module_name!r}: {error}") from None
+    fn = getattr(module, attribute, None)
+    if not callable(fn):
+        raise ValueError(f"train.model_fn {path!r}: module {module_name!r} has no function {attribute!r}")
+    return fn
 
 
 def prepare(spec: ModelSpec, parsed: dict[str, Any]) -> dict[str, Any]:

@@ -267,7 +267,7 @@ def _log_dir(tracker: MlflowTracker, uri: str, ctx: RunContext, artifact_path: s
 def train_model(ctx: RunContext, examples: Mapping[str, Any], validation: Mapping[str, Any]) -> dict[str, Any]:
     from tasks.model import model_spec_from
     from tasks.plots import training_curves
-    from tasks.train import read_history, train_model as train
+    from tasks.train import TENSORBOARD_DIR, read_history
     from tasks.validate import load_schema, load_statistics
 
     with _step(ctx, "train_model") as tracker:
@@ -282,22 +282,65 @@ def train_model(ctx: RunContext, examples: Mapping[str, Any], validation: Mappin
             embedding_dim=ctx.config.train.embedding_dim,
         )
         tracker.log_params({"train": ctx.config.train.model_dump(mode="json")})
-        checkpoints = ctx.work_dir("train_model") / "checkpoints"
-        result = train(examples["uri"], spec, ctx.config.train, ctx.output("model"), checkpoints,
-                       cache, ctx.work_dir("train_model"))
-        history = read_history(result.uri)
-        for key in ("loss", "eval_loss", "eval_accuracy"):
-            if history and key in history[0]:
-                tracker.log_metric_history(key, [row[key] for row in history])
-        tracker.log_metrics({f"final_{k}": v for k, v in result.final_metrics.items()})
-        tracker.set_tags({"tfpipe.strategy": result.strategy, "tfpipe.replicas": str(result.replicas),
-                          "tfpipe.resumed_from_epoch": str(result.resumed_from_epoch)})
+        work = ctx.work_dir("train_model")
+        result = _run_training(ctx, tracker, examples["uri"], spec, work)
+        history = read_history(result["uri"])
+        tracker.log_metrics({f"final_{k}": v for k, v in result["final_metrics"].items()})
+        tracker.set_tags({
+            "tfpipe.strategy": result["strategy"], "tfpipe.replicas": str(result["replicas"]),
+            "tfpipe.workers": str(result["workers"]), "tfpipe.resumed_from_step": str(result["resumed_from_step"]),
+            "tfpipe.best_epoch": str(result["best_epoch"]), "tfpipe.stopped_early": str(result["stopped_early"]),
+        })
         with _scratch(ctx, "train_model") as scratch:
             training_curves(history, scratch / "training_curves.png")
             tracker.log_artifact(scratch / "training_curves.png", "plots")
-        _log_dir(tracker, result.uri, ctx, "model")
-        shutil.rmtree(checkpoints, ignore_errors=True)  # the run's model is published
-        return result.to_dict()
+        _log_dir(tracker, result["uri"], ctx, "model")
+        # The run's model is published: what a retry would resume from is no longer needed.
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        shutil.rmtree(work / TENSORBOARD_DIR, ignore_errors=True)
+        return result
+
+
+def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, spec, work: Path) -> dict[str, Any]:
+    """Train in this process, or in worker processes when the strategy needs them.
+
+    ``multi_worker`` without a ``TF_CONFIG`` starts ``train.workers`` local workers; a
+    ``mirrored`` CPU split in a process where TensorFlow already ran (``tfpipe run``) trains
+    in one fresh worker process. Either way the checkpoints are the same, so retries resume.
+    """
+    import os
+
+    from tasks.launcher import launch
+    from tasks.tracking import BatchedProgress, system_metrics
+    from tasks.train import DevicesAlreadyInitialized, train_model as train
+
+    params = ctx.config.train
+    request = {
+        "examples_uri": examples_uri,
+        "spec": spec.to_dict(),
+        "params": params.model_dump(mode="json"),
+        "output_uri": ctx.output("model"),
+        "checkpoint_dir": str(work / "checkpoints"),
+        "cache_dir": str(ctx.settings.cache_dir),
+        "work_dir": str(work),
+        "search_path": [str(Path(ctx.pipeline).parent)],
+        "tracking": {"uri": ctx.settings.tracking_uri, "run_id": tracker.run_id},
+    }
+    tf_config = os.environ.get("TF_CONFIG")
+    if params.strategy == "multi_worker" and not tf_config:
+        log.info("starting %d training workers on 127.0.0.1", params.workers)
+        return launch(request, params.workers, work / "workers")
+    progress = BatchedProgress(tracker)
+    try:
+        with system_metrics(ctx.settings.tracking_uri, tracker.run_id, "worker-0"):
+            return train(examples_uri, spec, params, request["output_uri"], work / "checkpoints",
+                         ctx.settings.cache_dir, work, progress=progress,
+                         search_path=tuple(request["search_path"]), tf_config=tf_config).to_dict()
+    except DevicesAlreadyInitialized:
+        log.info("TensorFlow already runs in this process: training in a fresh worker process")
+        return launch(request, 1, work / "workers")
+    finally:
+        progress.flush()
 
 
 @contextmanager

@@ -1,8 +1,22 @@
 """train_model: a custom ``tf.GradientTape`` loop under a ``tf.distribute`` strategy.
 
-Reads the TFRecord shards with ``tf.data`` (batch before parse), checkpoints every epoch
-so a retried task resumes where the last try stopped, and exports a SavedModel with two
-signatures:
+* **Strategies:** ``one_device``, ``mirrored`` (all local GPUs; on a CPU-only machine the CPU
+  split into ``train.cpu_replicas`` logical devices) and ``multi_worker``
+  (``MultiWorkerMirroredStrategy``; ``TF_CONFIG`` from the environment, or N local worker
+  processes started by :mod:`tasks.launcher`). ``auto`` mirrors over several GPUs, else one device.
+* **The step:** ``train.steps_per_execution`` steps per call of one ``tf.function`` traced once
+  (fixed input signature); the loss is averaged over the *global* batch, gradients are summed
+  across replicas, clipped by their global norm and applied without a second aggregation.
+  Warm-up then cosine or exponential decay; Adam or AdamW; mixed precision on GPUs.
+* **Fault tolerance:** a checkpoint every ``train.checkpoint_every_steps`` steps and at each
+  epoch's end; a retried task restores the latest one and resumes at that step, mid-epoch
+  (the epoch's data order depends only on seed and epoch, see :mod:`tasks.inputs`).
+* **Early stopping** on the eval loss, exporting the best epoch's weights.
+* **Chief-only writes:** under ``multi_worker`` every worker takes part in saving (saving is a
+  collective operation) but only the chief writes where others read; the other workers
+  write to scratch folders that are removed.
+
+The SavedModel has two signatures:
 
 * ``serving_default``: ``examples``, a 1-D string tensor of serialized ``tf.Example`` (what
   TensorFlow Serving's REST and gRPC clients send);
@@ -16,92 +30,188 @@ Classify convention), ``predicted_class`` and ``predicted_class_id``; regressors
 from __future__ import annotations
 
 import json
+import logging
+import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tasks import storage
 from tasks.config import TrainConfig
 from tasks.ingest import read_manifest, split_files
-from tasks.model import ModelSpec, build_model, parse_spec, prepare, raw_input_signature
+from tasks.inputs import InputPipeline, eval_dataset, should_cache
+from tasks.model import ModelSpec, build_model, load_model_fn, parse_spec, prepare, raw_input_signature
+
+log = logging.getLogger(__name__)
 
 SAVED_MODEL_DIR = "saved_model"
 MODEL_SPEC_FILE = "model_spec.json"
 HISTORY_FILE = "history.json"
+TENSORBOARD_DIR = "tensorboard"
 SERVING_SIGNATURE = "serving_default"
 FEATURES_SIGNATURE = "predict_features"
-
 
 @dataclass(frozen=True)
 class ModelArtifact:
     uri: str
     saved_model_uri: str
     epochs: int
-    resumed_from_epoch: int
+    steps: int
+    resumed_from_step: int
     final_metrics: dict[str, float]
     strategy: str
     replicas: int
+    workers: int = 1
+    best_epoch: int = 0
+    stopped_early: bool = False
+    examples_per_second: float = 0.0
+    traces: dict[str, int] = field(default_factory=dict)
+    mixed_precision: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def make_strategy(name: str):
-    """``auto`` picks: several GPUs mirrored, one GPU or the CPU as one device."""
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process's place in a ``TF_CONFIG`` cluster (a lone process is the chief)."""
+
+    task_type: str = "worker"
+    index: int = 0
+    num_workers: int = 1
+
+    @property
+    def is_chief(self) -> bool:
+        return self.task_type == "chief" or (self.task_type == "worker" and self.index == 0 and not self._has_chief)
+
+    _has_chief: bool = False
+
+    @property
+    def node_id(self) -> str:
+        return f"{self.task_type}-{self.index}"
+
+    @classmethod
+    def from_tf_config(cls, raw: str | None) -> WorkerRole:
+        if not raw:
+            return cls()
+        config = json.loads(raw)
+        cluster, task = config.get("cluster", {}), config.get("task", {})
+        workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+        return cls(task.get("type", "worker"), int(task.get("index", 0)), max(workers, 1), "chief" in cluster)
+
+
+class DevicesAlreadyInitialized(RuntimeError):
+    """The device layout a strategy needs can only be set before TensorFlow runs its first op."""
+
+
+class Progress:
+    """What the training loop reports; the chief's reports reach the task log and MLflow."""
+
+    def on_steps(self, first_step: int, losses: list[float], learning_rate: float) -> None:
+        """``losses[i]`` is the loss of step ``first_step + i``."""
+
+    def on_epoch(self, epoch: int, record: dict[str, float]) -> None:
+        """After each epoch's evaluation."""
+
+
+def configure_devices(strategy: str, cpu_replicas: int) -> None:
+    """Split the CPU into logical devices for ``mirrored`` on a machine without GPUs.
+
+    Must run before TensorFlow initializes its runtime (the first op); a process that already
+    ran TensorFlow code gets a clear error instead of silently training on one replica.
+    """
     import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
+    if strategy != "mirrored" or cpu_replicas <= 1 or tf.config.list_physical_devices("GPU"):
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    wanted = [tf.config.LogicalDeviceConfiguration()] * cpu_replicas
+    if len(tf.config.get_logical_device_configuration(cpu) or []) == cpu_replicas:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, wanted)
+    except RuntimeError:
+        raise DevicesAlreadyInitialized(
+            f"train.cpu_replicas={cpu_replicas} needs a process in which TensorFlow has not run yet"
+        ) from None
+
+
+def resolve_strategy(name: str) -> str:
+    import tensorflow as tf
+
     if name == "auto":
-        name = "mirrored" if len(gpus) > 1 else "one_device"
+        return "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "one_device"
+    return name
+
+
+def make_strategy(name: str, role: WorkerRole | None = None):
+    """The ``tf.distribute`` strategy for a config name (``auto`` resolved first)."""
+    import tensorflow as tf
+
+    name = resolve_strategy(name)
     if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}")
 
 
-def label_transform(spec: ModelSpec) -> Callable[[Any], Any]:
-    """Raw label tensor ``[batch, 1]`` to the training target."""
+def use_mixed_precision(mode: str) -> bool:
     import tensorflow as tf
 
-    if spec.task == "regression":
-        return lambda y: tf.cast(tf.squeeze(y, -1), tf.float32)
-    if spec.label_vocabulary:
-        table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(list(spec.label_vocabulary)), tf.range(len(spec.label_vocabulary), dtype=tf.int64)
-            ),
-            default_value=-1,
-        )
-        return lambda y: table.lookup(tf.squeeze(y, -1))
-    return lambda y: tf.cast(tf.squeeze(y, -1), tf.int64)
+    return mode == "on" or (mode == "auto" and bool(tf.config.list_physical_devices("GPU")))
 
 
-def make_dataset(files: list[str], spec: ModelSpec, batch_size: int, *, shuffle: bool, seed: int):
-    """``(features, label)`` batches: read, shuffle, batch, then parse a whole batch at once."""
+def warmup_schedule(peak: float, warmup_steps: int, decay):
+    """Linear warm-up to ``peak``, then ``decay`` (a schedule counted from the end of warm-up)."""
     import tensorflow as tf
+    import tf_keras as keras
 
-    parse = parse_spec(spec, with_label=True)
-    to_target = label_transform(spec)
+    class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32)
+            warm = peak * (step + 1.0) / float(max(warmup_steps, 1))
+            after = tf.cast(decay(tf.maximum(step - float(warmup_steps), 0.0)), tf.float32)
+            return tf.where(step < float(warmup_steps), warm, after)
 
-    def parse_batch(serialized):
-        parsed = tf.io.parse_example(serialized, parse)
-        return prepare(spec, parsed), to_target(parsed[spec.label])
+        def get_config(self):
+            return {"peak": peak, "warmup_steps": warmup_steps}
 
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
-    if shuffle:
-        dataset = dataset.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
-    return (
-        dataset.batch(batch_size)
-        .map(parse_batch, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    return WarmupSchedule()
+
+
+def learning_rate_schedule(params: TrainConfig, total_steps: int, steps_per_epoch: int):
+    import tf_keras as keras
+
+    warmup = int(params.warmup_fraction * total_steps)
+    peak = params.learning_rate
+    schedules = keras.optimizers.schedules
+    if params.lr_schedule == "cosine":
+        decay = schedules.CosineDecay(peak, max(total_steps - warmup, 1), alpha=params.min_learning_rate_ratio)
+    elif params.lr_schedule == "exponential":
+        decay = schedules.ExponentialDecay(peak, decay_steps=steps_per_epoch, decay_rate=params.decay_rate)
+    else:
+        def decay(step):
+            return peak
+    return warmup_schedule(peak, warmup, decay)
+
+
+def make_optimizer(params: TrainConfig, schedule, mixed: bool):
+    import tf_keras as keras
+
+    if params.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=params.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(schedule)
+    return keras.mixed_precision.LossScaleOptimizer(optimizer) if mixed else optimizer
 
 
 def loss_function(spec: ModelSpec):
@@ -116,6 +226,36 @@ def loss_function(spec: ModelSpec):
         return lambda y, logits: bce(y[:, None], logits)
     mse = keras.losses.MeanSquaredError(reduction=none)
     return lambda y, logits: mse(y[:, None], logits)
+
+
+def build(spec: ModelSpec, params: TrainConfig, search_path: tuple[str, ...] = ()):
+    """The pipeline's model: ``train.model_fn`` when set, else built from schema and statistics."""
+    if params.model_fn is None:
+        return build_model(spec, params.seed)
+    model = load_model_fn(params.model_fn, search_path)(spec, params.seed)
+    if not callable(model) or not hasattr(model, "trainable_variables"):
+        raise ValueError(f"train.model_fn {params.model_fn!r} must return a Keras model (got {type(model).__name__})")
+    return model
+
+
+class _Writer:
+    """Where this worker writes: the real folder for the chief, a scratch folder for the others."""
+
+    def __init__(self, role: WorkerRole, base: Path) -> None:
+        self.role = role
+        self.base = base
+        self._scratch: Path | None = None
+
+    def path(self, target: Path) -> Path:
+        if self.role.is_chief:
+            return target
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"{self.role.node_id}-", dir=self.base))
+        return self._scratch / target.name
+
+    def cleanup(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 def serving_module(model, spec: ModelSpec):
@@ -165,63 +305,119 @@ def train_model(
     checkpoint_dir: Path,
     cache_dir: Path,
     work_dir: Path,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: Progress | None = None,
+    search_path: tuple[str, ...] = (),
+    tf_config: str | None = None,
 ) -> ModelArtifact:
-    """Train, checkpointing each epoch into ``checkpoint_dir``, and publish the SavedModel.
+    """Train (resuming from ``checkpoint_dir``), and publish the SavedModel at ``output_uri``.
 
-    ``checkpoint_dir`` must be the same across tries of one run: a retry restores the last
-    checkpoint and continues from the epoch after it.
+    ``checkpoint_dir`` must be the same across tries of one run: a retry restores the latest
+    checkpoint and continues from its step. ``tf_config`` is this process's ``TF_CONFIG``
+    under ``multi_worker``; only the chief publishes, checkpoints and reports ``progress``.
+
+    Raises:
+        ValueError: The train split holds fewer examples than one global batch, or
+            ``train.model_fn`` cannot be loaded.
     """
     import tensorflow as tf
     import tf_keras as keras
 
+    role = WorkerRole.from_tf_config(tf_config)
+    strategy_name = resolve_strategy(params.strategy)
+    configure_devices(strategy_name, params.cpu_replicas)
+    mixed = use_mixed_precision(params.mixed_precision)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     keras.utils.set_random_seed(params.seed)
+    if params.deterministic:
+        tf.config.experimental.enable_op_determinism()
     manifest = read_manifest(examples_uri)
     local_examples = storage.materialize(examples_uri, cache_dir)
-    strategy = make_strategy(params.strategy)
+    strategy = make_strategy(strategy_name, role)
     replicas = strategy.num_replicas_in_sync
+    batch = params.batch_size
+    train_count = int(manifest["splits"]["train"]["count"])
+    steps_per_epoch = train_count // batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"the train split has {train_count} examples, fewer than one batch of {batch} (train.batch_size)")
+    total_steps = params.epochs * steps_per_epoch
+    train_files = split_files(local_examples, manifest, "train")
+    compressed = sum(Path(f).stat().st_size for f in train_files)
+    pipeline = InputPipeline(
+        train_files, spec, batch, params.seed, shuffle_buffer=params.shuffle_buffer,
+        cache=should_cache(params.cache, compressed), deterministic=params.deterministic,
+        num_workers=role.num_workers,
+    )
+    eval_ds = eval_dataset(split_files(local_examples, manifest, "eval"), spec, max(batch, 256))
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(role, checkpoint_dir)
 
     with strategy.scope():
-        model = build_model(spec, params.seed)
-        optimizer = keras.optimizers.Adam(params.learning_rate)
+        model = build(spec, params, search_path)
+        schedule = learning_rate_schedule(params, total_steps, steps_per_epoch)
+        optimizer = make_optimizer(params, schedule, mixed)
         optimizer.build(model.trainable_variables)  # slots now, so the step is traced once
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
-    manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=2)
-    history: list[dict[str, float]] = []
+    # Loop state, checkpointed with the weights (plain variables: every worker holds the same values).
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    best_loss = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best_eval_loss")
+    best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
+    bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_without_improvement")
+    stopped = tf.Variable(False, trainable=False, name="stopped_early")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var, epoch=epoch_var,
+                                     best_eval_loss=best_loss, best_epoch=best_epoch, bad_epochs=bad_epochs,
+                                     stopped=stopped)
+    best_weights = tf.train.Checkpoint(model=model)
+    manager = tf.train.CheckpointManager(checkpoint, str(writer.path(checkpoint_dir / "latest")), max_to_keep=2)
+    latest = tf.train.latest_checkpoint(str(checkpoint_dir / "latest"))  # the chief's, read by every worker
     history_path = checkpoint_dir / HISTORY_FILE
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint)
+    history: list[dict[str, float]] = []
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
         if history_path.is_file():
             history = json.loads(history_path.read_text())[: int(epoch_var.numpy())]
-    resumed_from = int(epoch_var.numpy())
+        log.info("resuming from %s (step %d, epoch %d)", latest, int(step_var.numpy()), int(epoch_var.numpy()))
+    resumed_from = int(step_var.numpy())
 
-    train_ds = strategy.experimental_distribute_dataset(
-        make_dataset(split_files(local_examples, manifest, "train"), spec, params.batch_size,
-                     shuffle=True, seed=params.seed)
-    )
-    eval_ds = make_dataset(split_files(local_examples, manifest, "eval"), spec, params.batch_size,
-                           shuffle=False, seed=params.seed)
     per_example_loss = loss_function(spec)
+    trainable = model.trainable_variables
+    traces = {"train_steps": 0, "eval_step": 0}
 
     def replica_step(features, labels):
         with tf.GradientTape() as tape:
-            logits = model(features, training=True)
-            loss = tf.nn.compute_average_loss(per_example_loss(labels, logits))
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            logits = tf.cast(model(features, training=True), tf.float32)
+            # Averaged over the global batch: summing the replicas' losses gives the batch mean.
+            loss = tf.nn.compute_average_loss(per_example_loss(labels, logits), global_batch_size=batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = optimizer.get_scaled_loss(loss) if mixed else loss
+        gradients = tape.gradient(scaled, trainable)
+        if mixed:
+            gradients = optimizer.get_unscaled_gradients(gradients)
+        gradients = [tf.convert_to_tensor(g) for g in gradients]  # embeddings' IndexedSlices
+        # Sum across replicas first, so clipping sees the gradient of the whole global batch.
+        gradients = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        if params.clip_norm is not None:
+            gradients, _ = tf.clip_by_global_norm(gradients, params.clip_norm)
+        optimizer.apply_gradients(zip(gradients, trainable), skip_gradients_aggregation=True)
         return loss
 
-    # autograph=False: AutoGraph would convert tf_keras source while tracing (~7 s of the first step).
-    @tf.function(input_signature=[train_ds.element_spec], autograph=False)
-    def train_step(batch):
-        losses = strategy.run(replica_step, args=batch)
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+    def train_steps(iterator, count):
+        """``count`` steps in one call; returns each step's loss."""
+        traces["train_steps"] += 1  # runs only while tracing
 
-    @tf.function(input_signature=[eval_ds.element_spec], autograph=False)
-    def eval_step(batch):
-        features, labels = batch
-        logits = model(features, training=False)
+        def body(i, losses):
+            features, labels = next(iterator)
+            loss = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(features, labels)),
+                                   axis=None)
+            return i + 1, losses.write(i, loss)
+
+        _, losses = tf.while_loop(lambda i, _: i < count, body,
+                                  (tf.constant(0), tf.TensorArray(tf.float32, size=count)))
+        return losses.stack()
+
+    def eval_step(features, labels):
+        traces["eval_step"] += 1
+        logits = tf.cast(model(features, training=False), tf.float32)
         loss = tf.reduce_sum(per_example_loss(labels, logits))
         if spec.task == "multiclass":
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32))
@@ -232,50 +428,153 @@ def train_model(
             correct = tf.constant(0.0)
         return loss, correct, tf.cast(tf.shape(labels)[0], tf.float32)
 
-    for epoch in range(resumed_from, params.epochs):
-        started = time.perf_counter()
-        total, batches = 0.0, 0
-        for batch in train_ds:
-            total += float(train_step(batch))
-            batches += 1
+    first = iter(strategy.experimental_distribute_dataset(pipeline.epoch(0)))
+    # autograph=False: AutoGraph would convert tf_keras source while tracing (~7 s of the first step).
+    compiled_train = tf.function(
+        train_steps, autograph=False,
+        input_signature=[first._type_spec, tf.TensorSpec([], tf.int32)],  # noqa: SLF001 - the iterator's spec
+    )
+    compiled_eval = tf.function(eval_step, autograph=False, input_signature=list(eval_ds.element_spec))
+    del first
+
+    summaries = None
+    if params.tensorboard and role.is_chief:
+        summaries = tf.summary.create_file_writer(str(checkpoint_dir.parent / TENSORBOARD_DIR))
+
+    def save(step: int) -> None:
+        manager.save(checkpoint_number=step)
+        if role.is_chief:
+            history_path.write_text(json.dumps(history))
+
+    step = resumed_from
+    epoch = int(epoch_var.numpy())
+    started, trained_examples = time.perf_counter(), 0
+    # Throughput counts from the end of the first call (which traces): steady state, as in benchmarks.
+    steady_since, steady_examples = None, 0
+    last_log = started
+    while epoch < params.epochs and not bool(stopped.numpy()):
+        epoch_started = time.perf_counter()
+        offset = step - epoch * steps_per_epoch
+        iterator = iter(strategy.experimental_distribute_dataset(pipeline.epoch(epoch, offset)))
+        losses_this_epoch: list[float] = []
+        while offset < steps_per_epoch:
+            count = min(params.steps_per_execution, steps_per_epoch - offset,
+                        params.checkpoint_every_steps - step % params.checkpoint_every_steps)
+            learning_rate = float(schedule(step))
+            losses = [float(v) for v in compiled_train(iterator, tf.constant(count, tf.int32)).numpy()]
+            if not all(math.isfinite(v) for v in losses) and not mixed:
+                raise FloatingPointError(f"the training loss is {losses[-1]} at step {step + len(losses)}: "
+                                         f"lower train.learning_rate or set train.clip_norm")
+            losses_this_epoch += losses
+            first_step, step, offset = step + 1, step + count, offset + count
+            trained_examples += count * batch
+            if steady_since is None:
+                steady_since = time.perf_counter()
+            else:
+                steady_examples += count * batch
+            step_var.assign(step)
+            if role.is_chief:
+                if summaries is not None:
+                    with summaries.as_default(step=step):
+                        tf.summary.scalar("loss", losses[-1])
+                        tf.summary.scalar("learning_rate", learning_rate)
+                if progress is not None:
+                    progress.on_steps(first_step, losses, learning_rate)
+                now = time.perf_counter()
+                if now - last_log > 10:
+                    rate = trained_examples / (now - started)
+                    eta = (total_steps - step) * batch / max(rate, 1e-9)
+                    log.info("epoch %d/%d step %d/%d loss %.4f  %.0f examples/s  ETA %.0f s",
+                             epoch + 1, params.epochs, step, total_steps, losses[-1], rate, eta)
+                    last_log = now
+            if step % params.checkpoint_every_steps == 0 and offset < steps_per_epoch:
+                save(step)
         eval_loss = eval_correct = eval_count = 0.0
-        for batch in eval_ds:
-            loss, correct, count = (float(v) for v in eval_step(batch))
-            eval_loss, eval_correct, eval_count = eval_loss + loss, eval_correct + correct, eval_count + count
+        for features, labels in eval_ds:
+            loss, correct, count_ = (float(v) for v in compiled_eval(features, labels))
+            eval_loss, eval_correct, eval_count = eval_loss + loss, eval_correct + correct, eval_count + count_
         record = {
             "epoch": epoch + 1,
-            "loss": total / max(batches, 1),
+            "step": step,
+            "loss": sum(losses_this_epoch) / max(len(losses_this_epoch), 1),
             "eval_loss": eval_loss / max(eval_count, 1),
-            "seconds": time.perf_counter() - started,
+            "seconds": time.perf_counter() - epoch_started,
         }
         if spec.task != "regression":
             record["eval_accuracy"] = eval_correct / max(eval_count, 1)
         history.append(record)
-        epoch_var.assign(epoch + 1)
-        manager.save(checkpoint_number=epoch + 1)
-        history_path.write_text(json.dumps(history))
-        if on_epoch is not None:
-            on_epoch(epoch + 1, record)
+        epoch += 1
+        epoch_var.assign(epoch)
+        if record["eval_loss"] < float(best_loss.numpy()) - params.early_stopping.min_delta:
+            best_loss.assign(record["eval_loss"])
+            best_epoch.assign(epoch)
+            bad_epochs.assign(0)
+            best_weights.write(str(writer.path(checkpoint_dir / "best") / "weights"))
+        else:
+            bad_epochs.assign_add(1)
+            patience = params.early_stopping.patience
+            if patience is not None and int(bad_epochs.numpy()) >= patience:
+                stopped.assign(True)
+                log.info("early stopping after epoch %d: no eval loss improvement for %d epochs (best: epoch %d)",
+                         epoch, patience, int(best_epoch.numpy()))
+        save(step)
+        if role.is_chief:
+            if summaries is not None:
+                with summaries.as_default(step=step):
+                    for key in ("eval_loss", "eval_accuracy"):
+                        if key in record:
+                            tf.summary.scalar(key, record[key])
+            if progress is not None:
+                progress.on_epoch(epoch, record)
+            log.info("epoch %d/%d: %s", epoch, params.epochs,
+                     ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step")))
+    finished = time.perf_counter()
+    if steady_examples:
+        examples_per_second = steady_examples / (finished - steady_since)
+    else:
+        examples_per_second = trained_examples / (finished - started) if trained_examples else 0.0
+    if summaries is not None:
+        summaries.flush()
+
+    restored_best = False
+    if params.early_stopping.restore_best and int(best_epoch.numpy()) and int(best_epoch.numpy()) != epoch:
+        best_weights.read(str(checkpoint_dir / "best" / "weights")).assert_existing_objects_matched()
+        restored_best = True
 
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="train-"))
     try:
         module, signatures = serving_module(model, spec)
+        keras.mixed_precision.set_global_policy("float32")
         tf.saved_model.save(module, str(scratch / SAVED_MODEL_DIR), signatures=signatures)
-        (scratch / MODEL_SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
-        (scratch / HISTORY_FILE).write_text(json.dumps(history, indent=2))
-        storage.publish_dir(scratch, output_uri)
+        if role.is_chief:
+            (scratch / MODEL_SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
+            (scratch / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+            board = checkpoint_dir.parent / TENSORBOARD_DIR
+            if board.is_dir():
+                shutil.copytree(board, scratch / TENSORBOARD_DIR)
+            storage.publish_dir(scratch, output_uri)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    final = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("epoch", "seconds")}
+        writer.cleanup()
+    if restored_best:
+        log.info("exported the weights of epoch %d (lowest eval loss)", int(best_epoch.numpy()))
+    final = history[int(best_epoch.numpy()) - 1] if restored_best else (history[-1] if history else {})
     return ModelArtifact(
         uri=output_uri,
         saved_model_uri=storage.join(output_uri, SAVED_MODEL_DIR),
         epochs=len(history),
-        resumed_from_epoch=resumed_from,
-        final_metrics=final,
+        steps=step,
+        resumed_from_step=resumed_from,
+        final_metrics={k: v for k, v in final.items() if k not in ("epoch", "step", "seconds")},
         strategy=type(strategy).__name__,
         replicas=replicas,
+        workers=role.num_workers,
+        best_epoch=int(best_epoch.numpy()),
+        stopped_early=bool(stopped.numpy()),
+        examples_per_second=examples_per_second,
+        traces=dict(traces),
+        mixed_precision=mixed,
     )
 
 

@@ -26,6 +26,19 @@ os.environ.pop("TFPIPE_HOME", None)
 PENGUINS_CSV = Path(str(importlib.resources.files("palmerpenguins").joinpath("data", "penguins.csv")))
 
 
+class Recorder:
+    """A training ``Progress`` that keeps what it was told (steps with loss and rate, epoch records)."""
+
+    def __init__(self):
+        self.epochs, self.steps = [], []
+
+    def on_steps(self, first_step, losses, learning_rate):
+        self.steps += [(first_step + i, loss, learning_rate) for i, loss in enumerate(losses)]
+
+    def on_epoch(self, epoch, record):
+        self.epochs.append(record)
+
+
 @pytest.fixture
 def penguins_frame() -> pd.DataFrame:
     return pd.read_csv(PENGUINS_CSV)

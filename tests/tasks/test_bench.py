@@ -2,15 +2,26 @@
 
 import json
 
+import pytest
+
 from tasks.cli import main
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """Each benchmark logs an MLflow run: into a private home, never ~/.tfpipe."""
+    monkeypatch.setenv("TFPIPE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"
 
 
 def _check_contract(result, suite, variants):
     assert result["suite"] == suite
     assert result["machine"]["cpus"] >= 1 and "tensorflow" in result["machine"]["versions"]
     assert set(result["variants"]) == variants
+    unit = "examples/s" if suite in ("input", "train") else "rows/s"
     for row in result["variants"].values():
-        assert row["throughput"] > 0 and row["unit"] == "rows/s" and row["seconds"] > 0 and row["peak_rss_mb"] > 0
+        assert row["throughput"] > 0 and row["unit"] == unit and row["seconds"] > 0 and row["peak_rss_mb"] > 0
     for name, ratio in result["ratios"].items():
         a, b = name.split("/")
         assert abs(ratio - result["variants"][a]["throughput"] / result["variants"][b]["throughput"]) < 0.01 * ratio
@@ -36,3 +47,33 @@ def test_bench_validate_contract(tmp_path):
     assert checks["ours_same_as_tfdv_default"] == "identical"
     assert checks["in_memory_same_as_tfdv_default"] == "identical"
     assert checks["tfdv_sampled_10pct_same_as_tfdv_default"] != "identical"  # sampling changes the statistics
+
+
+def test_bench_input_contract(tmp_path):
+    out = tmp_path / "input.json"
+    assert main(["bench", "input", "--rows", "6000", "--repeat", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    _check_contract(result, "input", {"ours", "ours_cached", "naive", "floor"})
+    examples = result["params"]["train_examples"]
+    assert examples and set(result["checks"].values()) == {examples}  # every variant parsed the same examples
+    assert set(result["targets"]) == {"ours/naive >= 5", "ours/floor >= 0.7", "ours_cached/floor >= 0.7"}
+
+
+def test_bench_train_contract_and_mlflow_run(tmp_path, home):
+    from mlflow import MlflowClient
+
+    out = tmp_path / "train.json"
+    assert main(["bench", "train", "--rows", "4000", "--repeat", "1", "--epochs", "1", "--batch-size", "128", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    _check_contract(result, "train", {"ours", "keras_fit", "workers_1", "workers_2"})
+    assert set(result["ratios"]) == {"ours/keras_fit", "workers_2/workers_1"}
+    assert set(result["final_eval_loss"]) == set(result["variants"])
+    assert all(0 < loss < 1 for loss in result["final_eval_loss"].values())  # each variant learned (log loss)
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tfpipe-bench")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "bench-train" and run.info.status == "FINISHED"
+    assert run.data.metrics["ours.throughput"] == result["variants"]["ours"]["throughput"]
+    assert run.data.metrics["ratio.workers_2_over_workers_1"] == result["ratios"]["workers_2/workers_1"]
+    met = result["targets"]["ours/keras_fit >= 1"]
+    assert run.data.tags["target.ours/keras_fit"] == f"{'met' if met else 'missed'} (>= 1)"

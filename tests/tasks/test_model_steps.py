@@ -15,7 +15,7 @@ from tasks.optimize import optimize_model
 from tasks.push import PushError, champion, claim_version, push_model, versions
 from tasks.train import FEATURES_SIGNATURE, SERVING_SIGNATURE, read_model_spec, train_model
 from tasks.validate import load_schema, load_statistics, validate_examples
-from tests.conftest import write_pipeline
+from tests.conftest import Recorder, write_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +31,12 @@ def trained(tmp_path_factory):
                            label="species", task="multiclass",
                            features=[c for c in examples.columns if c != "species"],
                            hidden_units=[16], embedding_dim=3)
-    epochs = []
+    progress = Recorder()
     model = train_model(examples.uri, spec, config.train, str(root / "model"), root / "ckpt", cache, work,
-                        on_epoch=lambda epoch, record: epochs.append(record))
-    return {"root": root, "config": config, "examples": examples, "model": model, "epochs": epochs,
-            "cache": cache, "work": work}
+                        progress=progress)
+    return {"root": root, "config": config, "examples": examples, "model": model, "epochs": progress.epochs,
+            "steps": progress.steps, "cache": cache, "work": work}
+
 
 
 def test_model_spec_comes_from_schema_and_statistics(trained):
@@ -53,7 +54,10 @@ def test_training_learns_and_checkpoints_every_epoch(trained):
     assert epochs[-1]["loss"] < epochs[0]["loss"]
     assert epochs[-1]["eval_accuracy"] > 0.8
     assert trained["model"].strategy == "OneDeviceStrategy"
-    assert (trained["root"] / "ckpt" / "checkpoint").is_file()
+    assert (trained["root"] / "ckpt" / "latest" / "checkpoint").is_file()
+    per_epoch = trained["examples"].counts["train"] // 32
+    assert [s[0] for s in trained["steps"]] == list(range(1, 4 * per_epoch + 1))
+    assert trained["model"].steps == 4 * per_epoch
 
 
 def test_retry_resumes_from_last_checkpoint(trained):
@@ -63,7 +67,9 @@ def test_retry_resumes_from_last_checkpoint(trained):
     spec = read_model_spec(trained["model"].uri)
     resumed = train_model(trained["examples"].uri, spec, more, str(root / "model_resumed"), root / "ckpt",
                           trained["cache"], trained["work"])
-    assert resumed.resumed_from_epoch == 4
+    per_epoch = trained["examples"].counts["train"] // 32
+    assert resumed.resumed_from_step == 4 * per_epoch
+    assert resumed.steps == 6 * per_epoch
     assert resumed.epochs == 6
 
 

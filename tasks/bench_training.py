@@ -1,0 +1,234 @@
+"""``tfpipe bench input|train``: the training input pipeline and the training loop, measured.
+
+input (one epoch of the train split, batch 1024, parsed into model inputs):
+  ours            tasks.inputs: block-wise parallel interleave, shuffle, batch then parse,
+                  autotuned map and prefetch; first epoch, reading the GZIP shards
+  ours_cached     the same pipeline in a later epoch, reading its in-memory cache
+  naive           one example parsed at a time, then batched, no prefetch
+  floor           batched parsing of the decompressed records already in memory
+
+train (same model, data, global batch, optimizer and schedule):
+  ours            tasks.train: custom tf.GradientTape loop, steps_per_execution, eval and a
+                  checkpoint per epoch
+  keras_fit       tf_keras Model.fit on the same tf.data pipeline, with the same validation and
+                  checkpoint per epoch (BackupAndRestore)
+  workers_1       one multi_worker process pinned to one core          (CPU machines)
+  workers_2       two multi_worker processes, each pinned to its own core, same global batch
+  one_device / mirrored_all_gpus                                        (GPU machines)
+
+Throughput is training examples per second of the training loop (tracing, evaluation and
+checkpoints included, process start-up and export excluded); the variants' final eval losses
+are reported so that a faster variant that learned less shows.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks.bench import _report, prepare_examples, run_variants
+
+
+def _count(dataset, steps: int) -> int:
+    seen = 0
+    for features, labels in dataset.take(steps):
+        seen += int(labels.shape[0])
+    return seen
+
+
+def bench_input(rows: int, columns: int = 20, repeat: int = 3, batch_size: int = 1024,
+                workdir: Path | None = None) -> dict:
+    from tasks.inputs import InputPipeline, floor_dataset, naive_dataset
+
+    root = Path(tempfile.mkdtemp(prefix="tfpipe-bench-", dir=workdir))
+    try:
+        data = prepare_examples(root, rows, columns=columns, task="binary")
+        files = data.files["train"]
+        steps = data.counts["train"] // batch_size
+        if steps < 1:
+            raise ValueError(f"--rows {rows} gives fewer train examples than one batch of {batch_size}")
+        examples = steps * batch_size
+        from tasks.coders import iter_gzip_tfrecords
+
+        records = [r for f in files for chunk in iter_gzip_tfrecords(f) for r in chunk]
+
+        def ours() -> int:
+            return _count(InputPipeline(files, data.spec, batch_size, seed=1, cache=True).epoch(0), steps)
+
+        cached = InputPipeline(files, data.spec, batch_size, seed=1, cache=True)
+        epochs = iter(range(1, 10_000))
+
+        def ours_cached() -> int:
+            return _count(cached.epoch(next(epochs)), steps)
+
+        variants = {
+            "ours": ours,
+            "ours_cached": ours_cached,
+            "naive": lambda: _count(naive_dataset(files, data.spec, batch_size), steps),
+            "floor": lambda: _count(floor_dataset(records, data.spec, batch_size), steps),
+        }
+        _count(cached.epoch(0), steps)  # fills the cache
+        for fn in variants.values():  # warm-up: graphs built, files in the page cache
+            fn()
+        measured = run_variants(variants, repeat)
+        checks = {f"{name}_examples": row["result"] for name, row in measured.items()}
+        assert all(count == examples for count in checks.values()), checks
+        result = _report(
+            "input", {"rows": rows, "columns": columns, "train_examples": examples, "batch_size": batch_size,
+                      "repeat": repeat},
+            measured, {name: examples for name in measured}, "examples/s",
+            [("ours", "naive"), ("ours", "floor"), ("ours_cached", "naive"), ("ours_cached", "floor")],
+            extra={"checks": checks},
+        )
+        ratios = result["ratios"]
+        result["targets"] = {
+            "ours/naive >= 5": ratios["ours/naive"] >= 5,
+            "ours/floor >= 0.7": ratios["ours/floor"] >= 0.7,
+            "ours_cached/floor >= 0.7": ratios["ours_cached/floor"] >= 0.7,
+        }
+        return result
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _keras_fit(data, params, checkpoint_dir: Path) -> dict[str, Any]:
+    """The same model, pipeline, optimizer and schedule through ``Model.fit``."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from tasks.inputs import InputPipeline, eval_dataset
+    from tasks.train import build, learning_rate_schedule, loss_function
+
+    keras.utils.set_random_seed(params.seed)
+    steps = data.counts["train"] // params.batch_size
+    pipeline = InputPipeline(data.files["train"], data.spec, params.batch_size, params.seed, cache=True)
+    model = build(data.spec, params)
+    schedule = learning_rate_schedule(params, steps * params.epochs, steps)
+    optimizer = keras.optimizers.Adam(schedule, global_clipnorm=params.clip_norm)
+    per_example = loss_function(data.spec)
+    model.compile(optimizer=optimizer, loss=lambda y, logits: tf.reduce_mean(per_example(y, logits)),
+                  steps_per_execution=params.steps_per_execution)
+    # One dataset across epochs: Model.fit re-iterates it; the epoch order differs, the work does not.
+    train = pipeline.epoch(0)
+    eval_batch = max(params.batch_size, 256)
+    clock = _SteadyClock(keras, params.batch_size)
+    history = model.fit(
+        train, epochs=params.epochs, steps_per_epoch=steps, verbose=0,
+        validation_data=eval_dataset(data.files["eval"], data.spec, eval_batch),
+        validation_steps=-(-data.counts["eval"] // eval_batch),
+        callbacks=[keras.callbacks.BackupAndRestore(str(checkpoint_dir)), clock],
+    )
+    clock.stop()
+    if not clock.examples:
+        raise ValueError("too few steps to time Model.fit after its first call: use more rows or a smaller batch")
+    return {"examples_per_second": clock.examples / clock.seconds, "eval_loss": float(history.history["val_loss"][-1])}
+
+
+def _SteadyClock(keras, batch_size: int):  # noqa: N802 - builds a Keras callback class lazily
+    """Times ``Model.fit`` from the end of its first call (which traces), as tasks.train does."""
+
+    class SteadyClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.since, self.examples, self.seconds, self.last = None, 0, 0.0, -1
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.last = -1
+
+        def on_train_batch_end(self, batch, logs=None):
+            # With steps_per_execution, ``batch`` is the last step of the call just finished.
+            if self.since is None:
+                self.since = time.perf_counter()
+            else:
+                self.examples += (batch - self.last) * batch_size
+            self.last = batch
+
+        def stop(self):
+            self.seconds = time.perf_counter() - self.since
+
+    return SteadyClock()
+
+
+def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, batch_size: int = 1024,
+                workdir: Path | None = None) -> dict:
+    import tensorflow as tf
+
+    from tasks.config import TrainConfig
+    from tasks.launcher import core_sets, launch
+    from tasks.train import train_model
+
+    root = Path(tempfile.mkdtemp(prefix="tfpipe-bench-", dir=workdir))
+    try:
+        data = prepare_examples(root / "data", rows, columns=columns, task="binary", hidden_units=(256, 256))
+        base = {"epochs": epochs, "batch_size": batch_size, "learning_rate": 0.003, "hidden_units": [256, 256],
+                "early_stopping": {"patience": None}, "tensorboard": False, "cache": "memory",
+                "checkpoint_every_steps": 10**9}
+        runs = iter(range(10**6))
+
+        def ours() -> dict[str, Any]:
+            run = root / f"ours-{next(runs)}"
+            result = train_model(data.uri, data.spec, TrainConfig(**base), str(run / "model"), run / "ckpt",
+                                 root / "cache", run / "work")
+            return {"examples_per_second": result.examples_per_second, "eval_loss": result.final_metrics["eval_loss"]}
+
+        def keras_fit() -> dict[str, Any]:
+            return _keras_fit(data, TrainConfig(**base), root / f"keras-{next(runs)}")
+
+        def workers(count: int, strategy: str, cores: list[list[int]] | None):
+            def run() -> dict[str, Any]:
+                name = f"{strategy}-{count}-{next(runs)}"
+                request = {
+                    "examples_uri": data.uri, "spec": data.spec.to_dict(),
+                    "params": TrainConfig(**base, strategy=strategy).model_dump(mode="json"),
+                    "output_uri": str(root / name / "model"), "checkpoint_dir": str(root / name / "ckpt"),
+                    "cache_dir": str(root / "cache"), "work_dir": str(root / name / "work"),
+                }
+                result = launch(request, count, root / name / "run", pin_cores=cores or False)
+                return {"examples_per_second": result["examples_per_second"],
+                        "eval_loss": result["final_metrics"]["eval_loss"], "peak_rss_mb": result["peak_rss_mb"]}
+            return run
+
+        variants = {"ours": ours, "keras_fit": keras_fit}
+        pairs = [("ours", "keras_fit")]
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            variants["one_device"] = workers(1, "one_device", None)
+            if len(gpus) > 1:
+                variants["mirrored_all_gpus"] = workers(1, "mirrored", None)
+                pairs.append(("mirrored_all_gpus", "one_device"))
+        else:
+            cores = core_sets(2)
+            if cores[0]:
+                variants["workers_1"] = workers(1, "multi_worker", [cores[0][:1]])
+                variants["workers_2"] = workers(2, "multi_worker", [c[:1] for c in cores])
+                pairs.append(("workers_2", "workers_1"))
+        measured = run_variants(variants, repeat)
+        for row in measured.values():  # throughput of the training loop, as each variant measured it
+            row["seconds"] = 1.0 / row["result"]["examples_per_second"]
+            if "peak_rss_mb" in row["result"]:  # a worker process: the chief's peak, not the launcher's
+                row["peak_rss_mb"] = row["result"]["peak_rss_mb"]
+        result = _report(
+            "train", {"rows": rows, "columns": columns, "train_examples": data.counts["train"], "epochs": epochs,
+                      "global_batch_size": batch_size, "hidden_units": [256, 256], "repeat": repeat},
+            measured, {name: 1 for name in measured}, "examples/s", pairs,
+            extra={"final_eval_loss": {name: round(row["result"]["eval_loss"], 4) for name, row in measured.items()}},
+        )
+        for row in result["variants"].values():  # seconds per example is not worth printing
+            row["seconds"] = round(epochs * data.counts["train"] / row["throughput"], 3)
+        losses = result["final_eval_loss"]
+        result["checks"] = {
+            f"{name}_eval_loss_within_10pct_of_ours": abs(loss - losses["ours"]) <= 0.1 * losses["ours"]
+            for name, loss in losses.items() if name != "ours"
+        }
+        result["targets"] = {"ours/keras_fit >= 1": result["ratios"]["ours/keras_fit"] >= 1}
+        if "workers_2/workers_1" in result["ratios"]:
+            result["targets"]["workers_2/workers_1 >= 1.6"] = result["ratios"]["workers_2/workers_1"] >= 1.6
+        if "mirrored_all_gpus/one_device" in result["ratios"]:
+            result["targets"]["mirrored_all_gpus/one_device >= 1.6"] = (
+                result["ratios"]["mirrored_all_gpus/one_device"] >= 1.6)
+        return result
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

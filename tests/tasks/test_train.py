@@ -1,0 +1,331 @@
+"""The training loop: heads, schedule, tracing, early stopping, distribution, checkpoints and resume.
+
+The distributed cases run as real worker processes (``tasks.launcher``): ``mirrored`` over the
+CPU split into two logical devices, and ``multi_worker`` as two processes talking gRPC on
+127.0.0.1. Both must train to the same weights as one device on the same global batch.
+"""
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from tasks.bench import prepare_examples
+from tasks.config import TrainConfig
+from tasks.launcher import WorkerFailed, core_sets, launch
+from tasks.train import learning_rate_schedule, read_history, train_model
+from tests.conftest import Recorder
+
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory):
+    return prepare_examples(tmp_path_factory.mktemp("binary"), 6000, columns=10, task="binary", hidden_units=(16,))
+
+
+@pytest.fixture(scope="module")
+def regression(tmp_path_factory):
+    return prepare_examples(tmp_path_factory.mktemp("regression"), 6000, columns=10, task="regression",
+                            hidden_units=(16,))
+
+
+def _train(data, tmp_path, name="run", progress=None, **params):
+    config = TrainConfig(**{"epochs": 3, "batch_size": 64, "learning_rate": 0.01, **params})
+    return train_model(data.uri, data.spec, config, str(tmp_path / name / "model"), tmp_path / name / "ckpt",
+                       tmp_path / "cache", tmp_path / name / "work", progress=progress)
+
+
+def _request(data, tmp_path, name, **params):
+    config = TrainConfig(**{"epochs": 2, "batch_size": 64, "learning_rate": 0.01, **params})
+    return {
+        "examples_uri": data.uri, "spec": data.spec.to_dict(), "params": config.model_dump(mode="json"),
+        "output_uri": str(tmp_path / name / "model"), "checkpoint_dir": str(tmp_path / name / "ckpt"),
+        "cache_dir": str(tmp_path / "cache"), "work_dir": str(tmp_path / name / "work"),
+    }
+
+
+def _predict(model_uri, records):
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(Path(model_uri) / "saved_model")).signatures["serving_default"]
+    outputs = serve(examples=tf.constant(records))
+    return (outputs.get("scores", outputs.get("predictions"))).numpy()
+
+
+def _eval_records(data, n=256):
+    from tasks.coders import iter_gzip_tfrecords
+
+    records = []
+    for f in data.files["eval"]:
+        for chunk in iter_gzip_tfrecords(f):
+            records += chunk
+    return records[:n]
+
+
+def test_binary_head_learns_and_traces_each_function_once(binary, tmp_path):
+    progress = Recorder()
+    result = _train(binary, tmp_path, progress=progress, steps_per_execution=5, checkpoint_every_steps=7)
+    per_epoch = binary.counts["train"] // 64
+    # Executions of 5 steps, cut short at checkpoints and epoch ends: several lengths, one trace.
+    assert result.traces == {"train_steps": 1, "eval_step": 1}
+    assert [s[0] for s in progress.steps] == list(range(1, 3 * per_epoch + 1))
+    assert result.steps == 3 * per_epoch and result.epochs == 3
+    majority = 0.5 + abs(0.5 - _label_mean(binary))
+    assert progress.epochs[-1]["eval_accuracy"] > majority + 0.1
+    assert progress.epochs[-1]["eval_loss"] < progress.epochs[0]["eval_loss"]
+    history = read_history(result.uri)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert (Path(result.uri) / "tensorboard").is_dir()
+
+
+def _label_mean(data):
+    import tensorflow as tf
+
+    labels = [tf.train.Example.FromString(r).features.feature["label"].int64_list.value[0]
+              for r in _eval_records(data, 10_000)]
+    return float(np.mean(labels))
+
+
+def test_regression_head_beats_predicting_the_mean(regression, tmp_path):
+    import tensorflow as tf
+
+    result = _train(regression, tmp_path, epochs=4)
+    records = _eval_records(regression, 10_000)
+    labels = np.array([tf.train.Example.FromString(r).features.feature["label"].float_list.value[0] for r in records])
+    predicted = _predict(result.uri, records)
+    assert predicted.shape == labels.shape
+    assert np.mean((predicted - labels) ** 2) < 0.6 * np.var(labels)
+
+
+def test_learning_rate_warms_up_then_decays():
+    params = TrainConfig(learning_rate=0.1, warmup_fraction=0.1, lr_schedule="cosine", min_learning_rate_ratio=0.0)
+    cosine = learning_rate_schedule(params, total_steps=1000, steps_per_epoch=100)
+    values = [float(cosine(s)) for s in (0, 49, 99, 100, 550, 999)]
+    assert values[0] == pytest.approx(0.001) and values[1] == pytest.approx(0.05)
+    assert values[2] == pytest.approx(0.1) and values[3] == pytest.approx(0.1)
+    assert values[4] == pytest.approx(0.05, rel=0.02) and values[5] < 1e-4
+    exponential = learning_rate_schedule(params.model_copy(update={"lr_schedule": "exponential", "decay_rate": 0.5}),
+                                         total_steps=1000, steps_per_epoch=100)
+    assert float(exponential(100)) == pytest.approx(0.1)
+    assert float(exponential(300)) == pytest.approx(0.025)
+
+
+def test_learning_rate_reported_per_step_follows_the_schedule(binary, tmp_path):
+    progress = Recorder()
+    _train(binary, tmp_path, progress=progress, epochs=2, steps_per_execution=1, warmup_fraction=0.25)
+    rates = [s[2] for s in progress.steps]
+    peak = int(np.argmax(rates))
+    assert 0.2 * len(rates) < peak < 0.3 * len(rates)
+    assert rates[peak] == pytest.approx(0.01, rel=0.05)
+    assert rates[-1] < 0.01 * rates[peak] + 1e-6
+
+
+def test_early_stopping_exports_the_best_epoch(binary, tmp_path):
+    # No decrease of the eval loss is large enough to count: stop after `patience` epochs.
+    result = _train(binary, tmp_path, epochs=10, early_stopping={"patience": 2, "min_delta": 1e9})
+    history = read_history(result.uri)
+    assert result.stopped_early and result.epochs == 3 and result.best_epoch == 1
+    assert result.final_metrics["eval_loss"] == pytest.approx(history[0]["eval_loss"])
+
+
+def test_custom_model_function_from_a_module_path(binary, tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(
+        "import tf_keras as keras\n"
+        "def linear(spec, seed):\n"
+        "    inputs = {f.name: keras.Input(shape=(1,), dtype='float32', name=f.name)\n"
+        "              for f in spec.features if not f.categorical}\n"
+        "    x = keras.layers.Concatenate()(list(inputs.values()))\n"
+        "    x = keras.layers.BatchNormalization()(x)\n"
+        "    return keras.Model(inputs, keras.layers.Dense(1, name='my_linear')(x))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = _train(binary, tmp_path, model_fn="my_models:linear", epochs=2)
+    assert result.final_metrics["eval_accuracy"] > 0.5 + abs(0.5 - _label_mean(binary))
+    with pytest.raises(ValueError, match="has no function 'missing'"):
+        _train(binary, tmp_path, name="bad", model_fn="my_models:missing")
+
+
+def test_mixed_precision_trains_and_serves_float32(binary, tmp_path):
+    result = _train(binary, tmp_path, epochs=2, mixed_precision="on")
+    assert result.mixed_precision
+    scores = _predict(result.uri, _eval_records(binary, 32))
+    assert scores.dtype == np.float32 and np.allclose(scores.sum(axis=1), 1, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def one_shard(tmp_path_factory):
+    """One shard for two workers: every worker reads it and keeps its half of each global batch
+    (AutoShardPolicy.DATA), so the global batches are exactly one device's."""
+    return prepare_examples(tmp_path_factory.mktemp("one_shard"), 6000, columns=10, task="binary",
+                            num_shards=1, hidden_units=(16,))
+
+
+@pytest.fixture(scope="module")
+def distributed(one_shard, tmp_path_factory):
+    """The same training on one device, mirrored over 2 logical CPUs, and 2 multi_worker processes."""
+    binary = one_shard
+    root = tmp_path_factory.mktemp("distributed")
+    common = {"deterministic": True, "epochs": 2, "batch_size": 128, "clip_norm": 1.0, "early_stopping": {"patience": None}}
+    results = {
+        "one_device": launch(_request(binary, root, "one", strategy="one_device", **common), 1, root / "one" / "run"),
+        "mirrored": launch(_request(binary, root, "mirrored", strategy="mirrored", cpu_replicas=2, **common), 1,
+                           root / "mirrored" / "run"),
+        "multi_worker": launch(_request(binary, root, "multi", strategy="multi_worker", **common), 2,
+                               root / "multi" / "run"),
+    }
+    return root, results
+
+
+def test_mirrored_and_multi_worker_match_one_device_on_the_same_global_batch(one_shard, distributed):
+    binary = one_shard
+    _, results = distributed
+    assert results["mirrored"]["strategy"] == "MirroredStrategy" and results["mirrored"]["replicas"] == 2
+    assert results["multi_worker"]["strategy"] == "CollectiveAllReduceStrategy"  # MultiWorkerMirroredStrategy
+    assert results["multi_worker"]["replicas"] == 2 and results["multi_worker"]["workers"] == 2
+    records = _eval_records(binary)
+    reference = _predict(results["one_device"]["uri"], records)
+    for name in ("mirrored", "multi_worker"):
+        assert results[name]["steps"] == results["one_device"]["steps"]
+        # Same global batch, loss averaged over it, gradients summed across replicas: same model.
+        np.testing.assert_allclose(_predict(results[name]["uri"], records), reference, atol=2e-3, err_msg=name)
+        assert results[name]["traces"]["train_steps"] == 1
+
+
+def test_only_the_chief_writes(distributed):
+    root, results = distributed
+    ckpt = root / "multi" / "ckpt"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["best", "history.json", "latest"]
+    assert not list((root / "multi" / "work").glob("worker-1/train-*"))  # its export scratch is gone
+    assert (Path(results["multi_worker"]["uri"]) / "saved_model" / "saved_model.pb").is_file()
+    logs = (root / "multi" / "run" / "worker-1.log").read_text()
+    assert "epoch 2/2" not in logs  # progress is the chief's to report
+    assert "epoch 2/2" in (root / "multi" / "run" / "worker-0.log").read_text()
+
+
+def _checkpoint_steps(ckpt: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1].split(".")[0]) for p in (ckpt / "latest").glob("ckpt-*.index"))
+
+
+def _wait_for_checkpoint(ckpt: Path, at_least: int, timeout: float = 240) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        steps = _checkpoint_steps(ckpt) if (ckpt / "latest").is_dir() else []
+        if steps and steps[-1] >= at_least:
+            return steps[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step >= {at_least} within {timeout} s")
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(binary, tmp_path):
+    request = _request(binary, tmp_path, "killed", epochs=6, batch_size=32, checkpoint_every_steps=20,
+                       steps_per_execution=4)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(_launch_catching(request, 1, tmp_path / "run")))
+    thread.start()
+    ckpt = Path(request["checkpoint_dir"])
+    _wait_for_checkpoint(ckpt, 60)
+    worker = _worker_processes()[0]
+    worker.send_signal(signal.SIGKILL)
+    thread.join(60)
+    assert isinstance(outcome.get("error"), WorkerFailed) and outcome["error"].exit_code == -signal.SIGKILL
+    killed_at = _checkpoint_steps(ckpt)[-1]
+    per_epoch = binary.counts["train"] // 32
+    assert 60 <= killed_at < 6 * per_epoch
+
+    result = launch(request, 1, tmp_path / "run")  # the retry
+    assert result["resumed_from_step"] == killed_at
+    assert result["steps"] == 6 * per_epoch and result["epochs"] == 6
+    history = read_history(result["uri"])
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_killed_worker_stops_the_others_and_the_retry_resumes(binary, tmp_path):
+    request = _request(binary, tmp_path, "mw", strategy="multi_worker", epochs=4, batch_size=64,
+                       checkpoint_every_steps=10, steps_per_execution=2)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(_launch_catching(request, 2, tmp_path / "run")))
+    thread.start()
+    ckpt = Path(request["checkpoint_dir"])
+    _wait_for_checkpoint(ckpt, 20)
+    workers = _worker_processes()
+    assert len(workers) == 2
+    victim = next(w for w in workers if json.loads(w.environ()["TF_CONFIG"])["task"]["index"] == 1)
+    victim.send_signal(signal.SIGKILL)
+    thread.join(120)
+    error = outcome.get("error")
+    assert isinstance(error, WorkerFailed) and "worker 1 of 2" in str(error)
+    assert not _worker_processes()  # the chief was stopped too
+    killed_at = _checkpoint_steps(ckpt)[-1]
+
+    result = launch(request, 2, tmp_path / "run")
+    assert result["resumed_from_step"] == killed_at > 0
+    assert result["steps"] == 4 * (binary.counts["train"] // 64)
+
+
+def _launch_catching(request, workers, run_dir):
+    try:
+        return {"result": launch(request, workers, run_dir)}
+    except Exception as error:  # noqa: BLE001 - the test inspects it
+        return {"error": error}
+
+
+def _worker_processes():
+    me = psutil.Process()
+    return [p for p in me.children(recursive=True) if "tasks.launcher" in " ".join(p.cmdline())]
+
+
+def test_a_failing_worker_reports_its_log(binary, tmp_path):
+    request = _request(binary, tmp_path, "broken")
+    request["examples_uri"] = str(tmp_path / "nowhere")
+    with pytest.raises(WorkerFailed, match=r"(?s)worker 0 of 1 exited with status 1.*nowhere"):
+        launch(request, 1, tmp_path / "run")
+
+
+def test_core_sets_are_disjoint():
+    assert core_sets(2, cpus=4) == [[0, 1], [2, 3]]
+    assert core_sets(3, cpus=2) == [[], [], []]
+
+
+def test_batched_progress_logs_every_step_in_few_requests(tmp_path):
+    from mlflow import MlflowClient
+
+    from tasks.tracking import BatchedProgress, MlflowTracker
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("progress", artifact_location=str(tmp_path / "a")))
+    progress = BatchedProgress(MlflowTracker(client, run.info.run_id), flush_seconds=3600)
+    for execution in range(50):
+        progress.on_steps(execution * 8 + 1, [1.0 / (execution * 8 + i + 1) for i in range(8)], 0.01)
+    progress.on_epoch(1, {"epoch": 1, "loss": 0.5, "eval_loss": 0.6, "seconds": 2.0, "eval_accuracy": 0.8})
+    assert progress.requests == 1 and progress.points == 400 + 50 + 4
+    history = client.get_metric_history(run.info.run_id, "step_loss")
+    assert sorted(m.step for m in history) == list(range(1, 401))
+    assert math.isclose(min(history, key=lambda m: m.step).value, 1.0)
+    assert client.get_run(run.info.run_id).data.metrics["eval_accuracy"] == 0.8
+
+
+def test_training_refuses_a_batch_larger_than_the_train_split(binary, tmp_path):
+    with pytest.raises(ValueError, match="fewer than one batch of 65536"):
+        _train(binary, tmp_path, batch_size=65536)
+
+
+def test_cpu_split_needs_a_fresh_process(binary, tmp_path):
+    from tasks.train import DevicesAlreadyInitialized
+
+    import tensorflow as tf
+
+    tf.constant(1.0) + 1  # TensorFlow has run in this process
+    with pytest.raises(DevicesAlreadyInitialized, match="cpu_replicas=2"):
+        _train(binary, tmp_path, strategy="mirrored", cpu_replicas=2)
+
+
+def test_workers_are_not_left_running(binary):
+    assert os.environ.get("TF_CONFIG") is None
+    assert not _worker_processes()
