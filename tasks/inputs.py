@@ -1,10 +1,11 @@
 """The training input pipeline: GZIP TFRecord shards to ``(features, label)`` batches.
 
-Per epoch: parallel interleave over the shards (each shard read in blocks of records, so
-threads hand over blocks, not single records: handing over single records made a parallel
-interleave 8x slower than a sequential read here), the decompressed records cached in memory
-when they fit, a seeded shuffle, ``batch`` *then* ``tf.io.parse_example`` on the whole batch,
-and ``prefetch``; parallelism is autotuned.
+Per epoch: parallel interleave over the shards, each read in blocks of records (threads
+hand over blocks: handing over single records made a parallel interleave 8x slower than a
+sequential read here); the decompressed blocks cached in memory when they fit; a seeded
+shuffle of blocks, then of records within windows of blocks; ``batch`` *then*
+``tf.io.parse_example`` on the whole batch; ``prefetch``; parallelism autotuned. No tf.data
+op runs per record: per-record ops (unbatch, a record shuffle buffer) cost as much as parsing.
 
 An epoch's order depends only on the seed and the epoch number, so a retry that resumes in
 the middle of an epoch skips exactly the batches already trained on.
@@ -66,30 +67,48 @@ def should_cache(mode: str, compressed_bytes: int) -> bool:
 
 @dataclass
 class InputPipeline:
-    """Builds each epoch's dataset over one shared (and possibly cached) record stream."""
+    """Builds each epoch's dataset over one shared (and possibly cached) stream of parsed blocks.
+
+    Under ``multi_worker`` each worker builds its own, with its ``worker_index``: when there are
+    at least as many shards as workers each worker reads its own shards (file sharding);
+    otherwise every worker reads all of them and keeps its slice of every global batch (data
+    sharding), so the global batches are exactly those of one worker.
+    """
 
     files: list[str]
     spec: ModelSpec
-    batch_size: int
+    batch_size: int  # global
     seed: int
     shuffle_buffer: int = 10_000
     cache: bool = False
     deterministic: bool = False
     num_workers: int = 1
+    worker_index: int = 0
+
+    @property
+    def shard_files(self) -> bool:
+        return self.num_workers > 1 and len(self.files) >= self.num_workers
 
     def __post_init__(self) -> None:
         import tensorflow as tf
 
+        if self.batch_size % self.num_workers:
+            raise ValueError(f"train.batch_size {self.batch_size} must be a multiple of the {self.num_workers} workers")
         self._parse = batch_parser(self.spec)
         files = tf.data.Dataset.from_tensor_slices(self.files)
-        records = files.interleave(
+        if self.shard_files:
+            files = files.shard(self.num_workers, self.worker_index)
+        blocks = files.interleave(
             lambda f: tf.data.TFRecordDataset(f, "GZIP").batch(READ_BLOCK),
             cycle_length=max(1, min(len(self.files), 8)),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,  # the cache and every epoch's shuffle start from the same order
-        ).unbatch()
-        # Cached once, shared by every epoch's dataset built on top of it.
-        self._records = records.cache() if self.cache else records
+        )
+        # Parsed a block at a time (batched tf.io.parse_example), in order so that a restarted
+        # process rebuilds the same stream; cached parsed when it fits (parsing is the costly
+        # map, and parsed numbers are smaller than serialized examples), shared by every epoch.
+        parsed = blocks.map(self._parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        self._blocks = parsed.cache() if self.cache else parsed
 
     def options(self):
         import tensorflow as tf
@@ -97,29 +116,55 @@ class InputPipeline:
         options = tf.data.Options()
         options.deterministic = self.deterministic
         options.autotune.enabled = True
-        # Workers split the shards between them when there are enough, else every worker
-        # reads everything and keeps its share of the records.
-        policy = tf.data.experimental.AutoShardPolicy
-        options.experimental_distribute.auto_shard_policy = (
-            policy.FILE if len(self.files) >= self.num_workers else policy.DATA
-        )
+        # Sharding is done above, explicitly (tf.data's auto-sharding cannot see through the
+        # shuffle's enumerate): the strategy must not shard again.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return options
 
-    def epoch(self, epoch: int, skip_batches: int = 0):
-        """The train batches of ``epoch``, endless (the loop takes a fixed number of steps).
+    def epoch(self, epoch: int, skip_batches: int = 0, replica_batch: int | None = None):
+        """The batches of ``epoch`` (``replica_batch`` examples each, default: the worker's share
+        of the global batch), endless: the loop takes a fixed number of steps.
 
-        Repeating keeps every worker in step when file sharding gives one worker a few
-        records fewer than another; ``skip_batches`` resumes an epoch part-way.
+        The shuffle works on parsed blocks, never on single records (a tf.data op per record
+        cost as much as parsing): blocks are shuffled in a buffer of ``shuffle_buffer`` records,
+        ``window`` blocks at a time are merged and permuted with one stateless permutation
+        (seeded by seed, epoch and window, so any parallelism gives the same order), then cut
+        into batches. Repeating keeps every worker in step when file sharding gives one worker
+        a few records fewer than another; ``skip_batches`` (steps) resumes an epoch part-way.
         """
         import tensorflow as tf
 
-        dataset = self._records.shuffle(
-            max(self.shuffle_buffer, self.batch_size), seed=self.seed + epoch, reshuffle_each_iteration=False
+        worker_batch = self.batch_size // self.num_workers
+        window = max(16, -(-4 * self.batch_size // READ_BLOCK))
+        seed = self.seed + epoch
+
+        def permute(index, features, target):
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(tf.shape(target.flat_values, out_type=tf.int64)[0]),
+                seed=tf.stack([tf.cast(seed, tf.int64), index]),
+            )
+            return tf.nest.map_structure(lambda t: tf.gather(t.flat_values, order), (features, target))
+
+        dataset = (
+            self._blocks.shuffle(max(self.shuffle_buffer // READ_BLOCK, 1), seed=seed, reshuffle_each_iteration=False)
+            .ragged_batch(window)
+            .enumerate()
+            .map(lambda index, block: permute(index, *block), num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
         )
-        dataset = dataset.batch(self.batch_size, drop_remainder=True).repeat()
+        if self.num_workers > 1 and not self.shard_files:
+            start = self.worker_index * worker_batch
+            dataset = dataset.rebatch(self.batch_size, drop_remainder=True).map(
+                lambda *batch: tf.nest.map_structure(lambda t: t[start:start + worker_batch], batch))
+        else:
+            dataset = dataset.rebatch(worker_batch, drop_remainder=True)
+        dataset = dataset.repeat()
         if skip_batches:
             dataset = dataset.skip(skip_batches)
-        dataset = dataset.map(self._parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=self.deterministic)
+        if replica_batch is not None and replica_batch != worker_batch:
+            if worker_batch % replica_batch:
+                raise ValueError(f"a worker's batch of {worker_batch} does not split into replica batches of {replica_batch}")
+            dataset = dataset.rebatch(replica_batch, drop_remainder=True)
         return dataset.prefetch(tf.data.AUTOTUNE).with_options(self.options())
 
 
@@ -129,6 +174,40 @@ def eval_dataset(files: list[str], spec: ModelSpec, batch_size: int):
 
     dataset = tf.data.TFRecordDataset(files, "GZIP").batch(batch_size)
     return dataset.map(batch_parser(spec), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def example_frame(files: list[str], spec: ModelSpec, rows: int = 5):
+    """The first ``rows`` examples as a DataFrame of raw feature values (None where missing)."""
+    import pandas as pd
+    import tensorflow as tf
+
+    from tasks.coders import iter_gzip_tfrecords
+
+    records: list[bytes] = []
+    for path in files:
+        for chunk in iter_gzip_tfrecords(path):
+            records += chunk[: rows - len(records)]
+            if len(records) >= rows:
+                break
+        if len(records) >= rows:
+            break
+    data: dict[str, list] = {f.name: [] for f in spec.features}
+    for record in records:
+        features = tf.train.Example.FromString(record).features.feature
+        for f in spec.features:
+            values = features[f.name] if f.name in features else None
+            if values is None:
+                data[f.name].append(None)
+            elif f.kind == "string":
+                data[f.name].append(values.bytes_list.value[0].decode() if values.bytes_list.value else None)
+            elif f.kind == "int":
+                data[f.name].append(int(values.int64_list.value[0]) if values.int64_list.value else None)
+            else:
+                data[f.name].append(float(values.float_list.value[0]) if values.float_list.value else None)
+    frame = pd.DataFrame(data)
+    for f in spec.features:  # numbers as float64, so a column with missing values (NaN) still fits
+        frame[f.name] = frame[f.name].astype(object if f.categorical else "float64")
+    return frame
 
 
 def naive_dataset(files: list[str], spec: ModelSpec, batch_size: int):
@@ -149,9 +228,16 @@ def naive_dataset(files: list[str], spec: ModelSpec, batch_size: int):
     return dataset.map(finish)
 
 
-def floor_dataset(records: list[bytes], spec: ModelSpec, batch_size: int):
-    """The floor: batched parsing of records already in memory, nothing else."""
+def in_memory_batches(records: list[bytes], batch_size: int):
+    """Serialized records already batched and held in memory (iterate once to fill the cache)."""
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices(records).batch(batch_size)
-    return dataset.map(batch_parser(spec), num_parallel_calls=tf.data.AUTOTUNE)
+    return tf.data.Dataset.from_tensor_slices(records).batch(batch_size, drop_remainder=True).cache()
+
+
+def floor_dataset(batches, spec: ModelSpec):
+    """The floor: ``tf.io.parse_example`` on batches already in memory, nothing else, on every core
+    from the start (no autotuning ramp)."""
+    import os
+
+    return batches.map(batch_parser(spec), num_parallel_calls=os.cpu_count() or 1)

@@ -294,11 +294,32 @@ def train_model(ctx: RunContext, examples: Mapping[str, Any], validation: Mappin
         with _scratch(ctx, "train_model") as scratch:
             training_curves(history, scratch / "training_curves.png")
             tracker.log_artifact(scratch / "training_curves.png", "plots")
-        _log_dir(tracker, result["uri"], ctx, "model")
+        _log_model(ctx, tracker, result["uri"], examples["uri"], spec)
         # The run's model is published: what a retry would resume from is no longer needed.
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
         shutil.rmtree(work / TENSORBOARD_DIR, ignore_errors=True)
         return result
+
+
+def _log_model(ctx: RunContext, tracker: MlflowTracker, model_uri: str, examples_uri: str, spec) -> None:
+    """The model as an MLflow model (pyfunc over the SavedModel, signature, input example from the
+    eval split) at ``model/``, beside its spec, history and TensorBoard logs."""
+    from importlib import metadata
+
+    from tasks.ingest import read_manifest, split_files
+    from tasks.inputs import example_frame
+    from tasks.train import SAVED_MODEL_DIR
+
+    cache = ctx.settings.cache_dir
+    local_model = storage.materialize(model_uri, cache)
+    local_examples = storage.materialize(examples_uri, cache)
+    frame = example_frame(split_files(local_examples, read_manifest(examples_uri), "eval"), spec, rows=5)
+    requirements = [f"{name}=={metadata.version(name)}" for name in ("tensorflow", "tf-keras", "pandas", "mlflow")]
+    tracker.log_saved_model(local_model / SAVED_MODEL_DIR, {f.name: f.kind for f in spec.features}, frame,
+                            "model", requirements)
+    for item in sorted(local_model.iterdir()):
+        if item.name != SAVED_MODEL_DIR and not item.name.startswith((".", "_")):
+            tracker.log_artifact(item, "model")
 
 
 def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, spec, work: Path) -> dict[str, Any]:

@@ -95,6 +95,30 @@ class MlflowTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
+    def log_saved_model(self, saved_model_dir: Path, feature_kinds: Mapping[str, str], input_example: Any,
+                        artifact_path: str = "model", requirements: list[str] | None = None) -> None:
+        """The SavedModel as an MLflow pyfunc model, with its signature and an input example.
+
+        ``mlflow.pyfunc.load_model(...).predict(frame)`` takes a DataFrame of raw feature
+        columns (``feature_kinds``: int, float or string; missing values allowed) and returns
+        the ``serving_default`` outputs. The signature is inferred from ``input_example`` (a
+        DataFrame) and the model's own predictions for it.
+        """
+        import mlflow.pyfunc
+        from mlflow.models import infer_signature
+
+        model = _saved_model_pyfunc(dict(feature_kinds))
+        model.load_context(mlflow.pyfunc.PythonModelContext({"saved_model": str(saved_model_dir)}, None))
+        signature = infer_signature(input_example, model.predict(None, input_example))
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / artifact_path.rsplit("/", 1)[-1]
+            mlflow.pyfunc.save_model(
+                str(target), python_model=_saved_model_pyfunc(dict(feature_kinds)),
+                artifacts={"saved_model": str(saved_model_dir)}, signature=signature, input_example=input_example,
+                pip_requirements=requirements,
+            )
+            self.client.log_artifacts(self.run_id, str(target), artifact_path)
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -127,6 +151,61 @@ class MlflowTracker:
             self.client.set_model_version_tag(name, previous.version, "replaced_by_version", version.version)
         self.client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
         return str(version.version)
+
+
+def _saved_model_pyfunc(feature_kinds: dict[str, str]):
+    """A ``PythonModel`` over a SavedModel's ``serving_default`` (rows encoded as ``tf.train.Example``).
+
+    Built inside a function so that MLflow pickles the class by value: loading the model needs
+    TensorFlow, pandas and mlflow, not tfpipe.
+    """
+    import mlflow.pyfunc
+
+    class SavedModelPredictor(mlflow.pyfunc.PythonModel):
+        def __init__(self, kinds):
+            self.kinds = kinds
+
+        def load_context(self, context):
+            import tensorflow as tf
+
+            self._serve = tf.saved_model.load(context.artifacts["saved_model"]).signatures["serving_default"]
+
+        def predict(self, context, model_input, params=None):
+            import math
+
+            import pandas as pd
+            import tensorflow as tf
+
+            frame = pd.DataFrame(model_input)
+            missing = sorted(set(self.kinds) - set(frame.columns))
+            if missing:
+                raise ValueError(f"missing feature columns: {missing}")
+            records = []
+            for row in frame.to_dict("records"):
+                example = tf.train.Example()
+                for name, kind in self.kinds.items():
+                    value = row[name]
+                    if value is None or (isinstance(value, float) and math.isnan(value)):
+                        continue  # missing: the model's default (mean, or out of vocabulary)
+                    feature = example.features.feature[name]
+                    if kind == "string":
+                        feature.bytes_list.value.append(str(value).encode())
+                    elif kind == "int":
+                        feature.int64_list.value.append(int(value))
+                    else:
+                        feature.float_list.value.append(float(value))
+                records.append(example.SerializeToString())
+            outputs = self._serve(examples=tf.constant(records, dtype=tf.string))
+            columns = {}
+            for key, tensor in sorted(outputs.items()):
+                value = tensor.numpy()
+                if value.dtype == object:
+                    value = [v.decode() for v in value.ravel()] if value.ndim == 1 else \
+                        [[v.decode() for v in row] for row in value]
+                columns[key] = list(value) if getattr(value, "ndim", 1) > 1 else value
+            return pd.DataFrame(columns)
+
+    return SavedModelPredictor(feature_kinds)
 
 
 class BatchedProgress:

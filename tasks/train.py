@@ -342,11 +342,6 @@ def train_model(
     total_steps = params.epochs * steps_per_epoch
     train_files = split_files(local_examples, manifest, "train")
     compressed = sum(Path(f).stat().st_size for f in train_files)
-    pipeline = InputPipeline(
-        train_files, spec, batch, params.seed, shuffle_buffer=params.shuffle_buffer,
-        cache=should_cache(params.cache, compressed), deterministic=params.deterministic,
-        num_workers=role.num_workers,
-    )
     eval_ds = eval_dataset(split_files(local_examples, manifest, "eval"), spec, max(batch, 256))
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     writer = _Writer(role, checkpoint_dir)
@@ -428,7 +423,22 @@ def train_model(
             correct = tf.constant(0.0)
         return loss, correct, tf.cast(tf.shape(labels)[0], tf.float32)
 
-    first = iter(strategy.experimental_distribute_dataset(pipeline.epoch(0)))
+    pipelines: list[InputPipeline] = []  # built once, on the first call, from the strategy's input context
+
+    def worker_batches(context, epoch: int, skip: int):
+        if not pipelines:
+            pipelines.append(InputPipeline(
+                train_files, spec, batch, params.seed, shuffle_buffer=params.shuffle_buffer,
+                cache=should_cache(params.cache, compressed), deterministic=params.deterministic,
+                num_workers=context.num_input_pipelines, worker_index=context.input_pipeline_id,
+            ))
+        return pipelines[0].epoch(epoch, skip, context.get_per_replica_batch_size(batch))
+
+    def distributed(epoch: int, skip: int = 0):
+        """This worker's batches, one per local replica and step (a step takes one from each)."""
+        return strategy.distribute_datasets_from_function(lambda context: worker_batches(context, epoch, skip))
+
+    first = iter(distributed(0))
     # autograph=False: AutoGraph would convert tf_keras source while tracing (~7 s of the first step).
     compiled_train = tf.function(
         train_steps, autograph=False,
@@ -455,7 +465,7 @@ def train_model(
     while epoch < params.epochs and not bool(stopped.numpy()):
         epoch_started = time.perf_counter()
         offset = step - epoch * steps_per_epoch
-        iterator = iter(strategy.experimental_distribute_dataset(pipeline.epoch(epoch, offset)))
+        iterator = iter(distributed(epoch, offset))
         losses_this_epoch: list[float] = []
         while offset < steps_per_epoch:
             count = min(params.steps_per_execution, steps_per_epoch - offset,

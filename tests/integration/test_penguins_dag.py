@@ -124,7 +124,8 @@ def test_mlflow_run_tree_holds_every_artifact(services, blessed_run):
         "ingest_examples": ["examples/manifest.json"],
         "validate_examples": ["statistics/schema.pbtxt", "statistics/train/FeatureStats.pb",
                               "statistics/train/statistics.html", "anomalies/report.txt"],
-        "train_model": ["plots/training_curves.png", "model/saved_model/saved_model.pb"],
+        "train_model": ["plots/training_curves.png", "model/MLmodel", "model/artifacts/saved_model/saved_model.pb",
+                        "model/model_spec.json", "model/input_example.json"],
         "evaluate_model": ["evaluation/blessing.json"],
         "optimize_model": ["optimization/report.json"],
     }
@@ -143,6 +144,28 @@ def test_mlflow_run_tree_holds_every_artifact(services, blessed_run):
     champion = client.get_model_version_by_alias("penguins", "champion")
     assert champion.source == f"s3://{BUCKET}/model_store/penguins/1"
     assert champion.tags["store_version"] == "1"
+
+
+def test_trained_model_is_an_mlflow_model_with_signature_and_input_example(services, blessed_run, penguins_frame):
+    import mlflow.artifacts
+    import mlflow.pyfunc
+
+    client = _client(services)
+    _, children = _children(client, blessed_run.run_id)
+    local = mlflow.artifacts.download_artifacts(run_id=children["train_model"].info.run_id, artifact_path="model",
+                                                tracking_uri=services["tracking_uri"])
+    model = mlflow.pyfunc.load_model(local)
+    inputs = {spec["name"]: spec["type"] for spec in model.metadata.get_input_schema().to_dict()}
+    assert inputs == {"island": "string", "bill_length_mm": "double", "bill_depth_mm": "double",
+                      "flipper_length_mm": "double", "body_mass_g": "double", "sex": "string", "year": "double"}
+    outputs = {spec["name"] for spec in model.metadata.get_output_schema().to_dict()}
+    assert {"predicted_class", "scores"} <= outputs
+    rows = penguins_frame.drop(columns="species").head(40)  # with missing values (rows 3 and 8)
+    numeric = [name for name, kind in inputs.items() if kind == "double"]
+    rows = rows.astype({name: "float64" for name in numeric})  # the signature's types: numbers are double
+    predicted = model.predict(rows)
+    accuracy = (predicted["predicted_class"] == penguins_frame["species"].head(40)).mean()
+    assert len(predicted) == 40 and accuracy > 0.85
 
 
 def test_unmet_threshold_pushes_nothing(services, dag, blessed_run):

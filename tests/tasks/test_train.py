@@ -213,9 +213,12 @@ def _checkpoint_steps(ckpt: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1].split(".")[0]) for p in (ckpt / "latest").glob("ckpt-*.index"))
 
 
-def _wait_for_checkpoint(ckpt: Path, at_least: int, timeout: float = 240) -> int:
+def _wait_for_checkpoint(ckpt: Path, at_least: int, thread: threading.Thread, outcome: dict,
+                         timeout: float = 240) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if not thread.is_alive():
+            raise AssertionError(f"training ended before a checkpoint at step {at_least}: {outcome}")
         steps = _checkpoint_steps(ckpt) if (ckpt / "latest").is_dir() else []
         if steps and steps[-1] >= at_least:
             return steps[-1]
@@ -230,7 +233,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(binary, tmp_path):
     thread = threading.Thread(target=lambda: outcome.update(_launch_catching(request, 1, tmp_path / "run")))
     thread.start()
     ckpt = Path(request["checkpoint_dir"])
-    _wait_for_checkpoint(ckpt, 60)
+    _wait_for_checkpoint(ckpt, 60, thread, outcome)
     worker = _worker_processes()[0]
     worker.send_signal(signal.SIGKILL)
     thread.join(60)
@@ -253,7 +256,7 @@ def test_a_killed_worker_stops_the_others_and_the_retry_resumes(binary, tmp_path
     thread = threading.Thread(target=lambda: outcome.update(_launch_catching(request, 2, tmp_path / "run")))
     thread.start()
     ckpt = Path(request["checkpoint_dir"])
-    _wait_for_checkpoint(ckpt, 20)
+    _wait_for_checkpoint(ckpt, 20, thread, outcome)
     workers = _worker_processes()
     assert len(workers) == 2
     victim = next(w for w in workers if json.loads(w.environ()["TF_CONFIG"])["task"]["index"] == 1)
