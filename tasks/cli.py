@@ -160,10 +160,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from tasks import bench_training
 
         if args.suite == "input":
-            result = bench_training.bench_input(rows, args.columns, args.repeat, batch_size=args.batch_size)
+            result = bench_training.bench_input(rows, args.columns, args.repeat, batch_size=args.batch_size or 1024)
         else:
             result = bench_training.bench_train(rows, args.columns, args.repeat, epochs=args.epochs,
-                                                batch_size=args.batch_size)
+                                                batch_size=args.batch_size or 4096)
     bench.write(result, args.out)
     table = bench.format_table(result)
     print(table)
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=int, default=3, help="interleaved repetitions (median reported)")
     bench.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="source format (ingest)")
     bench.add_argument("--epochs", type=int, default=3, help="epochs per variant (train)")
-    bench.add_argument("--batch-size", type=int, default=1024, help="global batch size (input, train)")
+    bench.add_argument("--batch-size", type=int, help="global batch size (default: input 1024, train 4096)")
     bench.add_argument("--out", metavar="FILE", help="write the result as JSON")
     bench.add_argument("--no-mlflow", action="store_true", help=f"do not log a run to the {BENCH_EXPERIMENT} experiment")
     bench.set_defaults(func=_cmd_bench)

@@ -121,28 +121,25 @@ class InputPipeline:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         return options
 
-    def epoch(self, epoch: int, skip_batches: int = 0, replica_batch: int | None = None):
-        """The batches of ``epoch`` (``replica_batch`` examples each, default: the worker's share
-        of the global batch), endless: the loop takes a fixed number of steps.
+    def _worker_batches(self, epoch):
+        """One epoch's worker batches, endless (``epoch`` may be a tensor).
 
         The shuffle works on parsed blocks, never on single records (a tf.data op per record
         cost as much as parsing): blocks are shuffled in a buffer of ``shuffle_buffer`` records,
         ``window`` blocks at a time are merged and permuted with one stateless permutation
         (seeded by seed, epoch and window, so any parallelism gives the same order), then cut
         into batches. Repeating keeps every worker in step when file sharding gives one worker
-        a few records fewer than another; ``skip_batches`` (steps) resumes an epoch part-way.
+        a few records fewer than another.
         """
         import tensorflow as tf
 
         worker_batch = self.batch_size // self.num_workers
         window = max(16, -(-4 * self.batch_size // READ_BLOCK))
-        seed = self.seed + epoch
+        seed = tf.cast(self.seed, tf.int64) + tf.cast(epoch, tf.int64)
 
         def permute(index, features, target):
             order = tf.random.experimental.stateless_shuffle(
-                tf.range(tf.shape(target.flat_values, out_type=tf.int64)[0]),
-                seed=tf.stack([tf.cast(seed, tf.int64), index]),
-            )
+                tf.range(tf.shape(target.flat_values, out_type=tf.int64)[0]), seed=tf.stack([seed, index]))
             return tf.nest.map_structure(lambda t: tf.gather(t.flat_values, order), (features, target))
 
         dataset = (
@@ -158,21 +155,54 @@ class InputPipeline:
                 lambda *batch: tf.nest.map_structure(lambda t: t[start:start + worker_batch], batch))
         else:
             dataset = dataset.rebatch(worker_batch, drop_remainder=True)
-        dataset = dataset.repeat()
-        if skip_batches:
-            dataset = dataset.skip(skip_batches)
+        return dataset.repeat()
+
+    def _finish(self, dataset, replica_batch: int | None):
+        import tensorflow as tf
+
+        worker_batch = self.batch_size // self.num_workers
         if replica_batch is not None and replica_batch != worker_batch:
             if worker_batch % replica_batch:
                 raise ValueError(f"a worker's batch of {worker_batch} does not split into replica batches of {replica_batch}")
             dataset = dataset.rebatch(replica_batch, drop_remainder=True)
         return dataset.prefetch(tf.data.AUTOTUNE).with_options(self.options())
 
+    def epoch(self, epoch: int, skip_batches: int = 0, replica_batch: int | None = None, steps: int | None = None):
+        """The batches of ``epoch`` (``replica_batch`` examples each, default: the worker's share
+        of the global batch): ``steps`` of them, or endless; ``skip_batches`` (steps) resumes
+        part-way."""
+        dataset = self._worker_batches(epoch)
+        if skip_batches:
+            dataset = dataset.skip(skip_batches)
+        if steps is not None:
+            dataset = dataset.take(max(steps - skip_batches, 0))
+        return self._finish(dataset, replica_batch)
 
-def eval_dataset(files: list[str], spec: ModelSpec, batch_size: int):
-    """Every eval example once, in file order."""
+    def epochs(self, first: int, last: int, steps: int, skip_batches: int = 0, replica_batch: int | None = None):
+        """Epochs ``first`` to ``last - 1``, ``steps`` batches each, as one stream (the first
+        resumed after ``skip_batches``): one iterator for a whole training, since creating and
+        dropping a distributed iterator cost about a second per epoch here."""
+        import tensorflow as tf
+
+        def one(epoch):
+            skip = tf.where(tf.equal(epoch, first), tf.constant(skip_batches, tf.int64), tf.constant(0, tf.int64))
+            return self._worker_batches(epoch).skip(skip).take(steps - skip)
+
+        stream = tf.data.Dataset.range(first, last).flat_map(one)
+        return self._finish(stream, replica_batch)
+
+
+def eval_dataset(files: list[str], spec: ModelSpec, batch_size: int, num_workers: int = 1, worker_index: int = 0):
+    """Every eval example once, in file order; a worker's share of them when there are several
+    (its own shards when there are enough, else every ``num_workers``-th batch)."""
     import tensorflow as tf
 
-    dataset = tf.data.TFRecordDataset(files, "GZIP").batch(batch_size)
+    if num_workers > 1 and len(files) >= num_workers:
+        dataset = tf.data.TFRecordDataset(files[worker_index::num_workers], "GZIP").batch(batch_size)
+    else:
+        dataset = tf.data.TFRecordDataset(files, "GZIP").batch(batch_size)
+        if num_workers > 1:
+            dataset = dataset.shard(num_workers, worker_index)
     return dataset.map(batch_parser(spec), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 

@@ -139,9 +139,10 @@ def launch(
             if config is not None:
                 worker_env["TF_CONFIG"] = json.dumps(config)
             if cores[index]:
-                # One core per worker: TensorFlow's thread pools follow the affinity mask.
+                # Compute threads for the worker's cores. Inter-op threads mostly wait (collectives,
+                # tf.data): with as few as the cores, one-core workers stalled for seconds at a time.
                 worker_env["TF_NUM_INTRAOP_THREADS"] = str(len(cores[index]))
-                worker_env["TF_NUM_INTEROP_THREADS"] = "1"
+                worker_env["TF_NUM_INTEROP_THREADS"] = str(max(4, 2 * len(cores[index])))
             log_path = run_dir / f"worker-{index}.log"
             with log_path.open("wb") as log_file:
                 process = subprocess.Popen(

@@ -93,6 +93,13 @@ class WorkerRole:
     def node_id(self) -> str:
         return f"{self.task_type}-{self.index}"
 
+    @property
+    def worker_id(self) -> int:
+        """This worker's place among all workers (a chief counts first)."""
+        if self.task_type == "chief":
+            return 0
+        return self.index + (1 if self._has_chief else 0)
+
     @classmethod
     def from_tf_config(cls, raw: str | None) -> WorkerRole:
         if not raw:
@@ -212,6 +219,19 @@ def make_optimizer(params: TrainConfig, schedule, mixed: bool):
     else:
         optimizer = keras.optimizers.Adam(schedule)
     return keras.mixed_precision.LossScaleOptimizer(optimizer) if mixed else optimizer
+
+
+def _sum_across_workers(strategy, role: WorkerRole, values: tuple[float, ...]) -> tuple[float, ...]:
+    """Add each worker's values (every worker gets the totals) with one collective."""
+    import tensorflow as tf
+
+    local = tf.constant(values, tf.float64)
+    summed = strategy.run(
+        lambda v: tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, v), args=(local,))
+    # Each local replica contributed the worker's values once: divide by the replicas per worker.
+    per_worker = strategy.num_replicas_in_sync // role.num_workers
+    totals = strategy.experimental_local_results(summed)[0].numpy() / per_worker
+    return tuple(float(v) for v in totals)
 
 
 def loss_function(spec: ModelSpec):
@@ -342,7 +362,9 @@ def train_model(
     total_steps = params.epochs * steps_per_epoch
     train_files = split_files(local_examples, manifest, "train")
     compressed = sum(Path(f).stat().st_size for f in train_files)
-    eval_ds = eval_dataset(split_files(local_examples, manifest, "eval"), spec, max(batch, 256))
+    # Each worker evaluates its share of the eval split; the sums are added across workers.
+    eval_ds = eval_dataset(split_files(local_examples, manifest, "eval"), spec, max(batch, 256),
+                           num_workers=role.num_workers, worker_index=role.worker_id)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     writer = _Writer(role, checkpoint_dir)
 
@@ -390,7 +412,12 @@ def train_model(
             gradients = optimizer.get_unscaled_gradients(gradients)
         gradients = [tf.convert_to_tensor(g) for g in gradients]  # embeddings' IndexedSlices
         # Sum across replicas first, so clipping sees the gradient of the whole global batch.
-        gradients = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        # One collective per step: every gradient flattened into one vector (a collective per
+        # tensor costs a round trip each between workers).
+        flat = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.concat([tf.reshape(g, [-1]) for g in gradients], 0))
+        gradients = [tf.reshape(part, g.shape) for part, g in
+                     zip(tf.split(flat, [g.shape.num_elements() for g in gradients]), gradients)]
         if params.clip_norm is not None:
             gradients, _ = tf.clip_by_global_norm(gradients, params.clip_norm)
         optimizer.apply_gradients(zip(gradients, trainable), skip_gradients_aggregation=True)
@@ -425,27 +452,29 @@ def train_model(
 
     pipelines: list[InputPipeline] = []  # built once, on the first call, from the strategy's input context
 
-    def worker_batches(context, epoch: int, skip: int):
+    def worker_batches(context, first: int, skip: int):
         if not pipelines:
             pipelines.append(InputPipeline(
                 train_files, spec, batch, params.seed, shuffle_buffer=params.shuffle_buffer,
                 cache=should_cache(params.cache, compressed), deterministic=params.deterministic,
                 num_workers=context.num_input_pipelines, worker_index=context.input_pipeline_id,
             ))
-        return pipelines[0].epoch(epoch, skip, context.get_per_replica_batch_size(batch))
+        return pipelines[0].epochs(first, params.epochs, steps_per_epoch, skip, context.get_per_replica_batch_size(batch))
 
-    def distributed(epoch: int, skip: int = 0):
-        """This worker's batches, one per local replica and step (a step takes one from each)."""
-        return strategy.distribute_datasets_from_function(lambda context: worker_batches(context, epoch, skip))
+    def distributed(first: int, skip: int = 0):
+        """This worker's batches from epoch ``first`` on, one per local replica and step."""
+        return strategy.distribute_datasets_from_function(lambda context: worker_batches(context, first, skip))
 
-    first = iter(distributed(0))
+    step = resumed_from
+    epoch = int(epoch_var.numpy())
+    # One iterator for the rest of the training (see InputPipeline.epochs).
+    iterator = iter(distributed(epoch, step - epoch * steps_per_epoch)) if epoch < params.epochs else None
     # autograph=False: AutoGraph would convert tf_keras source while tracing (~7 s of the first step).
     compiled_train = tf.function(
         train_steps, autograph=False,
-        input_signature=[first._type_spec, tf.TensorSpec([], tf.int32)],  # noqa: SLF001 - the iterator's spec
-    )
+        input_signature=[iterator._type_spec, tf.TensorSpec([], tf.int32)],  # noqa: SLF001 - the iterator's spec
+    ) if iterator is not None else None
     compiled_eval = tf.function(eval_step, autograph=False, input_signature=list(eval_ds.element_spec))
-    del first
 
     summaries = None
     if params.tensorboard and role.is_chief:
@@ -456,8 +485,6 @@ def train_model(
         if role.is_chief:
             history_path.write_text(json.dumps(history))
 
-    step = resumed_from
-    epoch = int(epoch_var.numpy())
     started, trained_examples = time.perf_counter(), 0
     # Throughput counts from the end of the first call (which traces): steady state, as in benchmarks.
     steady_since, steady_examples = None, 0
@@ -465,7 +492,6 @@ def train_model(
     while epoch < params.epochs and not bool(stopped.numpy()):
         epoch_started = time.perf_counter()
         offset = step - epoch * steps_per_epoch
-        iterator = iter(distributed(epoch, offset))
         losses_this_epoch: list[float] = []
         while offset < steps_per_epoch:
             count = min(params.steps_per_execution, steps_per_epoch - offset,
@@ -503,6 +529,8 @@ def train_model(
         for features, labels in eval_ds:
             loss, correct, count_ = (float(v) for v in compiled_eval(features, labels))
             eval_loss, eval_correct, eval_count = eval_loss + loss, eval_correct + correct, eval_count + count_
+        if role.num_workers > 1:
+            eval_loss, eval_correct, eval_count = _sum_across_workers(strategy, role, (eval_loss, eval_correct, eval_count))
         record = {
             "epoch": epoch + 1,
             "step": step,
@@ -539,6 +567,7 @@ def train_model(
             log.info("epoch %d/%d: %s", epoch, params.epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step")))
     finished = time.perf_counter()
+    iterator = None  # an early stop leaves epochs unread: stop their prefetching
     if steady_examples:
         examples_per_second = steady_examples / (finished - steady_since)
     else:
