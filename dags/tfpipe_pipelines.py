@@ -105,6 +105,7 @@ def build_dag(pipeline_file: Path):
             description=p.description,
             **({"minimum": p.minimum} if p.minimum is not None else {}),
             **({"maximum": p.maximum} if p.maximum is not None else {}),
+            **({"enum": list(p.choices)} if p.choices else {}),
         )
         for p in param_specs(config)
     }

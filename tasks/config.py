@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "dags" / "pipelines"
 
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
@@ -177,7 +178,7 @@ class TrainConfig(_Frozen):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        return _one_of(value, ("auto", "one_device", "mirrored", "multi_worker"))
+        return _one_of(value, STRATEGIES)
 
     @field_validator("optimizer")
     @classmethod

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import __version__, artifacts, storage
-from tasks.config import PipelineConfig, load_pipeline, resolve_pipeline_path
+from tasks.config import STRATEGIES, PipelineConfig, load_pipeline, resolve_pipeline_path
 from tasks.settings import Settings
 from tasks.tracking import MlflowTracker, MlflowTracking, RunIdentity
 
@@ -37,7 +37,10 @@ STEPS = (
 _PARAMS: dict[str, tuple[str, str, float | None, float | None, str]] = {
     "epochs": ("train.epochs", "integer", 1, 1000, "Passes over the train split."),
     "batch_size": ("train.batch_size", "integer", 1, 4096, "Global training batch size."),
-    "learning_rate": ("train.learning_rate", "number", 1e-6, 1.0, "Adam learning rate."),
+    "learning_rate": ("train.learning_rate", "number", 1e-6, 1.0, "Peak learning rate (after warm-up)."),
+    "strategy": ("train.strategy", "string", None, None,
+                 "tf.distribute strategy: auto (mirrored over several GPUs, else one device), one_device, "
+                 "mirrored, or multi_worker (train.workers processes on this machine, or TF_CONFIG)."),
     "data_source": ("data.source", "string", None, None,
                     "CSV/Parquet URI (path, s3://, package://); {{ ds }} selects a partition."),
 }
@@ -55,6 +58,7 @@ class ParamSpec:
     minimum: float | None
     maximum: float | None
     description: str
+    choices: tuple[str, ...] = ()
 
 
 def param_specs(config: PipelineConfig) -> list[ParamSpec]:
@@ -65,10 +69,13 @@ def param_specs(config: PipelineConfig) -> list[ParamSpec]:
         value: Any = raw
         for part in key.split("."):
             value = value[part]
+        choices: tuple[str, ...] = ()
         if name == "data_source":
             value = value[0] if len(value) == 1 else ""
             text += " Empty: the sources in the pipeline config."
-        specs.append(ParamSpec(name, key, value, kind, low, high, text))
+        if name == "strategy":
+            choices = STRATEGIES
+        specs.append(ParamSpec(name, key, value, kind, low, high, text, choices))
     for metric, bounds in config.gate.metrics.items():
         for bound in ("lower_bound", "upper_bound"):
             value = getattr(bounds, bound)

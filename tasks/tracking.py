@@ -264,7 +264,7 @@ class BatchedProgress:
 
 
 @contextmanager
-def system_metrics(tracking_uri: str, run_id: str, node_id: str, interval: float = 5.0) -> Iterator[None]:
+def system_metrics(tracking_uri: str, run_id: str, node_id: str, interval: float = 2.0) -> Iterator[None]:
     """CPU, memory, disk, network (and GPU) usage of this process's machine, logged to ``run_id``
     as ``system/<node_id>/...`` so the workers of one training stay apart."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor

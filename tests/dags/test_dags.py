@@ -89,9 +89,12 @@ def test_schedule_tags_retries_and_timeouts(dag):
 
 def test_trigger_form_params_are_typed_bounded_and_described(dag):
     params = dag.params
-    for name in ("epochs", "batch_size", "learning_rate", "accuracy_threshold", "data_source"):
+    for name in ("epochs", "batch_size", "learning_rate", "strategy", "accuracy_threshold", "data_source"):
         param = params.get_param(name)
         assert param.description, name
         assert "type" in param.schema, name
     assert params.get_param("epochs").schema == {"type": "integer", "minimum": 1, "maximum": 1000}
     assert params.get_param("accuracy_threshold").schema["maximum"] == 1.0
+    strategy = params.get_param("strategy")
+    assert strategy.schema == {"type": "string", "enum": ["auto", "one_device", "mirrored", "multi_worker"]}
+    assert strategy.value == "auto" and "multi_worker" in strategy.description

@@ -83,3 +83,31 @@ def test_datagen_corruption_is_caught_by_ingest(tmp_path, home, capsys):
     assert main(["run", str(tmp_path / "dirty.yaml"), "--until", "validate_examples"]) == 1
     err = capsys.readouterr().err
     assert "DataError" in err and "dirty.csv" in err and "at data row" in err
+
+
+def _train_run(client, pipeline: str, run_id: str):
+    experiment = client.get_experiment_by_name(pipeline)
+    (run,) = client.search_runs([experiment.experiment_id],
+                                f"tags.`airflow.task_id` = 'train_model' and tags.`tfpipe.run_id` = '{run_id}'")
+    return run
+
+
+@pytest.mark.parametrize(("strategy", "extra", "replicas", "workers"), [
+    ("multi_worker", [], "2", "2"),
+    # TensorFlow already ran in this process (ingest, validate): the CPU split needs a fresh one.
+    ("mirrored", ["--set", "train.cpu_replicas=2"], "2", "1"),
+])
+def test_distributed_training_from_tfpipe_run(tmp_path, home, strategy, extra, replicas, workers):
+    from mlflow import MlflowClient
+
+    pipeline = write_pipeline(tmp_path, name=f"dist_{strategy}")
+    assert main(["run", str(pipeline), "--until", "train_model", "--run-id", "r1", "--set", f"train.strategy={strategy}",
+                 "--set", "train.epochs=4", *extra]) == 0
+    run = _train_run(MlflowClient(Settings.from_env().tracking_uri), f"dist_{strategy}", "r1")
+    assert run.data.tags["tfpipe.replicas"] == replicas and run.data.tags["tfpipe.workers"] == workers
+    assert run.data.metrics["final_eval_accuracy"] > 0.6
+    # Every worker's system metrics, apart by node id; the per-epoch metrics from the chief only.
+    for node in range(int(workers)):
+        assert f"system/worker-{node}/cpu_utilization_percentage" in run.data.metrics
+    client = MlflowClient(Settings.from_env().tracking_uri)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")] == [1, 2, 3, 4]
