@@ -124,6 +124,11 @@ class TrainConfig(_Frozen):
         32, ge=1, le=65_536,
         description="Global batch size, split across the replicas (each replica gets batch_size / replicas).",
     )
+    batch_size_per_replica: int | None = Field(
+        None, ge=1, le=65_536,
+        description="When set, the global batch is this times the number of replicas (it grows with the "
+        "devices and workers), and batch_size is ignored.",
+    )
     learning_rate: float = Field(0.01, gt=0, le=10, description="Peak learning rate (after warm-up).")
     optimizer: str = Field("adam", description="adam, or adamw (decoupled weight decay).")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")

@@ -354,7 +354,8 @@ def train_model(
     local_examples = storage.materialize(examples_uri, cache_dir)
     strategy = make_strategy(strategy_name, role)
     replicas = strategy.num_replicas_in_sync
-    batch = params.batch_size
+    # The global batch: fixed, or scaled by the replicas (per-replica batch x replicas).
+    batch = params.batch_size_per_replica * replicas if params.batch_size_per_replica else params.batch_size
     train_count = int(manifest["splits"]["train"]["count"])
     steps_per_epoch = train_count // batch
     if steps_per_epoch < 1:

@@ -198,6 +198,14 @@ def test_mirrored_and_multi_worker_match_one_device_on_the_same_global_batch(one
         assert results[name]["traces"]["train_steps"] == 1
 
 
+def test_global_batch_can_scale_with_the_replicas(binary, tmp_path):
+    request = _request(binary, tmp_path, "scaled", strategy="mirrored", cpu_replicas=2, batch_size_per_replica=32,
+                       epochs=1)
+    result = launch(request, 1, tmp_path / "run")
+    assert result["replicas"] == 2
+    assert result["steps"] == binary.counts["train"] // 64  # global batch 2 x 32
+
+
 def test_only_the_chief_writes(distributed):
     root, results = distributed
     ckpt = root / "multi" / "ckpt"
