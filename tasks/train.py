@@ -597,6 +597,10 @@ def train_model(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         writer.cleanup()
+    if role.num_workers > 1:
+        # Finish together: a worker that exits while another still exports leaves that one
+        # waiting for the coordination service (seen: 10 s).
+        _sum_across_workers(strategy, role, (0.0,))
     if restored_best:
         log.info("exported the weights of epoch %d (lowest eval loss)", int(best_epoch.numpy()))
     final = history[int(best_epoch.numpy()) - 1] if restored_best else (history[-1] if history else {})
