@@ -96,7 +96,9 @@ def predict(saved_model_dir: Path, records: list[bytes], batch_size: int = 1024)
 
 
 def compute_metrics(task: str, outputs: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
-    """accuracy and log_loss for classifiers, rmse and mae for regressors; plus example_count."""
+    """example_count, and for classifiers accuracy, log_loss, auc, precision and recall (binary:
+    of the second class, the positive one; multiclass: macro averages, AUC one-vs-rest), for
+    regressors rmse and mae. AUC is left out when the eval split holds a single class."""
     metrics: dict[str, float] = {"example_count": float(len(labels))}
     if task == "regression":
         error = outputs["predictions"].astype(np.float64) - labels.astype(np.float64)
@@ -110,6 +112,33 @@ def compute_metrics(task: str, outputs: dict[str, np.ndarray], labels: np.ndarra
     match = classes == labels[:, None]
     true_score = np.where(match.any(axis=1), (outputs["scores"] * match).sum(axis=1), 0.0)
     metrics["log_loss"] = float(-np.mean(np.log(np.clip(true_score, _EPSILON, 1.0))))
+    metrics.update(_ranking_metrics(task, classes[0], outputs["scores"], labels, predicted))
+    return metrics
+
+
+def _ranking_metrics(task: str, classes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                     predicted: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+    classes = [str(c) for c in classes]
+    metrics: dict[str, float] = {}
+    if task == "binary":
+        positive = classes[1]
+        kwargs = {"pos_label": positive, "average": "binary"}
+        if len(set(labels.tolist())) == 2:
+            metrics["auc"] = float(roc_auc_score(labels == positive, scores[:, 1]))
+    else:
+        kwargs = {"labels": classes, "average": "macro"}
+        present = set(labels.tolist())
+        if len(present) > 1:
+            # One-vs-rest over the classes present in the eval split, scores renormalized to them.
+            keep = [i for i, c in enumerate(classes) if c in present]
+            kept = scores[:, keep] / np.clip(scores[:, keep].sum(axis=1, keepdims=True), _EPSILON, None)
+            names = [classes[i] for i in keep]
+            metrics["auc"] = float(roc_auc_score(labels, kept[:, 1] if len(names) == 2 else kept,
+                                                 multi_class="ovr", labels=names))
+    metrics["precision"] = float(precision_score(labels, predicted, zero_division=0, **kwargs))
+    metrics["recall"] = float(recall_score(labels, predicted, zero_division=0, **kwargs))
     return metrics
 
 

@@ -185,3 +185,36 @@ def test_concurrent_claims_get_distinct_versions(tmp_path):
     for thread in threads:
         thread.join()
     assert sorted(claimed) == list(range(1, 9))
+
+
+def test_classification_metrics_binary_by_hand():
+    from tasks.evaluate import compute_metrics
+
+    # Positive class "yes"; scores of "yes": 0.9 0.8 0.3 0.6 0.2 -> predicted yes yes no yes no.
+    positive = np.array([0.9, 0.8, 0.3, 0.6, 0.2])
+    outputs = {"scores": np.stack([1 - positive, positive], axis=1),
+               "classes": np.array([["no", "yes"]] * 5, dtype=object),
+               "predicted_class": np.array(["yes", "yes", "no", "yes", "no"], dtype=object)}
+    labels = np.array(["yes", "no", "yes", "yes", "no"])
+    metrics = compute_metrics("binary", outputs, labels)
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["precision"] == pytest.approx(2 / 3)  # yes predicted 3 times, right twice
+    assert metrics["recall"] == pytest.approx(2 / 3)  # 3 yes, 2 found
+    # Pairs (positive, negative) ranked right: (0.9>0.8) (0.9>0.2) (0.3<0.8) (0.3>0.2) (0.6<0.8) (0.6>0.2)
+    assert metrics["auc"] == pytest.approx(4 / 6)
+
+
+def test_classification_metrics_multiclass_macro_and_single_class_eval():
+    from tasks.evaluate import compute_metrics
+
+    classes = np.array([["a", "b", "c"]] * 4, dtype=object)
+    scores = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    outputs = {"scores": scores, "classes": classes,
+               "predicted_class": np.array(["a", "b", "c", "a"], dtype=object)}
+    metrics = compute_metrics("multiclass", outputs, np.array(["a", "b", "c", "b"]))
+    # Precision a 1/2, b 1, c 1 -> 5/6; recall a 1, b 1/2, c 1 -> 5/6.
+    assert metrics["precision"] == pytest.approx(5 / 6) and metrics["recall"] == pytest.approx(5 / 6)
+    # One-vs-rest: a 1.0; b: positives 0.7, 0.3 vs negatives 0.1, 0.2 -> 1.0; c 1.0.
+    assert metrics["auc"] == pytest.approx(1.0)
+    single = compute_metrics("multiclass", outputs, np.array(["a", "a", "a", "a"]))
+    assert "auc" not in single and single["recall"] == pytest.approx(1 / 6)  # a: 2/4, b and c: 0
