@@ -21,10 +21,12 @@ from tasks import storage
 from tasks.config import GateConfig
 from tasks.ingest import read_manifest, split_files
 from tasks.model import ModelSpec
+from tasks.plots import evaluation_plots
 from tasks.train import SAVED_MODEL_DIR, SERVING_SIGNATURE, read_model_spec
 
 BLESSING_FILE = "blessing.json"
 METRICS_FILE = "metrics.json"
+PLOTS_DIR = "plots"
 _EPSILON = 1e-7
 
 
@@ -177,19 +179,24 @@ def evaluate_model(
 
     Args:
         champion: ``(version, uri)`` of the model now served, or None on a cold start.
+
+    The published folder also holds ``plots/``: confusion matrix and ROC/PR curves (or
+    residuals), challenger and champion side by side.
     """
     spec = read_model_spec(model_uri)
     records, labels = eval_data(examples_uri, spec, cache_dir)
     local_model = storage.materialize(model_uri, cache_dir)
-    metrics = compute_metrics(spec.task, predict(local_model / SAVED_MODEL_DIR, records), labels)
+    outputs = {"challenger": predict(local_model / SAVED_MODEL_DIR, records)}
+    metrics = compute_metrics(spec.task, outputs["challenger"], labels)
     baseline = None
     if champion is not None:
         version, uri = champion
         champion_dir = storage.materialize(uri, cache_dir)
+        outputs[f"champion v{version}"] = predict(champion_dir, records)
         baseline = {
             "version": version,
             "uri": uri,
-            "metrics": compute_metrics(spec.task, predict(champion_dir, records), labels),
+            "metrics": compute_metrics(spec.task, outputs[f"champion v{version}"], labels),
         }
     checks = tuple(gate_checks(gate, metrics, baseline["metrics"] if baseline else None))
     blessed = all(c.passed is not False for c in checks)
@@ -202,6 +209,7 @@ def evaluate_model(
         (scratch / BLESSING_FILE).write_text(json.dumps(blessing.to_dict(), indent=2))
         # TFX's marker files, so a glance at the directory tells the verdict.
         (scratch / ("BLESSED" if blessed else "NOT_BLESSED")).write_bytes(b"")
+        evaluation_plots(spec.task, outputs, labels, scratch / PLOTS_DIR)
         storage.publish_dir(scratch, output_uri)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -398,6 +398,7 @@ def evaluate_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[
             tracker.log_metrics({f"champion_{k}": v for k, v in blessing.baseline["metrics"].items()})
         tracker.log_dict(record, "evaluation/blessing.json")
         tracker.log_text(format_checks(record), "evaluation/blessing.txt")
+        _log_dir(tracker, storage.join(blessing.uri, "plots"), ctx, "plots")
         tracker.set_tags({"tfpipe.blessed": str(blessing.blessed).lower()})
         log.info("%s", format_checks(record))
         if not blessing.blessed:

@@ -28,3 +28,78 @@ def training_curves(history: list[dict[str, float]], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def evaluation_plots(task: str, models: dict[str, dict], labels, out_dir: Path) -> list[Path]:
+    """Challenger and champion side by side on the same eval examples.
+
+    Classification: ``confusion_matrix.png`` and ``roc_pr_curves.png`` (one-vs-rest, micro-averaged
+    over the classes); regression: ``residuals.png``. ``models`` maps a name to its
+    ``serving_default`` outputs.
+    """
+    import numpy as np
+
+    plt = _plt()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(models)
+    written = []
+    if task == "regression":
+        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+        truth = labels.astype(np.float64)
+        for ax, name in zip(axes[0], names):
+            predicted = models[name]["predictions"].astype(np.float64)
+            ax.scatter(predicted, truth - predicted, s=6, alpha=0.5)
+            ax.axhline(0, color="black", linewidth=0.8)
+            rmse = float(np.sqrt(np.mean((truth - predicted) ** 2)))
+            ax.set(xlabel="predicted", ylabel="label - predicted", title=f"{name}: residuals (RMSE {rmse:.4g})")
+        fig.tight_layout()
+        path = out_dir / "residuals.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return [path]
+
+    from sklearn.metrics import auc, confusion_matrix, precision_recall_curve, roc_curve
+
+    classes = models[names[0]]["classes"][0].astype(str).tolist()
+    truth = labels.astype(str) if labels.dtype.kind in "OSU" else labels.astype(np.int64).astype(str)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        matrix = confusion_matrix(truth, models[name]["predicted_class"].astype(str), labels=classes)
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), count in np.ndenumerate(matrix):
+            ax.text(j, i, str(count), ha="center", va="center",
+                    color="white" if count > matrix.max() / 2 else "black")
+        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+               xlabel="predicted", ylabel="label", title=f"{name}: confusion matrix")
+    fig.tight_layout()
+    written.append(out_dir / "confusion_matrix.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+
+    onehot = (truth[:, None] == np.array(classes)[None, :]).ravel()
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in names:
+        scores = models[name]["scores"].ravel()
+        fpr, tpr, _ = roc_curve(onehot, scores)
+        precision, recall, _ = precision_recall_curve(onehot, scores)
+        roc_ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+        pr_ax.plot(recall, precision, label=name)
+    roc_ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (one-vs-rest, micro)")
+    pr_ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (one-vs-rest, micro)", ylim=(0, 1.02))
+    roc_ax.legend()
+    pr_ax.legend()
+    fig.tight_layout()
+    written.append(out_dir / "roc_pr_curves.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+    return written

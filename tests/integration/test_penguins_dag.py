@@ -126,7 +126,7 @@ def test_mlflow_run_tree_holds_every_artifact(services, blessed_run):
                               "statistics/train/statistics.html", "anomalies/report.txt"],
         "train_model": ["plots/training_curves.png", "model/MLmodel", "model/artifacts/saved_model/saved_model.pb",
                         "model/model_spec.json", "model/input_example.json"],
-        "evaluate_model": ["evaluation/blessing.json"],
+        "evaluate_model": ["evaluation/blessing.json", "plots/confusion_matrix.png", "plots/roc_pr_curves.png"],
         "optimize_model": ["optimization/report.json"],
     }
     for step, paths in expected.items():

@@ -143,6 +143,9 @@ def test_champion_is_evaluated_on_the_same_examples(trained, tmp_path):
     assert with_champion.baseline["version"] == 1
     assert with_champion.baseline["metrics"]["accuracy"] == pytest.approx(with_champion.metrics["accuracy"])
     assert with_champion.blessed
+    for name in ("confusion_matrix.png", "roc_pr_curves.png"):  # challenger and champion side by side
+        png = (Path(with_champion.uri) / "plots" / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
 def test_optimize_measures_tflite_variant(trained):
@@ -218,3 +221,12 @@ def test_classification_metrics_multiclass_macro_and_single_class_eval():
     assert metrics["auc"] == pytest.approx(1.0)
     single = compute_metrics("multiclass", outputs, np.array(["a", "a", "a", "a"]))
     assert "auc" not in single and single["recall"] == pytest.approx(1 / 6)  # a: 2/4, b and c: 0
+
+
+def test_regression_evaluation_plots_residuals(tmp_path):
+    from tasks.plots import evaluation_plots
+
+    labels = np.linspace(0, 10, 50)
+    models = {"challenger": {"predictions": labels + 0.1}, "champion v1": {"predictions": labels - 0.5}}
+    (path,) = evaluation_plots("regression", models, labels, tmp_path)
+    assert path.name == "residuals.png" and path.read_bytes().startswith(b"\x89PNG")
