@@ -12,7 +12,7 @@ child run under the DAG run's parent run (experiment **{name}**):
 | `validate_examples` | TFDV statistics; schema inferred once, then enforced; anomalies stop the run | `statistics`, `anomalies` |
 | `train_model` | custom `tf.GradientTape` loop under `tf.distribute`, checkpointed | `model` |
 | `evaluate_model` | eval metrics, gate against thresholds and the champion; **skips the rest unless blessed** | `evaluation` |
-| `optimize_model` | TFLite dynamic-range variant, measured against the original | `optimized` |
+| `optimize_model` | TFLite float32, float16 and dynamic-range variants, measured against the original | `optimized` |
 | `push_model` | `<model_store>/{model_name}/<version>/`, MLflow Model Registry alias `champion` | `pushed_model` |
 
 Trigger with a config to override the training knobs, the data source or the gate

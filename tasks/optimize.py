@@ -1,6 +1,6 @@
 """optimize_model: smaller variants of the blessed model, each measured against the original.
 
-A variant is converted with the TFLite converter from the ``predict_features`` signature
+Variants: TFLite float32, float16 and dynamic-range. A variant is converted with the TFLite converter from the ``predict_features`` signature
 (raw feature tensors in, the same outputs out), run on the eval split with the TFLite
 interpreter, and kept only if its accuracy drop stays within the configured tolerance.
 """
@@ -50,16 +50,25 @@ def gzipped_size(path: Path) -> int:
     return len(gzip.compress(b"".join(f.read_bytes() for f in files), compresslevel=6))
 
 
-def convert_dynamic_range(saved_model_dir: Path) -> bytes:
-    """TFLite with dynamic-range quantization (int8 weights, float activations).
+TFLITE_VARIANTS = ("float32", "float16", "dynamic_range")
+
+
+def convert_tflite(saved_model_dir: Path, variant: str) -> bytes:
+    """TFLite: ``float32`` (no quantization), ``float16`` (float16 weights) or ``dynamic_range``
+    (int8 weights, float activations).
 
     String lookups and parsing have no TFLite builtin kernels, so the select TF ops are
     allowed; the interpreter shipped with TensorFlow runs them.
     """
     import tensorflow as tf
 
+    if variant not in TFLITE_VARIANTS:
+        raise ValueError(f"unknown TFLite variant {variant!r} (known: {', '.join(TFLITE_VARIANTS)})")
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[FEATURES_SIGNATURE])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "float16":
+        converter.target_spec.supported_types = [tf.float16]
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     return converter.convert()
 
@@ -114,25 +123,27 @@ def optimize_model(
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="optimize-"))
     try:
-        tflite = convert_dynamic_range(saved_model)
-        path = scratch / "model_dynamic_range.tflite"
-        path.write_bytes(tflite)
-        metrics = compute_metrics(spec.task, run_tflite(tflite, raw_features(spec, records)), labels)
-        # For rmse a rise is the loss of quality; for accuracy a fall.
-        drop = (metrics[quality] - original[quality]) if quality == "rmse" else (original[quality] - metrics[quality])
-        kept = drop <= max_accuracy_drop + 1e-12
-        report["variants"]["tflite_dynamic_range"] = {
-            "file": path.name,
-            "size_bytes": path.stat().st_size,
-            "gzip_bytes": gzipped_size(path),
-            quality: metrics[quality],
-            "quality_drop": drop,
-            "size_ratio": path.stat().st_size / report["variants"]["saved_model"]["size_bytes"],
-            "kept": kept,
-            "reason": "within tolerance" if kept else f"quality drop {drop:.4f} exceeds {max_accuracy_drop}",
-        }
-        if not kept:
-            path.unlink()
+        features = raw_features(spec, records)
+        for variant in TFLITE_VARIANTS:
+            tflite = convert_tflite(saved_model, variant)
+            path = scratch / f"model_{variant}.tflite"
+            path.write_bytes(tflite)
+            metrics = compute_metrics(spec.task, run_tflite(tflite, features), labels)
+            # For rmse a rise is the loss of quality; for accuracy a fall.
+            drop = (metrics[quality] - original[quality]) if quality == "rmse" else (original[quality] - metrics[quality])
+            kept = drop <= max_accuracy_drop + 1e-12
+            report["variants"][f"tflite_{variant}"] = {
+                "file": path.name,
+                "size_bytes": path.stat().st_size,
+                "gzip_bytes": gzipped_size(path),
+                quality: metrics[quality],
+                "quality_drop": drop,
+                "size_ratio": path.stat().st_size / report["variants"]["saved_model"]["size_bytes"],
+                "kept": kept,
+                "reason": "within tolerance" if kept else f"quality drop {drop:.4f} exceeds {max_accuracy_drop}",
+            }
+            if not kept:
+                path.unlink()
         (scratch / REPORT_FILE).write_text(json.dumps(report, indent=2))
         storage.publish_dir(scratch, output_uri)
     finally:

@@ -157,6 +157,11 @@ def test_optimize_measures_tflite_variant(trained):
     assert abs(tflite["accuracy"] - variants["saved_model"]["accuracy"]) <= 0.02
     assert tflite["kept"] and (trained["root"] / "optimized" / tflite["file"]).is_file()
     assert json.loads((trained["root"] / "optimized" / "report.json").read_text()) == result.report
+    float32, float16 = variants["tflite_float32"], variants["tflite_float16"]
+    assert float32["accuracy"] == variants["saved_model"]["accuracy"]  # the same model, unquantized
+    # This model's weights are tiny: float16 saves less than its dequantize ops add, so only quality is checked.
+    assert float16["quality_drop"] <= 0.02 and float16["size_bytes"] > 0
+    assert {"tflite_float32", "tflite_float16", "tflite_dynamic_range"} <= set(result.kept)
 
 
 def test_push_versions_increase_and_never_overwrite(trained, tmp_path):
