@@ -154,7 +154,7 @@ def resolve_strategy(name: str) -> str:
     return name
 
 
-def make_strategy(name: str, role: WorkerRole | None = None):
+def make_strategy(name: str):
     """The ``tf.distribute`` strategy for a config name (``auto`` resolved first)."""
     import tensorflow as tf
 
@@ -352,7 +352,7 @@ def train_model(
         tf.config.experimental.enable_op_determinism()
     manifest = read_manifest(examples_uri)
     local_examples = storage.materialize(examples_uri, cache_dir)
-    strategy = make_strategy(strategy_name, role)
+    strategy = make_strategy(strategy_name)
     replicas = strategy.num_replicas_in_sync
     # The global batch: fixed, or scaled by the replicas (per-replica batch x replicas).
     batch = params.batch_size_per_replica * replicas if params.batch_size_per_replica else params.batch_size
