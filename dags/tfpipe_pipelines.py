@@ -12,8 +12,10 @@ child run under the DAG run's parent run (experiment **{name}**):
 | `validate_examples` | TFDV statistics; schema inferred once, then enforced; anomalies stop the run | `statistics`, `anomalies` |
 | `train_model` | custom `tf.GradientTape` loop under `tf.distribute`, checkpointed | `model` |
 | `evaluate_model` | eval metrics, gate against thresholds and the champion; **skips the rest unless blessed** | `evaluation` |
-| `optimize_model` | TFLite float32, float16 and dynamic-range variants, measured against the original | `optimized` |
-| `push_model` | `<model_store>/{model_name}/<version>/`, MLflow Model Registry alias `champion` | `pushed_model` |
+| `optimize_model` | TFLite float32, float16, dynamic-range and int8, a pruned model, TF-TRT on a GPU: size, latency, throughput and accuracy of each against the original | `optimized` |
+| `push_model` | `<model_store>/{model_name}/<version>/` (checksums verified, warm-up requests, `saved_model.pb` last), loaded back and checked, then champion in `models.config` and the MLflow registry alias `champion` | `pushed_model` |
+
+A bad champion is undone with the `rollback_model` DAG (or `tfpipe rollback {model_name}`).
 
 Trigger with a config to override the training knobs, the data source or the gate
 threshold (see the form). Config file: `dags/pipelines/{name}.yaml`.
@@ -21,20 +23,15 @@ threshold (see the form). Config file: `dags/pipelines/{name}.yaml`.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Param, dag, task
 
+from dags.airflow_support import DEFAULT_ARGS, export_aws_connection
+
 PIPELINES = Path(__file__).resolve().parent / "pipelines"
 
-DEFAULT_ARGS = {
-    "owner": "tfpipe",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": True,
-}
 # Training and evaluation run long on big data; the rest should be quick.
 TIMEOUTS = {
     "ingest_examples": timedelta(hours=2),
@@ -46,30 +43,6 @@ TIMEOUTS = {
 }
 
 
-def _export_aws_connection() -> None:
-    """Bind the ``aws_default`` connection to the standard AWS variables when those are unset.
-
-    Runs inside a task only (never while parsing), so the DAG processor makes no look-ups.
-    """
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        return
-    from airflow.sdk import Connection
-
-    try:
-        conn = Connection.get("aws_default")
-    except Exception:  # noqa: BLE001 - an absent connection leaves boto3's own chain
-        return
-    extra = conn.extra_dejson or {}
-    for key, value in (
-        ("AWS_ACCESS_KEY_ID", conn.login),
-        ("AWS_SECRET_ACCESS_KEY", conn.password),
-        ("AWS_ENDPOINT_URL", extra.get("endpoint_url")),
-        ("AWS_DEFAULT_REGION", extra.get("region_name")),
-    ):
-        if value:
-            os.environ.setdefault(key, value)
-
-
 def _context(pipeline_file: str, params, run_id: str, ds: str, ti):
     """The run's tfpipe context, built at task run time from Airflow's context."""
     from airflow.sdk import get_current_context
@@ -77,7 +50,7 @@ def _context(pipeline_file: str, params, run_id: str, ds: str, ti):
     from tasks.pipeline import make_context
     from tasks.settings import Settings
 
-    _export_aws_connection()
+    export_aws_connection()
     if ds is None:  # manual runs have no logical date: partition by when the run was due
         ds = get_current_context()["dag_run"].run_after.date().isoformat()
     return make_context(

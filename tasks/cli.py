@@ -6,9 +6,11 @@ so ``tfpipe --help`` and config errors answer at once.
     tfpipe summary PIPELINE [--run-id ID]  what a pipeline run did (from MLflow)
     tfpipe demo                            run the penguins DAG through Airflow, then summarize
     tfpipe datagen OUT [--rows N] ...      synthetic tabular data (CSV or Parquet)
-    tfpipe bench ingest|validate|input|train [--rows N] [--out FILE]   benchmarks (ours, reference, floor)
+    tfpipe bench ingest|validate|input|train|optimize [--rows N] [--out FILE]   benchmarks (ours, reference, floor)
     tfpipe tfjob --name N --image I --request URI   a Kubeflow TFJob for multi-worker training as pods
     tfpipe schema PIPELINE [--curate]      the schema in force; --curate copies the recorded one beside the config
+    tfpipe rollback MODEL [--to VERSION]   move the champion back and update the serving config
+    tfpipe serving-sync DIR [--interval S] mirror the model store into DIR for TensorFlow Serving
     tfpipe airflow ARGS...                 the airflow command with this project's settings
     tfpipe mlflow ARGS...                  the mlflow command with this project's settings
 """
@@ -29,7 +31,7 @@ from tasks.pipeline import STEPS
 from tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-BENCH_ROWS = {"ingest": 1_000_000, "validate": 1_000_000, "input": 1_000_000, "train": 200_000}
+BENCH_ROWS = {"ingest": 1_000_000, "validate": 1_000_000, "input": 1_000_000, "train": 200_000, "optimize": 100_000}
 BENCH_EXPERIMENT = "tfpipe-bench"
 
 
@@ -156,6 +158,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         result = bench.bench_ingest(rows, args.columns, args.repeat, args.format)
     elif args.suite == "validate":
         result = bench.bench_validate(rows, args.columns, args.repeat)
+    elif args.suite == "optimize":
+        from tasks.bench_optimize import bench_optimize
+
+        result = bench_optimize(rows, args.columns, args.repeat, throughput_batch=args.batch_size or 1024)
     else:
         from tasks import bench_training
 
@@ -189,6 +195,44 @@ def _cmd_tfjob(args: argparse.Namespace) -> int:
                               cpu=args.cpu, memory=args.memory, gpus=args.gpus)
     print(yaml.safe_dump(manifest, sort_keys=False), end="")
     return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from tasks.pipeline import rollback_model
+
+    settings = Settings.from_env()
+    by = args.by or f"cli:{os.environ.get('USER', 'unknown')}"
+    done = rollback_model(settings, args.model, args.to, by=by, serving_timeout=args.serving_timeout)
+    print(f"[tfpipe] {args.model}: champion v{done['from_version']} -> v{done['to_version']} in {settings.model_store}")
+    print(f"[tfpipe] serving config: {done['models_config']}")
+    if "tf_serving" in done:
+        print(f"[tfpipe] TensorFlow Serving at {settings.serving_url} serves v{done['to_version']}")
+    mlflow = done["mlflow"]
+    alias = (f"alias champion -> registry v{mlflow['registry_version']}" if mlflow["registry_version"]
+             else "no registry version carries this store version; alias unchanged")
+    print(f"[tfpipe] MLflow: {alias}; logged as run {mlflow['run_id']}")
+    return 0
+
+
+def _cmd_serving_sync(args: argparse.Namespace) -> int:
+    from tasks.model_store import sync_store
+
+    settings = Settings.from_env()
+    source = args.store or settings.model_store
+    while True:
+        report = sync_store(source, Path(args.directory), args.model or None)
+        for name, added in sorted(report.added.items()):
+            print(f"[tfpipe] {name}: added versions {added}", flush=True)
+        for name, removed in sorted(report.removed.items()):
+            print(f"[tfpipe] {name}: removed versions {removed}", flush=True)
+        for name, problems in sorted(report.skipped.items()):
+            for problem in problems:
+                print(f"[tfpipe] {name}: NOT synced {problem}", file=sys.stderr, flush=True)
+        served = ", ".join(f"{k} v{v}" for k, v in sorted(report.champions.items())) or "nothing"
+        print(f"[tfpipe] {report.config}: serving {served}", flush=True)
+        if not args.interval:
+            return 1 if report.skipped else 0
+        time.sleep(args.interval)
 
 
 def _cmd_datagen(args: argparse.Namespace) -> int:
@@ -236,13 +280,16 @@ def format_summary(pipeline: str, run_id: str, durations: dict[str, float], resu
         lines += [f"  - {reason}" for reason in evaluation["reasons"]]
     optimized = results.get("optimize_model")
     if optimized:
-        for name, row in optimized["report"]["variants"].items():
-            quality = optimized["report"]["quality_metric"]
-            lines.append(f"variant {name}: {row['size_bytes']} bytes, {quality} {row[quality]:.4f}, kept={row['kept']}")
+        from tasks.optimize import format_report
+
+        lines += ["", "optimized variants (latency at batch 1, throughput at a large batch):"]
+        lines += [f"  {line}" for line in format_report(optimized["report"]).splitlines()]
     pushed = results.get("push_model")
     if pushed:
         lines += ["", f"pushed: version {pushed['version']} at {pushed['uri']} "
-                      f"(MLflow registry: {pipeline} v{pushed.get('registry_version')}, alias champion)"]
+                      f"(MLflow registry: {pipeline} v{pushed.get('registry_version')})"]
+        if pushed.get("champion") is not None:
+            lines.append(f"champion: version {pushed['champion']} (served through {settings.model_store}/models.config)")
     elif evaluation:
         lines += ["", "pushed: nothing (the model was not blessed)"]
     lines += [
@@ -295,13 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     datagen.set_defaults(func=_cmd_datagen)
 
     bench = sub.add_parser("bench", help="benchmark a step against its reference and floor (GUIDE section 4)")
-    bench.add_argument("suite", choices=("ingest", "validate", "input", "train"))
+    bench.add_argument("suite", choices=("ingest", "validate", "input", "train", "optimize"))
     bench.add_argument("--rows", type=int, help=f"generated rows (default: {BENCH_ROWS})")
     bench.add_argument("--columns", type=int, default=20)
     bench.add_argument("--repeat", type=int, default=3, help="interleaved repetitions (median reported)")
     bench.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="source format (ingest)")
     bench.add_argument("--epochs", type=int, default=3, help="epochs per variant (train)")
-    bench.add_argument("--batch-size", type=int, help="global batch size (default: input 1024, train 4096)")
+    bench.add_argument("--batch-size", type=int,
+                       help="batch size (default: input 1024, train 4096 (global), optimize 1024 (throughput))")
     bench.add_argument("--out", metavar="FILE", help="write the result as JSON")
     bench.add_argument("--no-mlflow", action="store_true", help=f"do not log a run to the {BENCH_EXPERIMENT} experiment")
     bench.set_defaults(func=_cmd_bench)
@@ -322,6 +370,22 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--curate", action="store_true",
                         help="write the recorded schema beside the config as <name>.schema.pbtxt")
     schema.set_defaults(func=_cmd_schema)
+
+    rollback = sub.add_parser("rollback", help="move a model's champion back and update the serving config")
+    rollback.add_argument("model", help="model name (folder in the model store, registered model in MLflow)")
+    rollback.add_argument("--to", type=int, metavar="VERSION",
+                          help="store version to serve (default: the previous champion)")
+    rollback.add_argument("--by", help="who rolls back, recorded in the store and MLflow (default: cli:$USER)")
+    rollback.add_argument("--serving-timeout", type=float, default=300.0,
+                          help="with TFPIPE_SERVING_URL: seconds TF Serving may take to serve it")
+    rollback.set_defaults(func=_cmd_rollback)
+
+    sync = sub.add_parser("serving-sync", help="mirror the model store into a local directory for TF Serving")
+    sync.add_argument("directory", help="local directory TensorFlow Serving reads (its models.config is written there)")
+    sync.add_argument("--store", help="model store to mirror (default: TFPIPE_MODEL_STORE)")
+    sync.add_argument("--model", action="append", help="only this model (repeatable; default: every model)")
+    sync.add_argument("--interval", type=float, default=0.0, help="keep syncing every S seconds (default: once)")
+    sync.set_defaults(func=_cmd_serving_sync)
 
     for tool in ("airflow", "mlflow"):
         p = sub.add_parser(tool, help=f"run {tool} with this project's settings", add_help=False)

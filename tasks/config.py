@@ -240,9 +240,60 @@ class GateConfig(_Frozen):
     )
 
 
+OPTIMIZE_VARIANTS = ("tflite_float32", "tflite_float16", "tflite_dynamic_range", "tflite_int8", "pruned",
+                     "tensorrt_fp16")
+
+
+class PruningConfig(_Frozen):
+    """Magnitude pruning (tensorflow-model-optimization) of the dense layers, then fine-tuning."""
+
+    target_sparsity: float = Field(0.5, gt=0, lt=1, description="Share of each dense kernel set to zero.")
+    epochs: int = Field(2, ge=1, le=1000, description="Fine-tuning epochs over the train split.")
+    batch_size: int = Field(32, ge=1, le=65_536)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+
+
 class OptimizeConfig(_Frozen):
     max_accuracy_drop: float = Field(
         0.02, ge=0, le=1, description="A variant losing more accuracy than this is rejected."
+    )
+    variants: list[str] = Field(
+        default_factory=lambda: list(OPTIMIZE_VARIANTS),
+        description="Variants to build and measure: " + ", ".join(OPTIMIZE_VARIANTS) + ".",
+    )
+    representative_examples: int = Field(
+        200, ge=1, le=100_000, description="Train examples that calibrate int8 quantization."
+    )
+    pruning: PruningConfig = PruningConfig()
+    latency_runs: int = Field(200, ge=10, le=100_000, description="Batch-1 calls timed per variant (p50, p99).")
+    throughput_batch: int = Field(1024, ge=1, le=1_000_000, description="Batch size of the throughput measurement.")
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _one_of(name, OPTIMIZE_VARIANTS)
+        return value
+
+
+class PushConfig(_Frozen):
+    """How a blessed model goes into the model store."""
+
+    keep_versions: int = Field(
+        5, ge=1, le=10_000,
+        description="Versions kept in the store: the newest N and the champion; older ones are removed only "
+        "once a newer version is champion.",
+    )
+    warmup_requests: int = Field(
+        16, ge=1, le=1000,
+        description="Eval examples written as TF Serving warm-up requests (assets.extra); the push's checks replay them.",
+    )
+    publish_variants: bool = Field(
+        True, description="Push the optimized variants that were kept with the model (<version>/variants/)."
+    )
+    serving_timeout_seconds: float = Field(
+        300, gt=0, le=86_400,
+        description="With TFPIPE_SERVING_URL set: how long TF Serving may take to make a pushed version AVAILABLE.",
     )
 
 
@@ -307,6 +358,7 @@ class PipelineConfig(_Frozen):
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
     optimize: OptimizeConfig = OptimizeConfig()
+    push: PushConfig = PushConfig()
     tags: list[str] = Field(default_factory=list)
 
     @field_validator("name", "model_name")

@@ -1,16 +1,35 @@
-"""optimize_model: smaller variants of the blessed model, each measured against the original.
+"""optimize_model: smaller or faster variants of the blessed model, each measured against the original.
 
-Variants: TFLite float32, float16 and dynamic-range. A variant is converted with the TFLite converter from the ``predict_features`` signature
-(raw feature tensors in, the same outputs out), run on the eval split with the TFLite
-interpreter, and kept only if its accuracy drop stays within the configured tolerance.
+Variants (``optimize.variants``):
+
+* ``tflite_float32``, ``tflite_float16``, ``tflite_dynamic_range``: the TFLite converter on the
+  ``predict_features`` signature (raw feature tensors in, the same outputs out).
+* ``tflite_int8``: full-integer quantization, calibrated on ``optimize.representative_examples``
+  examples of the train split. Every builtin op runs in int8; inputs and outputs stay float
+  and strings (a string lookup has no integer form).
+* ``pruned``: magnitude pruning with ``tensorflow-model-optimization``. The dense layers are
+  fine-tuned on the train split with a polynomial sparsity schedule up to
+  ``optimize.pruning.target_sparsity``, stripped, and exported as a SavedModel. Its raw size is
+  the original's; the gain is the gzip size.
+* ``tensorrt_fp16``: TF-TRT (``tf.experimental.tensorrt.Converter``, FP16) when a GPU and the
+  TensorRT libraries are present; otherwise a recorded skip with its reason, never a failure.
+
+Every variant, and the original SavedModel, is measured on the eval split: file size raw and
+gzipped, latency p50/p99 at batch 1, throughput at ``optimize.throughput_batch``, and the
+quality metric (accuracy, or RMSE for regression). All are measured on the same raw feature
+tensors, in the same process. A variant whose quality drops by more than
+``optimize.max_accuracy_drop`` is rejected, and its files are not published.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import logging
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +37,17 @@ from typing import Any
 import numpy as np
 
 from tasks import storage
-from tasks.evaluate import compute_metrics, eval_data, predict
+from tasks.config import OPTIMIZE_VARIANTS
+from tasks.evaluate import compute_metrics, eval_data
 from tasks.model import ModelSpec, parse_spec
 from tasks.train import FEATURES_SIGNATURE, SAVED_MODEL_DIR, read_model_spec
 
+log = logging.getLogger(__name__)
+
 REPORT_FILE = "report.json"
+CHART_FILE = "tradeoff.png"
+TFLITE_VARIANTS = ("float32", "float16", "dynamic_range", "int8")
+VARIANTS = OPTIMIZE_VARIANTS
 
 
 @dataclass(frozen=True)
@@ -40,22 +65,34 @@ class OptimizedArtifact:
         return data
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """How a variant is timed: ``latency_runs`` calls at batch 1 (after warm-up), and calls at
+    ``throughput_batch`` rows for at least ``throughput_seconds``."""
+
+    latency_runs: int = 200
+    throughput_batch: int = 1024
+    throughput_seconds: float = 0.5
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
 def dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    return sum(p.stat().st_size for p in _files(path))
 
 
 def gzipped_size(path: Path) -> int:
     """Bytes after gzip (of the concatenated files for a directory): what a download costs."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return len(gzip.compress(b"".join(f.read_bytes() for f in files), compresslevel=6))
+    return len(gzip.compress(b"".join(f.read_bytes() for f in _files(path)), compresslevel=6))
 
 
-TFLITE_VARIANTS = ("float32", "float16", "dynamic_range")
-
-
-def convert_tflite(saved_model_dir: Path, variant: str) -> bytes:
-    """TFLite: ``float32`` (no quantization), ``float16`` (float16 weights) or ``dynamic_range``
-    (int8 weights, float activations).
+def convert_tflite(saved_model_dir: Path, variant: str,
+                   representative: dict[str, np.ndarray] | None = None) -> bytes:
+    """TFLite: ``float32`` (no quantization), ``float16`` (float16 weights), ``dynamic_range``
+    (int8 weights, float activations) or ``int8`` (int8 weights and activations, calibrated on
+    ``representative`` raw features).
 
     String lookups and parsing have no TFLite builtin kernels, so the select TF ops are
     allowed; the interpreter shipped with TensorFlow runs them.
@@ -65,11 +102,23 @@ def convert_tflite(saved_model_dir: Path, variant: str) -> bytes:
     if variant not in TFLITE_VARIANTS:
         raise ValueError(f"unknown TFLite variant {variant!r} (known: {', '.join(TFLITE_VARIANTS)})")
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[FEATURES_SIGNATURE])
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
     if variant != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    if variant == "int8":
+        if not representative:
+            raise ValueError("int8 quantization needs representative examples")
+        count = len(next(iter(representative.values())))
+
+        def calibration():
+            for i in range(count):
+                yield {name: values[i:i + 1] for name, values in representative.items()}
+
+        converter.representative_dataset = calibration
+        builtins = tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+    converter.target_spec.supported_ops = [builtins, tf.lite.OpsSet.SELECT_TF_OPS]
     return converter.convert()
 
 
@@ -81,17 +130,192 @@ def raw_features(spec: ModelSpec, records: list[bytes]) -> dict[str, np.ndarray]
     return {name: value.numpy()[:, 0] for name, value in parsed.items()}
 
 
-def run_tflite(model: bytes, features: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, np.ndarray]:
+def _rows(features: dict[str, np.ndarray], count: int, start: int = 0) -> dict[str, np.ndarray]:
+    """``count`` rows from ``start``, wrapping around (a large batch from a small eval split)."""
+    total = len(next(iter(features.values())))
+    index = (np.arange(count) + start) % total
+    return {name: values[index] for name, values in features.items()}
+
+
+class _Runner:
+    """Calls one variant on raw feature arrays: ``predict(features) -> outputs``."""
+
+    def __init__(self, predict: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+                 fixed: Callable[[int], Callable[[dict[str, np.ndarray]], Any]] | None = None) -> None:
+        self.predict = predict
+        # A caller specialized to one batch size (a TFLite interpreter resized once).
+        self.fixed = fixed or (lambda _size: predict)
+
+
+def saved_model_runner(saved_model_dir: Path) -> _Runner:
     import tensorflow as tf
 
-    runner = tf.lite.Interpreter(model_content=model).get_signature_runner(FEATURES_SIGNATURE)
-    count = len(next(iter(features.values())))
-    parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, count, batch_size):
-        out = runner(**{k: v[start:start + batch_size] for k, v in features.items()})
-        for key, value in out.items():
-            parts.setdefault(key, []).append(value)
-    return {key: np.concatenate(values) for key, values in parts.items()}
+    signature = tf.saved_model.load(str(saved_model_dir)).signatures[FEATURES_SIGNATURE]
+    dtypes = {name: spec.dtype for name, spec in signature.structured_input_signature[1].items()}
+
+    def predict(features):
+        inputs = {k: tf.constant(v, dtype=dtypes[k]) for k, v in features.items()}
+        return {k: v.numpy() for k, v in signature(**inputs).items()}
+
+    return _Runner(predict)
+
+
+def tflite_runner(model: bytes, chunk: int = 256) -> _Runner:
+    import tensorflow as tf
+
+    def fixed(size: int):
+        interpreter = tf.lite.Interpreter(model_content=model)
+        runner = interpreter.get_signature_runner(FEATURES_SIGNATURE)
+        return lambda features: runner(**features)
+
+    def predict(features):
+        runner = tf.lite.Interpreter(model_content=model).get_signature_runner(FEATURES_SIGNATURE)
+        count = len(next(iter(features.values())))
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, count, chunk):
+            for key, value in runner(**{k: v[start:start + chunk] for k, v in features.items()}).items():
+                parts.setdefault(key, []).append(value)
+        return {key: np.concatenate(values) for key, values in parts.items()}
+
+    return _Runner(predict, fixed)
+
+
+def run_tflite(model: bytes, features: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, np.ndarray]:
+    return tflite_runner(model, batch_size).predict(features)
+
+
+def measure_speed(runner: _Runner, features: dict[str, np.ndarray], how: Measurement) -> dict[str, float]:
+    """Latency p50/p99 (ms) at batch 1 and throughput (rows/s) at a large batch."""
+    single = runner.fixed(1)
+    one = _rows(features, 1)
+    for _ in range(10):
+        single(one)
+    latencies = []
+    for i in range(how.latency_runs):
+        row = _rows(features, 1, start=i)
+        started = time.perf_counter()
+        single(row)
+        latencies.append(time.perf_counter() - started)
+    batch = _rows(features, how.throughput_batch)
+    bulk = runner.fixed(how.throughput_batch)
+    bulk(batch)
+    calls, started = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - started < how.throughput_seconds:
+        bulk(batch)
+        calls += 1
+    seconds = time.perf_counter() - started
+    return {"latency_p50_ms": float(np.percentile(latencies, 50) * 1e3),
+            "latency_p99_ms": float(np.percentile(latencies, 99) * 1e3),
+            "throughput_per_second": calls * how.throughput_batch / seconds}
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why TF-TRT cannot run here, or None when it can."""
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        return "no GPU visible to TensorFlow"
+    try:
+        from tensorflow.compiler.tf2tensorrt._pywrap_py_utils import get_loaded_tensorrt_version, is_tensorrt_enabled
+    except ImportError as error:
+        return f"this TensorFlow build has no TF-TRT ({error})"
+    if not is_tensorrt_enabled():
+        return "this TensorFlow build has no TensorRT support"
+    if tuple(get_loaded_tensorrt_version()) == (0, 0, 0):
+        return "the TensorRT libraries (libnvinfer) could not be loaded"
+    return None
+
+
+def convert_tensorrt(saved_model_dir: Path, out_dir: Path, sample: dict[str, np.ndarray]) -> Path:
+    """TF-TRT FP16 of the ``predict_features`` signature, engines built for ``sample``'s shapes."""
+    import tensorflow as tf
+
+    converter = tf.experimental.tensorrt.Converter(
+        input_saved_model_dir=str(saved_model_dir), input_saved_model_signature_key=FEATURES_SIGNATURE,
+        precision_mode="FP16",
+    )
+    converter.convert()
+
+    def shapes():
+        yield tuple(tf.constant(v) for _, v in sorted(sample.items()))
+
+    converter.build(input_fn=shapes)
+    converter.save(str(out_dir))
+    return out_dir
+
+
+def prune_model(saved_model_dir: Path, spec: ModelSpec, train_files: list[str], train_count: int, out_dir: Path,
+                target_sparsity: float, epochs: int, batch_size: int, learning_rate: float,
+                build_model: Callable[[ModelSpec], Any]) -> dict[str, Any]:
+    """Fine-tune the dense layers under a polynomial sparsity schedule, strip the pruning
+    wrappers, export with the same signatures. Returns the sparsity reached per pruned kernel.
+
+    Raises:
+        ValueError: The model has no dense layer, or is not a functional/sequential Keras model.
+    """
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
+
+    from tasks.inputs import batch_parser
+    from tasks.train import loss_function, serving_module
+
+    model = build_model(spec)
+    tf.train.Checkpoint(model=model).read(str(saved_model_dir / "variables" / "variables")) \
+        .expect_partial().assert_existing_objects_matched()
+    steps_per_epoch = max(1, train_count // batch_size)
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=target_sparsity, begin_step=0,
+        end_step=max(1, int(steps_per_epoch * epochs * 0.8)), frequency=max(1, steps_per_epoch // 4))
+
+    wrapped = []
+
+    def wrap(layer):
+        if isinstance(layer, keras.layers.Dense):
+            wrapped.append(layer.name)
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
+
+    try:
+        pruned = keras.models.clone_model(model, clone_function=wrap)
+    except ValueError as error:
+        raise ValueError(f"pruning needs a functional or sequential Keras model: {error}") from None
+    if not wrapped:
+        raise ValueError("the model has no dense layer to prune")
+    per_example = loss_function(spec)
+    pruned.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                   loss=lambda y, logits: tf.reduce_mean(per_example(y, logits)))
+    data = tf.data.TFRecordDataset(train_files, "GZIP").shuffle(10_000, seed=0).repeat() \
+        .batch(batch_size, drop_remainder=True).map(batch_parser(spec), num_parallel_calls=tf.data.AUTOTUNE) \
+        .prefetch(tf.data.AUTOTUNE)
+    pruned.fit(data, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0,
+               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    module, signatures = serving_module(stripped, spec)
+    tf.saved_model.save(module, str(out_dir), signatures=signatures)
+    return {layer.name: float(np.mean(layer.kernel.numpy() == 0))
+            for layer in stripped.layers if isinstance(layer, keras.layers.Dense)}
+
+
+def _train_split(examples_uri: str, cache_dir: Path) -> tuple[list[str], int]:
+    """The train split's local shard files and its example count."""
+    from tasks.ingest import read_manifest, split_files
+
+    manifest = read_manifest(examples_uri)
+    local = storage.materialize(examples_uri, cache_dir)
+    return split_files(local, manifest, "train"), int(manifest["splits"]["train"]["count"])
+
+
+def _first_records(files: list[str], limit: int) -> list[bytes]:
+    from tasks.coders import iter_gzip_tfrecords
+
+    records: list[bytes] = []
+    for path in files:
+        for chunk in iter_gzip_tfrecords(path):
+            records.extend(chunk[:limit - len(records)])
+            if len(records) >= limit:
+                return records
+    return records
 
 
 def optimize_model(
@@ -101,50 +325,103 @@ def optimize_model(
     output_uri: str,
     cache_dir: Path,
     work_dir: Path,
+    variants: tuple[str, ...] = VARIANTS,
+    representative_examples: int = 200,
+    pruning: dict[str, Any] | None = None,
+    measurement: Measurement = Measurement(),
+    build_model: Callable[[ModelSpec], Any] | None = None,
 ) -> OptimizedArtifact:
-    """Build, measure and publish the variants; the report compares each with the original."""
+    """Build, measure and publish the variants; the report compares each with the original.
+
+    Args:
+        pruning: ``target_sparsity``, ``epochs``, ``batch_size``, ``learning_rate``.
+        build_model: Builds the (untrained) Keras model of a spec, for pruning; default: the
+            model built from the schema (:func:`tasks.model.build_model`).
+    """
+    from tasks import model as model_lib
+
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
     spec = read_model_spec(model_uri)
     saved_model = storage.materialize(model_uri, cache_dir) / SAVED_MODEL_DIR
     records, labels = eval_data(examples_uri, spec, cache_dir)
     quality = "rmse" if spec.task == "regression" else "accuracy"
-    original = compute_metrics(spec.task, predict(saved_model, records), labels)
+    features = raw_features(spec, records)
+    original_runner = saved_model_runner(saved_model)
+    original = compute_metrics(spec.task, original_runner.predict(features), labels)
     report: dict[str, Any] = {
         "quality_metric": quality,
         "max_accuracy_drop": max_accuracy_drop,
-        "variants": {
-            "saved_model": {
-                "size_bytes": dir_size(saved_model),
-                "gzip_bytes": gzipped_size(saved_model),
-                quality: original[quality],
-                "kept": True,
-            }
-        },
+        "eval_examples": len(records),
+        "measurement": asdict(measurement),
+        "variants": {"saved_model": {
+            "kind": "saved_model", "file": None, "size_bytes": dir_size(saved_model),
+            "gzip_bytes": gzipped_size(saved_model), quality: original[quality], "quality_drop": 0.0,
+            "size_ratio": 1.0, **measure_speed(original_runner, features, measurement), "kept": True,
+            "reason": "the original",
+        }},
     }
+    base = report["variants"]["saved_model"]
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="optimize-"))
+    train_files, train_count = _train_split(examples_uri, cache_dir)
+    calibration = _first_records(train_files, representative_examples) if "tflite_int8" in variants else []
+
+    def judge(name: str, kind: str, path: Path, runner: _Runner, extra: dict[str, Any] | None = None) -> None:
+        metrics = compute_metrics(spec.task, runner.predict(features), labels)
+        # For rmse a rise is the loss of quality; for accuracy a fall.
+        drop = (metrics[quality] - original[quality]) if quality == "rmse" else (original[quality] - metrics[quality])
+        kept = drop <= max_accuracy_drop + 1e-12
+        row = {"kind": kind, "file": path.name, "size_bytes": dir_size(path), "gzip_bytes": gzipped_size(path),
+               quality: metrics[quality], "quality_drop": drop}
+        row["size_ratio"] = row["size_bytes"] / base["size_bytes"]
+        row.update(measure_speed(runner, features, measurement))
+        row.update(extra or {})
+        row["kept"] = kept
+        row["reason"] = "within tolerance" if kept else f"quality drop {drop:.4f} exceeds {max_accuracy_drop}"
+        report["variants"][name] = row
+        if not kept:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def skip(name: str, reason: str) -> None:
+        log.info("variant %s skipped: %s", name, reason)
+        report["variants"][name] = {"kind": "skipped", "kept": False, "skipped": True, "reason": reason}
+
     try:
-        features = raw_features(spec, records)
         for variant in TFLITE_VARIANTS:
-            tflite = convert_tflite(saved_model, variant)
+            name = f"tflite_{variant}"
+            if name not in variants:
+                continue
+            representative = raw_features(spec, calibration) if variant == "int8" else None
+            tflite = convert_tflite(saved_model, variant, representative)
             path = scratch / f"model_{variant}.tflite"
             path.write_bytes(tflite)
-            metrics = compute_metrics(spec.task, run_tflite(tflite, features), labels)
-            # For rmse a rise is the loss of quality; for accuracy a fall.
-            drop = (metrics[quality] - original[quality]) if quality == "rmse" else (original[quality] - metrics[quality])
-            kept = drop <= max_accuracy_drop + 1e-12
-            report["variants"][f"tflite_{variant}"] = {
-                "file": path.name,
-                "size_bytes": path.stat().st_size,
-                "gzip_bytes": gzipped_size(path),
-                quality: metrics[quality],
-                "quality_drop": drop,
-                "size_ratio": path.stat().st_size / report["variants"]["saved_model"]["size_bytes"],
-                "kept": kept,
-                "reason": "within tolerance" if kept else f"quality drop {drop:.4f} exceeds {max_accuracy_drop}",
-            }
-            if not kept:
-                path.unlink()
+            judge(name, "tflite", path, tflite_runner(tflite),
+                  {"representative_examples": len(calibration)} if representative else None)
+        if "pruned" in variants:
+            options = {"target_sparsity": 0.5, "epochs": 2, "batch_size": 32, "learning_rate": 1e-3, **(pruning or {})}
+            path = scratch / "pruned_saved_model"
+            try:
+                sparsity = prune_model(saved_model, spec, train_files, train_count, path, options["target_sparsity"],
+                                       options["epochs"], options["batch_size"], options["learning_rate"],
+                                       build_model or (lambda s: model_lib.build_model(s, 0)))
+                judge("pruned", "saved_model", path, saved_model_runner(path),
+                      {"sparsity": sparsity, "target_sparsity": options["target_sparsity"]})
+            except ValueError as error:
+                skip("pruned", str(error))
+        if "tensorrt_fp16" in variants:
+            why = tensorrt_unavailable()
+            if why:
+                skip("tensorrt_fp16", f"TF-TRT needs a GPU and TensorRT: {why}")
+            else:
+                path = convert_tensorrt(saved_model, scratch / "tensorrt_fp16_saved_model",
+                                        _rows(features, measurement.throughput_batch))
+                judge("tensorrt_fp16", "saved_model", path, saved_model_runner(path))
         (scratch / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        from tasks.plots import optimization_chart
+
+        optimization_chart(report, scratch / CHART_FILE)
         storage.publish_dir(scratch, output_uri)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -153,7 +430,13 @@ def optimize_model(
 
 def format_report(report: dict[str, Any]) -> str:
     quality = report["quality_metric"]
-    lines = [f"{'variant':<22}{'bytes':>10}{'gzip':>10}{quality:>10}  kept"]
+    lines = [f"{'variant':<22}{'bytes':>10}{'gzip':>10}{quality:>10}{'drop':>9}{'p50 ms':>9}{'p99 ms':>9}"
+             f"{'rows/s':>11}  kept"]
     for name, row in report["variants"].items():
-        lines.append(f"{name:<22}{row['size_bytes']:>10}{row['gzip_bytes']:>10}{row[quality]:>10.4f}  {row['kept']}")
+        if row.get("skipped"):
+            lines.append(f"{name:<22}{'skipped: ' + row['reason']}")
+            continue
+        lines.append(f"{name:<22}{row['size_bytes']:>10}{row['gzip_bytes']:>10}{row[quality]:>10.4f}"
+                     f"{row['quality_drop']:>9.4f}{row['latency_p50_ms']:>9.3f}{row['latency_p99_ms']:>9.3f}"
+                     f"{row['throughput_per_second']:>11,.0f}  {row['kept']}")
     return "\n".join(lines)

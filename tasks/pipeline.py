@@ -386,7 +386,7 @@ def _scratch(ctx: RunContext, step: str) -> Iterator[Path]:
 
 def evaluate_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
     from tasks.evaluate import evaluate_model as evaluate, format_checks
-    from tasks.push import champion
+    from tasks.model_store import champion
 
     with _step(ctx, "evaluate_model") as tracker:
         baseline = champion(ctx.settings.model_store, ctx.config.model_name)
@@ -413,35 +413,80 @@ def gate(blessing: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def optimize_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any],
                    blessing: Mapping[str, Any]) -> dict[str, Any]:
-    from tasks.optimize import format_report, optimize_model as optimize
+    from tasks.optimize import CHART_FILE, Measurement, format_report, optimize_model as optimize
 
     with _step(ctx, "optimize_model") as tracker:
-        result = optimize(model["uri"], examples["uri"], ctx.config.optimize.max_accuracy_drop,
-                          ctx.output("optimized"), ctx.settings.cache_dir, ctx.work_dir("optimize_model"))
+        options = ctx.config.optimize
+        train = ctx.config.train
+        builder = None
+        if train.model_fn:  # prune the pipeline's own model, built as training built it
+            from tasks.train import build
+
+            builder = lambda spec: build(spec, train, (str(Path(ctx.pipeline).parent),))  # noqa: E731
+        result = optimize(
+            model["uri"], examples["uri"], options.max_accuracy_drop, ctx.output("optimized"),
+            ctx.settings.cache_dir, ctx.work_dir("optimize_model"), variants=tuple(options.variants),
+            representative_examples=options.representative_examples, pruning=options.pruning.model_dump(),
+            measurement=Measurement(latency_runs=options.latency_runs, throughput_batch=options.throughput_batch),
+            build_model=builder,
+        )
         for variant, row in result.report["variants"].items():
             tracker.log_metrics({f"{variant}.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         tracker.log_dict(result.report, "optimization/report.json")
         tracker.log_text(format_report(result.report), "optimization/report.txt")
+        with _scratch(ctx, "optimize_model") as scratch:
+            storage.download_file(storage.join(result.uri, CHART_FILE), scratch / CHART_FILE)
+            tracker.log_artifact(scratch / CHART_FILE, "plots")
         log.info("optimization report:\n%s", format_report(result.report))
         return result.to_dict()
 
 
 def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any],
                blessing: Mapping[str, Any], optimized: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    from tasks.evaluate import read_blessing
+    """Push, check that the pushed version serves, make it champion, register it, prune old versions.
+
+    The version becomes champion only after it was loaded back from the store and answered its
+    warm-up requests as the model did before the push. With ``TFPIPE_SERVING_URL`` set,
+    TensorFlow Serving must then make it AVAILABLE and answer the same; if it does not, the
+    previous champion is restored. A version that fails a check is removed from the store.
+    """
+    from tasks import model_store, serving
+    from tasks.evaluate import eval_data, predict, read_blessing
     from tasks.push import push_model as push
-    from tasks.train import SAVED_MODEL_DIR
+    from tasks.train import SAVED_MODEL_DIR, read_model_spec
 
     with _step(ctx, "push_model") as tracker:
+        settings, name, options = ctx.settings, ctx.config.model_name, ctx.config.push
         # Re-read the published blessing rather than trusting what came through XCom.
         verdict = read_blessing(blessing["uri"])
         if verdict["model_uri"] != model["uri"]:
             raise ValueError(f"blessing {blessing['uri']} is for {verdict['model_uri']}, not {model['uri']}")
-        saved_model = storage.materialize(model["uri"], ctx.settings.cache_dir) / SAVED_MODEL_DIR
-        pushed = push(saved_model, verdict, ctx.settings.model_store, ctx.config.model_name,
-                      owner=f"{ctx.dag_id}/{ctx.run_id}")
+        saved_model = storage.materialize(model["uri"], settings.cache_dir) / SAVED_MODEL_DIR
+        records, _ = eval_data(examples["uri"], read_model_spec(model["uri"]), settings.cache_dir)
+        warmup = records[:options.warmup_requests]
+        expected = predict(saved_model, warmup)  # what the model answers before the push
+        owner = f"{ctx.dag_id}/{ctx.run_id}"
+        pushed = push(saved_model, verdict, settings.model_store, name, owner=owner, warmup_records=warmup,
+                      variant_files=_kept_variants(ctx, optimized) if options.publish_variants else [],
+                      work_dir=ctx.work_dir("push_model"))
+        checks: dict[str, Any] = {}
+        try:
+            checks["store"] = serving.check_pushed_model(pushed.uri, expected, settings.cache_dir)
+        except serving.ServingCheckError:
+            model_store.discard_version(settings.model_store, name, pushed.version)
+            raise
+        log.info("v%d loaded back from %s and answered %d warm-up requests as before the push",
+                 pushed.version, pushed.uri, checks["store"]["requests"])
+        change = model_store.set_champion(settings.model_store, name, pushed.version, by=owner, reason="push",
+                                          only_if_newer=True)
+        if change.changed:
+            model_store.write_models_config(settings.model_store, settings.serving_base_path)
+            if settings.serving_url:
+                checks["tf_serving"] = _check_tf_serving(ctx, pushed.version, warmup, expected, change)
+        else:
+            log.warning("v%d is not made champion: v%d, newer, already is", pushed.version, change.version)
         registry_version = tracker.register_model(
-            ctx.config.model_name,
+            name,
             pushed.uri,
             {
                 "store_uri": pushed.uri,
@@ -453,11 +498,50 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
                 "code_version": code_version(),
                 "data_version": _data_version(examples["uri"]),
             },
+            champion=change.changed,
         )
+        removed = model_store.apply_retention(settings.model_store, name, options.keep_versions)
+        record = {**pushed.to_dict(), "registry_version": registry_version, "champion": change.version,
+                  "previous_champion": change.previous, "checks": checks, "removed_versions": removed}
         tracker.log_params({"pushed_uri": pushed.uri, "pushed_version": pushed.version})
-        tracker.set_tags({"tfpipe.pushed_uri": pushed.uri, "tfpipe.registry_version": registry_version})
+        tracker.log_metrics({"pushed_bytes": pushed.bytes, "pushed_files": pushed.files,
+                             "store_check_max_abs_diff": checks["store"]["max_abs_diff"]})
+        tracker.log_dict(record, "push/pushed_model.json")
+        tracker.set_tags({"tfpipe.pushed_uri": pushed.uri, "tfpipe.registry_version": registry_version,
+                          "tfpipe.champion": str(change.version)})
+        log.info("pushed %s v%d (%d files, %d bytes, %d warm-up requests); champion: v%d%s", name, pushed.version,
+                 pushed.files, pushed.bytes, pushed.warmup_requests, change.version,
+                 f"; removed old versions {removed}" if removed else "")
         _end_pipeline(ctx, tracker, "pushed")
-        return {**pushed.to_dict(), "registry_version": registry_version}
+        return record
+
+
+def _kept_variants(ctx: RunContext, optimized: Mapping[str, Any] | None) -> list[Path]:
+    """The optimized variants that were kept, and their report, as local files."""
+    if not optimized:
+        return []
+    local = storage.materialize(optimized["uri"], ctx.settings.cache_dir)
+    rows = optimized["report"]["variants"]
+    paths = [local / rows[name]["file"] for name in optimized.get("kept", []) if rows[name].get("file")]
+    extras = [local / name for name in ("report.json", "tradeoff.png")]
+    return [p for p in paths if p.exists()] + [p for p in extras if p.is_file()]
+
+
+def _check_tf_serving(ctx: RunContext, version: int, records: list[bytes], expected, change) -> dict[str, Any]:
+    """TensorFlow Serving must serve the new champion; if not, the previous one is restored."""
+    from tasks import model_store, serving
+
+    settings, name = ctx.settings, ctx.config.model_name
+    try:
+        return serving.check_tf_serving(settings.serving_url, name, version, records, expected,
+                                        timeout=ctx.config.push.serving_timeout_seconds)
+    except serving.ServingCheckError as error:
+        model_store.restore_champion(settings.model_store, name, change.previous, by=f"{ctx.dag_id}/{ctx.run_id}",
+                                     reason=f"serving check of v{version} failed")
+        model_store.write_models_config(settings.model_store, settings.serving_base_path)
+        model_store.discard_version(settings.model_store, name, version)
+        restored = f"v{change.previous} is champion again" if change.previous else "no version is champion"
+        raise serving.ServingCheckError(f"{error}; {restored}, v{version} was removed from the store") from error
 
 
 def _data_version(examples_uri: str) -> str:
@@ -501,3 +585,55 @@ def run_pipeline(ctx: RunContext, until: str | None = None, on_step=None) -> dic
     run("push_model", push_model, results["ingest_examples"], results["train_model"], results["evaluate_model"],
         results["optimize_model"])
     return results
+
+
+def experiment_for_model(model_name: str) -> str:
+    """The MLflow experiment of the pipeline that pushes ``model_name`` (else the model's name)."""
+    from tasks.config import ConfigError, discover_pipelines
+
+    for path in discover_pipelines():
+        try:
+            config = load_pipeline(path)
+        except ConfigError:
+            continue
+        if config.model_name == model_name:
+            return config.name
+    return model_name
+
+
+def rollback_model(settings: Settings, model_name: str, to_version: int | None = None, by: str = "cli",
+                   serving_timeout: float = 300.0) -> dict[str, Any]:
+    """Move the champion back (to ``to_version``, else the previous champion) and update serving.
+
+    The store's champion pointer and ``models.config`` change first; with ``TFPIPE_SERVING_URL``
+    set, TensorFlow Serving must then serve the version (checked with its warm-up requests);
+    then the MLflow registry alias follows and the rollback is logged as an MLflow run.
+
+    Raises:
+        ModelStoreError: No champion, or the version is not in the store.
+    """
+    from tasks import model_store, serving
+    from tasks.evaluate import predict
+
+    store = settings.model_store
+    current = model_store.read_champion(store, model_name)
+    if current is None:
+        raise model_store.ModelStoreError(f"{model_name} has no champion in {store}: nothing to roll back")
+    target = to_version if to_version is not None else model_store.rollback_target(store, model_name)
+    change = model_store.set_champion(store, model_name, target, by=by, reason="rollback")
+    config_uri = model_store.write_models_config(store, settings.serving_base_path)
+    details: dict[str, Any] = {"model_name": model_name, "from_version": change.previous, "to_version": target,
+                               "by": by, "models_config": config_uri, "store": store}
+    if settings.serving_url:
+        local = storage.materialize(artifacts.model_version_uri(store, model_name, target), settings.cache_dir)
+        records = serving.read_warmup_requests(local / serving.WARMUP_FILE)
+        details["tf_serving"] = serving.check_tf_serving(settings.serving_url, model_name, target, records,
+                                                         predict(local, records), timeout=serving_timeout)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.tracking_uri.startswith("sqlite:"):
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    tracking = _tracking(settings.tracking_uri, settings.mlflow_artifact_location)
+    details["mlflow"] = tracking.record_rollback(experiment_for_model(model_name), model_name, change.previous,
+                                                 target, by, details)
+    log.info("rolled %s back from v%s to v%d", model_name, change.previous, target)
+    return details

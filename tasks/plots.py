@@ -103,3 +103,33 @@ def evaluation_plots(task: str, models: dict[str, dict], labels, out_dir: Path) 
     fig.savefig(written[-1], dpi=100)
     plt.close(fig)
     return written
+
+
+def optimization_chart(report: dict, path: Path) -> Path:
+    """Size (gzip), latency p50 at batch 1 and quality of every measured variant, side by side;
+    rejected variants hatched."""
+    plt = _plt()
+    quality = report["quality_metric"]
+    rows = {name: row for name, row in report["variants"].items() if not row.get("skipped")}
+    names = list(rows)
+    colors = ["tab:blue" if rows[n]["kept"] else "tab:red" for n in names]
+    hatches = ["" if rows[n]["kept"] else "//" for n in names]
+    panels = [("gzip_bytes", "gzipped size (KB)", 1e-3), ("latency_p50_ms", "latency p50, batch 1 (ms)", 1.0),
+              ("throughput_per_second", "throughput (rows/s)", 1.0), (quality, quality, 1.0)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.5 * len(names) + 2.2), sharey=True)
+    for ax, (key, title, scale) in zip(axes, panels):
+        bars = ax.barh(names, [rows[n][key] * scale for n in names], color=colors)
+        for bar, hatch in zip(bars, hatches):
+            bar.set_hatch(hatch)
+        ax.set_title(title, fontsize=10)
+        ax.invert_yaxis() if ax is axes[0] else None
+        ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=2)
+        ax.margins(x=0.25)
+    skipped = [f"{n}: {r['reason']}" for n, r in report["variants"].items() if r.get("skipped")]
+    fig.suptitle("Optimized variants against the original SavedModel (red, hatched: rejected)", fontsize=11)
+    if skipped:
+        fig.text(0.01, 0.01, "skipped: " + "; ".join(skipped), fontsize=8)
+    fig.tight_layout(rect=(0, 0.05 if skipped else 0, 1, 0.95))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

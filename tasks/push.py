@@ -1,25 +1,31 @@
-"""push_model: copy a blessed SavedModel into TensorFlow Serving's ``<model>/<version>/`` layout.
+"""push_model: copy a blessed SavedModel into the model store (see :mod:`tasks.model_store`).
 
-* Versions are increasing integers. A version is *claimed* before any file is written: locally
-  by creating the directory (``mkdir`` fails if it exists), on S3 by a conditional
-  ``PutObject`` (``If-None-Match: *``) of ``<model>/.claims/<version>``. A claimed version is
-  never written by anyone else and never overwritten.
-* ``saved_model.pb`` is copied last, after every other file
-  was checked by size: TensorFlow Serving treats its presence as "this version is ready",
-  so it never loads a half-copied model.
-* A version counts as pushed (and as champion) only once ``saved_model.pb`` is there.
+* The version number is claimed before any file is written, so two pushes never share one.
+* Every file is uploaded and verified (size and SHA-256; on S3 also checked by S3 on receipt),
+  then ``tfpipe_manifest.json`` (every file's size and SHA-256), then ``saved_model.pb`` last:
+  TensorFlow Serving treats its presence as "this version is ready", so it never loads a
+  half-copied model, and nothing else counts a version as complete before it is there.
+* With the SavedModel go TF Serving's warm-up requests (``assets.extra/``) and the optimized
+  variants that were kept (``variants/``).
+* A push that fails part-way removes what it wrote (the claimed number stays used) and raises.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tasks import artifacts, storage
+from tasks.model_store import MANIFEST_FILE, SAVED_MODEL_PB, claim_version
 
-SAVED_MODEL_PB = "saved_model.pb"
-CLAIMS = ".claims"
+log = logging.getLogger(__name__)
+
+VARIANTS_DIR = "variants"
 
 
 class PushError(RuntimeError):
@@ -33,63 +39,31 @@ class PushedModel:
     version: int
     files: int
     bytes: int
-    registry_version: str | None = None
+    warmup_requests: int = 0
+    variants: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["variants"] = list(self.variants)
+        return data
 
 
-def versions(model_store: str, model_name: str) -> list[int]:
-    """Complete versions (those with ``saved_model.pb``), ascending."""
-    root = artifacts.model_dir_uri(model_store, model_name)
-    found = []
-    for name in storage.list_dir(root):
-        if name.isdigit() and storage.exists(storage.join(root, name, SAVED_MODEL_PB)):
-            found.append(int(name))
-    return sorted(found)
+def _stage_extras(scratch: Path, model_name: str, warmup_records: list[bytes],
+                  variant_files: list[Path]) -> dict[str, Path]:
+    """Files pushed beside the SavedModel's own, by their path in the version."""
+    extras: dict[str, Path] = {}
+    if warmup_records:
+        from tasks.serving import WARMUP_FILE, write_warmup_requests
 
-
-def champion(model_store: str, model_name: str) -> tuple[int, str] | None:
-    """``(version, uri)`` of the latest complete version: what TF Serving serves by default."""
-    done = versions(model_store, model_name)
-    if not done:
-        return None
-    return done[-1], artifacts.model_version_uri(model_store, model_name, done[-1])
-
-
-def _claimed(model_store: str, model_name: str) -> set[int]:
-    root = artifacts.model_dir_uri(model_store, model_name)
-    taken = {int(n) for n in storage.list_dir(root) if n.isdigit()}
-    taken |= {int(n) for n in storage.list_dir(storage.join(root, CLAIMS)) if n.isdigit()}
-    return taken
-
-
-def _try_claim(model_store: str, model_name: str, version: int, owner: str) -> bool:
-    if storage.is_s3(model_store):
-        from botocore.exceptions import ClientError
-
-        bucket, key = storage.split_s3(storage.join(artifacts.model_dir_uri(model_store, model_name), CLAIMS, str(version)))
-        try:
-            storage.s3_client().put_object(Bucket=bucket, Key=key, Body=owner.encode(), IfNoneMatch="*")
-            return True
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return False
-            raise
-    try:
-        storage.local_path(artifacts.model_version_uri(model_store, model_name, version)).mkdir(parents=True)
-        return True
-    except FileExistsError:
-        return False
-
-
-def claim_version(model_store: str, model_name: str, owner: str, attempts: int = 100) -> int:
-    """Atomically claim the next free version number."""
-    for _ in range(attempts):
-        candidate = max(_claimed(model_store, model_name), default=0) + 1
-        if _try_claim(model_store, model_name, candidate, owner):
-            return candidate
-    raise PushError(f"could not claim a version of {model_name} in {model_store} after {attempts} attempts")
+        write_warmup_requests(scratch / WARMUP_FILE, model_name, warmup_records)
+        extras[WARMUP_FILE] = scratch / WARMUP_FILE
+    for path in variant_files:
+        if path.is_dir():  # a SavedModel variant (pruned, TF-TRT)
+            extras.update({f"{VARIANTS_DIR}/{path.name}/{f.relative_to(path).as_posix()}": f
+                           for f in sorted(path.rglob("*")) if f.is_file()})
+        else:
+            extras[f"{VARIANTS_DIR}/{path.name}"] = path
+    return extras
 
 
 def push_model(
@@ -98,11 +72,20 @@ def push_model(
     model_store: str,
     model_name: str,
     owner: str,
+    warmup_records: list[bytes] | None = None,
+    variant_files: list[Path] | None = None,
+    work_dir: Path | None = None,
 ) -> PushedModel:
     """Push a local SavedModel directory after re-checking its blessing.
 
+    Args:
+        warmup_records: Serialized examples written as TF Serving warm-up requests.
+        variant_files: Optimized variants (files, or SavedModel directories) to publish with the
+            model under ``variants/``.
+
     Raises:
-        PushError: The blessing is negative, or the copy could not be verified.
+        PushError: The blessing is negative, the directory is no SavedModel, or the copy failed
+            or could not be verified (what was written of the version is removed).
     """
     if not blessing.get("blessed"):
         raise PushError(
@@ -110,21 +93,62 @@ def push_model(
         )
     if not (saved_model_dir / SAVED_MODEL_PB).is_file():
         raise PushError(f"{saved_model_dir} is not a SavedModel (no {SAVED_MODEL_PB})")
-    version = claim_version(model_store, model_name, owner)
-    target = artifacts.model_version_uri(model_store, model_name, version)
-    files = {p.relative_to(saved_model_dir).as_posix(): p for p in saved_model_dir.rglob("*") if p.is_file()}
-    sizes = {rel: path.stat().st_size for rel, path in files.items()}
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="push-"))
+    try:
+        files = {p.relative_to(saved_model_dir).as_posix(): p for p in saved_model_dir.rglob("*") if p.is_file()}
+        files.update(_stage_extras(scratch, model_name, list(warmup_records or []), list(variant_files or [])))
+        version = claim_version(model_store, model_name, owner)
+        target = artifacts.model_version_uri(model_store, model_name, version)
+        try:
+            manifest = _upload(files, target, scratch, owner)
+        except Exception as error:
+            _remove_partial(target)
+            raise PushError(f"pushing {model_name} v{version} to {target} failed, nothing of it is served: "
+                            f"{type(error).__name__}: {error}") from error
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    log.info("pushed %s v%d: %d files, %d bytes, verified", model_name, version, len(manifest["files"]),
+             sum(f["size"] for f in manifest["files"].values()))
+    return PushedModel(
+        uri=target, model_name=model_name, version=version, files=len(manifest["files"]),
+        bytes=sum(f["size"] for f in manifest["files"].values()),
+        warmup_requests=len(warmup_records or []),
+        variants=tuple(sorted({rel.split("/")[1] for rel in files if rel.startswith(f"{VARIANTS_DIR}/")})),
+    )
+
+
+def _upload(files: dict[str, Path], target: str, scratch: Path, owner: str) -> dict[str, Any]:
+    """Upload and verify every file, then the manifest, then ``saved_model.pb``; check the listing."""
+    manifest: dict[str, Any] = {"pushed_by": owner, "files": {}}
     for rel in sorted(files):
         if rel != SAVED_MODEL_PB:
-            storage.upload_file(files[rel], storage.join(target, rel))
-    _verify(target, {r: s for r, s in sizes.items() if r != SAVED_MODEL_PB}, version)
-    storage.upload_file(files[SAVED_MODEL_PB], storage.join(target, SAVED_MODEL_PB))
-    _verify(target, sizes, version)
-    return PushedModel(uri=target, model_name=model_name, version=version, files=len(files), bytes=sum(sizes.values()))
-
-
-def _verify(target: str, expected: dict[str, int], version: int) -> None:
+            manifest["files"][rel] = storage.upload_verified(files[rel], storage.join(target, rel))
+    # The manifest names saved_model.pb's digest before the file itself is written.
+    manifest["files"][SAVED_MODEL_PB] = {"size": files[SAVED_MODEL_PB].stat().st_size,
+                                         "sha256": storage.sha256_file(files[SAVED_MODEL_PB])}
+    (scratch / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    storage.upload_verified(scratch / MANIFEST_FILE, storage.join(target, MANIFEST_FILE))
+    storage.upload_verified(files[SAVED_MODEL_PB], storage.join(target, SAVED_MODEL_PB))
     stored = storage.list_files(target)
-    wrong = sorted(p for p, size in expected.items() if stored.get(p) != size)
-    if wrong:
-        raise PushError(f"version {version} at {target} does not match the source after the copy: {wrong}")
+    expected = {rel: entry["size"] for rel, entry in manifest["files"].items()}
+    expected[MANIFEST_FILE] = (scratch / MANIFEST_FILE).stat().st_size
+    if stored != expected:
+        wrong = sorted(set(stored) ^ set(expected) | {r for r in stored if stored[r] != expected.get(r)})
+        raise storage.IntegrityError(f"{target} does not list exactly the files pushed: {wrong}")
+    return manifest
+
+
+def _remove_partial(target: str) -> None:
+    """Best effort: remove a failed push's files (``saved_model.pb`` never got there). Locally
+    the emptied directory stays as the claim of its number."""
+    try:
+        if storage.is_s3(target):
+            storage.delete_dir(target)
+        else:
+            root = storage.local_path(target)
+            for child in root.iterdir() if root.is_dir() else ():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    except Exception as error:  # noqa: BLE001 - the push error matters more than the cleanup's
+        log.warning("could not remove the partial push at %s: %s", target, error)

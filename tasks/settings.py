@@ -2,14 +2,18 @@
 
 Library functions never read the environment; they receive a :class:`Settings`.
 
-========================  =============================================  ==========================
-variable                  meaning                                        default
-========================  =============================================  ==========================
-``TFPIPE_HOME``           all local state                                ``<repo>/.tfpipe``
-``TFPIPE_ARTIFACT_ROOT``  pipeline artifacts (local path or ``s3://``)   ``$TFPIPE_HOME/artifacts``
-``TFPIPE_MODEL_STORE``    serving model store (local path or ``s3://``)  ``$TFPIPE_HOME/model_store``
-``MLFLOW_TRACKING_URI``   any MLflow tracking server or store            ``sqlite:///$TFPIPE_HOME/mlflow/mlflow.db``
-========================  =============================================  ==========================
+* ``TFPIPE_HOME``: all local state (default ``<repo>/.tfpipe``).
+* ``TFPIPE_ARTIFACT_ROOT``: pipeline artifacts, a local path or ``s3://`` (default
+  ``$TFPIPE_HOME/artifacts``).
+* ``TFPIPE_MODEL_STORE``: the serving model store, a local path or ``s3://`` (default
+  ``$TFPIPE_HOME/model_store``).
+* ``MLFLOW_TRACKING_URI``: any MLflow tracking server or store (default
+  ``sqlite:///$TFPIPE_HOME/mlflow/mlflow.db``).
+* ``TFPIPE_SERVING_URL``: TensorFlow Serving's REST address. When set, a push (and a rollback)
+  waits until the server reports the new champion AVAILABLE and queries it (default: unset,
+  no server check).
+* ``TFPIPE_SERVING_BASE_PATH``: where TensorFlow Serving sees the store, written into
+  ``<store>/models.config`` (default: a local store's own path, else ``/models``).
 
 S3 endpoint and credentials come from the standard AWS variables (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``, ...) which boto3 reads itself; under Airflow, from the connection
@@ -42,6 +46,8 @@ class Settings:
     artifact_root: str
     model_store: str
     tracking_uri: str
+    serving_url: str | None = None
+    serving_base_path: str | None = None
 
     @property
     def mlflow_dir(self) -> Path:
@@ -73,4 +79,6 @@ class Settings:
             model_store=env.get("TFPIPE_MODEL_STORE") or str(home / "model_store"),
             tracking_uri=env.get("MLFLOW_TRACKING_URI")
             or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
+            serving_url=env.get("TFPIPE_SERVING_URL") or None,
+            serving_base_path=env.get("TFPIPE_SERVING_BASE_PATH") or None,
         )

@@ -8,21 +8,33 @@ written last, so a failed step leaves nothing a later step could mistake for com
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 SUCCESS_MARKER = "_SUCCESS"
+# Objects up to this size go up in one PutObject whose SHA-256 S3 checks on receipt; larger
+# ones in parts (each part's checksum checked by S3).
+SINGLE_PUT_LIMIT = 4 << 30
+_PRECONDITION_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 class ArtifactNotFoundError(FileNotFoundError):
     """An input artifact is missing or was never published completely."""
+
+
+class IntegrityError(RuntimeError):
+    """A copied file does not match its source (size or checksum)."""
 
 
 def is_s3(uri: str) -> bool:
@@ -166,6 +178,14 @@ def download_file(uri: str, dest: Path) -> Path:
     return dest
 
 
+def download_dir(uri: str, dest: Path) -> dict[str, int]:
+    """Copy every file below ``uri`` into ``dest``; returns relative path to size."""
+    files = list_files(uri)
+    for rel in files:
+        download_file(join(uri, rel), dest / rel)
+    return files
+
+
 def upload_file(local: Path, uri: str) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
@@ -251,12 +271,7 @@ def materialize(uri: str, cache_dir: Path) -> Path:
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{digest}-"))
-    bucket, prefix = split_s3(uri)
-    prefix = prefix.rstrip("/")
-    for rel, _size in files:
-        dest = staging / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        s3_client().download_file(bucket, f"{prefix}/{rel}", str(dest))
+    download_dir(uri, staging)
     (staging / ".materialized").write_text(uri)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
@@ -264,8 +279,115 @@ def materialize(uri: str, cache_dir: Path) -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    return _digests(path)[0].hexdigest()
+
+
+def _digests(path: Path) -> tuple[Any, Any]:
+    """SHA-256 and MD5 of a file in one pass."""
+    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            sha.update(chunk)
+            md5.update(chunk)
+    return sha, md5
+
+
+def upload_verified(local: Path, uri: str) -> dict[str, Any]:
+    """Copy one file to ``uri`` and prove the copy equals the source.
+
+    Locally the copy is read back and hashed. On S3 the object goes up with its SHA-256 and
+    MD5, which S3 checks on receipt, and is then checked with ``HeadObject``: its size, and its
+    stored SHA-256 (or, where an endpoint keeps none, its single-part ETag, the MD5).
+
+    Returns:
+        ``{"size": bytes, "sha256": hex}`` of the file.
+
+    Raises:
+        IntegrityError: The stored object differs from the source.
+    """
+    sha, md5 = _digests(local)
+    size = local.stat().st_size
+    record = {"size": size, "sha256": sha.hexdigest()}
+    if not is_s3(uri):
+        target = local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, target)
+        copied = target.stat().st_size, sha256_file(target)
+        if copied != (size, record["sha256"]):
+            raise IntegrityError(f"{uri}: the copy differs from {local} (size {copied[0]} vs {size})")
+        return record
+    bucket, key = split_s3(uri)
+    client = s3_client()
+    if size <= SINGLE_PUT_LIMIT:
+        with local.open("rb") as body:
+            client.put_object(Bucket=bucket, Key=key, Body=body,
+                              ContentMD5=base64.b64encode(md5.digest()).decode(),
+                              ChecksumSHA256=base64.b64encode(sha.digest()).decode())
+    else:
+        client.upload_file(str(local), bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+    head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    problems = []
+    if head["ContentLength"] != size:
+        problems.append(f"size {head['ContentLength']} != {size}")
+    stored_sha = head.get("ChecksumSHA256")
+    etag = head.get("ETag", "").strip('"')
+    if stored_sha and "-" not in stored_sha and stored_sha != base64.b64encode(sha.digest()).decode():
+        problems.append("SHA-256 differs")
+    elif not stored_sha and len(etag) == 32 and etag != md5.hexdigest():
+        problems.append(f"ETag {etag} is not the MD5 {md5.hexdigest()}")
+    if problems:
+        raise IntegrityError(f"{uri}: the stored object differs from {local}: {', '.join(problems)}")
+    return record
+
+
+def update_json(uri: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+                attempts: int = 50) -> dict[str, Any] | None:
+    """Read-modify-write one small JSON document without losing a concurrent writer's update.
+
+    ``change`` gets the current document (None when absent) and returns the new one (None: leave
+    it as it is). Locally the update holds an exclusive lock on ``<file>.lock``; on S3 it is
+    optimistic: the write is conditional on the ETag that was read (``If-Match``, or
+    ``If-None-Match: *`` when creating), and a lost race reads again.
+
+    Returns:
+        The document as written (or as found, when ``change`` returned None).
+    """
+    if not is_s3(uri):
+        import fcntl
+
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = json.loads(path.read_text()) if path.is_file() else None
+                new = change(current)
+                if new is None:
+                    return current
+                write_bytes(uri, json.dumps(new, indent=2).encode())
+                return new
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    client = s3_client()
+    for attempt in range(attempts):
+        try:
+            response = client.get_object(Bucket=bucket, Key=key)
+            current, condition = json.loads(response["Body"].read()), {"IfMatch": response["ETag"]}
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
+                raise
+            current, condition = None, {"IfNoneMatch": "*"}
+        new = change(current)
+        if new is None:
+            return current
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=json.dumps(new, indent=2).encode(), **condition)
+            return new
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in _PRECONDITION_CODES:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise RuntimeError(f"{uri}: gave up after {attempts} concurrent updates")

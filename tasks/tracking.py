@@ -124,11 +124,11 @@ class MlflowTracker:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def register_model(self, name: str, source: str, tags: Mapping[str, str]) -> str:
-        """Register ``source`` as a new version of ``name`` and make it the champion.
+    def register_model(self, name: str, source: str, tags: Mapping[str, str], champion: bool = True) -> str:
+        """Register ``source`` as a new version of ``name``; with ``champion``, move the alias to it.
 
-        The previous champion keeps a tag recording when it was replaced, so the history of
-        what served in production stays readable in the registry.
+        The previous champion keeps tags recording when and by which version it was replaced,
+        so the history of what served in production stays readable in the registry.
         """
         from mlflow.exceptions import MlflowException
 
@@ -140,17 +140,37 @@ class MlflowTracker:
         version = self.client.create_model_version(
             name, source, run_id=self.run_id, tags={k: str(v) for k, v in tags.items()}
         )
-        try:
-            previous = self.client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-        except MlflowException:
-            previous = None
-        if previous is not None and previous.version != version.version:
-            self.client.set_model_version_tag(
-                name, previous.version, "replaced_as_champion_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            )
-            self.client.set_model_version_tag(name, previous.version, "replaced_by_version", version.version)
-        self.client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
+        if champion:
+            move_champion_alias(self.client, name, str(version.version), "replaced")
         return str(version.version)
+
+
+def registry_version_for(client: Any, name: str, store_version: int) -> str | None:
+    """The registry version of ``name`` whose tag ``store_version`` is ``store_version``."""
+    found = client.search_model_versions(f"name = '{name}' and tag.store_version = '{store_version}'")
+    return str(max(int(v.version) for v in found)) if found else None
+
+
+def move_champion_alias(client: Any, name: str, version: str, verb: str) -> str | None:
+    """Point the alias ``champion`` at ``version``; the version it leaves is tagged
+    ``<verb>_as_champion_at`` and ``<verb>_by_version`` (``replaced`` by a push, ``rolled_back``).
+
+    Returns:
+        The registry version that was champion before, or None.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        previous = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException:
+        previous = None
+    before = str(previous.version) if previous is not None else None
+    if before is not None and before != str(version):
+        client.set_model_version_tag(name, before, f"{verb}_as_champion_at",
+                                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        client.set_model_version_tag(name, before, f"{verb}_by_version", str(version))
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
+    return before
 
 
 def _saved_model_pyfunc(feature_kinds: dict[str, str]):
@@ -401,6 +421,26 @@ class MlflowTracking:
         self.client.set_terminated(run.info.run_id, status="FINISHED")
 
 
+    def record_rollback(self, experiment: str, model_name: str, from_version: int | None, to_version: int,
+                        by: str, details: Mapping[str, Any]) -> dict[str, Any]:
+        """Move the registry alias ``champion`` to the version pushed as store version
+        ``to_version`` and log the rollback as a run of ``experiment`` (tag ``tfpipe.role=rollback``)."""
+        registry = registry_version_for(self.client, model_name, to_version)
+        previous = move_champion_alias(self.client, model_name, registry, "rolled_back") if registry else None
+        run = self.client.create_run(
+            self.experiment_id(experiment),
+            run_name=f"rollback {model_name} v{from_version} to v{to_version}",
+            tags={TAG_ROLE: "rollback", TAG_PIPELINE: experiment, "tfpipe.model_name": model_name,
+                  "tfpipe.rolled_back_by": by},
+        )
+        tracker = MlflowTracker(self.client, run.info.run_id)
+        tracker.log_params({"model_name": model_name, "from_store_version": from_version,
+                            "to_store_version": to_version, "to_registry_version": registry or "",
+                            "from_registry_version": previous or ""})
+        tracker.log_dict(dict(details), "rollback.json")
+        self.client.set_terminated(run.info.run_id, status="FINISHED")
+        return {"run_id": run.info.run_id, "registry_version": registry, "previous_registry_version": previous}
+
     def pipeline_summary(self, pipeline: str, run_id: str | None = None) -> dict[str, Any] | None:
         """What a pipeline run did, read back from its MLflow runs (the latest run by default)."""
         experiment = self.client.get_experiment_by_name(pipeline)
@@ -436,6 +476,7 @@ class MlflowTracking:
                         "uri": child.data.params.get("pushed_uri"),
                         "version": child.data.params.get("pushed_version"),
                         "registry_version": child.data.tags.get("tfpipe.registry_version"),
+                        "champion": child.data.tags.get("tfpipe.champion"),
                     }
         return {
             "run_id": parent.data.tags.get(TAG_RUN_KEY),

@@ -26,6 +26,29 @@ os.environ.pop("TFPIPE_HOME", None)
 PENGUINS_CSV = Path(str(importlib.resources.files("palmerpenguins").joinpath("data", "penguins.csv")))
 
 
+def run_concurrently(fn, count: int) -> list:
+    """``fn(i)`` for i in range(count), each on its own thread, all started before any is joined;
+    the results in completion order. The first error is raised after all have finished."""
+    import threading
+
+    results, errors = [], []
+
+    def run(i):
+        try:
+            results.append(fn(i))
+        except Exception as error:  # noqa: BLE001 - raised below, once all threads are done
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 class Recorder:
     """A training ``Progress`` that keeps what it was told (steps with loss and rate, epoch records)."""
 
@@ -77,3 +100,30 @@ def copy_csv(tmp_path: Path):
         return target
 
     return _copy
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny penguins model, trained once per test session: examples, model, and where they live."""
+    from tasks.config import load_pipeline
+    from tasks.ingest import ingest_examples
+    from tasks.model import model_spec_from
+    from tasks.train import train_model
+    from tasks.validate import load_schema, load_statistics, validate_examples
+
+    root = tmp_path_factory.mktemp("trained")
+    config = load_pipeline(write_pipeline(root, train={"epochs": 4, "batch_size": 32, "learning_rate": 0.03}))
+    cache, work = root / "cache", root / "work"
+    examples = ingest_examples(config, config.data.source, str(root / "examples"), work)
+    validation = validate_examples(examples.uri, str(root / "statistics"), str(root / "anomalies"),
+                                   str(root / "schema.pbtxt"), "species", cache, work)
+    spec = model_spec_from(load_schema(validation.statistics_uri, cache),
+                           load_statistics(validation.statistics_uri, "train", cache),
+                           label="species", task="multiclass",
+                           features=[c for c in examples.columns if c != "species"],
+                           hidden_units=[16], embedding_dim=3)
+    progress = Recorder()
+    model = train_model(examples.uri, spec, config.train, str(root / "model"), root / "ckpt", cache, work,
+                        progress=progress)
+    return {"root": root, "config": config, "examples": examples, "model": model, "epochs": progress.epochs,
+            "steps": progress.steps, "cache": cache, "work": work}

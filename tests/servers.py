@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import numpy as np
 
 
 def free_port() -> int:
@@ -71,3 +80,133 @@ def mlflow_server(workdir: Path):
             os.killpg(proc.pid, 9)
             proc.wait()
         log.close()
+
+
+class _QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@contextmanager
+def _serve(handler: type[BaseHTTPRequestHandler]):
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@contextmanager
+def model_server(models_config: Path):
+    """TensorFlow Serving's REST API (model status and ``:predict``) on 127.0.0.1, over the real
+    SavedModels that ``models_config`` points at.
+
+    The ``tensorflow_model_server`` binary is distributed neither on PyPI nor in Debian, so the
+    tests cannot start it here; this server follows its contract for what tfpipe uses: it
+    rereads the config on each request (as the real one polls it), serves only the versions
+    its ``specific`` policy names, reports them AVAILABLE once loaded, and answers
+    ``serving_default`` on base64 ``examples``.
+    """
+    import tensorflow as tf
+
+    from tasks.model_store import parse_models_config
+
+    loaded: dict[tuple[str, int], object] = {}
+    lock = threading.Lock()
+
+    def served(name: str, version: int):
+        text = models_config.read_text() if models_config.is_file() else ""
+        entries = parse_models_config(text) if text else {}
+        if name not in entries or version not in entries[name][1]:
+            return None
+        with lock:
+            if (name, version) not in loaded:
+                path = Path(entries[name][0]) / str(version)
+                loaded[(name, version)] = tf.saved_model.load(str(path)).signatures["serving_default"]
+            return loaded[(name, version)]
+
+    class Handler(_QuietHandler):
+        def _reply(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _route(self):
+            match = re.fullmatch(r"/v1/models/([^/]+)/versions/(\d+)(:predict)?", self.path)
+            return (match.group(1), int(match.group(2)), bool(match.group(3))) if match else None
+
+        def do_GET(self):
+            route = self._route()
+            if route is None or route[2]:
+                return self._reply(404, {"error": "Malformed request"})
+            name, version, _ = route
+            if served(name, version) is None:
+                return self._reply(404, {"error": f"Servable not found for request: Specific({name}, {version})"})
+            self._reply(200, {"model_version_status": [
+                {"version": str(version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]})
+
+        def do_POST(self):
+            route = self._route()
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if route is None or not route[2]:
+                return self._reply(404, {"error": "Malformed request"})
+            signature = served(route[0], route[1])
+            if signature is None:
+                return self._reply(404, {"error": f"Servable not found for request: Specific({route[0]}, {route[1]})"})
+            records = [base64.b64decode(item["b64"]) for item in body["inputs"]["examples"]]
+            outputs = signature(examples=tf.constant(records))
+            self._reply(200, {"outputs": {
+                key: np.vectorize(lambda v: v.decode(), otypes=[str])(value.numpy()).tolist()
+                if value.dtype == tf.string else value.numpy().tolist()
+                for key, value in outputs.items()}})
+
+    with _serve(Handler) as url:
+        yield url
+
+
+@contextmanager
+def failing_s3_proxy(endpoint: str, fail_when):
+    """An S3 endpoint in front of ``endpoint`` that breaks uploads mid-way: for a ``PUT`` whose
+    path ``fail_when(path)`` accepts, it reads part of the body, then drops the connection
+    without answering. Everything else is forwarded."""
+    target = urllib.parse.urlparse(endpoint)
+
+    class Handler(_QuietHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            if self.command == "PUT" and fail_when(self.path):
+                self.rfile.read(length // 2)
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            body = self.rfile.read(length) if length else None
+            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            conn.request(self.command, self.path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            self.send_response(response.status)
+            head = self.command == "HEAD"  # no body, but the object's own Content-Length
+            for key, value in response.getheaders():
+                if key.lower() not in ("transfer-encoding", "connection") and (head or key.lower() != "content-length"):
+                    self.send_header(key, value)
+            if not head:
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+    with _serve(Handler) as url:
+        yield url

@@ -49,7 +49,7 @@ def dag(tmp_path_factory):
 
 def test_dags_import_without_errors(parsed):
     assert parsed["errors"] == {}
-    assert parsed["dags"] == sorted(p.stem for p in (DAGS / "pipelines").glob("*.yaml"))
+    assert parsed["dags"] == sorted([*(p.stem for p in (DAGS / "pipelines").glob("*.yaml")), "rollback_model"])
 
 
 def test_parsing_imports_nothing_heavy_and_looks_up_no_connection(parsed):
@@ -98,3 +98,23 @@ def test_trigger_form_params_are_typed_bounded_and_described(dag):
     strategy = params.get_param("strategy")
     assert strategy.schema == {"type": "string", "enum": ["auto", "one_device", "mirrored", "multi_worker"]}
     assert strategy.value == "auto" and "multi_worker" in strategy.description
+
+
+@pytest.fixture(scope="module")
+def rollback_dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS)).dags["rollback_model"]
+
+
+def test_rollback_dag_is_manual_with_a_model_choice_and_an_optional_version(rollback_dag):
+    assert rollback_dag.schedule is None
+    assert list(rollback_dag.task_dict) == ["rollback_model"]
+    assert "release" in rollback_dag.tags and "champion" in rollback_dag.doc_md
+    model = rollback_dag.params.get_param("model")
+    assert model.schema["enum"] == ["penguins"] and model.description
+    version = rollback_dag.params.get_param("to_version")
+    assert version.schema == {"type": ["null", "integer"], "minimum": 1}
+    assert version.value is None and version.description
+    task = rollback_dag.task_dict["rollback_model"]
+    assert task.retries >= 1 and task.execution_timeout is not None

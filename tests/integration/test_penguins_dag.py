@@ -111,6 +111,15 @@ def test_pushed_model_is_in_s3_and_serves(services, blessed_run):
     records, labels = eval_data(examples_uri, read_model_spec(f"{run_root}/{run_dir}/model"), services["root"] / "c")
     predicted = serve(examples=tf.constant(records))["predicted_class"].numpy().astype(str)
     assert (predicted == labels).mean() > 0.85
+    # What TF Serving needs: warm-up requests in the version, the champion in models.config.
+    from tasks.model_store import parse_models_config, read_champion, read_manifest
+    from tasks.serving import WARMUP_FILE, read_warmup_requests
+
+    assert len(read_warmup_requests(local / WARMUP_FILE)) == 16
+    assert "saved_model.pb" in read_manifest(f"s3://{BUCKET}/model_store/penguins/1")["files"]
+    assert read_champion(f"s3://{BUCKET}/model_store", "penguins")["version"] == 1
+    config = storage.read_bytes(f"s3://{BUCKET}/model_store/models.config").decode()
+    assert parse_models_config(config) == {"penguins": ("/models/penguins", [1])}
 
 
 def test_mlflow_run_tree_holds_every_artifact(services, blessed_run):
@@ -127,7 +136,8 @@ def test_mlflow_run_tree_holds_every_artifact(services, blessed_run):
         "train_model": ["plots/training_curves.png", "model/MLmodel", "model/artifacts/saved_model/saved_model.pb",
                         "model/model_spec.json", "model/input_example.json"],
         "evaluate_model": ["evaluation/blessing.json", "plots/confusion_matrix.png", "plots/roc_pr_curves.png"],
-        "optimize_model": ["optimization/report.json"],
+        "optimize_model": ["optimization/report.json", "plots/tradeoff.png"],
+        "push_model": ["push/pushed_model.json"],
     }
     for step, paths in expected.items():
         listed = _artifacts(client, children[step].info.run_id)
@@ -170,7 +180,7 @@ def test_trained_model_is_an_mlflow_model_with_signature_and_input_example(servi
 
 def test_unmet_threshold_pushes_nothing(services, dag, blessed_run):
     from tasks import storage
-    from tasks.push import versions
+    from tasks.model_store import versions
 
     before = storage.list_files(f"s3://{BUCKET}/model_store/penguins/1")
     dag_run = dag.test(run_conf={"epochs": 1, "learning_rate": 1e-6, "accuracy_threshold": 0.99})
@@ -213,3 +223,36 @@ def test_s3_credentials_from_the_aws_default_connection(services, dag, blessed_r
         os.environ.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
         os.environ.update(saved)
         storage.reset_clients()
+
+
+def test_rollback_dag_moves_the_champion_back(services, dag, blessed_run):
+    """A second push (tfpipe run, gate relaxed so that it blesses) becomes champion; the
+    rollback_model DAG returns to v1."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tasks import storage
+    from tasks.model_store import parse_models_config, read_champion
+    from tasks.pipeline import make_context, run_pipeline
+    from tasks.settings import Settings
+
+    store = os.environ["TFPIPE_MODEL_STORE"]
+    ctx = make_context("penguins", run_id="second-push", settings=Settings.from_env(),
+                       overrides={"train.epochs": 10, "gate.metrics.accuracy.max_decrease": 1.0})
+    pushed = run_pipeline(ctx)["push_model"]
+    newest = read_champion(store, "penguins")["version"]
+    assert newest == pushed["version"] == pushed["champion"]
+    assert newest > 1
+    rollback = DagBag(dag_folder=str(REPO / "dags")).dags["rollback_model"]
+    for task in rollback.tasks:
+        task.retries = 0
+    dag_run = rollback.test(run_conf={"model": "penguins", "to_version": 1})
+    assert _states(dag_run) == {"rollback_model": "success"}
+    record = read_champion(store, "penguins")
+    assert record["version"] == 1 and record["reason"] == "rollback" and record["by"].startswith("airflow:rollback_model/")
+    config = storage.read_bytes(f"{store}/models.config").decode()
+    assert parse_models_config(config)["penguins"][1] == [1]
+    client = _client(services)
+    assert client.get_model_version_by_alias("penguins", "champion").tags["store_version"] == "1"
+    runs = client.search_runs([client.get_experiment_by_name("penguins").experiment_id],
+                              "tags.`tfpipe.role` = 'rollback'")
+    assert runs and runs[0].data.params["from_store_version"] == str(newest)

@@ -77,3 +77,22 @@ def test_bench_train_contract_and_mlflow_run(tmp_path, home):
     assert run.data.metrics["ratio.workers_2_over_workers_1"] == result["ratios"]["workers_2/workers_1"]
     met = result["targets"]["ours/keras_fit >= 1"]
     assert run.data.tags["target.ours/keras_fit"] == f"{'met' if met else 'missed'} (>= 1)"
+
+
+def test_bench_optimize_contract(tmp_path, capsys):
+    out = tmp_path / "optimize.json"
+    assert main(["bench", "optimize", "--rows", "3000", "--repeat", "1", "--batch-size", "256", "--out", str(out),
+                 "--no-mlflow"]) == 0
+    result = json.loads(out.read_text())
+    built = {"saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_range", "tflite_int8", "pruned"}
+    assert built - set(result["rejected"]) <= set(result["variants"]) <= built | {"floor", "tensorrt_fp16"}
+    _check_contract(result, "optimize", set(result["variants"]))
+    assert result["checks"] == {"every_variant_answered_the_eval_examples": True}
+    for name, row in result["variants"].items():
+        assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"], name
+        if name != "floor":
+            assert row["gzip_bytes"] <= row["size_bytes"] and "accuracy" in row, name
+    assert result["variants"]["tflite_int8"]["size_bytes"] < result["variants"]["tflite_float32"]["size_bytes"]
+    assert set(result["ratios"]) == {f"{n}/saved_model" for n in result["variants"] if n != "saved_model"}
+    printed = capsys.readouterr().out
+    assert "tflite_int8/saved_model" in printed and "quality_drop" not in printed and "p50 ms" in printed

@@ -1,42 +1,18 @@
 """train, evaluate, optimize and push on one tiny trained model (trained once per module)."""
 
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tasks.config import GateConfig, MetricGate, load_pipeline
+from tasks.config import GateConfig, MetricGate
 from tasks.evaluate import evaluate_model, gate_checks, read_blessing
-from tasks.ingest import ingest_examples
-from tasks.model import model_spec_from
 from tasks.optimize import optimize_model
-from tasks.push import PushError, champion, claim_version, push_model, versions
+from tasks.model_store import champion, claim_version, versions
+from tasks.push import PushError, push_model
+from tests.conftest import run_concurrently
 from tasks.train import FEATURES_SIGNATURE, SERVING_SIGNATURE, read_model_spec, train_model
-from tasks.validate import load_schema, load_statistics, validate_examples
-from tests.conftest import Recorder, write_pipeline
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained")
-    config = load_pipeline(write_pipeline(root, train={"epochs": 4, "batch_size": 32, "learning_rate": 0.03}))
-    cache, work = root / "cache", root / "work"
-    examples = ingest_examples(config, config.data.source, str(root / "examples"), work)
-    validation = validate_examples(examples.uri, str(root / "statistics"), str(root / "anomalies"),
-                                   str(root / "schema.pbtxt"), "species", cache, work)
-    spec = model_spec_from(load_schema(validation.statistics_uri, cache),
-                           load_statistics(validation.statistics_uri, "train", cache),
-                           label="species", task="multiclass",
-                           features=[c for c in examples.columns if c != "species"],
-                           hidden_units=[16], embedding_dim=3)
-    progress = Recorder()
-    model = train_model(examples.uri, spec, config.train, str(root / "model"), root / "ckpt", cache, work,
-                        progress=progress)
-    return {"root": root, "config": config, "examples": examples, "model": model, "epochs": progress.epochs,
-            "steps": progress.steps, "cache": cache, "work": work}
-
 
 
 def test_model_spec_comes_from_schema_and_statistics(trained):
@@ -148,20 +124,80 @@ def test_champion_is_evaluated_on_the_same_examples(trained, tmp_path):
         assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
-def test_optimize_measures_tflite_variant(trained):
-    result = optimize_model(trained["model"].uri, trained["examples"].uri, 0.02, str(trained["root"] / "optimized"),
-                            trained["cache"], trained["work"])
-    variants = result.report["variants"]
-    tflite = variants["tflite_dynamic_range"]
-    assert tflite["size_bytes"] < variants["saved_model"]["size_bytes"]
-    assert abs(tflite["accuracy"] - variants["saved_model"]["accuracy"]) <= 0.02
-    assert tflite["kept"] and (trained["root"] / "optimized" / tflite["file"]).is_file()
-    assert json.loads((trained["root"] / "optimized" / "report.json").read_text()) == result.report
-    float32, float16 = variants["tflite_float32"], variants["tflite_float16"]
-    assert float32["accuracy"] == variants["saved_model"]["accuracy"]  # the same model, unquantized
+@pytest.fixture(scope="module")
+def optimized(trained):
+    from tasks.optimize import Measurement
+
+    return optimize_model(trained["model"].uri, trained["examples"].uri, 0.02, str(trained["root"] / "optimized"),
+                          trained["cache"], trained["work"], representative_examples=64,
+                          pruning={"target_sparsity": 0.6, "epochs": 2},
+                          measurement=Measurement(latency_runs=30, throughput_batch=256, throughput_seconds=0.1))
+
+
+def test_optimize_measures_every_variant_against_the_original(trained, optimized):
+    variants = optimized.report["variants"]
+    original = variants["saved_model"]
+    assert list(variants) == ["saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_range",
+                              "tflite_int8", "pruned", "tensorrt_fp16"]
+    for name, row in variants.items():
+        if row.get("skipped"):
+            continue
+        assert row["size_bytes"] > 0 and 0 < row["gzip_bytes"], name
+        assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"], name
+        assert row["throughput_per_second"] > 0, name
+        assert abs(row["accuracy"] - original["accuracy"]) == pytest.approx(abs(row["quality_drop"])), name
+    assert variants["tflite_float32"]["accuracy"] == original["accuracy"]  # the same model, unquantized
+    assert variants["tflite_dynamic_range"]["size_bytes"] < original["size_bytes"]
     # This model's weights are tiny: float16 saves less than its dequantize ops add, so only quality is checked.
-    assert float16["quality_drop"] <= 0.02 and float16["size_bytes"] > 0
-    assert {"tflite_float32", "tflite_float16", "tflite_dynamic_range"} <= set(result.kept)
+    assert variants["tflite_float16"]["quality_drop"] <= 0.02
+    assert variants["tflite_int8"]["representative_examples"] == 64
+    assert json.loads((Path(optimized.uri) / "report.json").read_text()) == optimized.report
+    assert (Path(optimized.uri) / "tradeoff.png").read_bytes().startswith(b"\x89PNG")
+    for name in optimized.kept[1:]:
+        assert (Path(optimized.uri) / variants[name]["file"]).exists(), name
+
+
+def test_int8_variant_runs_integer_kernels(optimized):
+    import tensorflow as tf
+
+    model = (Path(optimized.uri) / optimized.report["variants"]["tflite_int8"]["file"]).read_bytes()
+    kinds = {d["dtype"] for d in tf.lite.Interpreter(model_content=model).get_tensor_details()}
+    assert np.int8 in kinds  # quantized weights and activations
+    assert optimized.report["variants"]["tflite_int8"]["quality_drop"] <= 0.02
+
+
+def test_pruned_variant_reaches_its_sparsity_and_serves(trained, optimized):
+    import tensorflow as tf
+
+    row = optimized.report["variants"]["pruned"]
+    assert set(row["sparsity"]) == {"hidden_0", "logits"}
+    assert all(s == pytest.approx(0.6, abs=0.02) for s in row["sparsity"].values())
+    loaded = tf.saved_model.load(str(Path(optimized.uri) / row["file"]))
+    assert set(loaded.signatures) == {SERVING_SIGNATURE, FEATURES_SIGNATURE}
+    kernel = [v for v in loaded.signatures[FEATURES_SIGNATURE].variables if "hidden_0/kernel" in v.name][0].numpy()
+    assert np.mean(kernel == 0) == pytest.approx(0.6, abs=0.02)
+
+
+def test_tensorrt_without_a_gpu_is_a_recorded_skip(optimized):
+    import tensorflow as tf
+
+    row = optimized.report["variants"]["tensorrt_fp16"]
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is present: the variant is built and measured instead")
+    assert row["skipped"] and not row["kept"] and "no GPU" in row["reason"]
+
+
+def test_a_variant_beyond_the_tolerance_is_rejected_and_not_published(trained, tmp_path):
+    from tasks.optimize import Measurement
+
+    # A tolerance below zero: no variant can pass, not even one as good as the original.
+    result = optimize_model(trained["model"].uri, trained["examples"].uri, -0.5, str(tmp_path / "optimized"),
+                            trained["cache"], trained["work"], variants=("tflite_float32",),
+                            measurement=Measurement(latency_runs=10, throughput_batch=64, throughput_seconds=0.05))
+    row = result.report["variants"]["tflite_float32"]
+    assert not row["kept"] and "exceeds -0.5" in row["reason"]
+    assert result.kept == ["saved_model"]
+    assert not (tmp_path / "optimized" / row["file"]).exists()
 
 
 def test_push_versions_increase_and_never_overwrite(trained, tmp_path):
@@ -186,12 +222,7 @@ def test_push_refuses_an_unblessed_model(trained, tmp_path):
 
 def test_concurrent_claims_get_distinct_versions(tmp_path):
     store = str(tmp_path / "store")
-    claimed: list[int] = []
-    threads = [threading.Thread(target=lambda i=i: claimed.append(claim_version(store, "m", f"w{i}"))) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    claimed = run_concurrently(lambda i: claim_version(store, "m", f"w{i}"), 8)
     assert sorted(claimed) == list(range(1, 9))
 
 

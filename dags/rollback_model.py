@@ -1,0 +1,73 @@
+"""
+### rollback_model
+
+Moves a model's **champion** (the version TensorFlow Serving serves) back to an earlier version
+in the model store: by default the previous champion, or the version you name.
+
+1. The store's champion pointer (`<store>/<model>/champion.json`) and TensorFlow Serving's
+   `<store>/models.config` are rewritten; a server polling that file switches versions, loading
+   the new one before unloading the old.
+2. With `TFPIPE_SERVING_URL` set, the task waits until TensorFlow Serving reports the version
+   AVAILABLE and answers its warm-up requests as before.
+3. The MLflow Model Registry alias `champion` follows; the version it leaves is tagged
+   `rolled_back_as_champion_at` / `rolled_back_by_version`, and the rollback is an MLflow run
+   (tag `tfpipe.role=rollback`) in the pipeline's experiment.
+
+The same from a shell: `tfpipe rollback <model> [--to VERSION]`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+
+from dags.airflow_support import DEFAULT_ARGS, export_aws_connection
+
+
+def _model_names() -> list[str]:
+    from tasks.config import ConfigError, discover_pipelines, load_pipeline
+
+    names = set()
+    for path in discover_pipelines():
+        try:
+            names.add(load_pipeline(path).model_name)
+        except ConfigError:
+            continue  # the pipeline's own DAG file reports its config error
+    return sorted(names)
+
+
+MODELS = _model_names()
+
+
+@dag(
+    dag_id="rollback_model",
+    description="Move a model's champion back to an earlier version and update serving",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "retries": 1},
+    params={
+        "model": Param(MODELS[0] if MODELS else "", type="string", **({"enum": MODELS} if MODELS else {}),
+                       description="The model (folder in the model store, registered model in MLflow)."),
+        "to_version": Param(None, type=["null", "integer"], minimum=1,
+                            description="Store version to serve. Empty: the previous champion."),
+    },
+    tags=["tfpipe", "release"],
+)
+def rollback_model():
+    @task(execution_timeout=timedelta(minutes=30))
+    def rollback_model(params=None, run_id=None, ti=None):
+        from tasks.pipeline import rollback_model as rollback
+        from tasks.settings import Settings
+
+        export_aws_connection()
+        return rollback(Settings.from_env(), params["model"], params.get("to_version"),
+                        by=f"airflow:{ti.dag_id}/{run_id}")
+
+    rollback_model()
+
+
+rollback_model()

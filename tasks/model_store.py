@@ -1,0 +1,411 @@
+"""The serving model store: TensorFlow Serving's ``<model>/<version>/`` layout, and what tells
+TensorFlow Serving which version to serve.
+
+::
+
+    <store>/models.config                 TF Serving's model config: the champion of every model
+    <store>/<model>/champion.json         the version served, since when, and the history
+    <store>/<model>/<version>/            one pushed SavedModel, complete once saved_model.pb exists:
+        saved_model.pb, variables/, assets.extra/tf_serving_warmup_requests,
+        variants/ (the optimized variants kept), tfpipe_manifest.json (size, SHA-256 of each file)
+    <store>/<model>/.claims/<version>     claims of version numbers (S3)
+
+* **Versions** are increasing integers claimed before any file is written: locally by creating
+  the directory (``mkdir`` fails if it exists), on S3 by a conditional ``PutObject``
+  (``If-None-Match: *``) of ``.claims/<version>``. A claimed number is never reused.
+* **The champion** is the version served. It is a pointer (``champion.json``), not "the
+  latest version", so a rollback can move it back. A push promotes its version unless a newer
+  one is champion already (two concurrent pushes: the later version wins whichever finishes
+  first). ``models.config`` serves exactly the champion
+  (``model_version_policy { specific { versions: N } }``), and TensorFlow Serving, polling
+  that file (``--model_config_file_poll_wait_seconds``), loads the new version before it
+  unloads the old one.
+* **Retention** keeps the newest ``keep`` versions and the champion; an older version is
+  removed only once a newer one is champion.
+* TensorFlow Serving 2.7 and later cannot read ``s3://``: :func:`sync_store` mirrors a store into
+  a local directory, where every version appears complete (renamed into place after its
+  checksums were verified) or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks import artifacts, storage
+
+log = logging.getLogger(__name__)
+
+SAVED_MODEL_PB = "saved_model.pb"
+CLAIMS = ".claims"
+CHAMPION_FILE = "champion.json"
+MODELS_CONFIG = "models.config"
+MANIFEST_FILE = "tfpipe_manifest.json"
+HISTORY_LIMIT = 200
+
+
+class ModelStoreError(RuntimeError):
+    """A model store operation could not be done; the message says why."""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def versions(model_store: str, model_name: str) -> list[int]:
+    """Complete versions (those with ``saved_model.pb``), ascending."""
+    root = artifacts.model_dir_uri(model_store, model_name)
+    found = []
+    for name in storage.list_dir(root):
+        if name.isdigit() and storage.exists(storage.join(root, name, SAVED_MODEL_PB)):
+            found.append(int(name))
+    return sorted(found)
+
+
+def models(model_store: str) -> list[str]:
+    """Names of the models in a store (folders holding a champion pointer or a version)."""
+    found = []
+    for name in storage.list_dir(model_store):
+        if name.startswith(".") or name == MODELS_CONFIG:
+            continue
+        children = storage.list_dir(storage.join(model_store, name))
+        if CHAMPION_FILE in children or any(c.isdigit() for c in children):
+            found.append(name)
+    return found
+
+
+def _claimed(model_store: str, model_name: str) -> set[int]:
+    root = artifacts.model_dir_uri(model_store, model_name)
+    taken = {int(n) for n in storage.list_dir(root) if n.isdigit()}
+    taken |= {int(n) for n in storage.list_dir(storage.join(root, CLAIMS)) if n.isdigit()}
+    return taken
+
+
+def _try_claim(model_store: str, model_name: str, version: int, owner: str) -> bool:
+    if storage.is_s3(model_store):
+        from botocore.exceptions import ClientError
+
+        bucket, key = storage.split_s3(storage.join(artifacts.model_dir_uri(model_store, model_name), CLAIMS, str(version)))
+        try:
+            storage.s3_client().put_object(Bucket=bucket, Key=key, Body=owner.encode(), IfNoneMatch="*")
+            return True
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+    try:
+        storage.local_path(artifacts.model_version_uri(model_store, model_name, version)).mkdir(parents=True)
+        return True
+    except FileExistsError:
+        return False
+
+
+def claim_version(model_store: str, model_name: str, owner: str, attempts: int = 100) -> int:
+    """Atomically claim the next free version number."""
+    for _ in range(attempts):
+        candidate = max(_claimed(model_store, model_name), default=0) + 1
+        if _try_claim(model_store, model_name, candidate, owner):
+            return candidate
+    raise ModelStoreError(f"could not claim a version of {model_name} in {model_store} after {attempts} attempts")
+
+
+def champion_uri(model_store: str, model_name: str) -> str:
+    return storage.join(artifacts.model_dir_uri(model_store, model_name), CHAMPION_FILE)
+
+
+def read_champion(model_store: str, model_name: str) -> dict[str, Any] | None:
+    """The champion record (``version``, ``since``, ``by``, ``reason``, ``history``), or None."""
+    uri = champion_uri(model_store, model_name)
+    if not storage.exists(uri):
+        return None
+    return json.loads(storage.read_bytes(uri))
+
+
+def champion(model_store: str, model_name: str) -> tuple[int, str] | None:
+    """``(version, uri)`` of the model being served: the champion pointer, or in a store that
+    has none yet the latest complete version; None on a cold start."""
+    record = read_champion(model_store, model_name)
+    if record is not None:
+        version = int(record["version"])
+    else:
+        done = versions(model_store, model_name)
+        if not done:
+            return None
+        version = done[-1]
+    return version, artifacts.model_version_uri(model_store, model_name, version)
+
+
+@dataclass(frozen=True)
+class ChampionChange:
+    """What :func:`set_champion` did: ``previous`` is the champion before (None on a cold start)."""
+
+    model_name: str
+    version: int
+    previous: int | None
+    changed: bool
+    record: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def set_champion(model_store: str, model_name: str, version: int, by: str, reason: str,
+                 only_if_newer: bool = False) -> ChampionChange:
+    """Make ``version`` the champion; concurrent updates are serialized (see :func:`storage.update_json`).
+
+    Args:
+        only_if_newer: A push: leave a newer champion in place.
+
+    Raises:
+        ModelStoreError: ``version`` is not a complete version of the model.
+    """
+    if version not in versions(model_store, model_name):
+        raise ModelStoreError(f"{model_name} has no complete version {version} in {model_store} "
+                              f"(versions: {versions(model_store, model_name) or 'none'})")
+    before: dict[str, Any] = {}
+
+    def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
+        before["record"] = current
+        if current is not None and (current["version"] == version or (only_if_newer and current["version"] > version)):
+            return None
+        now = _now()
+        history = list(current.get("history", [])) if current else []
+        if current is not None:
+            history.append({k: current[k] for k in ("version", "since", "by", "reason")} | {"until": now})
+        return {"model": model_name, "version": version, "since": now, "by": by, "reason": reason,
+                "history": history[-HISTORY_LIMIT:]}
+
+    record = storage.update_json(champion_uri(model_store, model_name), change)
+    previous = before["record"]["version"] if before.get("record") else None
+    return ChampionChange(model_name, int(record["version"]), previous, record["version"] == version and
+                          previous != version, record)
+
+
+def rollback_target(model_store: str, model_name: str) -> int:
+    """The version a rollback without ``--to`` returns to: the latest earlier champion that is
+    older than the current one and still in the store, else the newest older version."""
+    record = read_champion(model_store, model_name)
+    if record is None:
+        raise ModelStoreError(f"{model_name} has no champion in {model_store}: nothing to roll back")
+    current = int(record["version"])
+    available = set(versions(model_store, model_name))
+    for entry in reversed(record.get("history", [])):
+        if entry["version"] < current and entry["version"] in available:
+            return int(entry["version"])
+    older = sorted(v for v in available if v < current)
+    if not older:
+        raise ModelStoreError(f"{model_name} v{current} is the oldest version in {model_store}: nothing to roll back to")
+    return older[-1]
+
+
+def serving_base_path(model_store: str, override: str | None = None) -> str:
+    """Where TensorFlow Serving finds the store: ``override``; a local store's own path; else
+    ``/models`` (the conventional mount of a store synced by ``tfpipe serving-sync``)."""
+    if override:
+        return override.rstrip("/")
+    if storage.is_s3(model_store):
+        return "/models"
+    return str(storage.local_path(model_store).resolve())
+
+
+def render_models_config(champions: dict[str, int], base_path: str) -> str:
+    """TensorFlow Serving's ``ModelServerConfig`` (text format) serving each model's champion."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    for name, version in sorted(champions.items()):
+        entry = config.model_config_list.config.add()
+        entry.name = name
+        entry.base_path = f"{base_path.rstrip('/')}/{name}"
+        entry.model_platform = "tensorflow"
+        entry.model_version_policy.specific.versions.append(int(version))
+    return "# Written by tfpipe: each model's champion. Edits are overwritten.\n" + text_format.MessageToString(config)
+
+
+def parse_models_config(text: str) -> dict[str, tuple[str, list[int]]]:
+    """``models.config`` text to ``{model: (base_path, versions)}``."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    return {c.name: (c.base_path, list(c.model_version_policy.specific.versions))
+            for c in config.model_config_list.config}
+
+
+def champions(model_store: str) -> dict[str, int]:
+    """Every model of the store that has a champion, to its champion version."""
+    found = {}
+    for name in models(model_store):
+        current = champion(model_store, name)
+        if current is not None:
+            found[name] = current[0]
+    return found
+
+
+def write_models_config(model_store: str, base_path: str | None = None) -> str:
+    """Rewrite ``<store>/models.config`` from the champion pointers; returns its URI."""
+    uri = storage.join(model_store, MODELS_CONFIG)
+    text = render_models_config(champions(model_store), serving_base_path(model_store, base_path))
+    storage.write_bytes(uri, text.encode())
+    return uri
+
+
+def delete_version(model_store: str, model_name: str, version: int) -> None:
+    """Remove a version; ``saved_model.pb`` goes first, so it stops counting as complete at once."""
+    uri = artifacts.model_version_uri(model_store, model_name, version)
+    if storage.is_s3(uri):
+        bucket, key = storage.split_s3(storage.join(uri, SAVED_MODEL_PB))
+        storage.s3_client().delete_object(Bucket=bucket, Key=key)
+        storage.delete_dir(uri)
+        return
+    path = storage.local_path(uri)
+    if path.is_dir():
+        doomed = path.with_name(f".{path.name}.deleted-{uuid.uuid4().hex[:8]}")
+        os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def discard_version(model_store: str, model_name: str, version: int) -> None:
+    """Remove a version that must never be served (it failed a check). Its number stays
+    claimed: on S3 by its claim, locally by the emptied directory."""
+    uri = artifacts.model_version_uri(model_store, model_name, version)
+    if storage.is_s3(uri):
+        delete_version(model_store, model_name, version)
+        return
+    root = storage.local_path(uri)
+    (root / SAVED_MODEL_PB).unlink(missing_ok=True)
+    for child in root.iterdir() if root.is_dir() else ():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def restore_champion(model_store: str, model_name: str, previous: int | None, by: str, reason: str) -> None:
+    """Undo a promotion: ``previous`` is champion again, or (a cold start) no version is."""
+    if previous is not None:
+        set_champion(model_store, model_name, previous, by=by, reason=reason)
+        return
+    uri = champion_uri(model_store, model_name)
+    if storage.is_s3(uri):
+        bucket, key = storage.split_s3(uri)
+        storage.s3_client().delete_object(Bucket=bucket, Key=key)
+    else:
+        storage.local_path(uri).unlink(missing_ok=True)
+
+
+def apply_retention(model_store: str, model_name: str, keep: int) -> list[int]:
+    """Remove complete versions older than the champion beyond the newest ``keep``.
+
+    Returns:
+        The versions removed.
+    """
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
+    current = champion(model_store, model_name)
+    if current is None or read_champion(model_store, model_name) is None:
+        return []  # no explicit champion yet: nothing is known to be replaced
+    done = versions(model_store, model_name)
+    kept = set(done[-keep:]) | {current[0]}
+    removed = [v for v in done if v not in kept and v < current[0]]
+    for version in removed:
+        delete_version(model_store, model_name, version)
+        log.info("retention: removed %s v%d (champion v%d, keeping %d)", model_name, version, current[0], keep)
+    return removed
+
+
+def read_manifest(version_uri: str) -> dict[str, Any]:
+    """The pushed version's manifest: ``{"files": {path: {"size", "sha256"}}, ...}``."""
+    return json.loads(storage.read_bytes(storage.join(version_uri, MANIFEST_FILE)))
+
+
+@dataclass
+class SyncReport:
+    added: dict[str, list[int]] = field(default_factory=dict)
+    removed: dict[str, list[int]] = field(default_factory=dict)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    champions: dict[str, int] = field(default_factory=dict)
+    config: str = ""
+
+
+def _download_version(version_uri: str, target: Path) -> None:
+    """Download a version next to ``target``, check every file against the manifest, then rename
+    it into place: TensorFlow Serving never sees it half-written."""
+    manifest = read_manifest(version_uri)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.sync-"))
+    try:
+        listed = storage.download_dir(version_uri, staging)
+        expected = {rel: entry["size"] for rel, entry in manifest["files"].items()}
+        missing = sorted(set(expected) - set(listed))
+        if missing:
+            raise ModelStoreError(f"{version_uri}: files in the manifest are missing: {missing}")
+        for rel, entry in manifest["files"].items():
+            local = staging / rel
+            if local.stat().st_size != entry["size"] or storage.sha256_file(local) != entry["sha256"]:
+                raise ModelStoreError(f"{version_uri}/{rel}: size or SHA-256 differs from the manifest")
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def sync_store(model_store: str, local_dir: Path, model_names: list[str] | None = None) -> SyncReport:
+    """Mirror the store's versions and champions into ``local_dir`` for TensorFlow Serving.
+
+    New versions are downloaded, verified against their manifests and renamed into place; then
+    ``local_dir/models.config`` is rewritten (atomically) to serve each champion from
+    ``local_dir``; then versions the store no longer holds are removed locally (never a local
+    champion). A version that fails verification is skipped and reported, not published.
+    """
+    local_dir = Path(local_dir).resolve()
+    local_dir.mkdir(parents=True, exist_ok=True)
+    report = SyncReport()
+    served: dict[str, int] = {}
+    for name in model_names or models(model_store):
+        remote = set(versions(model_store, name))
+        model_dir = local_dir / name
+        model_dir.mkdir(exist_ok=True)
+        present = {int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / SAVED_MODEL_PB).is_file()}
+        for version in sorted(remote - present):
+            try:
+                _download_version(artifacts.model_version_uri(model_store, name, version), model_dir / str(version))
+                report.added.setdefault(name, []).append(version)
+            except (ModelStoreError, storage.ArtifactNotFoundError) as error:
+                log.error("serving-sync: %s v%d not synced: %s", name, version, error)
+                report.skipped.setdefault(name, []).append(f"v{version}: {error}")
+        current = champion(model_store, name)
+        if current is not None and (model_dir / str(current[0]) / SAVED_MODEL_PB).is_file():
+            served[name] = current[0]
+        elif current is not None:
+            log.error("serving-sync: champion %s v%d is not available locally; serving config unchanged for it",
+                      name, current[0])
+    previous = _read_local_config(local_dir)
+    for name, (_, old_versions) in previous.items():
+        if name not in served and old_versions:
+            served[name] = old_versions[0]  # keep serving what was served rather than nothing
+    text = render_models_config(served, str(local_dir))
+    storage.write_bytes(str(local_dir / MODELS_CONFIG), text.encode())
+    report.config, report.champions = str(local_dir / MODELS_CONFIG), dict(served)
+    for name in model_names or models(model_store):
+        model_dir = local_dir / name
+        remote = set(versions(model_store, name))
+        for path in sorted(model_dir.iterdir()):
+            if path.name.isdigit() and int(path.name) not in remote and int(path.name) != served.get(name):
+                doomed = path.with_name(f".{path.name}.deleted-{uuid.uuid4().hex[:8]}")
+                os.rename(path, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+                report.removed.setdefault(name, []).append(int(path.name))
+    return report
+
+
+def _read_local_config(local_dir: Path) -> dict[str, tuple[str, list[int]]]:
+    path = local_dir / MODELS_CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        return parse_models_config(path.read_text())
+    except Exception:  # noqa: BLE001 - a damaged file is rewritten from the store
+        return {}

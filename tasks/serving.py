@@ -1,0 +1,181 @@
+"""What serving needs from a pushed model, and the checks that it serves.
+
+* **Warm-up requests** (``assets.extra/tf_serving_warmup_requests``): a TFRecord file of
+  ``PredictionLog`` records that TensorFlow Serving replays when it loads a version, so the
+  first real request does not pay for lazy initialization. Built from eval examples.
+* **Infra check** (:func:`check_pushed_model`): the version is loaded back *from the store*
+  (downloaded when the store is on S3) and must answer its ``serving_default`` signature on the
+  warm-up requests with the predictions the model gave before the push.
+* **TensorFlow Serving check** (:func:`check_tf_serving`): when a server is configured, wait until
+  it reports the version AVAILABLE, then query it over REST with the same requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks import storage
+
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+SERVING_SIGNATURE = "serving_default"
+INPUT_KEY = "examples"
+# Outputs are float32 computed by the same graph; a reload may change the kernels chosen.
+TOLERANCE = 1e-5
+
+
+class ServingCheckError(RuntimeError):
+    """A pushed version does not serve as it should; the message says how."""
+
+
+def write_warmup_requests(path: Path, model_name: str, records: list[bytes]) -> int:
+    """One ``PredictionLog`` per serialized example (batch of one, as a live request)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_SIGNATURE),
+                inputs={INPUT_KEY: tf.make_tensor_proto([record], dtype=tf.string)},
+            )
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return len(records)
+
+
+def read_warmup_requests(path: Path) -> list[bytes]:
+    """The serialized examples of a warm-up file, in order (what TensorFlow Serving replays)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records: list[bytes] = []
+    for raw in tf.data.TFRecordDataset(str(path)):
+        log = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
+        request = log.predict_log.request
+        if request.model_spec.signature_name != SERVING_SIGNATURE or INPUT_KEY not in request.inputs:
+            raise ServingCheckError(f"{path}: a warm-up request is not a {SERVING_SIGNATURE} request on {INPUT_KEY!r}")
+        records.extend(tf.make_ndarray(request.inputs[INPUT_KEY]).tolist())
+    return records
+
+
+def compare_outputs(expected: dict[str, np.ndarray], actual: dict[str, Any], where: str) -> float:
+    """Raise unless ``actual`` holds every expected output with the same values; returns the
+    largest absolute difference of the numeric outputs."""
+    worst = 0.0
+    for key, want in expected.items():
+        if key not in actual:
+            raise ServingCheckError(f"{where}: output {key!r} is missing (got {sorted(actual)})")
+        got = np.asarray(actual[key])
+        want = np.asarray(want)
+        if want.dtype.kind in "OSU":
+            if not np.array_equal(_as_text(want), _as_text(got)):
+                raise ServingCheckError(f"{where}: output {key!r} differs from the predictions before the push")
+            continue
+        if got.shape != want.shape:
+            raise ServingCheckError(f"{where}: output {key!r} has shape {got.shape}, expected {want.shape}")
+        diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.0
+        if diff > TOLERANCE:
+            raise ServingCheckError(f"{where}: output {key!r} differs by {diff:.3g} from the predictions before the push")
+        worst = max(worst, diff)
+    return worst
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind in "OS":
+        return np.vectorize(lambda v: v.decode() if isinstance(v, bytes) else str(v), otypes=[str])(values)
+    return values.astype(str)
+
+
+def check_pushed_model(version_uri: str, expected: dict[str, np.ndarray], cache_dir: Path) -> dict[str, Any]:
+    """Load the pushed version from the store and replay its warm-up requests.
+
+    Args:
+        expected: The outputs of the model before the push on those same requests.
+
+    Raises:
+        ServingCheckError: It does not load, has no warm-up requests, or answers differently.
+    """
+    from tasks.evaluate import predict
+
+    started = time.perf_counter()
+    local = storage.materialize(version_uri, cache_dir)
+    warmup = local / WARMUP_FILE
+    if not warmup.is_file():
+        raise ServingCheckError(f"{version_uri} has no {WARMUP_FILE}")
+    records = read_warmup_requests(warmup)
+    try:
+        outputs = predict(local, records, batch_size=max(1, len(records)))
+    except Exception as error:  # noqa: BLE001 - whatever loading raises, the version does not serve
+        raise ServingCheckError(f"{version_uri} does not load or answer {SERVING_SIGNATURE}: {error}") from error
+    worst = compare_outputs(expected, outputs, version_uri)
+    return {"version_uri": version_uri, "requests": len(records), "max_abs_diff": worst, "passed": True,
+            "seconds": time.perf_counter() - started}
+
+
+def _http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
+                                     method="GET" if body is None else "POST")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def version_state(url: str, model_name: str, version: int) -> tuple[str, str]:
+    """TensorFlow Serving's state of a version (``AVAILABLE``, ``LOADING``, ..., or ``UNKNOWN``
+    when the server does not know it yet) and its error message."""
+    try:
+        status = _http_json(f"{url.rstrip('/')}/v1/models/{model_name}/versions/{version}", timeout=10)
+    except urllib.error.HTTPError as error:
+        return "UNKNOWN", error.read().decode(errors="replace")[:500]
+    except OSError as error:
+        return "UNREACHABLE", str(error)
+    for entry in status.get("model_version_status", []):
+        if str(entry.get("version")) == str(version):
+            return entry.get("state", "UNKNOWN"), entry.get("status", {}).get("error_message", "")
+    return "UNKNOWN", ""
+
+
+def check_tf_serving(url: str, model_name: str, version: int, records: list[bytes],
+                     expected: dict[str, np.ndarray], timeout: float, poll: float = 1.0) -> dict[str, Any]:
+    """Wait for TensorFlow Serving to report ``version`` AVAILABLE, then predict over REST.
+
+    Raises:
+        ServingCheckError: Not AVAILABLE within ``timeout`` seconds (with the last state and the
+            server's error), or its answers differ from ``expected``.
+    """
+    started = time.monotonic()
+    state, message = "UNKNOWN", ""
+    while time.monotonic() - started < timeout:
+        state, message = version_state(url, model_name, version)
+        if state == "AVAILABLE":
+            break
+        if state == "END" and message:
+            break  # it failed to load: waiting longer will not help
+        time.sleep(poll)
+    if state != "AVAILABLE":
+        raise ServingCheckError(
+            f"TensorFlow Serving at {url} did not make {model_name} v{version} AVAILABLE within {timeout:.0f}s "
+            f"(last state {state}{': ' + message if message else ''}); for an S3 store, is `tfpipe serving-sync` "
+            "running beside the server?"
+        )
+    waited = time.monotonic() - started
+    body = {"signature_name": SERVING_SIGNATURE,
+            "inputs": {INPUT_KEY: [{"b64": base64.b64encode(r).decode()} for r in records]}}
+    try:
+        answer = _http_json(f"{url.rstrip('/')}/v1/models/{model_name}/versions/{version}:predict", body)
+    except urllib.error.HTTPError as error:
+        raise ServingCheckError(f"TensorFlow Serving at {url} refused the predict request: "
+                                f"{error.code} {error.read().decode(errors='replace')[:500]}") from None
+    outputs = answer.get("outputs", {})
+    worst = compare_outputs(expected, {k: np.asarray(v) for k, v in outputs.items()}, f"{url} {model_name} v{version}")
+    return {"url": url, "version": version, "state": state, "waited_seconds": waited, "requests": len(records),
+            "max_abs_diff": worst, "passed": True}

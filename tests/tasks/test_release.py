@@ -1,0 +1,241 @@
+"""The release path on a local model store: push with warm-up requests and checksums, the checks
+that a pushed version serves, the champion pointer and TF Serving's models.config, retention,
+rollback, serving-sync, and the MLflow registry alias that follows the champion."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks import model_store, serving
+from tasks.config import GateConfig, MetricGate
+from tasks.evaluate import eval_data, evaluate_model, predict
+from tasks.optimize import Measurement, optimize_model
+from tasks.pipeline import make_context, push_model as push_step
+from tasks.push import push_model
+from tasks.settings import Settings
+from tasks.train import read_model_spec
+from tests.conftest import run_concurrently, write_pipeline
+from tests.servers import model_server
+
+
+@pytest.fixture(scope="module")
+def release(trained, tmp_path_factory):
+    """A blessing and optimized variants for the session's tiny model, and one MLflow store."""
+    root = tmp_path_factory.mktemp("release")
+    blessing = evaluate_model(trained["model"].uri, trained["examples"].uri,
+                              GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.0)}), None,
+                              str(root / "evaluation"), trained["cache"], trained["work"])
+    optimized = optimize_model(trained["model"].uri, trained["examples"].uri, 0.05, str(root / "optimized"),
+                               trained["cache"], trained["work"],
+                               measurement=Measurement(latency_runs=10, throughput_batch=64, throughput_seconds=0.05))
+    records, _ = eval_data(trained["examples"].uri, read_model_spec(trained["model"].uri), trained["cache"])
+    return {"root": root, "pipeline": write_pipeline(root, name="tiny"), "blessing": blessing.to_dict(),
+            "optimized": optimized.to_dict(), "records": records,
+            "saved_model": Path(trained["model"].saved_model_uri)}
+
+
+def _settings(root: Path, **changes) -> Settings:
+    return Settings(home=root / "home", artifact_root=str(root / "artifacts"), model_store=str(root / "store"),
+                    tracking_uri=f"sqlite:///{root / 'mlflow.db'}", **changes)
+
+
+def _push(trained, release, model_name, run_id, settings=None, **overrides):
+    ctx = make_context(release["pipeline"], run_id=run_id, settings=settings or _settings(release["root"]),
+                       overrides={"model_name": model_name, **overrides})
+    return push_step(ctx, trained["examples"].to_dict(), trained["model"].to_dict(), release["blessing"],
+                     release["optimized"])
+
+
+def _client(release):
+    from mlflow import MlflowClient
+
+    return MlflowClient(_settings(release["root"]).tracking_uri)
+
+
+def test_push_step_verifies_checks_promotes_and_registers(trained, release):
+    record = _push(trained, release, "alpha", "run-1")
+    store = Path(_settings(release["root"]).model_store)
+    version_dir = store / "alpha" / "1"
+    assert record["version"] == record["champion"] == 1 and record["previous_champion"] is None
+    # Every file is in the manifest with its size and SHA-256, and nothing else is there.
+    manifest = json.loads((version_dir / model_store.MANIFEST_FILE).read_text())
+    on_disk = {p.relative_to(version_dir).as_posix() for p in version_dir.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == on_disk - {model_store.MANIFEST_FILE}
+    from tasks.storage import sha256_file
+
+    for rel, entry in manifest["files"].items():
+        assert entry == {"size": (version_dir / rel).stat().st_size, "sha256": sha256_file(version_dir / rel)}
+    # Warm-up requests: the first 16 eval examples, one PredictionLog each, replayed by the check.
+    assert serving.read_warmup_requests(version_dir / serving.WARMUP_FILE) == release["records"][:16]
+    assert record["checks"]["store"]["passed"] and record["checks"]["store"]["requests"] == 16
+    # The kept optimized variants travel with the model.
+    rows = release["optimized"]["report"]["variants"]
+    kept = {rows[name]["file"] for name in release["optimized"]["kept"] if rows[name].get("file")}
+    assert {p.name for p in (version_dir / "variants").iterdir()} == kept | {"report.json", "tradeoff.png"}
+    assert "pruned_saved_model" in kept and (version_dir / "variants" / "pruned_saved_model" / "saved_model.pb").is_file()
+    # TF Serving serves exactly the champion.
+    assert model_store.parse_models_config((store / "models.config").read_text()) == {
+        "alpha": (str(store.resolve() / "alpha"), [1])}
+    champion = _client(release).get_model_version_by_alias("alpha", "champion")
+    assert champion.tags["store_version"] == "1" and champion.tags["store_uri"] == str(version_dir)
+    assert champion.tags["code_version"] and champion.tags["data_version"]
+
+
+def test_new_champion_replaces_the_old_which_retention_removes_later(trained, release):
+    records = [_push(trained, release, "beta", f"run-{i}", **{"push.keep_versions": 2}) for i in range(1, 4)]
+    assert [r["version"] for r in records] == [1, 2, 3]
+    assert [r["removed_versions"] for r in records] == [[], [], [1]]
+    store = _settings(release["root"]).model_store
+    assert model_store.versions(store, "beta") == [2, 3]
+    pointer = model_store.read_champion(store, "beta")
+    assert pointer["version"] == 3 and [h["version"] for h in pointer["history"]] == [1, 2]
+    client = _client(release)
+    replaced = client.get_model_version("beta", records[1]["registry_version"])
+    assert replaced.tags["replaced_by_version"] == records[2]["registry_version"]
+    assert "replaced_as_champion_at" in replaced.tags
+
+
+def test_rollback_moves_champion_serving_config_and_registry_alias(trained, release, monkeypatch, capsys):
+    from tasks.cli import main
+
+    root = release["root"]
+    for key, value in (("TFPIPE_HOME", root / "home"), ("TFPIPE_ARTIFACT_ROOT", root / "artifacts"),
+                       ("TFPIPE_MODEL_STORE", root / "store"), ("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")):
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.delenv("TFPIPE_SERVING_URL", raising=False)
+    first = _push(trained, release, "gamma", "run-1")
+    second = _push(trained, release, "gamma", "run-2")
+    assert main(["rollback", "gamma", "--by", "tester"]) == 0
+    assert "champion v2 -> v1" in capsys.readouterr().out
+    store = str(root / "store")
+    assert model_store.champion(store, "gamma")[0] == 1
+    assert model_store.parse_models_config((root / "store" / "models.config").read_text())["gamma"][1] == [1]
+    client = _client(release)
+    assert str(client.get_model_version_by_alias("gamma", "champion").version) == first["registry_version"]
+    left = client.get_model_version("gamma", second["registry_version"])
+    assert left.tags["rolled_back_by_version"] == first["registry_version"]
+    runs = client.search_runs([client.get_experiment_by_name("gamma").experiment_id], "tags.`tfpipe.role` = 'rollback'")
+    assert len(runs) == 1 and runs[0].data.params["to_store_version"] == "1"
+    # The next push is champion again; the gate compares with what is served, v1.
+    assert _push(trained, release, "gamma", "run-3")["champion"] == 3
+    # Bad requests are refused with what is there.
+    assert main(["rollback", "gamma", "--to", "99"]) == 1
+    assert "no complete version 99" in capsys.readouterr().err
+    assert main(["rollback", "nobody"]) == 1
+    assert "has no champion" in capsys.readouterr().err
+    assert model_store.champion(store, "gamma")[0] == 3
+
+
+def test_damaged_version_fails_the_store_check(trained, release, tmp_path):
+    store = str(tmp_path / "store")
+    warmup = release["records"][:8]
+    pushed = push_model(release["saved_model"], release["blessing"], store, "m", owner="t", warmup_records=warmup)
+    expected = predict(release["saved_model"], warmup)
+    assert serving.check_pushed_model(pushed.uri, expected, tmp_path / "cache")["max_abs_diff"] <= 1e-5
+    shifted = {**expected, "scores": expected["scores"] + 1e-3}  # what another model would answer
+    with pytest.raises(serving.ServingCheckError, match="'scores' differs by 0.001"):
+        serving.check_pushed_model(pushed.uri, shifted, tmp_path / "cache")
+    data = next((Path(pushed.uri) / "variables").glob("variables.data-*"))
+    data.write_bytes(bytes(len(data.read_bytes())))  # same size, every weight zero
+    with pytest.raises(serving.ServingCheckError, match="does not load or answer serving_default"):
+        serving.check_pushed_model(pushed.uri, expected, tmp_path / "cache")
+    (Path(pushed.uri) / serving.WARMUP_FILE).unlink()
+    with pytest.raises(serving.ServingCheckError, match="tf_serving_warmup_requests"):
+        serving.check_pushed_model(pushed.uri, expected, tmp_path / "cache")
+
+
+def test_tf_serving_must_make_the_version_available(trained, release):
+    root = release["root"]
+    with model_server(root / "store" / "models.config") as url:
+        record = _push(trained, release, "delta", "run-1", settings=_settings(root, serving_url=url))
+    assert record["checks"]["tf_serving"]["state"] == "AVAILABLE"
+    assert record["checks"]["tf_serving"]["requests"] == 16
+    assert record["checks"]["tf_serving"]["max_abs_diff"] <= 1e-5
+
+
+def test_tf_serving_that_does_not_serve_restores_the_previous_champion(trained, release, tmp_path):
+    root = release["root"]
+    _push(trained, release, "epsilon", "run-1")
+    config_before = (root / "store" / "models.config").read_text()
+    # A server that reads another config never loads epsilon's new version.
+    with model_server(tmp_path / "other.config") as url:
+        with pytest.raises(serving.ServingCheckError, match="v1 is champion again"):
+            _push(trained, release, "epsilon", "run-2", settings=_settings(root, serving_url=url),
+                  **{"push.serving_timeout_seconds": 2})
+    store = str(root / "store")
+    assert model_store.versions(store, "epsilon") == [1]
+    assert model_store.read_champion(store, "epsilon")["version"] == 1
+    assert (root / "store" / "models.config").read_text() == config_before
+    assert _client(release).get_model_version_by_alias("epsilon", "champion").tags["store_version"] == "1"
+
+
+def test_concurrent_pushes_get_their_own_versions_and_the_newest_is_champion(release, tmp_path):
+    store = str(tmp_path / "store")
+
+    def push(i):
+        pushed = push_model(release["saved_model"], release["blessing"], store, "m", owner=f"w{i}",
+                            warmup_records=release["records"][:2])
+        model_store.set_champion(store, "m", pushed.version, by=f"w{i}", reason="push", only_if_newer=True)
+        return pushed.version
+
+    assert sorted(run_concurrently(push, 4)) == [1, 2, 3, 4]
+    assert model_store.versions(store, "m") == [1, 2, 3, 4]
+    assert model_store.champion(store, "m")[0] == 4
+
+
+def _fake_versions(store: Path, name: str, count: int) -> None:
+    """Complete versions as the store sees them (the store logic does not look inside)."""
+    for version in range(1, count + 1):
+        (store / name / str(version)).mkdir(parents=True)
+        (store / name / str(version) / "saved_model.pb").write_bytes(b"pb")
+
+
+def test_retention_keeps_the_champion_and_everything_newer(tmp_path):
+    store = tmp_path / "store"
+    _fake_versions(store, "m", 5)
+    assert model_store.apply_retention(str(store), "m", keep=1) == []  # no champion pointer: nothing replaced
+    model_store.set_champion(str(store), "m", 5, by="t", reason="push")
+    model_store.set_champion(str(store), "m", 2, by="t", reason="rollback")
+    assert model_store.rollback_target(str(store), "m") == 1
+    assert model_store.apply_retention(str(store), "m", keep=2) == [1]
+    assert model_store.versions(str(store), "m") == [2, 3, 4, 5]
+    with pytest.raises(model_store.ModelStoreError, match="no complete version 1"):
+        model_store.set_champion(str(store), "m", 1, by="t", reason="rollback")
+
+
+def test_a_push_does_not_demote_a_newer_champion(tmp_path):
+    store = tmp_path / "store"
+    _fake_versions(store, "m", 3)
+    model_store.set_champion(str(store), "m", 3, by="b", reason="push")
+    late = model_store.set_champion(str(store), "m", 2, by="a", reason="push", only_if_newer=True)
+    assert (late.version, late.changed) == (3, False)
+
+
+def test_serving_sync_publishes_verified_versions_and_follows_the_store(release, tmp_path):
+    store, local = str(tmp_path / "store"), tmp_path / "serving"
+    for i in range(3):
+        pushed = push_model(release["saved_model"], release["blessing"], store, "m", owner=f"p{i}",
+                            warmup_records=release["records"][:2])
+        model_store.set_champion(store, "m", pushed.version, by="t", reason="push")
+    first = model_store.sync_store(store, local)
+    assert first.added == {"m": [1, 2, 3]} and first.champions == {"m": 3}
+    assert model_store.parse_models_config((local / "models.config").read_text()) == {"m": (str(local / "m"), [3])}
+    assert sorted(p.name for p in (local / "m").iterdir()) == ["1", "2", "3"]  # no staging folders left
+    # The store drops v1 and v2 and gains v4 whose variables were damaged after the push.
+    model_store.apply_retention(store, "m", keep=1)
+    pushed = push_model(release["saved_model"], release["blessing"], store, "m", owner="p4",
+                        warmup_records=release["records"][:2])
+    model_store.set_champion(store, "m", pushed.version, by="t", reason="push")
+    data = next((Path(pushed.uri) / "variables").glob("variables.data-*"))
+    data.write_bytes(data.read_bytes()[::-1])
+    second = model_store.sync_store(store, local)
+    assert second.removed == {"m": [1, 2]} and "SHA-256" in second.skipped["m"][0]
+    assert second.champions == {"m": 3}  # v4 is not there: keep serving v3
+    assert sorted(p.name for p in (local / "m").iterdir()) == ["3"]
+
+
+def test_models_config_is_what_tf_serving_parses(tmp_path):
+    text = model_store.render_models_config({"b": 2, "a": 7}, "/models")
+    assert model_store.parse_models_config(text) == {"a": ("/models/a", [7]), "b": ("/models/b", [2])}
+    assert 'model_platform: "tensorflow"' in text
