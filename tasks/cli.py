@@ -276,8 +276,9 @@ def format_summary(pipeline: str, run_id: str, durations: dict[str, float], resu
     if evaluation:
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(evaluation["metrics"].items()) if k != "example_count")
         lines += ["", f"eval metrics: {metrics} ({int(evaluation['metrics'].get('example_count', 0))} examples)"]
-        lines.append(f"blessing: {'BLESSED' if evaluation['blessed'] else 'NOT BLESSED'}")
-        lines += [f"  - {reason}" for reason in evaluation["reasons"]]
+        from tasks.evaluate import format_checks
+
+        lines += format_checks(evaluation).splitlines()
     optimized = results.get("optimize_model")
     if optimized:
         from tasks.optimize import format_report

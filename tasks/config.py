@@ -233,10 +233,28 @@ class MetricGate(_Frozen):
         return self
 
 
+class SliceGate(_Frozen):
+    """Metrics for every value of one column (a slice, e.g. ``island=Dream``), optionally gated."""
+
+    feature: str = Field(description="A string or integer column of the examples (not the label).")
+    metrics: dict[str, MetricGate] = Field(
+        default_factory=dict,
+        description="Bounds every slice of this column must meet (change bounds: against the champion on the "
+        "same slice); empty: the slices are measured, not gated.",
+    )
+    min_examples: int = Field(
+        10, ge=1, description="A slice with fewer eval examples is measured but not gated (too noisy)."
+    )
+
+
 class GateConfig(_Frozen):
     metrics: dict[str, MetricGate] = Field(
         default_factory=lambda: {"accuracy": MetricGate(lower_bound=0.5, max_decrease=0.0)},
         description="Metric name to its bounds; every check must pass for a blessing.",
+    )
+    slices: list[SliceGate] = Field(
+        default_factory=list, description="Columns whose values slice the eval split: metrics per slice, gated "
+        "when bounds are given.",
     )
 
 
@@ -369,6 +387,13 @@ class PipelineConfig(_Frozen):
                 f"{value!r} must start with a letter and hold only letters, digits, '_' or '-'"
             )
         return value
+
+    @model_validator(mode="after")
+    def _label_not_a_slice(self) -> PipelineConfig:
+        for i, item in enumerate(self.gate.slices):
+            if item.feature == self.label:
+                raise ValueError(f"gate.slices.{i}.feature: the label {self.label!r} cannot slice the eval split")
+        return self
 
     @model_validator(mode="after")
     def _label_not_a_feature(self) -> PipelineConfig:

@@ -1,9 +1,14 @@
 """evaluate_model: metrics on the eval split and a blessing with its reasons.
 
 The candidate is evaluated through its exported ``serving_default`` signature, i.e. exactly
-as TensorFlow Serving will run it. The champion (the latest version in the model store) is
+as TensorFlow Serving will run it. The champion (the version the model store serves) is
 evaluated on the same examples. Absolute bounds always apply; change bounds apply only when
 there is a champion. With no champion (cold start) they are recorded as skipped, as in TFX.
+
+Slices (``gate.slices``): the eval split is cut by the values of a column (``island=Dream``);
+every slice gets the same metrics, and where the config gives bounds, every slice with at
+least ``min_examples`` examples must meet them (change bounds against the champion on the same
+slice). A metric a slice cannot have (AUC of a slice holding one class) is a skipped check.
 """
 
 from __future__ import annotations
@@ -11,43 +16,50 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tasks import storage
-from tasks.config import GateConfig
+from tasks.config import GateConfig, MetricGate
 from tasks.ingest import read_manifest, split_files
 from tasks.model import ModelSpec
-from tasks.plots import evaluation_plots
+from tasks.plots import evaluation_plots, slice_plot
 from tasks.train import SAVED_MODEL_DIR, SERVING_SIGNATURE, read_model_spec
 
 BLESSING_FILE = "blessing.json"
 METRICS_FILE = "metrics.json"
 PLOTS_DIR = "plots"
 _EPSILON = 1e-7
+OVERALL = "(overall)"
+MISSING = "<missing>"
 
 
 @dataclass(frozen=True)
 class Check:
     metric: str
     kind: str  # lower_bound, upper_bound, max_decrease, max_increase
-    value: float
+    value: float | None
     bound: float | None
     baseline: float | None
     passed: bool | None  # None: skipped
+    slice: str | None = None  # "column=value"; None: the whole eval split
+    note: str | None = None  # why a check was skipped
 
     def describe(self) -> str:
+        where = f"[{self.slice}] " if self.slice else ""
         if self.passed is None:
-            return f"{self.metric} {self.kind}: skipped (no champion to compare with)"
+            return f"{where}{self.metric} {self.kind}: skipped ({self.note or 'no champion to compare with'})"
         verdict = "passed" if self.passed else "FAILED"
         if self.kind in ("lower_bound", "upper_bound"):
             op = ">=" if self.kind == "lower_bound" else "<="
-            return f"{self.metric} = {self.value:.4f} {op} {self.bound:.4f}: {verdict}"
+            return f"{where}{self.metric} = {self.value:.4f} {op} {self.bound:.4f}: {verdict}"
         op = ">=" if self.kind == "max_decrease" else "<="
-        return f"{self.metric} = {self.value:.4f} {op} champion {self.baseline:.4f} {'-' if self.kind == 'max_decrease' else '+'} {abs(self.bound - self.baseline):.4f}: {verdict}"
+        sign = "-" if self.kind == "max_decrease" else "+"
+        return (f"{where}{self.metric} = {self.value:.4f} {op} champion {self.baseline:.4f} {sign} "
+                f"{abs(self.bound - self.baseline):.4f}: {verdict}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,7 @@ class Blessing:
     metrics: dict[str, float]
     baseline: dict[str, Any] | None
     checks: tuple[Check, ...]
+    slice_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def reasons(self) -> list[str]:
@@ -100,7 +113,8 @@ def predict(saved_model_dir: Path, records: list[bytes], batch_size: int = 1024)
 def compute_metrics(task: str, outputs: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
     """example_count, and for classifiers accuracy, log_loss, auc, precision and recall (binary:
     of the second class, the positive one; multiclass: macro averages, AUC one-vs-rest), for
-    regressors rmse and mae. AUC is left out when the eval split holds a single class."""
+    regressors rmse and mae. AUC is left out when the eval split holds a single class. Macro
+    averages are over the classes that occur in the labels or the predictions."""
     metrics: dict[str, float] = {"example_count": float(len(labels))}
     if task == "regression":
         error = outputs["predictions"].astype(np.float64) - labels.astype(np.float64)
@@ -130,7 +144,9 @@ def _ranking_metrics(task: str, classes: np.ndarray, scores: np.ndarray, labels:
         if len(set(labels.tolist())) == 2:
             metrics["auc"] = float(roc_auc_score(labels == positive, scores[:, 1]))
     else:
-        kwargs = {"labels": classes, "average": "macro"}
+        # Macro over the classes in the labels or the predictions: a class absent from both (as
+        # in a slice) would count as a 0 and drag the mean down for no error made.
+        kwargs = {"average": "macro"}
         present = set(labels.tolist())
         if len(present) > 1:
             # One-vs-rest over the classes present in the eval split, scores renormalized to them.
@@ -144,26 +160,98 @@ def _ranking_metrics(task: str, classes: np.ndarray, scores: np.ndarray, labels:
     return metrics
 
 
-def gate_checks(gate: GateConfig, metrics: dict[str, float], baseline: dict[str, float] | None) -> list[Check]:
+def _bound_checks(bounds_by_metric: dict[str, MetricGate], metrics: dict[str, float],
+                  baseline: dict[str, float] | None, slice_name: str | None = None) -> list[Check]:
     checks = []
-    for metric, bounds in gate.metrics.items():
+    for metric, bounds in bounds_by_metric.items():
         if metric not in metrics:
-            raise ValueError(f"gate.metrics.{metric}: the model has no metric {metric!r} (it has {sorted(metrics)})")
+            if slice_name is None:
+                raise ValueError(f"gate.metrics.{metric}: the model has no metric {metric!r} (it has {sorted(metrics)})")
+            note = f"{metric} is not defined on this slice"
+            checks += [Check(metric, kind, None, None, None, None, slice_name, note)
+                       for kind in ("lower_bound", "upper_bound", "max_decrease", "max_increase")
+                       if getattr(bounds, kind) is not None]
+            continue
         value = metrics[metric]
         if bounds.lower_bound is not None:
-            checks.append(Check(metric, "lower_bound", value, bounds.lower_bound, None, value >= bounds.lower_bound))
+            checks.append(Check(metric, "lower_bound", value, bounds.lower_bound, None, value >= bounds.lower_bound,
+                                slice_name))
         if bounds.upper_bound is not None:
-            checks.append(Check(metric, "upper_bound", value, bounds.upper_bound, None, value <= bounds.upper_bound))
+            checks.append(Check(metric, "upper_bound", value, bounds.upper_bound, None, value <= bounds.upper_bound,
+                                slice_name))
         for kind, allowed, sign in (("max_decrease", bounds.max_decrease, -1), ("max_increase", bounds.max_increase, 1)):
             if allowed is None:
                 continue
             if baseline is None or metric not in baseline:
-                checks.append(Check(metric, kind, value, None, None, None))
+                note = "no champion to compare with" if baseline is None else f"the champion has no {metric} here"
+                checks.append(Check(metric, kind, value, None, None, None, slice_name, note))
                 continue
             bound = baseline[metric] + sign * allowed
             passed = value >= bound - 1e-12 if sign < 0 else value <= bound + 1e-12
-            checks.append(Check(metric, kind, value, bound, baseline[metric], passed))
+            checks.append(Check(metric, kind, value, bound, baseline[metric], passed, slice_name))
     return checks
+
+
+def gate_checks(gate: GateConfig, metrics: dict[str, float], baseline: dict[str, float] | None,
+                slice_metrics: dict[str, dict[str, float]] | None = None,
+                baseline_slices: dict[str, dict[str, float]] | None = None) -> list[Check]:
+    """Every check of the gate: overall, then per slice of each gated column.
+
+    Args:
+        slice_metrics: ``{"column=value": metrics}`` of the candidate (with ``example_count``).
+        baseline_slices: The champion's, on the same slices; None on a cold start.
+    """
+    checks = _bound_checks(gate.metrics, metrics, baseline)
+    for item in gate.slices:
+        if not item.metrics:
+            continue
+        for name, values in sorted((slice_metrics or {}).items()):
+            if name.partition("=")[0] != item.feature:
+                continue
+            count = int(values.get("example_count", 0))
+            if count < item.min_examples:
+                checks += [Check(metric, "min_examples", float(count), float(item.min_examples), None, None, name,
+                                 f"{count} examples, fewer than {item.min_examples}")
+                           for metric in item.metrics]
+                continue
+            champion = None if baseline_slices is None else baseline_slices.get(name, {})
+            checks += _bound_checks(item.metrics, values, champion, name)
+    return checks
+
+
+def slice_values(records: list[bytes], examples_uri: str, column: str) -> np.ndarray:
+    """The value of ``column`` in each serialized example, as text (``<missing>`` when absent).
+
+    Raises:
+        ValueError: The column is not in the examples, or holds floats (no finite set of slices).
+    """
+    import tensorflow as tf
+
+    kinds = read_manifest(examples_uri)["columns"]
+    if column not in kinds:
+        raise ValueError(f"gate.slices: {column!r} is not a column of the examples (columns: {sorted(kinds)})")
+    if kinds[column] == "float":
+        raise ValueError(f"gate.slices: {column!r} holds floats; slice on a string or integer column")
+    dtype = tf.string if kinds[column] == "string" else tf.int64
+    ragged = tf.io.parse_example(records, {column: tf.io.RaggedFeature(dtype)})[column]
+    values = []
+    for row in ragged.to_list():
+        if not row:
+            values.append(MISSING)
+        else:
+            values.append(row[0].decode("utf-8", "replace") if isinstance(row[0], bytes) else str(row[0]))
+    return np.array(values, dtype=object)
+
+
+def compute_slice_metrics(task: str, outputs: dict[str, np.ndarray], labels: np.ndarray,
+                          slices: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """``{"column=value": metrics}`` for every value of every slicing column."""
+    found = {}
+    for column, values in slices.items():
+        for value in sorted(set(values.tolist())):
+            mask = values == value
+            found[f"{column}={value}"] = compute_metrics(task, {k: v[mask] for k, v in outputs.items()}, labels[mask])
+    return found
 
 
 def evaluate_model(
@@ -185,9 +273,11 @@ def evaluate_model(
     """
     spec = read_model_spec(model_uri)
     records, labels = eval_data(examples_uri, spec, cache_dir)
+    slices = {item.feature: slice_values(records, examples_uri, item.feature) for item in gate.slices}
     local_model = storage.materialize(model_uri, cache_dir)
     outputs = {"challenger": predict(local_model / SAVED_MODEL_DIR, records)}
     metrics = compute_metrics(spec.task, outputs["challenger"], labels)
+    slice_metrics = compute_slice_metrics(spec.task, outputs["challenger"], labels, slices)
     baseline = None
     if champion is not None:
         version, uri = champion
@@ -197,10 +287,12 @@ def evaluate_model(
             "version": version,
             "uri": uri,
             "metrics": compute_metrics(spec.task, outputs[f"champion v{version}"], labels),
+            "slice_metrics": compute_slice_metrics(spec.task, outputs[f"champion v{version}"], labels, slices),
         }
-    checks = tuple(gate_checks(gate, metrics, baseline["metrics"] if baseline else None))
+    checks = tuple(gate_checks(gate, metrics, baseline["metrics"] if baseline else None, slice_metrics,
+                               baseline["slice_metrics"] if baseline else None))
     blessed = all(c.passed is not False for c in checks)
-    blessing = Blessing(output_uri, model_uri, blessed, metrics, baseline, checks)
+    blessing = Blessing(output_uri, model_uri, blessed, metrics, baseline, checks, slice_metrics)
 
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="evaluate-"))
@@ -210,6 +302,9 @@ def evaluate_model(
         # TFX's marker files, so a glance at the directory tells the verdict.
         (scratch / ("BLESSED" if blessed else "NOT_BLESSED")).write_bytes(b"")
         evaluation_plots(spec.task, outputs, labels, scratch / PLOTS_DIR)
+        if slice_metrics:
+            slice_plot(slice_metrics, baseline["slice_metrics"] if baseline else None,
+                       "rmse" if spec.task == "regression" else "accuracy", scratch / PLOTS_DIR / "slices.png")
         storage.publish_dir(scratch, output_uri)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -223,5 +318,23 @@ def read_blessing(evaluation_uri: str) -> dict[str, Any]:
 
 
 def format_checks(blessing: dict[str, Any]) -> str:
-    verdict = "BLESSED" if blessing["blessed"] else "NOT BLESSED"
-    return "\n".join([f"blessing: {verdict}", *(f"  - {r}" for r in blessing["reasons"])])
+    """The blessing as a table: one row per check, then the metrics of every slice."""
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    rows = [("metric", "slice", "check", "value", "bound", "champion", "result")]
+    for check in blessing["checks"]:
+        result = {True: "passed", False: "FAILED", None: f"skipped: {check.get('note') or 'no champion'}"}[check["passed"]]
+        rows.append((check["metric"], check.get("slice") or OVERALL, check["kind"], number(check["value"]),
+                     number(check["bound"]), number(check["baseline"]), result))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = [f"blessing: {'BLESSED' if blessing['blessed'] else 'NOT BLESSED'}"]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    slices = blessing.get("slice_metrics") or {}
+    if slices:
+        names = sorted({k for values in slices.values() for k in values if k != "example_count"})
+        lines += ["", "slices:", "  " + f"{'slice':<28}{'examples':>9}" + "".join(f"{n:>11}" for n in names)]
+        for name, values in slices.items():
+            lines.append("  " + f"{name[:28]:<28}{int(values['example_count']):>9}"
+                         + "".join(f"{number(values.get(n)):>11}" for n in names))
+    return "\n".join(lines)

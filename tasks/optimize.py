@@ -226,8 +226,9 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
-def convert_tensorrt(saved_model_dir: Path, out_dir: Path, sample: dict[str, np.ndarray]) -> Path:
-    """TF-TRT FP16 of the ``predict_features`` signature, engines built for ``sample``'s shapes."""
+def convert_tensorrt(saved_model_dir: Path, out_dir: Path) -> Path:
+    """TF-TRT FP16 of the ``predict_features`` signature. Engines are built at the first call of
+    each batch shape (the measurement's warm-up), so no shapes are fixed here."""
     import tensorflow as tf
 
     converter = tf.experimental.tensorrt.Converter(
@@ -235,11 +236,6 @@ def convert_tensorrt(saved_model_dir: Path, out_dir: Path, sample: dict[str, np.
         precision_mode="FP16",
     )
     converter.convert()
-
-    def shapes():
-        yield tuple(tf.constant(v) for _, v in sorted(sample.items()))
-
-    converter.build(input_fn=shapes)
     converter.save(str(out_dir))
     return out_dir
 
@@ -415,9 +411,12 @@ def optimize_model(
             if why:
                 skip("tensorrt_fp16", f"TF-TRT needs a GPU and TensorRT: {why}")
             else:
-                path = convert_tensorrt(saved_model, scratch / "tensorrt_fp16_saved_model",
-                                        _rows(features, measurement.throughput_batch))
-                judge("tensorrt_fp16", "saved_model", path, saved_model_runner(path))
+                try:
+                    path = convert_tensorrt(saved_model, scratch / "tensorrt_fp16_saved_model")
+                    judge("tensorrt_fp16", "saved_model", path, saved_model_runner(path))
+                except Exception as error:  # noqa: BLE001 - an optional variant never fails the step
+                    log.warning("TF-TRT conversion failed", exc_info=True)
+                    skip("tensorrt_fp16", f"TF-TRT conversion failed: {type(error).__name__}: {error}")
         (scratch / REPORT_FILE).write_text(json.dumps(report, indent=2))
         from tasks.plots import optimization_chart
 

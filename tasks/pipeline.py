@@ -396,6 +396,11 @@ def evaluate_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[
         tracker.log_metrics(blessing.metrics)
         if blessing.baseline:
             tracker.log_metrics({f"champion_{k}": v for k, v in blessing.baseline["metrics"].items()})
+        # "island=Dream" -> slice/island/Dream/accuracy (MLflow keys allow no "=")
+        tracker.log_metrics({
+            f"slice/{_metric_key(name.replace('=', '/', 1))}/{metric}": value
+            for name, values in blessing.slice_metrics.items() for metric, value in values.items()
+        })
         tracker.log_dict(record, "evaluation/blessing.json")
         tracker.log_text(format_checks(record), "evaluation/blessing.txt")
         _log_dir(tracker, storage.join(blessing.uri, "plots"), ctx, "plots")
@@ -404,6 +409,13 @@ def evaluate_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[
         if not blessing.blessed:
             _end_pipeline(ctx, tracker, "not_blessed")
         return record
+
+
+def _metric_key(text: str) -> str:
+    """Text as part of an MLflow metric name (letters, digits, ``_-. /:`` only)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", text)
 
 
 def gate(blessing: Mapping[str, Any]) -> dict[str, Any] | None:

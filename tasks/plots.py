@@ -133,3 +133,31 @@ def optimization_chart(report: dict, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def slice_plot(slice_metrics: dict[str, dict[str, float]], champion: dict[str, dict[str, float]] | None,
+               metric: str, path: Path) -> Path:
+    """One metric per slice, challenger beside champion, with each slice's example count."""
+    import numpy as np
+
+    plt = _plt()
+    names = list(slice_metrics)
+    y = np.arange(len(names))
+    height = 0.4 if champion else 0.7
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.6))
+    values = [slice_metrics[n].get(metric, np.nan) for n in names]
+    bars = ax.barh(y - (height / 2 if champion else 0), values, height, label="challenger")
+    ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+    if champion:
+        ax.barh(y + height / 2, [champion.get(n, {}).get(metric, np.nan) for n in names], height, label="champion",
+                color="tab:gray")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / len(names)), ncol=2, frameon=False)
+    ax.set_yticks(y, [f"{n} ({int(slice_metrics[n]['example_count'])})" for n in names])
+    ax.invert_yaxis()
+    ax.set(xlabel=metric, title=f"{metric} per slice (eval examples in brackets)")
+    ax.margins(x=0.15)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -27,6 +27,10 @@ def test_overrides_are_validated_like_the_file(pipeline_file):
         ({"train.strategy": "tpu"}, "train.strategy"),
         ({"data.split": {"train": 0.5, "eval": 0.2}}, "data.split"),
         ({"task": "ranking"}, "task"),
+        ({"gate.slices": [{"feature": "species"}]}, "gate.slices.0.feature: the label"),
+        ({"gate.slices": [{"feature": "island", "min_examples": 0}]}, "gate.slices.0.min_examples"),
+        ({"optimize.variants": ["tflite_int4"]}, "got 'tflite_int4'"),
+        ({"push.keep_versions": 0}, "push.keep_versions"),
     ],
 )
 def test_bad_key_is_named(pipeline_file, override, named):
@@ -84,3 +88,7 @@ def test_settings_defaults_and_overrides(tmp_path):
                                 "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
     assert remote.model_store == "s3://b/store"
     assert remote.mlflow_artifact_location is None
+    assert settings.serving_url is None
+    serving = Settings.from_env({"TFPIPE_HOME": str(tmp_path), "TFPIPE_SERVING_URL": "http://127.0.0.1:8501",
+                                 "TFPIPE_SERVING_BASE_PATH": "/models"})
+    assert (serving.serving_url, serving.serving_base_path) == ("http://127.0.0.1:8501", "/models")

@@ -105,6 +105,75 @@ def test_regression_against_champion_is_blocked():
                         ("log_loss", "max_increase"): False}
 
 
+def test_slices_are_measured_and_gated_per_value(trained):
+    from tasks.config import SliceGate
+    from tasks.evaluate import format_checks
+
+    gate = GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.5)}, slices=[
+        SliceGate(feature="island", metrics={"accuracy": MetricGate(lower_bound=0.5)}, min_examples=5),
+        SliceGate(feature="year")])  # measured, not gated
+    blessing = _evaluate(trained, gate, None, "eval_slices")
+    islands = {k: v for k, v in blessing.slice_metrics.items() if k.startswith("island=")}
+    assert set(islands) == {"island=Biscoe", "island=Dream", "island=Torgersen"}
+    total = blessing.metrics["example_count"]
+    assert sum(v["example_count"] for v in islands.values()) == total
+    assert sum(v["example_count"] for k, v in blessing.slice_metrics.items() if k.startswith("year=")) == total
+    # The overall accuracy is the example-weighted mean of the slices'.
+    weighted = sum(v["accuracy"] * v["example_count"] for v in islands.values()) / total
+    assert weighted == pytest.approx(blessing.metrics["accuracy"])
+    sliced = [c for c in blessing.checks if c.slice]
+    assert {c.slice for c in sliced} == set(islands) and blessing.blessed
+    table = format_checks(blessing.to_dict())
+    assert "island=Dream" in table and "champion" in table.splitlines()[1] and "slices:" in table
+    assert (Path(blessing.uri) / "plots" / "slices.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_failing_slice_blocks_the_blessing_and_a_small_one_is_not_gated(trained):
+    from tasks.config import SliceGate
+
+    strict = GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.0)},
+                        slices=[SliceGate(feature="island", metrics={"accuracy": MetricGate(lower_bound=1.01)},
+                                          min_examples=1)])
+    blessing = _evaluate(trained, strict, None, "eval_slice_fails")
+    assert not blessing.blessed
+    assert all(c.passed is False for c in blessing.checks if c.slice)
+    assert any(r.startswith("[island=Dream] accuracy") and r.endswith("FAILED") for r in blessing.reasons)
+    small = GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.0)},
+                       slices=[SliceGate(feature="island", metrics={"accuracy": MetricGate(lower_bound=1.01)},
+                                         min_examples=10_000)])
+    blessing = _evaluate(trained, small, None, "eval_slice_small")
+    assert blessing.blessed
+    assert {c.kind for c in blessing.checks if c.slice} == {"min_examples"}
+    assert "fewer than 10000" in blessing.reasons[-1]
+
+
+def test_slicing_by_a_float_or_unknown_column_is_refused(trained):
+    from tasks.config import SliceGate
+
+    for column, message in (("bill_length_mm", "holds floats"), ("colour", "not a column")):
+        gate = GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.0)}, slices=[SliceGate(feature=column)])
+        with pytest.raises(ValueError, match=message):
+            _evaluate(trained, gate, None, f"eval_bad_{column}")
+
+
+def test_slice_change_bounds_compare_with_the_champion_on_the_same_slice():
+    from tasks.config import SliceGate
+
+    gate = GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.0)},
+                      slices=[SliceGate(feature="g", metrics={"accuracy": MetricGate(max_decrease=0.05),
+                                                              "auc": MetricGate(lower_bound=0.5)}, min_examples=2)])
+    mine = {"g=a": {"example_count": 10, "accuracy": 0.80, "auc": 0.9}, "g=b": {"example_count": 10, "accuracy": 0.9}}
+    champion = {"g=a": {"example_count": 10, "accuracy": 0.90, "auc": 0.9}, "g=b": {"example_count": 10, "accuracy": 0.9}}
+    checks = {(c.slice, c.metric, c.kind): c for c in gate_checks(gate, {"accuracy": 0.85}, {"accuracy": 0.9},
+                                                                    mine, champion)}
+    assert checks[("g=a", "accuracy", "max_decrease")].passed is False  # 0.80 < 0.90 - 0.05
+    assert checks[("g=b", "accuracy", "max_decrease")].passed is True
+    assert checks[("g=b", "auc", "lower_bound")].passed is None  # one class in the slice: no AUC
+    assert "not defined on this slice" in checks[("g=b", "auc", "lower_bound")].describe()
+    cold = gate_checks(gate, {"accuracy": 0.85}, None, mine, None)
+    assert [c.passed for c in cold if c.kind == "max_decrease"] == [None, None]
+
+
 def test_gate_on_unknown_metric_is_an_error():
     with pytest.raises(ValueError, match="gate.metrics.auc"):
         gate_checks(GateConfig(metrics={"auc": MetricGate(lower_bound=0.5)}), {"accuracy": 1.0}, None)
