@@ -67,9 +67,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_id = args.run_id or f"cli__{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H-%M-%S')}"
     ctx = make_context(args.pipeline, run_id=run_id, settings=settings, overrides=parse_overrides(args.set or []))
     durations: dict[str, float] = {}
+    from tasks.progress import install
+
+    bar = install()  # progress bars on a terminal; nothing when the output is a file or a pipe
 
     def on_step(name, record, seconds):
         durations[name] = seconds
+        if bar is not None:
+            bar.clear()
         print(f"[tfpipe] {name} done in {seconds:.1f}s", flush=True)
 
     print(f"[tfpipe] pipeline {ctx.config.name}, run {run_id}", flush=True)

@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 
 from tasks import storage
 from tasks.config import PipelineConfig
+from tasks.progress import report
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
 _CSV_BLOCK_BYTES = 4 << 20
 _PARQUET_BATCH_ROWS = 65_536
 _PROGRESS_SECONDS = 10.0
+_BAR_SECONDS = 1.0
 
 
 class DataError(ValueError):
@@ -552,7 +554,7 @@ def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str
         non_null: np.ndarray | None = None
         source_records = []
         rows_total = 0
-        began = last_log = time.perf_counter()
+        began = last_log = last_shown = time.perf_counter()
         pending: deque[concurrent.futures.Future] = deque()
 
         def drain(limit: int) -> None:
@@ -582,11 +584,15 @@ def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str
                         pending.append(pool.submit(_encode_batch, batch, plan, source.uri, file_rows))
                         file_rows += batch.num_rows
                         drain(workers * 2)
-                        if time.perf_counter() - last_log > _PROGRESS_SECONDS:
-                            last_log = time.perf_counter()
+                        now = time.perf_counter()
+                        if now - last_shown > _BAR_SECONDS:
+                            # INFO for the task log every _PROGRESS_SECONDS, DEBUG for a terminal's bar between.
+                            level = logging.INFO if now - last_log > _PROGRESS_SECONDS else logging.DEBUG
+                            last_shown, last_log = now, (now if level == logging.INFO else last_log)
                             done = rows_total + file_rows
-                            log.info("ingest: %d rows read from %d/%d file(s), %.0f rows/s",
-                                     done, index + 1, len(resolved), done / (last_log - began))
+                            report(log, level, "ingest: %d rows read from %d/%d file(s), %.0f rows/s",
+                                   done, index + 1, len(resolved), done / (now - began), task="ingest", done=done,
+                                   unit="rows", rate=done / (now - began), detail=f"file {index + 1}/{len(resolved)}")
                     drain(0)
                     if file_rows == 0:
                         raise DataError(f"{source.uri}: no data rows (the file holds only a header)")

@@ -44,6 +44,7 @@ from tasks.config import TrainConfig
 from tasks.ingest import read_manifest, split_files
 from tasks.inputs import InputPipeline, eval_dataset, should_cache
 from tasks.model import ModelSpec, build_model, load_model_fn, parse_spec, prepare, raw_input_signature
+from tasks.progress import report
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ HISTORY_FILE = "history.json"
 TENSORBOARD_DIR = "tensorboard"
 SERVING_SIGNATURE = "serving_default"
 FEATURES_SIGNATURE = "predict_features"
+_PROGRESS_SECONDS = 10.0  # a progress line in the task log
+_BAR_SECONDS = 1.0  # a progress record for a terminal's bar
 
 @dataclass(frozen=True)
 class ModelArtifact:
@@ -489,7 +492,7 @@ def train_model(
     started, trained_examples = time.perf_counter(), 0
     # Throughput counts from the end of the first call (which traces): steady state, as in benchmarks.
     steady_since, steady_examples = None, 0
-    last_log = started
+    last_log = last_shown = started
     while epoch < params.epochs and not bool(stopped.numpy()):
         epoch_started = time.perf_counter()
         offset = step - epoch * steps_per_epoch
@@ -518,12 +521,15 @@ def train_model(
                 if progress is not None:
                     progress.on_steps(first_step, losses, learning_rate)
                 now = time.perf_counter()
-                if now - last_log > 10:
+                if now - last_shown > _BAR_SECONDS:  # INFO for the task log, DEBUG for a terminal's bar
+                    level = logging.INFO if now - last_log > _PROGRESS_SECONDS else logging.DEBUG
                     rate = trained_examples / (now - started)
                     eta = (total_steps - step) * batch / max(rate, 1e-9)
-                    log.info("epoch %d/%d step %d/%d loss %.4f  %.0f examples/s  ETA %.0f s",
-                             epoch + 1, params.epochs, step, total_steps, losses[-1], rate, eta)
-                    last_log = now
+                    report(log, level, "epoch %d/%d step %d/%d loss %.4f  %.0f examples/s  ETA %.0f s",
+                           epoch + 1, params.epochs, step, total_steps, losses[-1], rate, eta,
+                           task=f"train epoch {epoch + 1}/{params.epochs}", done=step, total=total_steps,
+                           unit="steps", rate=rate / batch, eta=eta, detail=f"loss {losses[-1]:.4f}")
+                    last_shown, last_log = now, (now if level == logging.INFO else last_log)
             if step % params.checkpoint_every_steps == 0 and offset < steps_per_epoch:
                 save(step)
         eval_loss = eval_correct = eval_count = 0.0
