@@ -8,6 +8,10 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+# XCom keys a task pushes so the Airflow UI can link to its MLflow run (see plugins/).
+MLFLOW_RUN_URL = "mlflow_run_url"
+MLFLOW_EXPERIMENT_URL = "mlflow_experiment_url"
+
 DEFAULT_ARGS = {
     "owner": "tfpipe",
     "retries": 2,
@@ -38,3 +42,23 @@ def export_aws_connection() -> None:
     ):
         if value:
             os.environ.setdefault(key, value)
+
+
+def model_names() -> list[str]:
+    """The models the pipelines push (``dags/pipelines/*.yaml``); a broken config is left to its own DAG's error."""
+    from tasks.config import ConfigError, discover_pipelines, load_pipeline
+
+    names = set()
+    for path in discover_pipelines():
+        try:
+            names.add(load_pipeline(path).model_name)
+        except ConfigError:
+            continue
+    return sorted(names)
+
+
+def model_asset(model_name: str):
+    """The Airflow Asset a push updates: one per model, whatever store holds it."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"{model_name}_model", uri=f"tfpipe://models/{model_name}")

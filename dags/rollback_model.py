@@ -22,22 +22,10 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from dags.airflow_support import DEFAULT_ARGS, export_aws_connection
+from dags.airflow_support import DEFAULT_ARGS, export_aws_connection, model_names
 
 
-def _model_names() -> list[str]:
-    from tasks.config import ConfigError, discover_pipelines, load_pipeline
-
-    names = set()
-    for path in discover_pipelines():
-        try:
-            names.add(load_pipeline(path).model_name)
-        except ConfigError:
-            continue  # the pipeline's own DAG file reports its config error
-    return sorted(names)
-
-
-MODELS = _model_names()
+MODELS = model_names()
 
 
 @dag(

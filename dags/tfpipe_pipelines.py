@@ -28,7 +28,7 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag, task
 
-from dags.airflow_support import DEFAULT_ARGS, export_aws_connection
+from dags.airflow_support import DEFAULT_ARGS, MLFLOW_EXPERIMENT_URL, MLFLOW_RUN_URL, export_aws_connection
 
 PIPELINES = Path(__file__).resolve().parent / "pipelines"
 
@@ -62,7 +62,14 @@ def _context(pipeline_file: str, params, run_id: str, ds: str, ti):
         dag_id=ti.dag_id,
         try_number=ti.try_number,
         orchestrator="airflow",
+        on_run=lambda run: _push_links(ti, run),
     )
+
+
+def _push_links(ti, run: dict) -> None:
+    """Where this task's MLflow run is, for the "MLflow run" and "MLflow experiment" links (plugins/)."""
+    ti.xcom_push(key=MLFLOW_RUN_URL, value=run["run_url"])
+    ti.xcom_push(key=MLFLOW_EXPERIMENT_URL, value=run["experiment_url"])
 
 
 def build_dag(pipeline_file: Path):

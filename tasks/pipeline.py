@@ -10,7 +10,7 @@ import logging
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -20,7 +20,7 @@ from typing import Any
 from tasks import __version__, artifacts, storage
 from tasks.config import STRATEGIES, PipelineConfig, load_pipeline, resolve_pipeline_path
 from tasks.settings import Settings
-from tasks.tracking import MlflowTracker, MlflowTracking, RunIdentity
+from tasks.tracking import MlflowTracker, MlflowTracking, RunIdentity, experiment_url, run_url
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +118,13 @@ class RunContext:
     try_number: int = 1
     orchestrator: str = "cli"
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Told where each step's MLflow run is ({"run_id", "experiment_id", "run_url", "experiment_url"}),
+    # as soon as it exists: the DAG pushes it to XCom for the Airflow UI's links.
+    on_run: Callable[[dict[str, str]], None] | None = None
 
     @property
     def identity(self) -> RunIdentity:
-        return RunIdentity(self.config.name, self.run_id, self.dag_id, self.orchestrator)
+        return RunIdentity(self.config.name, self.run_id, self.dag_id, self.orchestrator, self.settings.airflow_url)
 
     def output(self, name: str) -> str:
         return artifacts.output_uri(self.settings.artifact_root, self.config.name, self.run_id, name)
@@ -140,6 +143,7 @@ def make_context(
     dag_id: str | None = None,
     try_number: int = 1,
     orchestrator: str = "cli",
+    on_run: Callable[[dict[str, str]], None] | None = None,
 ) -> RunContext:
     """Load the pipeline with ``params`` (trigger form) then ``overrides`` (``--set``) applied."""
     base = load_pipeline(pipeline)
@@ -155,6 +159,7 @@ def make_context(
         try_number=try_number,
         orchestrator=orchestrator,
         overrides=merged,
+        on_run=on_run,
     )
 
 
@@ -186,6 +191,11 @@ def _step(ctx: RunContext, name: str) -> Iterator[MlflowTracker]:
               "code_version": code_version()}
     started = time.perf_counter()
     with tracking.step_run(ctx.identity, name, ctx.try_number, params=params) as tracker:
+        if ctx.on_run is not None:
+            experiment_id = tracking.experiment_id(ctx.config.name)
+            ctx.on_run({"run_id": tracker.run_id, "experiment_id": experiment_id,
+                        "run_url": run_url(ctx.settings.mlflow_ui_url, experiment_id, tracker.run_id),
+                        "experiment_url": experiment_url(ctx.settings.mlflow_ui_url, experiment_id)})
         yield tracker
         tracker.log_metrics({"step_seconds": time.perf_counter() - started})
 
@@ -649,3 +659,10 @@ def rollback_model(settings: Settings, model_name: str, to_version: int | None =
                                                  target, by, details)
     log.info("rolled %s back from v%s to v%d", model_name, change.previous, target)
     return details
+
+
+def end_dag_run(settings: Settings, dag_id: str, run_id: str, state: str) -> str | None:
+    """A DAG run ended (the listener in ``plugins/`` calls this): see
+    :meth:`MlflowTracking.end_pipeline_run`. A DAG that is no pipeline has no MLflow run: None."""
+    tracking = _tracking(settings.tracking_uri, settings.mlflow_artifact_location)
+    return tracking.end_pipeline_run(dag_id, run_id, state)

@@ -14,6 +14,10 @@ Library functions never read the environment; they receive a :class:`Settings`.
   no server check).
 * ``TFPIPE_SERVING_BASE_PATH``: where TensorFlow Serving sees the store, written into
   ``<store>/models.config`` (default: a local store's own path, else ``/models``).
+* ``TFPIPE_MLFLOW_UI_URL``: the MLflow UI that links point to (default: the tracking URI when
+  it is a server, else ``http://127.0.0.1:5000``, where ``make mlflow`` serves).
+* ``AIRFLOW__API__BASE_URL``: Airflow's UI, for the links from MLflow runs back to their DAG
+  run and task instance (default: unset, no links).
 
 S3 endpoint and credentials come from the standard AWS variables (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``, ...) which boto3 reads itself; under Airflow, from the connection
@@ -48,6 +52,8 @@ class Settings:
     tracking_uri: str
     serving_url: str | None = None
     serving_base_path: str | None = None
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
+    airflow_url: str | None = None
 
     @property
     def mlflow_dir(self) -> Path:
@@ -81,4 +87,11 @@ class Settings:
             or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
             serving_url=env.get("TFPIPE_SERVING_URL") or None,
             serving_base_path=env.get("TFPIPE_SERVING_BASE_PATH") or None,
+            mlflow_ui_url=(env.get("TFPIPE_MLFLOW_UI_URL") or _server(env.get("MLFLOW_TRACKING_URI"))
+                           or "http://127.0.0.1:5000").rstrip("/"),
+            airflow_url=(env.get("AIRFLOW__API__BASE_URL") or "").rstrip("/") or None,
         )
+
+
+def _server(tracking_uri: str | None) -> str | None:
+    return tracking_uri if tracking_uri and tracking_uri.startswith(("http://", "https://")) else None

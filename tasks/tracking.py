@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 PARENT_ROLE = "pipeline"
 STEP_ROLE = "step"
@@ -29,6 +30,10 @@ TAG_DAG_ID = "airflow.dag_id"
 TAG_DAG_RUN_ID = "airflow.run_id"
 TAG_TASK_ID = "airflow.task_id"
 TAG_TRY = "airflow.try_number"
+TAG_DAG_RUN_URL = "airflow.dag_run_url"
+TAG_TASK_URL = "airflow.task_instance_url"
+TAG_DAG_RUN_STATE = "airflow.dag_run_state"
+NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -328,12 +333,35 @@ def log_benchmark(tracking_uri: str, result: Mapping[str, Any], table: str, arti
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """Who is running: the pipeline run (DAG run) and, for a step, its task and try."""
+    """Who is running: the pipeline run (DAG run) and, for a step, its task and try.
+
+    ``airflow_url`` (Airflow's UI) adds links from the MLflow runs back to the DAG run and the
+    task instance.
+    """
 
     pipeline: str
     run_id: str
     dag_id: str
     orchestrator: str = "airflow"
+    airflow_url: str | None = None
+
+    def dag_run_url(self) -> str | None:
+        if not self.airflow_url:
+            return None
+        return f"{self.airflow_url}/dags/{quote(self.dag_id, safe='')}/runs/{quote(self.run_id, safe='')}"
+
+    def task_url(self, task_id: str) -> str | None:
+        base = self.dag_run_url()
+        return f"{base}/tasks/{quote(task_id, safe='')}" if base else None
+
+
+def run_url(mlflow_ui_url: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run."""
+    return f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def experiment_url(mlflow_ui_url: str, experiment_id: str) -> str:
+    return f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}"
 
 
 class MlflowTracking:
@@ -368,18 +396,18 @@ class MlflowTracking:
         )
         if found:
             return found[0].info.run_id
-        run = self.client.create_run(
-            experiment_id,
-            run_name=identity.run_id,
-            tags={
-                TAG_ROLE: PARENT_ROLE,
-                TAG_PIPELINE: identity.pipeline,
-                TAG_RUN_KEY: identity.run_id,
-                TAG_DAG_ID: identity.dag_id,
-                TAG_DAG_RUN_ID: identity.run_id,
-                "tfpipe.orchestrator": identity.orchestrator,
-            },
-        )
+        tags = {
+            TAG_ROLE: PARENT_ROLE,
+            TAG_PIPELINE: identity.pipeline,
+            TAG_RUN_KEY: identity.run_id,
+            TAG_DAG_ID: identity.dag_id,
+            TAG_DAG_RUN_ID: identity.run_id,
+            "tfpipe.orchestrator": identity.orchestrator,
+        }
+        if identity.dag_run_url():
+            tags[TAG_DAG_RUN_URL] = identity.dag_run_url()
+            tags[NOTE] = f"Airflow DAG run: [{identity.dag_id} / {identity.run_id}]({identity.dag_run_url()})"
+        run = self.client.create_run(experiment_id, run_name=identity.run_id, tags=tags)
         if params:
             MlflowTracker(self.client, run.info.run_id).log_params(params)
         return run.info.run_id
@@ -397,20 +425,22 @@ class MlflowTracking:
         """A child run for one try of one step, ended FINISHED or FAILED with it."""
         parent_id = self.parent_run_id(identity, params)
         self.set_parent_status(parent_id, "RUNNING")
-        run = self.client.create_run(
-            self.experiment_id(identity.pipeline),
-            run_name=step,
-            tags={
-                "mlflow.parentRunId": parent_id,
-                TAG_ROLE: STEP_ROLE,
-                TAG_PIPELINE: identity.pipeline,
-                TAG_RUN_KEY: identity.run_id,
-                TAG_DAG_ID: identity.dag_id,
-                TAG_DAG_RUN_ID: identity.run_id,
-                TAG_TASK_ID: step,
-                TAG_TRY: str(try_number),
-            },
-        )
+        tags = {
+            "mlflow.parentRunId": parent_id,
+            TAG_ROLE: STEP_ROLE,
+            TAG_PIPELINE: identity.pipeline,
+            TAG_RUN_KEY: identity.run_id,
+            TAG_DAG_ID: identity.dag_id,
+            TAG_DAG_RUN_ID: identity.run_id,
+            TAG_TASK_ID: step,
+            TAG_TRY: str(try_number),
+        }
+        if identity.task_url(step):
+            tags[TAG_TASK_URL] = identity.task_url(step)
+            tags[TAG_DAG_RUN_URL] = identity.dag_run_url()
+            tags[NOTE] = (f"Airflow task instance: [{identity.dag_id} / {step} (try {try_number})]"
+                          f"({identity.task_url(step)}) of DAG run [{identity.run_id}]({identity.dag_run_url()})")
+        run = self.client.create_run(self.experiment_id(identity.pipeline), run_name=step, tags=tags)
         tracker = MlflowTracker(self.client, run.info.run_id, parent_id)
         try:
             yield tracker
@@ -440,6 +470,35 @@ class MlflowTracking:
         tracker.log_dict(dict(details), "rollback.json")
         self.client.set_terminated(run.info.run_id, status="FINISHED")
         return {"run_id": run.info.run_id, "registry_version": registry, "previous_registry_version": previous}
+
+    def end_pipeline_run(self, pipeline: str, run_id: str, dag_run_state: str) -> str | None:
+        """The DAG run ended: record its state on the parent run, and end a parent run still
+        RUNNING (a killed task never got to end it) as FINISHED or FAILED.
+
+        Returns:
+            The parent run's status afterwards, or None when the DAG run has no MLflow run.
+        """
+        experiment = self.client.get_experiment_by_name(pipeline)
+        if experiment is None:
+            return None
+        found = self.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{TAG_ROLE}` = '{PARENT_ROLE}' and tags.`{TAG_RUN_KEY}` = '{run_id}'",
+            max_results=1,
+        )
+        if not found:
+            return None
+        parent = found[0]
+        self.client.set_tag(parent.info.run_id, TAG_DAG_RUN_STATE, dag_run_state)
+        if parent.info.status not in ("RUNNING", "SCHEDULED"):
+            return parent.info.status
+        status = "FINISHED" if dag_run_state == "success" else "FAILED"
+        self.client.set_terminated(parent.info.run_id, status=status)
+        for child in self.client.search_runs([experiment.experiment_id],
+                                             f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
+                                             "and attributes.status = 'RUNNING'"):
+            self.client.set_terminated(child.info.run_id, status="KILLED")  # its task was killed
+        return status
 
     def pipeline_summary(self, pipeline: str, run_id: str | None = None) -> dict[str, Any] | None:
         """What a pipeline run did, read back from its MLflow runs (the latest run by default)."""

@@ -21,6 +21,7 @@ _AIRFLOW_HOME = tempfile.mkdtemp(prefix="tfpipe-test-airflow-")
 os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "plugins")
 os.environ.pop("TFPIPE_HOME", None)
 
 PENGUINS_CSV = Path(str(importlib.resources.files("palmerpenguins").joinpath("data", "penguins.csv")))

@@ -1,10 +1,12 @@
 """The whole penguins DAG through Airflow's dag.test(), against real services on 127.0.0.1:
 S3 (moto server) as artifact root and model store, and an `mlflow server` subprocess."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -28,6 +30,7 @@ def services(tmp_path_factory):
             "TFPIPE_HOME": str(root / "home"),
             "TFPIPE_ARTIFACT_ROOT": f"s3://{BUCKET}/artifacts",
             "TFPIPE_MODEL_STORE": f"s3://{BUCKET}/model_store",
+            "AIRFLOW__API__BASE_URL": "http://127.0.0.1:8080", "TFPIPE_MLFLOW_UI_URL": "http://127.0.0.1:5000",
         })
         import boto3
 
@@ -156,6 +159,36 @@ def test_mlflow_run_tree_holds_every_artifact(services, blessed_run):
     assert champion.tags["store_version"] == "1"
 
 
+def test_airflow_and_mlflow_link_to_each_other(services, blessed_run):
+    """Each task links to its MLflow run and experiment (plugin extra links, read from the metadata
+    DB as the API server does); each MLflow run links back to its DAG run and task instance; the
+    listener recorded the DAG run's end on the parent run."""
+    from plugins.tfpipe_plugin import MlflowExperimentLink, MlflowRunLink
+
+    client = _client(services)
+    parent, children = _children(client, blessed_run.run_id)
+    experiment_id = parent.info.experiment_id
+    dag_run_url = f"http://127.0.0.1:8080/dags/penguins/runs/{quote(blessed_run.run_id, safe='')}"
+    assert parent.data.tags["airflow.dag_run_url"] == dag_run_url
+    assert parent.data.tags["airflow.dag_run_state"] == "success"
+    for ti in blessed_run.get_task_instances():
+        child = children[ti.task_id]
+        run_link = MlflowRunLink().get_link(None, ti_key=ti.key)
+        assert run_link == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{child.info.run_id}"
+        assert MlflowExperimentLink().get_link(None, ti_key=ti.key) == f"http://127.0.0.1:5000/#/experiments/{experiment_id}"
+        assert child.data.tags["airflow.task_instance_url"] == f"{dag_run_url}/tasks/{ti.task_id}"
+        assert f"]({dag_run_url}/tasks/{ti.task_id})" in child.data.tags["mlflow.note.content"]
+
+
+def test_the_plugin_is_registered_with_airflow(services):
+    out = subprocess.run([str(Path(sys.executable).parent / "airflow"), "plugins", "--output", "json"],
+                         check=True, capture_output=True, text=True, timeout=300).stdout
+    (plugin,) = [p for p in json.loads(out) if p["name"] == "tfpipe"]
+    assert "MlflowRunLink" in str(plugin["global_operator_extra_links"])
+    assert "tfpipe_listener" in str(plugin["listeners"])
+    assert "http://127.0.0.1:5000" in str(plugin["external_views"])
+
+
 def test_trained_model_is_an_mlflow_model_with_signature_and_input_example(services, blessed_run, penguins_frame):
     import mlflow.artifacts
     import mlflow.pyfunc
@@ -193,6 +226,25 @@ def test_unmet_threshold_pushes_nothing(services, dag, blessed_run):
     assert children["evaluate_model"].data.tags["tfpipe.blessed"] == "false"
     assert parent.data.tags["tfpipe.outcome"] == "not_blessed"
     assert parent.info.status == "FINISHED"
+    assert parent.data.tags["airflow.dag_run_state"] == "success"
+
+
+def _fresh_dag(dag_id):
+    """A DAG object of its own: dag.test() keeps a run's conf in the DAG's params."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(REPO / "dags")).dags[dag_id]
+    for task in dag.tasks:
+        task.retries = 0
+    return dag
+
+
+def test_a_failed_dag_run_ends_its_mlflow_run_failed(services):
+    dag_run = _fresh_dag("penguins").test(run_conf={"data_source": "/nonexistent/penguins.csv"})
+    assert str(getattr(dag_run.state, "value", dag_run.state)) == "failed"
+    parent, children = _children(_client(services), dag_run.run_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["airflow.dag_run_state"] == "failed"
+    assert children["ingest_examples"].info.status == "FAILED"
 
 
 def test_conf_violating_a_param_bound_is_rejected(services, dag):
@@ -228,8 +280,6 @@ def test_s3_credentials_from_the_aws_default_connection(services, dag, blessed_r
 def test_rollback_dag_moves_the_champion_back(services, dag, blessed_run):
     """A second push (tfpipe run, gate relaxed so that it blesses) becomes champion; the
     rollback_model DAG returns to v1."""
-    from airflow.dag_processing.dagbag import DagBag
-
     from tasks import storage
     from tasks.model_store import parse_models_config, read_champion
     from tasks.pipeline import make_context, run_pipeline
@@ -242,10 +292,7 @@ def test_rollback_dag_moves_the_champion_back(services, dag, blessed_run):
     newest = read_champion(store, "penguins")["version"]
     assert newest == pushed["version"] == pushed["champion"]
     assert newest > 1
-    rollback = DagBag(dag_folder=str(REPO / "dags")).dags["rollback_model"]
-    for task in rollback.tasks:
-        task.retries = 0
-    dag_run = rollback.test(run_conf={"model": "penguins", "to_version": 1})
+    dag_run = _fresh_dag("rollback_model").test(run_conf={"model": "penguins", "to_version": 1})
     assert _states(dag_run) == {"rollback_model": "success"}
     record = read_champion(store, "penguins")
     assert record["version"] == 1 and record["reason"] == "rollback" and record["by"].startswith("airflow:rollback_model/")
