@@ -13,7 +13,7 @@ child run under the DAG run's parent run (experiment **{name}**):
 | `train_model` | custom `tf.GradientTape` loop under `tf.distribute`, checkpointed | `model` |
 | `evaluate_model` | eval metrics, gate against thresholds and the champion; **skips the rest unless blessed** | `evaluation` |
 | `optimize_model` | TFLite float32, float16, dynamic-range and int8, a pruned model, TF-TRT on a GPU: size, latency, throughput and accuracy of each against the original | `optimized` |
-| `push_model` | `<model_store>/{model_name}/<version>/` (checksums verified, warm-up requests, `saved_model.pb` last), loaded back and checked, then champion in `models.config` and the MLflow registry alias `champion` | `pushed_model` |
+| `push_model` | `<model_store>/{model_name}/<version>/` (checksums verified, warm-up requests, `saved_model.pb` last), loaded back and checked, then champion in `models.config` and the MLflow registry alias `champion`; updates the Asset `{model_name}_model`, which runs the `serving_check` DAG | `pushed_model` |
 
 A bad champion is undone with the `rollback_model` DAG (or `tfpipe rollback {model_name}`).
 
@@ -28,7 +28,8 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag, task
 
-from dags.airflow_support import DEFAULT_ARGS, MLFLOW_EXPERIMENT_URL, MLFLOW_RUN_URL, export_aws_connection
+from dags.airflow_support import (DEFAULT_ARGS, MLFLOW_EXPERIMENT_URL, MLFLOW_RUN_URL, export_aws_connection,
+                                   model_asset)
 
 PIPELINES = Path(__file__).resolve().parent / "pipelines"
 
@@ -90,6 +91,7 @@ def build_dag(pipeline_file: Path):
         for p in param_specs(config)
     }
     source = str(pipeline_file)
+    asset = model_asset(config.model_name)
 
     @dag(
         dag_id=config.name,
@@ -136,11 +138,18 @@ def build_dag(pipeline_file: Path):
 
             return steps.optimize_model(_context(source, params, run_id, ds, ti), examples, model, blessing)
 
-        @task(execution_timeout=TIMEOUTS["push_model"], retries=1)
-        def push_model(examples, model, blessing, optimized, params=None, run_id=None, ds=None, ti=None):
+        @task(execution_timeout=TIMEOUTS["push_model"], retries=1, outlets=[asset])
+        def push_model(examples, model, blessing, optimized, params=None, run_id=None, ds=None, ti=None,
+                       outlet_events=None):
+            """Updates the model's Asset (the serving_check DAG runs on it) with what was pushed."""
             from tasks import pipeline as steps
 
-            return steps.push_model(_context(source, params, run_id, ds, ti), examples, model, blessing, optimized)
+            pushed = steps.push_model(_context(source, params, run_id, ds, ti), examples, model, blessing, optimized)
+            outlet_events[asset].extra = {
+                "model_name": pushed["model_name"], "version": pushed["version"], "uri": pushed["uri"],
+                "champion": pushed["champion"], "registry_version": pushed["registry_version"],
+            }
+            return pushed
 
         examples = ingest_examples()
         validation = validate_examples(examples)

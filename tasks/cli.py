@@ -11,6 +11,7 @@ so ``tfpipe --help`` and config errors answer at once.
     tfpipe schema PIPELINE [--curate]      the schema in force; --curate copies the recorded one beside the config
     tfpipe rollback MODEL [--to VERSION]   move the champion back and update the serving config
     tfpipe serving-sync DIR [--interval S] mirror the model store into DIR for TensorFlow Serving
+    tfpipe serving-check MODEL             check what serves a model (champion, config, files, answers)
     tfpipe airflow ARGS...                 the airflow command with this project's settings
     tfpipe mlflow ARGS...                  the mlflow command with this project's settings
 """
@@ -240,6 +241,20 @@ def _cmd_serving_sync(args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
+def _cmd_serving_check(args: argparse.Namespace) -> int:
+    from tasks.pipeline import check_serving
+
+    settings = Settings.from_env()
+    report = check_serving(settings, args.model, by=f"cli:{os.environ.get('USER', 'unknown')}",
+                           timeout=args.serving_timeout)
+    print(f"[tfpipe] {args.model} v{report['version']}: in {report['models_config']}, {report['files']} files "
+          f"match their manifest, {report['requests']} warm-up requests answered")
+    if "tf_serving" in report:
+        print(f"[tfpipe] TensorFlow Serving at {settings.serving_url}: AVAILABLE, same answers")
+    print(f"[tfpipe] MLflow run {report['mlflow_run_id']}")
+    return 0
+
+
 def _cmd_datagen(args: argparse.Namespace) -> int:
     from tasks.datagen import generate, pipeline_yaml
 
@@ -392,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--model", action="append", help="only this model (repeatable; default: every model)")
     sync.add_argument("--interval", type=float, default=0.0, help="keep syncing every S seconds (default: once)")
     sync.set_defaults(func=_cmd_serving_sync)
+
+    check = sub.add_parser("serving-check", help="check what serves a model: champion, models.config, files, answers")
+    check.add_argument("model")
+    check.add_argument("--serving-timeout", type=float, default=300.0,
+                       help="with TFPIPE_SERVING_URL: seconds TF Serving may take to serve it")
+    check.set_defaults(func=_cmd_serving_check)
 
     for tool in ("airflow", "mlflow"):
         p = sub.add_parser(tool, help=f"run {tool} with this project's settings", add_help=False)

@@ -666,3 +666,41 @@ def end_dag_run(settings: Settings, dag_id: str, run_id: str, state: str) -> str
     :meth:`MlflowTracking.end_pipeline_run`. A DAG that is no pipeline has no MLflow run: None."""
     tracking = _tracking(settings.tracking_uri, settings.mlflow_artifact_location)
     return tracking.end_pipeline_run(dag_id, run_id, state)
+
+
+def check_serving(settings: Settings, model_name: str, pushed: Mapping[str, Any] | None = None,
+                  by: str = "cli", timeout: float = 300.0) -> dict[str, Any]:
+    """Check what serves ``model_name`` (see :func:`tasks.serving.check_serving`) and log the
+    check as an MLflow run (tag ``tfpipe.role=serving_check``), FAILED with the reason when it fails.
+
+    Args:
+        pushed: The push that triggered the check (the asset event's extra), recorded with it.
+
+    Raises:
+        ServingCheckError: What serves is not what it should be.
+    """
+    from tasks import serving
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.tracking_uri.startswith("sqlite:"):
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    tracking = _tracking(settings.tracking_uri, settings.mlflow_artifact_location)
+    params = {"model_name": model_name, "store": settings.model_store, "serving_url": settings.serving_url or "",
+              "triggered_by_version": (pushed or {}).get("version", "")}
+    tags = {"tfpipe.model_name": model_name, "tfpipe.checked_by": by}
+    try:
+        report = serving.check_serving(settings.model_store, model_name, settings.cache_dir, settings.serving_url,
+                                       timeout)
+    except (serving.ServingCheckError, storage.ArtifactNotFoundError) as error:
+        tracking.record_operation(experiment_for_model(model_name), f"serving check {model_name}", "serving_check",
+                                  params, {"error": str(error), "pushed": dict(pushed or {})},
+                                  {**tags, "tfpipe.serving_check": "failed"}, status="FAILED")
+        raise
+    report["mlflow_run_id"] = tracking.record_operation(
+        experiment_for_model(model_name), f"serving check {model_name} v{report['version']}", "serving_check",
+        params, {**report, "pushed": dict(pushed or {})},
+        {**tags, "tfpipe.serving_check": "passed", "tfpipe.checked_version": str(report["version"])})
+    log.info("serving check of %s: v%d intact (%d files), answers its %d warm-up requests%s", model_name,
+             report["version"], report["files"], report["requests"],
+             ", served by TensorFlow Serving" if "tf_serving" in report else "")
+    return report

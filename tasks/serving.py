@@ -8,6 +8,9 @@
   warm-up requests with the predictions the model gave before the push.
 * **TensorFlow Serving check** (:func:`check_tf_serving`): when a server is configured, wait until
   it reports the version AVAILABLE, then query it over REST with the same requests.
+* **Serving check** (:func:`check_serving`, the ``serving_check`` DAG after every push): what
+  serves a model now, end to end: champion, ``models.config``, the files against their
+  manifest, answers to the warm-up requests, and TensorFlow Serving.
 """
 
 from __future__ import annotations
@@ -179,3 +182,72 @@ def check_tf_serving(url: str, model_name: str, version: int, records: list[byte
     worst = compare_outputs(expected, {k: np.asarray(v) for k, v in outputs.items()}, f"{url} {model_name} v{version}")
     return {"url": url, "version": version, "state": state, "waited_seconds": waited, "requests": len(records),
             "max_abs_diff": worst, "passed": True}
+
+
+def verify_version(model_store: str, model_name: str, version: int, cache_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """Download (or open) a stored version and check every file against its manifest.
+
+    Returns:
+        The local copy and ``{"files": n, "bytes": total}``.
+
+    Raises:
+        ServingCheckError: A file is missing or differs in size or SHA-256.
+    """
+    from tasks import artifacts, model_store as store
+
+    uri = artifacts.model_version_uri(model_store, model_name, version)
+    manifest = store.read_manifest(uri)
+    local = storage.materialize(uri, cache_dir)
+    for rel, entry in manifest["files"].items():
+        path = local / rel
+        if not path.is_file():
+            raise ServingCheckError(f"{uri}: {rel} is missing")
+        if path.stat().st_size != entry["size"] or storage.sha256_file(path) != entry["sha256"]:
+            raise ServingCheckError(f"{uri}: {rel} differs from the manifest (size or SHA-256)")
+    return local, {"files": len(manifest["files"]), "bytes": sum(e["size"] for e in manifest["files"].values())}
+
+
+def _sane(outputs: dict[str, np.ndarray], where: str) -> None:
+    for key, value in outputs.items():
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise ServingCheckError(f"{where}: output {key!r} holds NaN or infinity")
+    if "scores" in outputs and outputs["scores"].ndim == 2:
+        sums = outputs["scores"].sum(axis=1)
+        if not np.allclose(sums, 1.0, atol=1e-3):
+            raise ServingCheckError(f"{where}: class scores do not sum to 1 (e.g. {sums[0]:.4f})")
+
+
+def check_serving(model_store: str, model_name: str, cache_dir: Path, serving_url: str | None = None,
+                  timeout: float = 300.0) -> dict[str, Any]:
+    """What serves ``model_name`` now: its champion, the store's ``models.config`` naming it, every
+    file of the version matching its manifest, its warm-up requests answered with finite scores
+    (class scores summing to 1), and with ``serving_url`` TensorFlow Serving giving the same answers.
+
+    Raises:
+        ServingCheckError: Any of these does not hold; the message says which.
+    """
+    from tasks import model_store as store
+    from tasks.evaluate import predict
+
+    started = time.perf_counter()
+    current = store.champion(model_store, model_name)
+    if current is None:
+        raise ServingCheckError(f"{model_name} has no champion in {model_store}: nothing is served")
+    version, uri = current
+    config_uri = storage.join(model_store, store.MODELS_CONFIG)
+    if not storage.exists(config_uri):
+        raise ServingCheckError(f"{config_uri} does not exist: TensorFlow Serving has no config to load")
+    served = store.parse_models_config(storage.read_bytes(config_uri).decode()).get(model_name)
+    if served is None or served[1] != [version]:
+        raise ServingCheckError(f"{config_uri} serves {model_name} {served[1] if served else 'not at all'}, "
+                                f"but the champion is v{version}")
+    local, integrity = verify_version(model_store, model_name, version, cache_dir)
+    records = read_warmup_requests(local / WARMUP_FILE)
+    outputs = predict(local, records, batch_size=max(1, len(records)))
+    _sane(outputs, uri)
+    report: dict[str, Any] = {"model_name": model_name, "version": version, "uri": uri, "models_config": config_uri,
+                              "requests": len(records), **integrity}
+    if serving_url:
+        report["tf_serving"] = check_tf_serving(serving_url, model_name, version, records, outputs, timeout)
+    report["seconds"] = time.perf_counter() - started
+    return report

@@ -451,25 +451,31 @@ class MlflowTracking:
         self.client.set_terminated(run.info.run_id, status="FINISHED")
 
 
+    def record_operation(self, experiment: str, run_name: str, role: str, params: Mapping[str, Any],
+                         details: Mapping[str, Any], tags: Mapping[str, str] | None = None,
+                         status: str = "FINISHED") -> str:
+        """An operation on the model store (a rollback, a serving check) as a run of ``experiment``
+        tagged ``tfpipe.role=<role>``, with its details as ``<role>.json``; returns the run id."""
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name,
+                                     tags={TAG_ROLE: role, TAG_PIPELINE: experiment, **(tags or {})})
+        tracker = MlflowTracker(self.client, run.info.run_id)
+        tracker.log_params(params)
+        tracker.log_dict(dict(details), f"{role}.json")
+        self.client.set_terminated(run.info.run_id, status=status)
+        return run.info.run_id
+
     def record_rollback(self, experiment: str, model_name: str, from_version: int | None, to_version: int,
                         by: str, details: Mapping[str, Any]) -> dict[str, Any]:
         """Move the registry alias ``champion`` to the version pushed as store version
         ``to_version`` and log the rollback as a run of ``experiment`` (tag ``tfpipe.role=rollback``)."""
         registry = registry_version_for(self.client, model_name, to_version)
         previous = move_champion_alias(self.client, model_name, registry, "rolled_back") if registry else None
-        run = self.client.create_run(
-            self.experiment_id(experiment),
-            run_name=f"rollback {model_name} v{from_version} to v{to_version}",
-            tags={TAG_ROLE: "rollback", TAG_PIPELINE: experiment, "tfpipe.model_name": model_name,
-                  "tfpipe.rolled_back_by": by},
-        )
-        tracker = MlflowTracker(self.client, run.info.run_id)
-        tracker.log_params({"model_name": model_name, "from_store_version": from_version,
-                            "to_store_version": to_version, "to_registry_version": registry or "",
-                            "from_registry_version": previous or ""})
-        tracker.log_dict(dict(details), "rollback.json")
-        self.client.set_terminated(run.info.run_id, status="FINISHED")
-        return {"run_id": run.info.run_id, "registry_version": registry, "previous_registry_version": previous}
+        run_id = self.record_operation(
+            experiment, f"rollback {model_name} v{from_version} to v{to_version}", "rollback",
+            {"model_name": model_name, "from_store_version": from_version, "to_store_version": to_version,
+             "to_registry_version": registry or "", "from_registry_version": previous or ""},
+            details, {"tfpipe.model_name": model_name, "tfpipe.rolled_back_by": by})
+        return {"run_id": run_id, "registry_version": registry, "previous_registry_version": previous}
 
     def end_pipeline_run(self, pipeline: str, run_id: str, dag_run_state: str) -> str | None:
         """The DAG run ended: record its state on the parent run, and end a parent run still

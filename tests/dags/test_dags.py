@@ -49,7 +49,8 @@ def dag(tmp_path_factory):
 
 def test_dags_import_without_errors(parsed):
     assert parsed["errors"] == {}
-    assert parsed["dags"] == sorted([*(p.stem for p in (DAGS / "pipelines").glob("*.yaml")), "rollback_model"])
+    assert parsed["dags"] == sorted([*(p.stem for p in (DAGS / "pipelines").glob("*.yaml")), "rollback_model",
+                                     "serving_check"])
 
 
 def test_parsing_imports_nothing_heavy_and_looks_up_no_connection(parsed):
@@ -118,3 +119,15 @@ def test_rollback_dag_is_manual_with_a_model_choice_and_an_optional_version(roll
     assert version.value is None and version.description
     task = rollback_dag.task_dict["rollback_model"]
     assert task.retries >= 1 and task.execution_timeout is not None
+
+
+def test_push_updates_the_model_asset_that_schedules_the_serving_check(dag):
+    from airflow.dag_processing.dagbag import DagBag
+
+    push = dag.task_dict["push_model"]
+    assert [(a.name, a.uri) for a in push.outlets] == [("penguins_model", "tfpipe://models/penguins")]
+    check = DagBag(dag_folder=str(DAGS)).dags["serving_check"]
+    condition = check.timetable.asset_condition  # any model's push triggers it
+    assert type(condition).__name__ == "AssetAny"
+    assert [(a.name, a.uri) for a in condition.objects] == [("penguins_model", "tfpipe://models/penguins")]
+    assert list(check.task_dict) == ["check_serving"] and "release" in check.tags

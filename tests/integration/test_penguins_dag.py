@@ -189,6 +189,26 @@ def test_the_plugin_is_registered_with_airflow(services):
     assert "http://127.0.0.1:5000" in str(plugin["external_views"])
 
 
+def test_push_updates_the_model_asset_and_the_serving_check_passes(services, blessed_run):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                                 .where(AssetModel.name == "penguins_model")
+                                 .where(AssetEvent.source_run_id == blessed_run.run_id)).all()
+        extras = [dict(e.extra) for e in events]
+    assert extras == [{"model_name": "penguins", "version": 1, "uri": f"s3://{BUCKET}/model_store/penguins/1",
+                       "champion": 1, "registry_version": "1"}]
+    check = _fresh_dag("serving_check").test()
+    assert _states(check) == {"check_serving": "success"}
+    client = _client(services)
+    runs = client.search_runs([client.get_experiment_by_name("penguins").experiment_id],
+                              "tags.`tfpipe.role` = 'serving_check'")
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["tfpipe.checked_version"] == "1"
+
+
 def test_trained_model_is_an_mlflow_model_with_signature_and_input_example(services, blessed_run, penguins_frame):
     import mlflow.artifacts
     import mlflow.pyfunc

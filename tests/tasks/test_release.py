@@ -239,3 +239,54 @@ def test_models_config_is_what_tf_serving_parses(tmp_path):
     text = model_store.render_models_config({"b": 2, "a": 7}, "/models")
     assert model_store.parse_models_config(text) == {"a": ("/models/a", [7]), "b": ("/models/b", [2])}
     assert 'model_platform: "tensorflow"' in text
+
+
+def test_serving_check_follows_what_serves(release, tmp_path):
+    store = str(tmp_path / "store")
+    for i in range(2):
+        pushed = push_model(release["saved_model"], release["blessing"], store, "m", owner=f"p{i}",
+                            warmup_records=release["records"][:4])
+        model_store.set_champion(store, "m", pushed.version, by="t", reason="push")
+    with pytest.raises(serving.ServingCheckError, match="models.config does not exist"):
+        serving.check_serving(store, "m", tmp_path / "cache")
+    model_store.write_models_config(store)
+    report = serving.check_serving(store, "m", tmp_path / "cache")
+    assert (report["version"], report["requests"], report["files"]) == (2, 4, len(model_store.read_manifest(pushed.uri)["files"]))
+    with model_server(tmp_path / "store" / "models.config") as url:
+        served = serving.check_serving(store, "m", tmp_path / "cache", serving_url=url, timeout=10)
+    assert served["tf_serving"]["state"] == "AVAILABLE" and served["tf_serving"]["max_abs_diff"] <= 1e-5
+    # The champion moves but nobody rewrote models.config: TF Serving would serve the wrong version.
+    model_store.set_champion(store, "m", 1, by="t", reason="rollback")
+    with pytest.raises(serving.ServingCheckError, match=r"serves m \[2\], but the champion is v1"):
+        serving.check_serving(store, "m", tmp_path / "cache")
+    model_store.write_models_config(store)
+    data = next((tmp_path / "store" / "m" / "1" / "variables").glob("variables.data-*"))
+    content = data.read_bytes()
+    data.write_bytes(content[:-1] + bytes([content[-1] ^ 0xFF]))  # one bit pattern changed, same size
+    with pytest.raises(serving.ServingCheckError, match="differs from the manifest"):
+        serving.check_serving(store, "m", tmp_path / "cache")
+    with pytest.raises(serving.ServingCheckError, match="no champion"):
+        serving.check_serving(store, "nobody", tmp_path / "cache")
+
+
+def test_serving_check_is_an_mlflow_run_passed_or_failed(trained, release, monkeypatch, capsys):
+    from tasks.pipeline import check_serving
+
+    settings = _settings(release["root"])
+    _push(trained, release, "zeta", "run-1")
+    report = check_serving(settings, "zeta", pushed={"version": 1}, by="tester")
+    client = _client(release)
+    run = client.get_run(report["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["tfpipe.role"] == "serving_check"
+    assert run.data.tags["tfpipe.checked_version"] == "1" and run.data.params["triggered_by_version"] == "1"
+    (Path(settings.model_store) / "models.config").unlink()
+    from tasks.cli import main
+
+    for key, value in (("TFPIPE_HOME", settings.home), ("TFPIPE_MODEL_STORE", settings.model_store),
+                       ("MLFLOW_TRACKING_URI", settings.tracking_uri)):
+        monkeypatch.setenv(key, str(value))
+    assert main(["serving-check", "zeta"]) == 1  # what tfpipe serving-check says: the error, no traceback
+    assert "models.config does not exist" in capsys.readouterr().err
+    failed = client.search_runs([run.info.experiment_id], "tags.`tfpipe.serving_check` = 'failed'")
+    assert len(failed) == 1 and failed[0].info.status == "FAILED"
+    model_store.write_models_config(settings.model_store)  # leave the store as the other tests expect
