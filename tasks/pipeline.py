@@ -315,7 +315,8 @@ def train_model(ctx: RunContext, examples: Mapping[str, Any], validation: Mappin
         # The run's model is published: what a retry would resume from is no longer needed.
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
         shutil.rmtree(work / TENSORBOARD_DIR, ignore_errors=True)
-        return result
+        # Where the MLflow model is (model/ of this run): what the registry version of a push points to.
+        return {**result, "mlflow_run_id": tracker.run_id}
 
 
 def _log_model(ctx: RunContext, tracker: MlflowTracker, model_uri: str, examples_uri: str, spec) -> None:
@@ -507,20 +508,25 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
                 checks["tf_serving"] = _check_tf_serving(ctx, pushed.version, warmup, expected, change)
         else:
             log.warning("v%d is not made champion: v%d, newer, already is", pushed.version, change.version)
+        # The registry version is the MLflow model logged by train_model (pyfunc, signature, input
+        # example); an MLflow server refuses a local path as a source. The store URI is a tag.
+        source = f"runs:/{model['mlflow_run_id']}/model" if model.get("mlflow_run_id") else pushed.uri
         registry_version = tracker.register_model(
             name,
-            pushed.uri,
+            source,
             {
                 "store_uri": pushed.uri,
                 "store_version": str(pushed.version),
                 "pipeline": ctx.config.name,
                 "dag_id": ctx.dag_id,
                 "run_id": ctx.run_id,
+                "push_mlflow_run_id": tracker.run_id,
                 "model_uri": model["uri"],
                 "code_version": code_version(),
                 "data_version": _data_version(examples["uri"]),
             },
             champion=change.changed,
+            source_run_id=model.get("mlflow_run_id"),
         )
         removed = model_store.apply_retention(settings.model_store, name, options.keep_versions)
         record = {**pushed.to_dict(), "registry_version": registry_version, "champion": change.version,

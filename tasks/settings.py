@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+# Every variable Settings.from_env reads (a deployment must provide those it needs: docker/compose.yaml).
+ENVIRONMENT = ("TFPIPE_HOME", "TFPIPE_ARTIFACT_ROOT", "TFPIPE_MODEL_STORE", "MLFLOW_TRACKING_URI",
+               "TFPIPE_SERVING_URL", "TFPIPE_SERVING_BASE_PATH", "TFPIPE_MLFLOW_UI_URL", "AIRFLOW__API__BASE_URL")
 
 
 def default_home() -> Path:

@@ -129,8 +129,11 @@ class MlflowTracker:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def register_model(self, name: str, source: str, tags: Mapping[str, str], champion: bool = True) -> str:
+    def register_model(self, name: str, source: str, tags: Mapping[str, str], champion: bool = True,
+                       source_run_id: str | None = None) -> str:
         """Register ``source`` as a new version of ``name``; with ``champion``, move the alias to it.
+
+        ``source_run_id``: the run that logged ``source`` (``runs:/<id>/...``); default this run.
 
         The previous champion keeps tags recording when and by which version it was replaced,
         so the history of what served in production stays readable in the registry.
@@ -143,7 +146,7 @@ class MlflowTracker:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         version = self.client.create_model_version(
-            name, source, run_id=self.run_id, tags={k: str(v) for k, v in tags.items()}
+            name, source, run_id=source_run_id or self.run_id, tags={k: str(v) for k, v in tags.items()}
         )
         if champion:
             move_champion_alias(self.client, name, str(version.version), "replaced")

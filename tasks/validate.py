@@ -452,6 +452,9 @@ def format_report(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+OVERVIEW_FILE = "overview.html"
+
+
 def statistics_html(statistics, baseline=None) -> str | None:
     """TFDV's statistics visualization (Facets) as a standalone HTML page."""
     try:
@@ -461,6 +464,65 @@ def statistics_html(statistics, baseline=None) -> str | None:
     if baseline is not None:
         return display_util.get_statistics_html(statistics, baseline, lhs_name="this run", rhs_name="baseline")
     return display_util.get_statistics_html(statistics)
+
+
+def statistics_overview_html(statistics, title: str) -> str:
+    """The statistics as one self-contained HTML page (no script, nothing fetched): a row per
+    feature with its counts, its distribution as an inline SVG histogram or its top values.
+
+    TFDV's Facets page loads its components from the internet; this one opens anywhere,
+    the MLflow UI's artifact preview on an offline machine included.
+    """
+    import html
+
+    dataset = statistics.datasets[0]
+    total = max(int(dataset.num_examples), 1)
+
+    def bars(heights: list[float], labels: list[str]) -> str:
+        top = max(heights) or 1.0
+        width = 180 / max(len(heights), 1)
+        rects = "".join(
+            f'<rect x="{i * width:.1f}" y="{40 - 38 * h / top:.1f}" width="{max(width - 1, 1):.1f}" '
+            f'height="{38 * h / top:.1f}"><title>{html.escape(label)}: {h:g}</title></rect>'
+            for i, (h, label) in enumerate(zip(heights, labels)))
+        return f'<svg width="180" height="40" role="img">{rects}</svg>'
+
+    rows = []
+    for feature in dataset.features:
+        name = html.escape(".".join(feature.path.step) or feature.name)
+        kind = feature.WhichOneof("stats")
+        if kind == "num_stats":
+            stats = feature.num_stats
+            common = stats.common_stats
+            buckets = [b for h in stats.histograms if h.type == h.STANDARD for b in h.buckets][:30]
+            chart = bars([b.sample_count for b in buckets], [f"{b.low_value:.4g} to {b.high_value:.4g}" for b in buckets])
+            summary = (f"mean {stats.mean:.4g}, std {stats.std_dev:.4g}, min {stats.min:.4g}, median "
+                       f"{stats.median:.4g}, max {stats.max:.4g}, zeros {int(stats.num_zeros)}")
+        elif kind == "string_stats":
+            stats = feature.string_stats
+            common = stats.common_stats
+            top = list(stats.top_values)[:10]
+            chart = bars([t.frequency for t in top], [t.value for t in top])
+            summary = f"{int(stats.unique)} unique; top: " + ", ".join(
+                f"{html.escape(t.value)} ({int(t.frequency)})" for t in top[:5])
+        else:
+            continue
+        missing = int(common.num_missing)
+        type_name = feature.Type.Name(feature.type).lower()  # int, float, string, bytes, struct
+        rows.append(f"<tr><td class=name>{name}</td><td>{html.escape(type_name)}</td>"
+                    f"<td>{int(common.num_non_missing)}</td><td>{missing} ({100 * missing / total:.1f}%)</td>"
+                    f"<td>{chart}</td><td>{summary}</td></tr>")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
+td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left;font-size:13px;vertical-align:middle}}
+.name{{font-weight:bold}}rect{{fill:#4e79a7}}</style></head>
+<body><h2>{html.escape(title)}</h2><p>{int(dataset.num_examples)} examples, {len(rows)} features
+(TFDV statistics).</p>
+<table><tr><th>feature</th><th>type</th><th>present</th><th>missing</th><th>distribution</th><th>summary</th></tr>
+{"".join(rows)}
+</table></body></html>
+"""
 
 
 # --- the step --------------------------------------------------------------------------------
@@ -516,6 +578,8 @@ def validate_examples(
             html = statistics_html(statistics[split], baseline[1].get(split) if baseline else None)
             if html:
                 (stats_dir / split / "statistics.html").write_text(html, encoding="utf-8")
+            (stats_dir / split / OVERVIEW_FILE).write_text(
+                statistics_overview_html(statistics[split], f"Statistics of the {split} split"), encoding="utf-8")
 
         if curated_schema is not None and curated_schema.is_file():
             source = "curated"

@@ -135,7 +135,8 @@ def test_mlflow_run_tree_holds_every_artifact(services, blessed_run):
     expected = {
         "ingest_examples": ["examples/manifest.json"],
         "validate_examples": ["statistics/schema.pbtxt", "statistics/train/FeatureStats.pb",
-                              "statistics/train/statistics.html", "anomalies/report.txt"],
+                              "statistics/train/statistics.html", "statistics/train/overview.html",
+                              "anomalies/report.txt"],
         "train_model": ["plots/training_curves.png", "model/MLmodel", "model/artifacts/saved_model/saved_model.pb",
                         "model/model_spec.json", "model/input_example.json"],
         "evaluate_model": ["evaluation/blessing.json", "plots/confusion_matrix.png", "plots/roc_pr_curves.png"],
@@ -155,8 +156,13 @@ def test_mlflow_run_tree_holds_every_artifact(services, blessed_run):
     push = children["push_model"]
     assert push.data.params["pushed_uri"] == f"s3://{BUCKET}/model_store/penguins/1"
     champion = client.get_model_version_by_alias("penguins", "champion")
-    assert champion.source == f"s3://{BUCKET}/model_store/penguins/1"
+    assert champion.tags["store_uri"] == f"s3://{BUCKET}/model_store/penguins/1"
     assert champion.tags["store_version"] == "1"
+    # The registry version is train_model's MLflow model: it loads with its signature.
+    import mlflow.pyfunc
+
+    loaded = mlflow.pyfunc.load_model("models:/penguins@champion")
+    assert {"predicted_class", "scores"} <= {o["name"] for o in loaded.metadata.get_output_schema().to_dict()}
 
 
 def test_airflow_and_mlflow_link_to_each_other(services, blessed_run):

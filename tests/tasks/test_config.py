@@ -92,3 +92,17 @@ def test_settings_defaults_and_overrides(tmp_path):
     serving = Settings.from_env({"TFPIPE_HOME": str(tmp_path), "TFPIPE_SERVING_URL": "http://127.0.0.1:8501",
                                  "TFPIPE_SERVING_BASE_PATH": "/models"})
     assert (serving.serving_url, serving.serving_base_path) == ("http://127.0.0.1:8501", "/models")
+
+
+def test_every_variable_settings_read_is_listed(tmp_path):
+    """settings.ENVIRONMENT is what a deployment must provide (the docker stack is checked against it)."""
+    from dataclasses import asdict
+
+    from tasks.settings import ENVIRONMENT
+
+    base = {"TFPIPE_HOME": str(tmp_path)}
+    plain = asdict(Settings.from_env(base))
+    for name in ENVIRONMENT:
+        value = "http://127.0.0.1:1" if "URL" in name or name == "MLFLOW_TRACKING_URI" else str(tmp_path / "x")
+        changed = asdict(Settings.from_env({**base, name: value}))
+        assert changed != plain or name == "TFPIPE_HOME", name

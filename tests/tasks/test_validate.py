@@ -37,6 +37,16 @@ def test_first_run_infers_and_records_schema_later_runs_reuse_it(tmp_path):
     assert (tmp_path / "r2" / "statistics" / "train" / "FeatureStats.pb").stat().st_size > 0
 
 
+def test_statistics_overview_is_a_self_contained_page(tmp_path):
+    run = _run(tmp_path, PENGUINS_CSV, "r1")
+    page = (tmp_path / "r1" / "statistics" / "train" / "overview.html").read_text()
+    assert "<script" not in page and "http" not in page  # opens offline, fetches nothing
+    for feature in ("bill_length_mm", "island", "species"):
+        assert f"<td class=name>{feature}</td>" in page
+    assert "3 unique; top: Biscoe" in page and page.count("<svg") == 8
+    assert run.statistics_uri.endswith("statistics")
+
+
 def test_new_category_fails_with_report_naming_feature(tmp_path, penguins_frame):
     _run(tmp_path, PENGUINS_CSV, "r1")
     drifted = penguins_frame.copy()

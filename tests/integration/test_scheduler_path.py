@@ -1,0 +1,285 @@
+"""The real scheduler path: Airflow's api-server, scheduler and dag-processor (LocalExecutor) on
+127.0.0.1, with an `mlflow server`, driven as a user's client drives them, through the REST API.
+
+The DAGs folder is a copy of the project's, with one more pipeline (`daily`) whose source is
+partitioned by date, for the backfill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import yaml
+
+from tests.conftest import PENGUINS_CSV
+from tests.servers import free_port, mlflow_server, wait_http
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+DAYS = ("2026-01-01", "2026-01-02")
+QUICK = {"optimize": {"variants": ["tflite_float32"], "latency_runs": 10, "throughput_batch": 64}}
+
+
+class Api:
+    """A REST client of Airflow's public API, with a JWT from /auth/token."""
+
+    def __init__(self, base: str, password: str) -> None:
+        self.base = base
+        self.token = self.call("POST", "/auth/token", {"username": "admin", "password": password},
+                               auth=False)["access_token"]
+
+    def call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
+        request = urllib.request.Request(self.base + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        if auth:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"{}")
+
+    def status_of(self, method: str, path: str, body: dict | None = None) -> tuple[int, str]:
+        try:
+            self.call(method, path, body)
+            return 200, ""
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+
+    def wait(self, what, timeout: float, poll: float = 3.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = what()
+            if value:
+                return value
+            time.sleep(poll)
+        raise TimeoutError(f"gave up after {timeout}s")
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")["state"]
+
+    def finished(self, dag_id: str, run_id: str, timeout: float = 900) -> str:
+        return self.wait(lambda: (s := self.run_state(dag_id, run_id)) in ("success", "failed") and s, timeout)
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        found = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances")
+        return {ti["task_id"]: ti["state"] for ti in found["task_instances"]}
+
+
+def _write_daily_pipeline(dags: Path, data: Path) -> None:
+    """Penguins split into one CSV per day; the pipeline reads the partition of its run's date."""
+    import pandas as pd
+
+    frame = pd.read_csv(PENGUINS_CSV)
+    # The two backfilled days, and the day of the run the scheduler makes when the DAG is unpaused.
+    today = datetime.now(timezone.utc).date()
+    recent = [(today - timedelta(days=n)).isoformat() for n in (0, 1)]  # whatever date its timetable gives
+    for day, rows in zip((*DAYS, *recent), (frame.iloc[:200], frame.iloc[200:], frame, frame)):
+        (data / f"date={day}").mkdir(parents=True)
+        rows.to_csv(data / f"date={day}" / "penguins.csv", index=False)
+    # No scheduled penguins run: the test triggers its own.
+    penguins = yaml.safe_load((dags / "pipelines" / "penguins.yaml").read_text())
+    (dags / "pipelines" / "penguins.yaml").write_text(yaml.safe_dump({**penguins, "schedule": None}))
+    config = {"description": "Penguins, one partition per day.", "schedule": "@daily", "model_name": "daily",
+              "data": {"source": str(data / "date={{ ds }}" / "penguins.csv")}, "label": "species",
+              "task": "multiclass", "train": {"epochs": 3, "early_stopping": {"patience": None}},
+              # The days differ on purpose (day 1 is mostly Adelie): no drift check between runs.
+              "validation": {"drift": {"categorical_linf": None, "numeric_jsd": None}},
+              "gate": {"metrics": {"accuracy": {"lower_bound": 0.0}}}, **QUICK}
+    (dags / "pipelines" / "daily.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scheduler")
+    dags = root / "dags"
+    shutil.copytree(REPO / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    _write_daily_pipeline(dags, root / "data")
+    port, password = free_port(), secrets.token_urlsafe(16)
+    home = root / "airflow"
+    home.mkdir()
+    (home / "passwords.json").write_text(json.dumps({"admin": password}))
+    processes, logs = [], []
+    with mlflow_server(root / "mlflow") as tracking_uri:
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "TFPIPE_MLFLOW_UI_URL": tracking_uri,
+            "TFPIPE_HOME": str(root / "home"),
+            "TFPIPE_ARTIFACT_ROOT": str(root / "artifacts"),
+            "TFPIPE_MODEL_STORE": str(root / "store"),
+        }
+        for key in ("AWS_ENDPOINT_URL", "TFPIPE_SERVING_URL"):
+            env.pop(key, None)
+        subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
+        try:
+            for name, args in (("api-server", ["api-server", "--host", "127.0.0.1", "--port", str(port)]),
+                               ("scheduler", ["scheduler", "--skip-serve-logs"]),
+                               ("dag-processor", ["dag-processor"])):
+                log = (root / f"{name}.log").open("w")
+                logs.append(log)
+                processes.append(subprocess.Popen([AIRFLOW, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                  start_new_session=True))
+            wait_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=180, proc=processes[0])
+            api = Api(f"http://127.0.0.1:{port}", password)
+            yield {"api": api, "root": root, "env": env, "tracking_uri": tracking_uri}
+        finally:
+            for proc in processes:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            for proc in processes:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            for log in logs:
+                log.close()
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    api = stack["api"]
+    wanted = {"penguins", "daily", "rollback_model", "serving_check"}
+    api.wait(lambda: wanted <= {d["dag_id"] for d in api.call("GET", "/api/v2/dags")["dags"]}, timeout=300)
+    for dag_id in ("penguins", "daily", "serving_check"):
+        api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+    return api
+
+
+def _mlflow(stack):
+    from mlflow import MlflowClient
+
+    return MlflowClient(stack["tracking_uri"])
+
+
+def _parent(client, pipeline: str, run_id: str):
+    experiment = client.get_experiment_by_name(pipeline)
+    return client.search_runs([experiment.experiment_id],
+                               f"tags.`tfpipe.role` = 'pipeline' and tags.`tfpipe.run_id` = '{run_id}'")[0]
+
+
+def test_dags_are_listed_without_import_errors(api):
+    assert api.call("GET", "/api/v2/importErrors")["total_entries"] == 0
+    penguins = api.call("GET", "/api/v2/dags/penguins/details")
+    assert "ingest_examples" in penguins["doc_md"] and "tfpipe" in [t["name"] for t in penguins["tags"]]
+
+
+def test_a_conf_outside_a_param_bound_is_rejected(api):
+    status, body = api.status_of("POST", "/api/v2/dags/penguins/dagRuns",
+                                 {"logical_date": None, "conf": {"epochs": 100000}})
+    assert status == 400 and "epochs" in body
+
+
+@pytest.fixture(scope="module")
+def triggered(api):
+    run = api.call("POST", "/api/v2/dags/penguins/dagRuns",
+                   {"logical_date": None, "conf": {"epochs": 5, "accuracy_threshold": 0.6}})
+    return run["dag_run_id"], api.finished("penguins", run["dag_run_id"])
+
+
+def test_triggered_run_with_conf_pushes_and_is_tracked(stack, api, triggered):
+    from tasks.model_store import champion, read_manifest
+
+    run_id, state = triggered
+    assert state == "success", api.task_states("penguins", run_id)
+    assert set(api.task_states("penguins", run_id).values()) == {"success"}
+    version, uri = champion(str(stack["root"] / "store"), "penguins")
+    assert version == 1 and "saved_model.pb" in read_manifest(uri)["files"]
+    client = _mlflow(stack)
+    parent = _parent(client, "penguins", run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["airflow.dag_run_state"] == "success"
+    train = client.search_runs([parent.info.experiment_id],
+                               f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
+                               "tags.`airflow.task_id` = 'train_model'")[0]
+    assert train.data.params["train.epochs"] == "5"  # the conf reached the step
+    links = api.call("GET", f"/api/v2/dags/penguins/dagRuns/{quote(run_id, safe='')}/taskInstances/train_model/links")
+    assert links["extra_links"]["MLflow run"].endswith(f"/runs/{train.info.run_id}")
+    assert client.get_model_version_by_alias("penguins", "champion").tags["store_version"] == "1"
+
+
+def test_the_push_triggers_the_serving_check(stack, api, triggered):
+    def checked():
+        runs = api.call("GET", "/api/v2/dags/serving_check/dagRuns")["dag_runs"]
+        return [r for r in runs if r["state"] in ("success", "failed")]
+
+    (run,) = api.wait(checked, timeout=600)
+    assert run["run_type"] == "asset_triggered" and run["state"] == "success"
+    client = _mlflow(stack)
+    experiment = client.get_experiment_by_name("penguins")
+    check = client.search_runs([experiment.experiment_id], "tags.`tfpipe.role` = 'serving_check'")[0]
+    assert check.data.tags["tfpipe.checked_version"] == "1" and check.data.params["triggered_by_version"] == "1"
+
+
+def test_a_run_marked_failed_mid_training_ends_its_mlflow_run(stack, api, triggered):
+    source = str(stack["root"] / "data" / f"date={DAYS[0]}" / "penguins.csv")
+    run = api.call("POST", "/api/v2/dags/daily/dagRuns",
+                   {"logical_date": None, "conf": {"epochs": 1000, "batch_size": 1, "data_source": source}})
+    run_id = run["dag_run_id"]
+    def training():
+        states = api.task_states("daily", run_id)
+        assert api.run_state("daily", run_id) in ("queued", "running"), states  # it must not end before
+        return states.get("train_model") == "running"
+
+    api.wait(training, timeout=600)
+    time.sleep(5)  # well into training
+    api.call("PATCH", f"/api/v2/dags/daily/dagRuns/{quote(run_id, safe='')}", {"state": "failed"})
+    client = _mlflow(stack)
+    parent = api.wait(lambda: (p := _parent(client, "daily", run_id)).info.status != "RUNNING" and p, timeout=120)
+    assert parent.info.status == "FAILED" and parent.data.tags["airflow.dag_run_state"] == "failed"
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    statuses = {c.data.tags["airflow.task_id"]: c.info.status for c in children}
+    assert statuses["ingest_examples"] == "FINISHED" and statuses["train_model"] in ("KILLED", "FAILED")
+    assert api.finished("daily", run_id, timeout=60) == "failed"
+
+
+def test_backfill_runs_each_day_on_its_own_partition(stack, api, triggered):
+    from tasks.ingest import read_manifest
+
+    subprocess.run([AIRFLOW, "backfill", "create", "--dag-id", "daily", "--from-date", DAYS[0], "--to-date", DAYS[1]],
+                   env=stack["env"], check=True, capture_output=True, timeout=300)
+
+    def backfilled():
+        runs = [r for r in api.call("GET", "/api/v2/dags/daily/dagRuns")["dag_runs"] if r["run_type"] == "backfill"]
+        return len(runs) == 2 and all(r["state"] in ("success", "failed") for r in runs) and runs
+
+    runs = api.wait(backfilled, timeout=900)
+    assert [r["state"] for r in runs] == ["success", "success"], [api.task_states("daily", r["dag_run_id"]) for r in runs]
+    expected_rows = {DAYS[0]: 200, DAYS[1]: 144}
+    for run in runs:
+        day = datetime.fromisoformat(run["logical_date"]).astimezone(timezone.utc).date().isoformat()
+        runs_root = stack["root"] / "artifacts" / "daily" / "runs"
+        (folder,) = [p for p in runs_root.iterdir() if p.name.startswith("backfill") and day in p.name]
+        manifest = read_manifest(str(folder / "examples"))
+        assert [s["uri"] for s in manifest["sources"]] == [str(stack["root"] / "data" / f"date={day}" / "penguins.csv")]
+        assert manifest["rows"] == expected_rows[day]
