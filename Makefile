@@ -10,7 +10,7 @@ STAMP := $(VENV)/.tfpipe-synced
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help venv demo test test-fast airflow mlflow lock clean
+.PHONY: help venv demo test test-fast browser-deps airflow mlflow lock clean
 
 help:
 	@echo "make demo     run the penguins pipeline through Airflow and print a summary"
@@ -18,6 +18,7 @@ help:
 	@echo "make airflow  Airflow standalone on http://127.0.0.1:8080 with this project's DAGs"
 	@echo "make mlflow   MLflow UI on http://127.0.0.1:5000 over the embedded store"
 	@echo "make lock     re-resolve uv.lock after editing pyproject.toml"
+	@echo "make browser-deps  Debian's Chromium, for the browser tests (apt; sudo when not root)"
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -43,6 +44,14 @@ airflow: $(STAMP)
 
 mlflow: $(STAMP)
 	$(VENV)/bin/tfpipe mlflow ui --host 127.0.0.1 --port 5000
+
+# The browser tests drive Debian's Chromium (never a browser downloaded by a test tool); without
+# it they are skipped with that reason.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
+	@chromium --version
 
 lock: | $(UV)
 	$(UV) lock --python "$(PYTHON)"

@@ -595,6 +595,12 @@ def run_pipeline(ctx: RunContext, until: str | None = None, on_step=None) -> dic
         results[name] = fn(ctx, *args)
         if on_step is not None:
             on_step(name, results[name], time.perf_counter() - started)
+        if name == until and name != STEPS[-1]:
+            # Stopped on purpose: the parent run ends FINISHED, not left RUNNING.
+            tracking = _tracking(ctx.settings.tracking_uri, ctx.settings.mlflow_artifact_location)
+            parent = tracking.parent_run_id(ctx.identity)
+            tracking.client.set_tag(parent, "tfpipe.outcome", f"stopped_after_{name}")
+            tracking.set_parent_status(parent, "FINISHED")
         return name == until
 
     if run("ingest_examples", ingest_examples):

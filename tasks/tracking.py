@@ -34,6 +34,10 @@ TAG_DAG_RUN_URL = "airflow.dag_run_url"
 TAG_TASK_URL = "airflow.task_instance_url"
 TAG_DAG_RUN_STATE = "airflow.dag_run_state"
 NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
+# The MLflow UI opens an experiment of this kind on its runs table (model training), not on
+# its GenAI traces overview.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -313,7 +317,8 @@ def log_benchmark(tracking_uri: str, result: Mapping[str, Any], table: str, arti
 
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment, artifact_location)
+    experiment_id = found.experiment_id if found else client.create_experiment(
+        experiment, artifact_location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
     suite = result["suite"]
     run = client.create_run(experiment_id, run_name=f"bench-{suite}",
                             tags={"tfpipe.role": "benchmark", "tfpipe.bench_suite": suite})
@@ -382,11 +387,14 @@ class MlflowTracking:
         if experiment is not None:
             if experiment.lifecycle_stage == "deleted":
                 self.client.restore_experiment(experiment.experiment_id)
+            if EXPERIMENT_KIND not in experiment.tags:
+                self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             return experiment.experiment_id
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.create_experiment(name, artifact_location=self.artifact_location)
+            return self.client.create_experiment(name, artifact_location=self.artifact_location,
+                                                 tags={EXPERIMENT_KIND: MODEL_TRAINING})
         except MlflowException:  # created meanwhile by a concurrent step
             return self.client.get_experiment_by_name(name).experiment_id
 

@@ -150,7 +150,7 @@ def stack(tmp_path_factory):
                                                   start_new_session=True))
             wait_http(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=180, proc=processes[0])
             api = Api(f"http://127.0.0.1:{port}", password)
-            yield {"api": api, "root": root, "env": env, "tracking_uri": tracking_uri}
+            yield {"api": api, "root": root, "env": env, "tracking_uri": tracking_uri, "password": password}
         finally:
             for proc in processes:
                 try:
@@ -283,3 +283,95 @@ def test_backfill_runs_each_day_on_its_own_partition(stack, api, triggered):
         manifest = read_manifest(str(folder / "examples"))
         assert [s["uri"] for s in manifest["sources"]] == [str(stack["root"] / "data" / f"date={day}" / "penguins.csv")]
         assert manifest["rows"] == expected_rows[day]
+
+
+# --- the two UIs, in a browser ---------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "test-artifacts" / "browser"
+# Debian's Chromium as root, headless, and quiet on a machine with no internet.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (make browser-deps)")
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_airflow_ui_shows_the_dag_its_docs_trigger_form_and_mlflow_links(stack, api, triggered, browser):
+    base = stack["api"].base
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(base + "/")
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill(stack["password"])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(base + "/")
+    page.goto(base + "/dags")
+    page.get_by_role("link", name="penguins", exact=True).first.wait_for()
+    page.screenshot(path=str(SHOTS / "airflow-dags.png"))
+
+    page.goto(base + "/dags/penguins")
+    page.get_by_role("button", name="Dag Docs").click()
+    docs = page.get_by_role("dialog")
+    docs.get_by_text("tfpipe pipeline: penguins").wait_for()
+    assert "ingest_examples" in docs.inner_text() and "serving_check" in docs.inner_text()
+    page.screenshot(path=str(SHOTS / "airflow-dag-docs.png"))
+    page.keyboard.press("Escape")
+
+    page.get_by_role("button", name="Trigger Dag").click()
+    form = page.get_by_role("dialog")
+    form.get_by_text("Run Parameters").wait_for()
+    text = form.inner_text()
+    for name, description in (("epochs", "Passes over the train split."), ("strategy", "tf.distribute strategy"),
+                              ("data_source", "CSV/Parquet URI"), ("accuracy_threshold", "Gate: the eval accuracy")):
+        assert name in text and description in text, name
+    page.screenshot(path=str(SHOTS / "airflow-trigger-form.png"), full_page=True)
+    page.keyboard.press("Escape")
+
+    run_id, _ = triggered
+    # The task instance's Details tab lists its extra links.
+    page.goto(f"{base}/dags/penguins/runs/{quote(run_id, safe='')}/tasks/train_model/details")
+    page.get_by_text("Extra Links").wait_for()
+    link = page.get_by_role("link", name="MLflow run")
+    link.wait_for()
+    assert link.get_attribute("href").startswith(stack["tracking_uri"] + "/#/experiments/")
+    assert page.get_by_role("link", name="MLflow experiment").count() == 1
+    page.screenshot(path=str(SHOTS / "airflow-task-mlflow-links.png"))
+    page.close()
+
+
+def test_mlflow_ui_shows_the_run_tree_and_the_statistics_page(stack, triggered, browser):
+    run_id, _ = triggered
+    client = _mlflow(stack)
+    parent = _parent(client, "penguins", run_id)
+    experiment = parent.info.experiment_id
+    validate = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
+                                                "tags.`airflow.task_id` = 'validate_examples'")[0]
+    base = stack["tracking_uri"]
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{base}/#/experiments/{experiment}/runs")
+    page.get_by_text("Training runs").first.wait_for()
+    parent_link = page.get_by_role("link", name=run_id, exact=True)  # the DAG run's parent run
+    parent_link.wait_for()
+    page.get_by_role("row").filter(has=parent_link).get_by_role("button").first.click()  # expand: its steps
+    for step in ("ingest_examples", "validate_examples", "train_model", "push_model"):
+        page.get_by_role("link", name=step, exact=True).first.wait_for()
+    page.screenshot(path=str(SHOTS / "mlflow-run-tree.png"))
+
+    page.goto(f"{base}/#/experiments/{experiment}/runs/{validate.info.run_id}/artifacts/statistics/train/overview.html")
+    preview = page.frame_locator("iframe").first
+    preview.get_by_text("Statistics of the train split").wait_for()
+    assert "bill_length_mm" in preview.locator("body").inner_text()
+    page.screenshot(path=str(SHOTS / "mlflow-statistics-page.png"))
+    page.close()

@@ -28,7 +28,9 @@ def test_run_until_a_step_tracks_it_and_stops(tmp_path, home, capsys):
     settings = Settings.from_env()
     summary = MlflowTracking(settings.tracking_uri, settings.mlflow_artifact_location).pipeline_summary("clirun", "r1")
     assert set(summary["durations"]) == {"ingest_examples", "validate_examples"}
-    assert summary["status"] == "RUNNING"  # stopped early: the run did not end
+    assert summary["status"] == "FINISHED"  # stopped on purpose: ended, never left RUNNING
+    parent = MlflowTracking(settings.tracking_uri).client.get_run(summary["parent_run_id"])
+    assert parent.data.tags["tfpipe.outcome"] == "stopped_after_validate_examples"
 
 
 def test_failing_step_exits_nonzero_with_its_error(tmp_path, home, capsys):
