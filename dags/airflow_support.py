@@ -45,16 +45,10 @@ def export_aws_connection() -> None:
 
 
 def model_names() -> list[str]:
-    """The models the pipelines push (``dags/pipelines/*.yaml``); a broken config is left to its own DAG's error."""
-    from tasks.config import ConfigError, discover_pipelines, load_pipeline
+    """The models the pipelines push (``dags/pipelines/*.yaml``)."""
+    from tasks.config import pipelines_by_model
 
-    names = set()
-    for path in discover_pipelines():
-        try:
-            names.add(load_pipeline(path).model_name)
-        except ConfigError:
-            continue
-    return sorted(names)
+    return sorted(pipelines_by_model())
 
 
 def model_asset(model_name: str):

@@ -327,3 +327,14 @@ def iter_gzip_tfrecords(path: str, chunk_bytes: int = 4 << 20):
                 yield records
     if not decompressor.eof or pending:
         raise ValueError(f"{path}: truncated GZIP TFRecord file")
+
+
+def first_records(paths: list[str], limit: int) -> list[bytes]:
+    """The first ``limit`` records of GZIP TFRecord files, in file order, reading no further."""
+    records: list[bytes] = []
+    for path in paths:
+        for chunk in iter_gzip_tfrecords(path):
+            records.extend(chunk[:limit - len(records)])
+            if len(records) >= limit:
+                return records
+    return records

@@ -499,3 +499,16 @@ def load_pipeline(pipeline: str | Path, overrides: Mapping[str, Any] | None = No
 def discover_pipelines(directory: Path = PIPELINES_DIR) -> list[Path]:
     """Every pipeline YAML file in ``directory``, sorted by name."""
     return sorted(directory.glob("*.yaml"))
+
+
+def pipelines_by_model(directory: Path = PIPELINES_DIR) -> dict[str, str]:
+    """Model name to the name of the pipeline that pushes it; a broken config is skipped (its own
+    DAG, or ``tfpipe check``, reports it)."""
+    found = {}
+    for path in discover_pipelines(directory):
+        try:
+            config = load_pipeline(path)
+        except ConfigError:
+            continue
+        found.setdefault(config.model_name, config.name)
+    return found

@@ -98,7 +98,7 @@ def _try_claim(model_store: str, model_name: str, version: int, owner: str) -> b
             storage.s3_client().put_object(Bucket=bucket, Key=key, Body=owner.encode(), IfNoneMatch="*")
             return True
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if error.response.get("Error", {}).get("Code") in storage.PRECONDITION_FAILED:
                 return False
             raise
     try:
@@ -322,6 +322,18 @@ def read_manifest(version_uri: str) -> dict[str, Any]:
     return json.loads(storage.read_bytes(storage.join(version_uri, MANIFEST_FILE)))
 
 
+def manifest_mismatches(local: Path, manifest: dict[str, Any]) -> list[str]:
+    """What in a local copy of a version differs from its manifest (empty: every file matches)."""
+    problems = []
+    for rel, entry in manifest["files"].items():
+        path = local / rel
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif path.stat().st_size != entry["size"] or storage.sha256_file(path) != entry["sha256"]:
+            problems.append(f"{rel} differs from the manifest (size or SHA-256)")
+    return problems
+
+
 @dataclass
 class SyncReport:
     added: dict[str, list[int]] = field(default_factory=dict)
@@ -337,15 +349,10 @@ def _download_version(version_uri: str, target: Path) -> None:
     manifest = read_manifest(version_uri)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.sync-"))
     try:
-        listed = storage.download_dir(version_uri, staging)
-        expected = {rel: entry["size"] for rel, entry in manifest["files"].items()}
-        missing = sorted(set(expected) - set(listed))
-        if missing:
-            raise ModelStoreError(f"{version_uri}: files in the manifest are missing: {missing}")
-        for rel, entry in manifest["files"].items():
-            local = staging / rel
-            if local.stat().st_size != entry["size"] or storage.sha256_file(local) != entry["sha256"]:
-                raise ModelStoreError(f"{version_uri}/{rel}: size or SHA-256 differs from the manifest")
+        storage.download_dir(version_uri, staging)
+        problems = manifest_mismatches(staging, manifest)
+        if problems:
+            raise ModelStoreError(f"{version_uri}: {'; '.join(problems)}")
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -364,7 +371,8 @@ def sync_store(model_store: str, local_dir: Path, model_names: list[str] | None 
     local_dir.mkdir(parents=True, exist_ok=True)
     report = SyncReport()
     served: dict[str, int] = {}
-    for name in model_names or models(model_store):
+    model_names = model_names or models(model_store)
+    for name in model_names:
         remote = set(versions(model_store, name))
         model_dir = local_dir / name
         model_dir.mkdir(exist_ok=True)
@@ -389,7 +397,7 @@ def sync_store(model_store: str, local_dir: Path, model_names: list[str] | None 
     text = render_models_config(served, str(local_dir))
     storage.write_bytes(str(local_dir / MODELS_CONFIG), text.encode())
     report.config, report.champions = str(local_dir / MODELS_CONFIG), dict(served)
-    for name in model_names or models(model_store):
+    for name in model_names:
         model_dir = local_dir / name
         remote = set(versions(model_store, name))
         for path in sorted(model_dir.iterdir()):

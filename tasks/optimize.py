@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from tasks import storage
+from tasks.coders import first_records
 from tasks.config import OPTIMIZE_VARIANTS
 from tasks.evaluate import compute_metrics, eval_data
 from tasks.model import ModelSpec, parse_spec
@@ -302,18 +303,6 @@ def _train_split(examples_uri: str, cache_dir: Path) -> tuple[list[str], int]:
     return split_files(local, manifest, "train"), int(manifest["splits"]["train"]["count"])
 
 
-def _first_records(files: list[str], limit: int) -> list[bytes]:
-    from tasks.coders import iter_gzip_tfrecords
-
-    records: list[bytes] = []
-    for path in files:
-        for chunk in iter_gzip_tfrecords(path):
-            records.extend(chunk[:limit - len(records)])
-            if len(records) >= limit:
-                return records
-    return records
-
-
 def optimize_model(
     model_uri: str,
     examples_uri: str,
@@ -362,7 +351,7 @@ def optimize_model(
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="optimize-"))
     train_files, train_count = _train_split(examples_uri, cache_dir)
-    calibration = _first_records(train_files, representative_examples) if "tflite_int8" in variants else []
+    calibration = first_records(train_files, representative_examples) if "tflite_int8" in variants else []
 
     def judge(name: str, kind: str, path: Path, runner: _Runner, extra: dict[str, Any] | None = None) -> None:
         metrics = compute_metrics(spec.task, runner.predict(features), labels)

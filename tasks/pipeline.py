@@ -168,6 +168,14 @@ def _tracking(tracking_uri: str, artifact_location: str | None) -> MlflowTrackin
     return MlflowTracking(tracking_uri, artifact_location)
 
 
+def tracking_for(settings: Settings) -> MlflowTracking:
+    """The tracking of ``settings``; the embedded SQLite store's folder is created first."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.tracking_uri.startswith("sqlite:"):
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    return _tracking(settings.tracking_uri, settings.mlflow_artifact_location)
+
+
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """The tfpipe version and, in a git checkout, the commit."""
@@ -183,10 +191,7 @@ def code_version() -> str:
 
 @contextmanager
 def _step(ctx: RunContext, name: str) -> Iterator[MlflowTracker]:
-    ctx.settings.home.mkdir(parents=True, exist_ok=True)
-    if ctx.settings.tracking_uri.startswith("sqlite:"):
-        ctx.settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    tracking = _tracking(ctx.settings.tracking_uri, ctx.settings.mlflow_artifact_location)
+    tracking = tracking_for(ctx.settings)
     params = {"config": ctx.config.model_dump(mode="json"), "overrides": json.dumps(ctx.overrides),
               "code_version": code_version()}
     started = time.perf_counter()
@@ -202,7 +207,7 @@ def _step(ctx: RunContext, name: str) -> Iterator[MlflowTracker]:
 
 def _end_pipeline(ctx: RunContext, tracker: MlflowTracker, outcome: str) -> None:
     """Mark the parent run FINISHED: this step is the last one the run executes."""
-    tracking = _tracking(ctx.settings.tracking_uri, ctx.settings.mlflow_artifact_location)
+    tracking = tracking_for(ctx.settings)
     tracking.client.set_tag(tracker.parent_run_id, "tfpipe.outcome", outcome)
     tracking.set_parent_status(tracker.parent_run_id, "FINISHED")
 
@@ -474,9 +479,11 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
     previous champion is restored. A version that fails a check is removed from the store.
     """
     from tasks import model_store, serving
-    from tasks.evaluate import eval_data, predict, read_blessing
+    from tasks.coders import first_records
+    from tasks.evaluate import predict, read_blessing
+    from tasks.ingest import read_manifest, split_files
     from tasks.push import push_model as push
-    from tasks.train import SAVED_MODEL_DIR, read_model_spec
+    from tasks.train import SAVED_MODEL_DIR
 
     with _step(ctx, "push_model") as tracker:
         settings, name, options = ctx.settings, ctx.config.model_name, ctx.config.push
@@ -485,8 +492,10 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
         if verdict["model_uri"] != model["uri"]:
             raise ValueError(f"blessing {blessing['uri']} is for {verdict['model_uri']}, not {model['uri']}")
         saved_model = storage.materialize(model["uri"], settings.cache_dir) / SAVED_MODEL_DIR
-        records, _ = eval_data(examples["uri"], read_model_spec(model["uri"]), settings.cache_dir)
-        warmup = records[:options.warmup_requests]
+        # The first eval examples only: the split may be large.
+        eval_files = split_files(storage.materialize(examples["uri"], settings.cache_dir),
+                                 read_manifest(examples["uri"]), "eval")
+        warmup = first_records(eval_files, options.warmup_requests)
         expected = predict(saved_model, warmup)  # what the model answers before the push
         owner = f"{ctx.dag_id}/{ctx.run_id}"
         pushed = push(saved_model, verdict, settings.model_store, name, owner=owner, warmup_records=warmup,
@@ -597,7 +606,7 @@ def run_pipeline(ctx: RunContext, until: str | None = None, on_step=None) -> dic
             on_step(name, results[name], time.perf_counter() - started)
         if name == until and name != STEPS[-1]:
             # Stopped on purpose: the parent run ends FINISHED, not left RUNNING.
-            tracking = _tracking(ctx.settings.tracking_uri, ctx.settings.mlflow_artifact_location)
+            tracking = tracking_for(ctx.settings)
             parent = tracking.parent_run_id(ctx.identity)
             tracking.client.set_tag(parent, "tfpipe.outcome", f"stopped_after_{name}")
             tracking.set_parent_status(parent, "FINISHED")
@@ -623,16 +632,9 @@ def run_pipeline(ctx: RunContext, until: str | None = None, on_step=None) -> dic
 
 def experiment_for_model(model_name: str) -> str:
     """The MLflow experiment of the pipeline that pushes ``model_name`` (else the model's name)."""
-    from tasks.config import ConfigError, discover_pipelines
+    from tasks.config import pipelines_by_model
 
-    for path in discover_pipelines():
-        try:
-            config = load_pipeline(path)
-        except ConfigError:
-            continue
-        if config.model_name == model_name:
-            return config.name
-    return model_name
+    return pipelines_by_model().get(model_name, model_name)
 
 
 def rollback_model(settings: Settings, model_name: str, to_version: int | None = None, by: str = "cli",
@@ -663,10 +665,7 @@ def rollback_model(settings: Settings, model_name: str, to_version: int | None =
         records = serving.read_warmup_requests(local / serving.WARMUP_FILE)
         details["tf_serving"] = serving.check_tf_serving(settings.serving_url, model_name, target, records,
                                                          predict(local, records), timeout=serving_timeout)
-    settings.home.mkdir(parents=True, exist_ok=True)
-    if settings.tracking_uri.startswith("sqlite:"):
-        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    tracking = _tracking(settings.tracking_uri, settings.mlflow_artifact_location)
+    tracking = tracking_for(settings)
     details["mlflow"] = tracking.record_rollback(experiment_for_model(model_name), model_name, change.previous,
                                                  target, by, details)
     log.info("rolled %s back from v%s to v%d", model_name, change.previous, target)
@@ -676,7 +675,7 @@ def rollback_model(settings: Settings, model_name: str, to_version: int | None =
 def end_dag_run(settings: Settings, dag_id: str, run_id: str, state: str) -> str | None:
     """A DAG run ended (the listener in ``plugins/`` calls this): see
     :meth:`MlflowTracking.end_pipeline_run`. A DAG that is no pipeline has no MLflow run: None."""
-    tracking = _tracking(settings.tracking_uri, settings.mlflow_artifact_location)
+    tracking = tracking_for(settings)
     return tracking.end_pipeline_run(dag_id, run_id, state)
 
 
@@ -693,10 +692,7 @@ def check_serving(settings: Settings, model_name: str, pushed: Mapping[str, Any]
     """
     from tasks import serving
 
-    settings.home.mkdir(parents=True, exist_ok=True)
-    if settings.tracking_uri.startswith("sqlite:"):
-        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    tracking = _tracking(settings.tracking_uri, settings.mlflow_artifact_location)
+    tracking = tracking_for(settings)
     params = {"model_name": model_name, "store": settings.model_store, "serving_url": settings.serving_url or "",
               "triggered_by_version": (pushed or {}).get("version", "")}
     tags = {"tfpipe.model_name": model_name, "tfpipe.checked_by": by}

@@ -198,12 +198,9 @@ def verify_version(model_store: str, model_name: str, version: int, cache_dir: P
     uri = artifacts.model_version_uri(model_store, model_name, version)
     manifest = store.read_manifest(uri)
     local = storage.materialize(uri, cache_dir)
-    for rel, entry in manifest["files"].items():
-        path = local / rel
-        if not path.is_file():
-            raise ServingCheckError(f"{uri}: {rel} is missing")
-        if path.stat().st_size != entry["size"] or storage.sha256_file(path) != entry["sha256"]:
-            raise ServingCheckError(f"{uri}: {rel} differs from the manifest (size or SHA-256)")
+    problems = store.manifest_mismatches(local, manifest)
+    if problems:
+        raise ServingCheckError(f"{uri}: {'; '.join(problems)}")
     return local, {"files": len(manifest["files"]), "bytes": sum(e["size"] for e in manifest["files"].values())}
 
 

@@ -26,7 +26,8 @@ SUCCESS_MARKER = "_SUCCESS"
 # Objects up to this size go up in one PutObject whose SHA-256 S3 checks on receipt; larger
 # ones in parts (each part's checksum checked by S3).
 SINGLE_PUT_LIMIT = 4 << 30
-_PRECONDITION_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+# What S3 (and compatible stores) answer when a conditional write loses to another writer.
+PRECONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 class ArtifactNotFoundError(FileNotFoundError):
@@ -387,7 +388,7 @@ def update_json(uri: str, change: Callable[[dict[str, Any] | None], dict[str, An
             client.put_object(Bucket=bucket, Key=key, Body=json.dumps(new, indent=2).encode(), **condition)
             return new
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") not in _PRECONDITION_CODES:
+            if error.response.get("Error", {}).get("Code") not in PRECONDITION_FAILED:
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise RuntimeError(f"{uri}: gave up after {attempts} concurrent updates")
