@@ -7,7 +7,7 @@ so ``tfpipe --help`` and config errors answer at once.
     tfpipe demo                            run the penguins DAG through Airflow, then summarize
     tfpipe datagen OUT [--rows N] ...      synthetic tabular data (CSV or Parquet)
     tfpipe bench ingest|validate|input|train|optimize [--rows N] [--out FILE]   benchmarks (ours, reference, floor)
-    tfpipe tfjob --name N --image I --request URI   a Kubeflow TFJob for multi-worker training as pods
+    tfpipe tfjob --name N --image I --request URI   a Kubeflow TFJob for distributed training as pods
     tfpipe schema PIPELINE [--curate]      the schema in force; --curate copies the recorded one beside the config
     tfpipe rollback MODEL [--to VERSION]   move the champion back and update the serving config
     tfpipe serving-sync DIR [--interval S] mirror the model store into DIR for TensorFlow Serving
@@ -198,7 +198,8 @@ def _cmd_tfjob(args: argparse.Namespace) -> int:
     from tasks.launcher import tfjob_manifest
 
     manifest = tfjob_manifest(args.name, args.image, args.workers, args.request, namespace=args.namespace,
-                              cpu=args.cpu, memory=args.memory, gpus=args.gpus)
+                              cpu=args.cpu, memory=args.memory, gpus=args.gpus,
+                              parameter_servers=args.parameter_servers)
     print(yaml.safe_dump(manifest, sort_keys=False), end="")
     return 0
 
@@ -384,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     tfjob.add_argument("--cpu", default="4")
     tfjob.add_argument("--memory", default="16Gi")
     tfjob.add_argument("--gpus", type=int, default=0, help="GPUs per worker")
+    tfjob.add_argument("--parameter-servers", type=int, default=0,
+                       help="parameter_server training: a Chief pod, the workers and this many PS pods")
     tfjob.set_defaults(func=_cmd_tfjob)
 
     schema = sub.add_parser("schema", help="print the schema in force, or --curate the recorded one")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "dags" / "pipelines"
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "parameter_server")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
@@ -150,11 +150,16 @@ class TrainConfig(_Frozen):
         "a Keras model from the prepared feature dict to logits. Default: built from schema and statistics.",
     )
     strategy: str = Field(
-        "auto", description="tf.distribute strategy: auto, one_device, mirrored or multi_worker."
+        "auto", description="tf.distribute strategy: auto, one_device, mirrored, multi_worker or parameter_server."
     )
     workers: int = Field(
         2, ge=1, le=64,
-        description="multi_worker without TF_CONFIG: worker processes started on 127.0.0.1.",
+        description="multi_worker or parameter_server without TF_CONFIG: worker processes started on 127.0.0.1.",
+    )
+    parameter_servers: int = Field(
+        1, ge=1, le=64,
+        description="parameter_server without TF_CONFIG: parameter-server processes started on 127.0.0.1 "
+        "(beside the chief, which coordinates, and the workers).",
     )
     cpu_replicas: int = Field(
         1, ge=1, le=64,

@@ -7,11 +7,20 @@ and returns what the chief wrote. Each worker runs ``python -m tasks.launcher wo
 REQUEST``: the same :func:`tasks.train.train_model` call that a pod runs on Kubernetes,
 where the Kubeflow training operator's ``TFJob`` (see :func:`tfjob_manifest`) sets
 ``TF_CONFIG`` instead.
+
+``parameter_server`` clusters have three kinds of task: the chief (the coordinator, which
+runs the training loop and schedules steps on the workers), the workers and the parameter
+servers (``ps``, which hold the variables). Workers and parameter servers run a
+``tf.distribute.Server`` and do what the chief sends them; the same entry point tells them
+apart by their ``TF_CONFIG``. Asynchronous training tolerates a lost worker: the launcher
+starts it again (``max_restarts``) and the coordinator re-runs the steps it lost. A lost
+chief or parameter server stops the cluster, and the retry resumes from the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "result.json"
+
+log = logging.getLogger(__name__)
 
 
 class WorkerFailed(RuntimeError):
@@ -46,14 +57,37 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         return [s.getsockname()[1] for s in sockets]
 
 
-def tf_configs(addresses: Sequence[str]) -> list[dict[str, Any]]:
-    """One ``TF_CONFIG`` per worker: the same cluster, each its own index (worker 0 is the chief)."""
+def tf_configs(addresses: Sequence[str], ps: Sequence[str] = (), chief: str | None = None) -> list[dict[str, Any]]:
+    """One ``TF_CONFIG`` per task of one cluster, chief first, then the workers, then ``ps``.
+
+    Without ``ps``: the workers of a ``multi_worker`` cluster (worker 0 is the chief). With
+    ``ps``: a ``parameter_server`` cluster, whose ``chief`` (the coordinator) is required.
+    """
     if not addresses:
         raise ValueError("a cluster needs at least one worker address")
-    if len(set(addresses)) != len(addresses):
-        raise ValueError(f"worker addresses must be distinct: {list(addresses)}")
-    cluster = {"worker": list(addresses)}
-    return [{"cluster": cluster, "task": {"type": "worker", "index": i}} for i in range(len(addresses))]
+    if ps and not chief:
+        raise ValueError("a parameter-server cluster needs a chief (the coordinator)")
+    every = [*([chief] if chief else []), *addresses, *ps]
+    if len(set(every)) != len(every):
+        raise ValueError(f"task addresses must be distinct: {every}")
+    cluster: dict[str, list[str]] = {**({"chief": [chief]} if chief else {}), "worker": list(addresses)}
+    if ps:
+        cluster["ps"] = list(ps)
+    return [{"cluster": cluster, "task": {"type": kind, "index": i}}
+            for kind in ("chief", "worker", "ps") for i in range(len(cluster.get(kind, [])))]
+
+
+def node_id(tf_config: Mapping[str, Any] | None) -> str:
+    """``<type>-<index>`` of a task (``worker-0`` for a lone process)."""
+    task = (tf_config or {}).get("task", {})
+    return f"{task.get('type', 'worker')}-{task.get('index', 0)}"
+
+
+def is_server_task(tf_config: Mapping[str, Any] | None) -> bool:
+    """A worker or parameter server of a ``parameter_server`` cluster: it serves, the chief trains."""
+    if not tf_config or "ps" not in tf_config.get("cluster", {}):
+        return False
+    return tf_config.get("task", {}).get("type") in ("worker", "ps")
 
 
 def core_sets(workers: int, cpus: int | None = None) -> list[list[int]]:
@@ -65,11 +99,17 @@ def core_sets(workers: int, cpus: int | None = None) -> list[list[int]]:
     return [available[i * share:(i + 1) * share] for i in range(workers)]
 
 
-@dataclass(frozen=True)
+@dataclass
 class WorkerProcess:
     index: int
     process: subprocess.Popen
     log_path: Path
+    config: dict[str, Any] | None = None
+    restarts: int = 0
+
+    @property
+    def name(self) -> str:
+        return node_id(self.config)
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -98,74 +138,115 @@ def launch(
     workers: int,
     run_dir: Path,
     *,
+    parameter_servers: int = 0,
     pin_cores: bool | list[list[int]] = False,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    max_restarts: int = 3,
     poll: float = 0.5,
 ) -> dict[str, Any]:
-    """Run one training as ``workers`` local processes and return the chief's result.
+    """Run one training as local processes and return the chief's result.
 
     Args:
         request: What every worker trains (see :func:`run_worker`); written to ``run_dir``.
-        workers: Number of processes. With 1, the process has no ``TF_CONFIG``: a fresh
-            process for a strategy that must configure devices before TensorFlow starts.
-        run_dir: Request, per-worker logs (``worker-<i>.log``) and the chief's result.
-        pin_cores: Give each worker its own disjoint set of cores (True: split them evenly),
-            or the cores of each worker.
-        env: Extra environment for the workers.
-        timeout: Seconds before every worker is stopped and :class:`TimeoutError` raised.
+        workers: Number of worker processes. With 1 (and no parameter servers), the process
+            has no ``TF_CONFIG``: a fresh process for a strategy that must configure devices
+            before TensorFlow starts.
+        run_dir: Request, per-task logs (``<type>-<index>.log``) and the chief's result.
+        parameter_servers: With any, a ``parameter_server`` cluster: a chief (the coordinator,
+            which trains), ``workers`` workers and this many parameter servers.
+        pin_cores: Give each process its own disjoint set of cores (True: split them evenly),
+            or the cores of each process, in the order chief, workers, parameter servers.
+        env: Extra environment for the processes.
+        timeout: Seconds before every process is stopped and :class:`TimeoutError` raised.
+        max_restarts: ``parameter_server`` only: times a lost worker is started again (the
+            coordinator re-runs its steps) before the training fails.
 
     Raises:
-        WorkerFailed: A worker exited non-zero; the others were stopped.
+        WorkerFailed: A worker (or, with parameter servers, the chief or a parameter server)
+            exited non-zero, or a worker was lost more than ``max_restarts`` times; the other
+            processes were stopped.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / RESULT_FILE
     result_path.unlink(missing_ok=True)
     request_path = run_dir / "request.json"
     request_path.write_text(json.dumps({**request, "result_path": str(result_path)}, indent=2))
-    configs = tf_configs([f"127.0.0.1:{p}" for p in free_ports(workers)]) if workers > 1 else [None]
+    if parameter_servers:
+        addresses = [f"127.0.0.1:{p}" for p in free_ports(1 + workers + parameter_servers)]
+        configs: list[dict[str, Any] | None] = list(tf_configs(
+            addresses[1:1 + workers], ps=addresses[1 + workers:], chief=addresses[0]))
+    elif workers > 1:
+        configs = list(tf_configs([f"127.0.0.1:{p}" for p in free_ports(workers)]))
+    else:
+        configs = [None]
     if isinstance(pin_cores, list):
-        if len(pin_cores) != workers:
-            raise ValueError(f"pin_cores names {len(pin_cores)} core sets for {workers} workers")
+        if len(pin_cores) != len(configs):
+            raise ValueError(f"pin_cores names {len(pin_cores)} core sets for {len(configs)} processes")
         cores = pin_cores
     else:
-        cores = core_sets(workers) if pin_cores else [[] for _ in range(workers)]
+        cores = core_sets(len(configs)) if pin_cores else [[] for _ in configs]
     base_env = {**os.environ, **(env or {})}
     base_env.pop("TF_CONFIG", None)
+    if parameter_servers:
+        base_env["GRPC_FAIL_FAST"] = "use_caller"  # a lost worker fails its steps at once, so they are re-run
+
+    def start(index: int, config: dict[str, Any] | None, log_mode: str = "wb") -> subprocess.Popen:
+        task_env = dict(base_env)
+        if config is not None:
+            task_env["TF_CONFIG"] = json.dumps(config)
+        if cores[index]:
+            # Compute threads for the process's cores. Inter-op threads mostly wait (collectives,
+            # tf.data): with as few as the cores, one-core workers stalled for seconds at a time.
+            task_env["TF_NUM_INTRAOP_THREADS"] = str(len(cores[index]))
+            task_env["TF_NUM_INTEROP_THREADS"] = str(max(4, 2 * len(cores[index])))
+        with (run_dir / f"{node_id(config)}.log").open(log_mode) as log_file:
+            return subprocess.Popen(
+                [sys.executable, "-m", "tasks.launcher", "worker", str(request_path)],
+                env=task_env, stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=(lambda c=tuple(cores[index]): os.sched_setaffinity(0, c)) if cores[index] else None,
+            )
+
     started: list[WorkerProcess] = []
     try:
         for index, config in enumerate(configs):
-            worker_env = dict(base_env)
-            if config is not None:
-                worker_env["TF_CONFIG"] = json.dumps(config)
-            if cores[index]:
-                # Compute threads for the worker's cores. Inter-op threads mostly wait (collectives,
-                # tf.data): with as few as the cores, one-core workers stalled for seconds at a time.
-                worker_env["TF_NUM_INTRAOP_THREADS"] = str(len(cores[index]))
-                worker_env["TF_NUM_INTEROP_THREADS"] = str(max(4, 2 * len(cores[index])))
-            log_path = run_dir / f"worker-{index}.log"
-            with log_path.open("wb") as log_file:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "tasks.launcher", "worker", str(request_path)],
-                    env=worker_env, stdout=log_file, stderr=subprocess.STDOUT,
-                    preexec_fn=(lambda c=tuple(cores[index]): os.sched_setaffinity(0, c)) if cores[index] else None,
-                )
-            started.append(WorkerProcess(index, process, log_path))
+            started.append(WorkerProcess(index, start(index, config), run_dir / f"{node_id(config)}.log", config))
+        chief = started[0]
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             codes = [w.process.poll() for w in started]
-            failed = [w for w, code in zip(started, codes) if code not in (None, 0)]
-            if failed:
-                worker = failed[0]
-                code = worker.process.returncode
-                _stop(started)
-                raise WorkerFailed(
-                    f"training worker {worker.index} of {workers} exited with status {code}; "
-                    f"the other workers were stopped. End of {worker.log_path}:\n{_tail(worker.log_path)}",
-                    code,
-                )
-            if all(code == 0 for code in codes):
-                break
+            if parameter_servers:
+                if chief.process.returncode == 0:
+                    break  # the servers never exit by themselves
+                lost = [w for w, code in zip(started, codes) if code is not None]
+                for worker in lost:
+                    if worker is not chief and worker.name.startswith("worker-") and worker.restarts < max_restarts:
+                        worker.restarts += 1
+                        log.warning("%s exited with status %s: starting it again (%d of %d)",
+                                    worker.name, worker.process.returncode, worker.restarts, max_restarts)
+                        worker.process = start(worker.index, worker.config, "ab")
+                        continue
+                    code = worker.process.returncode
+                    _stop(started)
+                    raise WorkerFailed(
+                        f"training task {worker.name} of the parameter-server cluster exited with status {code}"
+                        f"{' (restarted %d times)' % worker.restarts if worker.restarts else ''}; the other tasks "
+                        f"were stopped. End of {worker.log_path}:\n{_tail(worker.log_path)}",
+                        code or 1,
+                    )
+            else:
+                failed = [w for w, code in zip(started, codes) if code not in (None, 0)]
+                if failed:
+                    worker = failed[0]
+                    code = worker.process.returncode
+                    _stop(started)
+                    raise WorkerFailed(
+                        f"training worker {worker.index} of {workers} exited with status {code}; "
+                        f"the other workers were stopped. End of {worker.log_path}:\n{_tail(worker.log_path)}",
+                        code,
+                    )
+                if all(code == 0 for code in codes):
+                    break
             if deadline is not None and time.monotonic() > deadline:
                 _stop(started)
                 raise TimeoutError(f"training workers still running after {timeout:.0f} s; stopped")
@@ -173,9 +254,11 @@ def launch(
     except BaseException:
         _stop(started)
         raise
+    _stop(started)  # parameter-server tasks serve until stopped
     if not result_path.is_file():
         raise WorkerFailed(f"the chief exited without writing {result_path}; see {started[0].log_path}", 1)
-    return json.loads(result_path.read_text())
+    restarts = {w.name: w.restarts for w in started if w.restarts}
+    return {**json.loads(result_path.read_text()), **({"worker_restarts": restarts} if restarts else {})}
 
 
 def run_worker(request_path: Path) -> int:
@@ -191,6 +274,8 @@ def run_worker(request_path: Path) -> int:
     tf_config = os.environ.get("TF_CONFIG")
     role = WorkerRole.from_tf_config(tf_config)
     tracking = request.get("tracking") or None
+    if is_server_task(json.loads(tf_config) if tf_config else None):
+        return serve_task(tracking)
     with ExitStack() as stack:
         progress = None
         if tracking:
@@ -219,48 +304,85 @@ def run_worker(request_path: Path) -> int:
     return 0
 
 
+def serve_task(tracking: Mapping[str, str] | None = None) -> int:
+    """A worker or parameter server of a ``parameter_server`` cluster: serve the chief until stopped.
+
+    Its system metrics go to the training run, tagged with its node id, like every worker's.
+    """
+    import logging
+
+    import tensorflow as tf
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    name = f"{resolver.task_type}-{resolver.task_id}"
+    with ExitStack() as stack:
+        if tracking:
+            from tasks.tracking import system_metrics
+
+            stack.enter_context(system_metrics(tracking["uri"], tracking["run_id"], name))
+        server = tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
+                                      task_index=resolver.task_id, protocol=resolver.rpc_layer or "grpc", start=True)
+        logging.getLogger(__name__).info("%s serving at %s", name, server.target)
+        server.join()  # until the launcher (or the pod's end) stops it
+    return 0
+
+
 def tfjob_manifest(name: str, image: str, workers: int, request_uri: str, *, namespace: str = "default",
-                   cpu: str = "4", memory: str = "16Gi", gpus: int = 0) -> dict[str, Any]:
+                   cpu: str = "4", memory: str = "16Gi", gpus: int = 0, parameter_servers: int = 0) -> dict[str, Any]:
     """A Kubeflow training-operator ``TFJob`` running the same worker entry point as pods.
 
     The operator creates one pod per replica, a headless service per pod, and sets each
-    pod's ``TF_CONFIG`` (the cluster of ``<job>-worker-<i>.<namespace>.svc:2222``); worker 0
-    is the chief. ``request_uri`` is the request JSON on storage every pod can read (S3).
+    pod's ``TF_CONFIG`` (the cluster of ``<job>-<type>-<i>.<namespace>.svc:2222``). Without
+    parameter servers, worker 0 is the chief. With them (``parameter_server``), a ``Chief``
+    pod coordinates, ``PS`` pods hold the variables, and the job succeeds when the chief
+    does (the operator's default success policy); a lost worker pod is restarted and rejoins.
+    ``request_uri`` is the request JSON on storage every pod can read (S3).
     """
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
-    if gpus:
-        resources["limits"]["nvidia.com/gpu"] = gpus
-    container = {
-        "name": "tensorflow",  # the container name the operator looks for
-        "image": image,
-        "command": ["python", "-m", "tasks.launcher", "worker", request_uri],
-        "ports": [{"name": "tfjob-port", "containerPort": 2222}],
-        "envFrom": [{"secretRef": {"name": "tfpipe-env"}}],
-        "resources": resources,
-    }
+    if parameter_servers < 0:
+        raise ValueError("parameter_servers must not be negative")
+
+    def replica(replicas: int, accelerators: int) -> dict[str, Any]:
+        resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
+        if accelerators:
+            resources["limits"]["nvidia.com/gpu"] = accelerators
+        container: dict[str, Any] = {
+            "name": "tensorflow",  # the container name the operator looks for
+            "image": image,
+            "command": ["python", "-m", "tasks.launcher", "worker", request_uri],
+            "ports": [{"name": "tfjob-port", "containerPort": 2222}],
+            "envFrom": [{"secretRef": {"name": "tfpipe-env"}}],
+            "resources": resources,
+        }
+        if parameter_servers:
+            container["env"] = [{"name": "GRPC_FAIL_FAST", "value": "use_caller"}]
+        return {"replicas": replicas, "restartPolicy": "OnFailure", "template": {"spec": {"containers": [container]}}}
+
+    specs = {"Worker": replica(workers, gpus)}
+    if parameter_servers:
+        specs = {"Chief": replica(1, 0), **specs, "PS": replica(parameter_servers, 0)}
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "TFJob",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "tfpipe"}},
         "spec": {
             "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 3},
-            "tfReplicaSpecs": {
-                "Worker": {
-                    "replicas": workers,
-                    "restartPolicy": "OnFailure",
-                    "template": {"spec": {"containers": [container]}},
-                }
-            },
+            "tfReplicaSpecs": specs,
         },
     }
 
 
-def expected_tfjob_tf_configs(name: str, workers: int, namespace: str = "default") -> list[dict[str, Any]]:
+def expected_tfjob_tf_configs(name: str, workers: int, namespace: str = "default",
+                              parameter_servers: int = 0) -> list[dict[str, Any]]:
     """The ``TF_CONFIG`` each pod of :func:`tfjob_manifest` receives from the operator."""
-    addresses = [f"{name}-worker-{i}.{namespace}.svc:2222" for i in range(workers)]
-    return tf_configs(addresses)
+    def addresses(kind: str, count: int) -> list[str]:
+        return [f"{name}-{kind}-{i}.{namespace}.svc:2222" for i in range(count)]
+
+    if parameter_servers:
+        return tf_configs(addresses("worker", workers), ps=addresses("ps", parameter_servers),
+                          chief=addresses("chief", 1)[0])
+    return tf_configs(addresses("worker", workers))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,7 +40,8 @@ _PARAMS: dict[str, tuple[str, str, float | None, float | None, str]] = {
     "learning_rate": ("train.learning_rate", "number", 1e-6, 1.0, "Peak learning rate (after warm-up)."),
     "strategy": ("train.strategy", "string", None, None,
                  "tf.distribute strategy: auto (mirrored over several GPUs, else one device), one_device, "
-                 "mirrored, or multi_worker (train.workers processes on this machine, or TF_CONFIG)."),
+                 "mirrored, multi_worker or parameter_server (train.workers processes on this machine, "
+                 "or TF_CONFIG)."),
     "data_source": ("data.source", "string", None, None,
                     "CSV/Parquet URI (path, s3://, package://); {{ ds }} selects a partition."),
 }
@@ -348,7 +349,8 @@ def _log_model(ctx: RunContext, tracker: MlflowTracker, model_uri: str, examples
 def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, spec, work: Path) -> dict[str, Any]:
     """Train in this process, or in worker processes when the strategy needs them.
 
-    ``multi_worker`` without a ``TF_CONFIG`` starts ``train.workers`` local workers; a
+    ``multi_worker`` without a ``TF_CONFIG`` starts ``train.workers`` local workers
+    (``parameter_server``: a chief, the workers and ``train.parameter_servers``); a
     ``mirrored`` CPU split in a process where TensorFlow already ran (``tfpipe run``) trains
     in one fresh worker process. Either way the checkpoints are the same, so retries resume.
     """
@@ -374,6 +376,10 @@ def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, sp
     if params.strategy == "multi_worker" and not tf_config:
         log.info("starting %d training workers on 127.0.0.1", params.workers)
         return launch(request, params.workers, work / "workers")
+    if params.strategy == "parameter_server" and not tf_config:
+        log.info("starting a parameter-server cluster on 127.0.0.1: a chief, %d workers, %d parameter servers",
+                 params.workers, params.parameter_servers)
+        return launch(request, params.workers, work / "workers", parameter_servers=params.parameter_servers)
     progress = BatchedProgress(tracker)
     try:
         with system_metrics(ctx.settings.tracking_uri, tracker.run_id, "worker-0"):

@@ -1,9 +1,13 @@
 """train_model: a custom ``tf.GradientTape`` loop under a ``tf.distribute`` strategy.
 
 * **Strategies:** ``one_device``, ``mirrored`` (all local GPUs; on a CPU-only machine the CPU
-  split into ``train.cpu_replicas`` logical devices) and ``multi_worker``
+  split into ``train.cpu_replicas`` logical devices), ``multi_worker``
   (``MultiWorkerMirroredStrategy``; ``TF_CONFIG`` from the environment, or N local worker
-  processes started by :mod:`tasks.launcher`). ``auto`` mirrors over several GPUs, else one device.
+  processes started by :mod:`tasks.launcher`) and ``parameter_server``
+  (``ParameterServerStrategy``: this process is the chief and coordinates with a
+  ``ClusterCoordinator``, scheduling the same step function on the workers, whose updates
+  reach the variables on the parameter servers asynchronously). ``auto`` mirrors over
+  several GPUs, else one device.
 * **The step:** ``train.steps_per_execution`` steps per call of one ``tf.function`` traced once
   (fixed input signature); the loss is averaged over the *global* batch, gradients are summed
   across replicas, clipped by their global norm and applied without a second aggregation.
@@ -14,7 +18,9 @@
 * **Early stopping** on the eval loss, exporting the best epoch's weights.
 * **Chief-only writes:** under ``multi_worker`` every worker takes part in saving (saving is a
   collective operation) but only the chief writes where others read; the other workers
-  write to scratch folders that are removed.
+  write to scratch folders that are removed. Under ``parameter_server`` only the chief runs
+  this code at all: it evaluates, checkpoints and exports, reading the variables from the
+  parameter servers.
 
 The SavedModel has two signatures:
 
@@ -84,13 +90,14 @@ class WorkerRole:
 
     task_type: str = "worker"
     index: int = 0
-    num_workers: int = 1
+    num_workers: int = 1  # training workers (under parameter_server, the chief coordinates and is not one)
 
     @property
     def is_chief(self) -> bool:
         return self.task_type == "chief" or (self.task_type == "worker" and self.index == 0 and not self._has_chief)
 
     _has_chief: bool = False
+    parameter_servers: int = 0
 
     @property
     def node_id(self) -> str:
@@ -109,8 +116,9 @@ class WorkerRole:
             return cls()
         config = json.loads(raw)
         cluster, task = config.get("cluster", {}), config.get("task", {})
-        workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-        return cls(task.get("type", "worker"), int(task.get("index", 0)), max(workers, 1), "chief" in cluster)
+        ps = len(cluster.get("ps", []))
+        workers = len(cluster.get("worker", [])) + (0 if ps else len(cluster.get("chief", [])))
+        return cls(task.get("type", "worker"), int(task.get("index", 0)), max(workers, 1), "chief" in cluster, ps)
 
 
 class DevicesAlreadyInitialized(RuntimeError):
@@ -171,6 +179,14 @@ def make_strategy(name: str):
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "parameter_server":
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        jobs = resolver.cluster_spec().as_dict()
+        if "ps" not in jobs or resolver.task_type != "chief":
+            raise ValueError("train.strategy parameter_server runs in the chief of a cluster with ps tasks "
+                             f"(TF_CONFIG jobs: {sorted(jobs) or 'none'}, this task: {resolver.task_type}); "
+                             "without TF_CONFIG the pipeline starts such a cluster on this machine")
+        return tf.distribute.ParameterServerStrategy(resolver)
     raise ValueError(f"unknown strategy {name!r}")
 
 
@@ -356,6 +372,10 @@ def train_model(
     manifest = read_manifest(examples_uri)
     local_examples = storage.materialize(examples_uri, cache_dir)
     strategy = make_strategy(strategy_name)
+    # parameter_server: this chief schedules steps on the workers and evaluates by itself.
+    coordinator = (tf.distribute.coordinator.ClusterCoordinator(strategy)
+                   if strategy_name == "parameter_server" else None)
+    collective = role.num_workers > 1 and coordinator is None  # every worker runs this code, in step
     replicas = strategy.num_replicas_in_sync
     # The global batch: fixed, or scaled by the replicas (per-replica batch x replicas).
     batch = params.batch_size_per_replica * replicas if params.batch_size_per_replica else params.batch_size
@@ -368,7 +388,8 @@ def train_model(
     compressed = sum(Path(f).stat().st_size for f in train_files)
     # Each worker evaluates its share of the eval split; the sums are added across workers.
     eval_ds = eval_dataset(split_files(local_examples, manifest, "eval"), spec, max(batch, 256),
-                           num_workers=role.num_workers, worker_index=role.worker_id)
+                           num_workers=role.num_workers if collective else 1,
+                           worker_index=role.worker_id if collective else 0)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     writer = _Writer(role, checkpoint_dir)
 
@@ -469,15 +490,46 @@ def train_model(
         """This worker's batches from epoch ``first`` on, one per local replica and step."""
         return strategy.distribute_datasets_from_function(lambda context: worker_batches(context, first, skip))
 
+    def parameter_server_batches(context, first: int):
+        """One worker's endless stream (built on the worker): its shards (or its slice of each
+        batch of ``batch`` x workers), an epoch's order per seed and epoch. Workers run at their
+        own pace, so the stream runs on past ``train.epochs``; the chief counts the steps."""
+        workers = role.num_workers
+        index = tf.distribute.coordinator.experimental_get_current_worker_index()
+        pipeline = InputPipeline(
+            train_files, spec, batch * workers, params.seed, shuffle_buffer=params.shuffle_buffer,
+            cache=should_cache(params.cache, compressed), deterministic=params.deterministic,
+            num_workers=workers, worker_index=index,
+        )
+        return pipeline.epochs(first, first + params.epochs * workers + 1, max(steps_per_epoch // workers, 1), 0,
+                               context.get_per_replica_batch_size(batch))
+
     step = resumed_from
     epoch = int(epoch_var.numpy())
     # One iterator for the rest of the training (see InputPipeline.epochs).
-    iterator = iter(distributed(epoch, step - epoch * steps_per_epoch)) if epoch < params.epochs else None
+    iterator = None
+    if epoch < params.epochs and coordinator is not None:
+        iterator = iter(coordinator.create_per_worker_dataset(
+            strategy.distribute_datasets_from_function(lambda context: parameter_server_batches(context, epoch))))
+    elif epoch < params.epochs:
+        iterator = iter(distributed(epoch, step - epoch * steps_per_epoch))
     # autograph=False: AutoGraph would convert tf_keras source while tracing (~7 s of the first step).
-    compiled_train = tf.function(
-        train_steps, autograph=False,
-        input_signature=[iterator._type_spec, tf.TensorSpec([], tf.int32)],  # noqa: SLF001 - the iterator's spec
-    ) if iterator is not None else None
+    # Scheduled functions take a per-worker iterator, whose spec is the coordinator's to give.
+    signature = None if coordinator is not None or iterator is None else [
+        iterator._type_spec, tf.TensorSpec([], tf.int32)]  # noqa: SLF001 - the iterator's spec
+    compiled_train = tf.function(train_steps, autograph=False, input_signature=signature)
+
+    def calls(counts: list[int]):
+        """Each call's losses: one call at a time, or (parameter_server) every call scheduled
+        on the workers at once, then collected when all are done."""
+        if coordinator is None:
+            for count in counts:
+                yield compiled_train(iterator, tf.constant(count, tf.int32)).numpy()
+            return
+        remote = [coordinator.schedule(compiled_train, args=(iterator, tf.constant(c, tf.int32))) for c in counts]
+        coordinator.join()
+        for value in remote:
+            yield value.fetch()
     compiled_eval = tf.function(eval_step, autograph=False, input_signature=list(eval_ds.element_spec))
 
     summaries = None
@@ -498,45 +550,49 @@ def train_model(
         offset = step - epoch * steps_per_epoch
         losses_this_epoch: list[float] = []
         while offset < steps_per_epoch:
-            count = min(params.steps_per_execution, steps_per_epoch - offset,
-                        params.checkpoint_every_steps - step % params.checkpoint_every_steps)
-            learning_rate = float(schedule(step))
-            losses = [float(v) for v in compiled_train(iterator, tf.constant(count, tf.int32)).numpy()]
-            if not all(math.isfinite(v) for v in losses) and not mixed:
-                raise FloatingPointError(f"the training loss is {losses[-1]} at step {step + len(losses)}: "
-                                         f"lower train.learning_rate or set train.clip_norm")
-            losses_this_epoch += losses
-            first_step, step, offset = step + 1, step + count, offset + count
-            trained_examples += count * batch
+            # Up to the next checkpoint or the epoch's end: one call, or every call (parameter_server).
+            due = min(steps_per_epoch - offset, params.checkpoint_every_steps - step % params.checkpoint_every_steps)
+            per_call = params.steps_per_execution
+            counts = ([min(per_call, due - i) for i in range(0, due, per_call)] if coordinator is not None
+                      else [min(per_call, due)])
+            for count, call_losses in zip(counts, calls(counts)):
+                learning_rate = float(schedule(step))
+                losses = [float(v) for v in call_losses]
+                if not all(math.isfinite(v) for v in losses) and not mixed:
+                    raise FloatingPointError(f"the training loss is {losses[-1]} at step {step + len(losses)}: "
+                                             f"lower train.learning_rate or set train.clip_norm")
+                losses_this_epoch += losses
+                first_step, step, offset = step + 1, step + count, offset + count
+                trained_examples += count * batch
+                step_var.assign(step)
+                if role.is_chief:
+                    if summaries is not None:
+                        with summaries.as_default(step=step):
+                            tf.summary.scalar("loss", losses[-1])
+                            tf.summary.scalar("learning_rate", learning_rate)
+                    if progress is not None:
+                        progress.on_steps(first_step, losses, learning_rate)
+                    now = time.perf_counter()
+                    if now - last_shown > _BAR_SECONDS:  # INFO for the task log, DEBUG for a terminal's bar
+                        level = logging.INFO if now - last_log > _PROGRESS_SECONDS else logging.DEBUG
+                        rate = trained_examples / (now - started)
+                        eta = (total_steps - step) * batch / max(rate, 1e-9)
+                        report(log, level, "epoch %d/%d step %d/%d loss %.4f  %.0f examples/s  ETA %.0f s",
+                               epoch + 1, params.epochs, step, total_steps, losses[-1], rate, eta,
+                               task=f"train epoch {epoch + 1}/{params.epochs}", done=step, total=total_steps,
+                               unit="steps", rate=rate / batch, eta=eta, detail=f"loss {losses[-1]:.4f}")
+                        last_shown, last_log = now, (now if level == logging.INFO else last_log)
             if steady_since is None:
                 steady_since = time.perf_counter()
             else:
-                steady_examples += count * batch
-            step_var.assign(step)
-            if role.is_chief:
-                if summaries is not None:
-                    with summaries.as_default(step=step):
-                        tf.summary.scalar("loss", losses[-1])
-                        tf.summary.scalar("learning_rate", learning_rate)
-                if progress is not None:
-                    progress.on_steps(first_step, losses, learning_rate)
-                now = time.perf_counter()
-                if now - last_shown > _BAR_SECONDS:  # INFO for the task log, DEBUG for a terminal's bar
-                    level = logging.INFO if now - last_log > _PROGRESS_SECONDS else logging.DEBUG
-                    rate = trained_examples / (now - started)
-                    eta = (total_steps - step) * batch / max(rate, 1e-9)
-                    report(log, level, "epoch %d/%d step %d/%d loss %.4f  %.0f examples/s  ETA %.0f s",
-                           epoch + 1, params.epochs, step, total_steps, losses[-1], rate, eta,
-                           task=f"train epoch {epoch + 1}/{params.epochs}", done=step, total=total_steps,
-                           unit="steps", rate=rate / batch, eta=eta, detail=f"loss {losses[-1]:.4f}")
-                    last_shown, last_log = now, (now if level == logging.INFO else last_log)
+                steady_examples += sum(counts) * batch
             if step % params.checkpoint_every_steps == 0 and offset < steps_per_epoch:
                 save(step)
         eval_loss = eval_correct = eval_count = 0.0
         for features, labels in eval_ds:
             loss, correct, count_ = (float(v) for v in compiled_eval(features, labels))
             eval_loss, eval_correct, eval_count = eval_loss + loss, eval_correct + correct, eval_count + count_
-        if role.num_workers > 1:
+        if collective:
             eval_loss, eval_correct, eval_count = _sum_across_workers(strategy, role, (eval_loss, eval_correct, eval_count))
         record = {
             "epoch": epoch + 1,
@@ -603,7 +659,7 @@ def train_model(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         writer.cleanup()
-    if role.num_workers > 1:
+    if collective:
         # Finish together: a worker that exits while another still exports leaves that one
         # waiting for the coordination service (seen: 10 s).
         _sum_across_workers(strategy, role, (0.0,))

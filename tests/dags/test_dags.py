@@ -97,7 +97,8 @@ def test_trigger_form_params_are_typed_bounded_and_described(dag):
     assert params.get_param("epochs").schema == {"type": "integer", "minimum": 1, "maximum": 1000}
     assert params.get_param("accuracy_threshold").schema["maximum"] == 1.0
     strategy = params.get_param("strategy")
-    assert strategy.schema == {"type": "string", "enum": ["auto", "one_device", "mirrored", "multi_worker"]}
+    assert strategy.schema == {"type": "string", "enum": ["auto", "one_device", "mirrored", "multi_worker",
+                                                         "parameter_server"]}
     assert strategy.value == "auto" and "multi_worker" in strategy.description
 
 

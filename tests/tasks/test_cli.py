@@ -94,12 +94,14 @@ def _train_run(client, pipeline: str, run_id: str):
     return run
 
 
-@pytest.mark.parametrize(("strategy", "extra", "replicas", "workers"), [
-    ("multi_worker", [], "2", "2"),
+@pytest.mark.parametrize(("strategy", "extra", "replicas", "workers", "nodes"), [
+    ("multi_worker", [], "2", "2", ["worker-0", "worker-1"]),
     # TensorFlow already ran in this process (ingest, validate): the CPU split needs a fresh one.
-    ("mirrored", ["--set", "train.cpu_replicas=2"], "2", "1"),
+    ("mirrored", ["--set", "train.cpu_replicas=2"], "2", "1", ["worker-0"]),
+    # A chief coordinating two workers (one replica each) and a parameter server.
+    ("parameter_server", [], "1", "2", ["chief-0", "worker-0", "worker-1", "ps-0"]),
 ])
-def test_distributed_training_from_tfpipe_run(tmp_path, home, strategy, extra, replicas, workers):
+def test_distributed_training_from_tfpipe_run(tmp_path, home, strategy, extra, replicas, workers, nodes):
     from mlflow import MlflowClient
 
     pipeline = write_pipeline(tmp_path, name=f"dist_{strategy}")
@@ -109,7 +111,7 @@ def test_distributed_training_from_tfpipe_run(tmp_path, home, strategy, extra, r
     assert run.data.tags["tfpipe.replicas"] == replicas and run.data.tags["tfpipe.workers"] == workers
     assert run.data.metrics["final_eval_accuracy"] > 0.6
     # Every worker's system metrics, apart by node id; the per-epoch metrics from the chief only.
-    for node in range(int(workers)):
-        assert f"system/worker-{node}/cpu_utilization_percentage" in run.data.metrics
+    for node in nodes:
+        assert f"system/{node}/cpu_utilization_percentage" in run.data.metrics
     client = MlflowClient(Settings.from_env().tracking_uri)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")] == [1, 2, 3, 4]

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from tasks.cli import main
-from tasks.launcher import expected_tfjob_tf_configs, free_ports, tf_configs, tfjob_manifest
+from tasks.launcher import expected_tfjob_tf_configs, free_ports, is_server_task, node_id, tf_configs, tfjob_manifest
 from tasks.train import WorkerRole
 
 
@@ -31,6 +31,27 @@ def test_duplicate_or_missing_addresses_are_refused():
         tf_configs(["127.0.0.1:1", "127.0.0.1:1"])
     with pytest.raises(ValueError, match="at least one"):
         tf_configs([])
+    with pytest.raises(ValueError, match="distinct"):
+        tf_configs(["127.0.0.1:1"], ps=["127.0.0.1:1"], chief="127.0.0.1:2")
+    with pytest.raises(ValueError, match="needs a chief"):
+        tf_configs(["127.0.0.1:1"], ps=["127.0.0.1:2"])
+
+
+def test_parameter_server_cluster_has_a_coordinating_chief_workers_and_ps():
+    configs = tf_configs(["w0:1", "w1:1"], ps=["p0:1"], chief="c:1")
+    assert [c["task"] for c in configs] == [
+        {"type": "chief", "index": 0}, {"type": "worker", "index": 0}, {"type": "worker", "index": 1},
+        {"type": "ps", "index": 0}]
+    assert configs[0]["cluster"] == {"chief": ["c:1"], "worker": ["w0:1", "w1:1"], "ps": ["p0:1"]}
+    assert [node_id(c) for c in configs] == ["chief-0", "worker-0", "worker-1", "ps-0"]
+    # The chief trains (coordinates); the others serve it.
+    assert [is_server_task(c) for c in configs] == [False, True, True, True]
+    roles = [WorkerRole.from_tf_config(json.dumps(c)) for c in configs]
+    assert [r.is_chief for r in roles] == [True, False, False, False]
+    assert {r.num_workers for r in roles} == {2} and {r.parameter_servers for r in roles} == {1}
+    # Without parameter servers no task is a server: every worker runs the training loop.
+    assert not any(is_server_task(c) for c in tf_configs(["w0:1", "w1:1"]))
+    assert not is_server_task(None)
 
 
 def test_a_lone_process_is_the_chief_and_a_chief_task_outranks_worker_0():
@@ -57,8 +78,32 @@ def test_tfjob_runs_the_worker_entry_point_on_every_replica():
     assert WorkerRole.from_tf_config(json.dumps(configs[0])).is_chief
 
 
+def test_tfjob_with_parameter_servers_has_a_chief_workers_and_ps():
+    manifest = tfjob_manifest("churn-train", "tfpipe:1", 3, "s3://b/r.json", namespace="ml", gpus=1,
+                              parameter_servers=2)
+    specs = manifest["spec"]["tfReplicaSpecs"]
+    assert {k: v["replicas"] for k, v in specs.items()} == {"Chief": 1, "Worker": 3, "PS": 2}
+    for kind, spec in specs.items():
+        (container,) = spec["template"]["spec"]["containers"]
+        assert container["command"] == ["python", "-m", "tasks.launcher", "worker", "s3://b/r.json"]
+        assert container["env"] == [{"name": "GRPC_FAIL_FAST", "value": "use_caller"}]  # no credentials
+        assert ("nvidia.com/gpu" in container["resources"]["limits"]) == (kind == "Worker")
+        assert spec["restartPolicy"] == "OnFailure"  # a restarted worker pod rejoins the coordinator
+    configs = expected_tfjob_tf_configs("churn-train", 3, "ml", parameter_servers=2)
+    assert configs[0]["cluster"] == {
+        "chief": ["churn-train-chief-0.ml.svc:2222"],
+        "worker": [f"churn-train-worker-{i}.ml.svc:2222" for i in range(3)],
+        "ps": [f"churn-train-ps-{i}.ml.svc:2222" for i in range(2)],
+    }
+    assert [node_id(c) for c in configs] == ["chief-0", "worker-0", "worker-1", "worker-2", "ps-0", "ps-1"]
+    assert [is_server_task(c) for c in configs] == [False] + [True] * 5
+
+
 def test_tfpipe_tfjob_prints_the_manifest(capsys):
     assert main(["tfjob", "--name", "churn-train", "--image", "tfpipe:1", "--workers", "3",
                  "--request", "s3://b/r.json"]) == 0
     manifest = yaml.safe_load(capsys.readouterr().out)
     assert manifest["spec"]["tfReplicaSpecs"]["Worker"]["replicas"] == 3
+    assert main(["tfjob", "--name", "churn-train", "--image", "tfpipe:1", "--parameter-servers", "2",
+                 "--request", "s3://b/r.json"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["spec"]["tfReplicaSpecs"]["PS"]["replicas"] == 2

@@ -3,11 +3,14 @@
 The distributed cases run as real worker processes (``tasks.launcher``): ``mirrored`` over the
 CPU split into two logical devices, and ``multi_worker`` as two processes talking gRPC on
 127.0.0.1. Both must train to the same weights as one device on the same global batch.
+``parameter_server`` runs a chief, two workers and a parameter server, and must train as
+well as one device (its updates are asynchronous, so not to the same weights).
 """
 
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -280,9 +283,72 @@ def test_a_killed_worker_stops_the_others_and_the_retry_resumes(binary, tmp_path
     assert result["steps"] == 4 * (binary.counts["train"] // 64)
 
 
-def _launch_catching(request, workers, run_dir):
+def test_parameter_server_trains_as_well_as_one_device(one_shard, distributed, tmp_path):
+    """A chief coordinating 2 workers and 1 parameter server, asynchronously, on the data of one device."""
+    binary = one_shard
+    root, results = distributed
+    request = _request(binary, tmp_path, "ps", strategy="parameter_server", epochs=2, batch_size=128,
+                       early_stopping={"patience": None}, checkpoint_every_steps=10)
+    result = launch(request, 2, tmp_path / "run", parameter_servers=1)
+    assert result["strategy"] == "ParameterServerStrategyV2"
+    assert result["workers"] == 2 and result["steps"] == results["one_device"]["steps"]
+    assert result["traces"] == {"train_steps": 1, "eval_step": 1}  # scheduled on every worker, traced once
+    assert "worker_restarts" not in result
+    reference = results["one_device"]["final_metrics"]["eval_accuracy"]
+    assert result["final_metrics"]["eval_accuracy"] > reference - 0.03
+    scores = _predict(result["uri"], _eval_records(binary))  # the chief's export, read back without the cluster
+    assert scores.shape == (256, 2) and np.allclose(scores.sum(axis=1), 1, atol=1e-5)
+    # Only the chief ran the training loop and wrote: the workers and the parameter server served.
+    assert sorted(p.name for p in Path(request["checkpoint_dir"]).iterdir()) == ["best", "history.json", "latest"]
+    logs = {name: (tmp_path / "run" / f"{name}.log").read_text() for name in ("chief-0", "worker-0", "worker-1", "ps-0")}
+    assert "epoch 2/2" in logs["chief-0"]
+    for name in ("worker-0", "worker-1", "ps-0"):
+        assert f"{name} serving at grpc://127.0.0.1:" in logs[name] and "epoch" not in logs[name]
+    assert not _worker_processes()  # the servers were stopped when the chief finished
+
+
+def test_parameter_server_survives_a_lost_worker_and_a_lost_chief_resumes(binary, tmp_path):
+    request = _request(binary, tmp_path, "ps", strategy="parameter_server", epochs=3, batch_size=32,
+                       checkpoint_every_steps=20, steps_per_execution=2)
+    total = 3 * (binary.counts["train"] // 32)
+
+    def kill(task_type: str, at_least: int) -> tuple[dict, int]:
+        outcome: dict = {}
+        thread = threading.Thread(
+            target=lambda: outcome.update(_launch_catching(request, 2, tmp_path / "run", parameter_servers=1)))
+        thread.start()
+        step = _wait_for_checkpoint(Path(request["checkpoint_dir"]), at_least, thread, outcome)
+        wanted = {"type": task_type, "index": 1 if task_type == "worker" else 0}
+        (victim,) = [p for p in _worker_processes() if json.loads(p.environ()["TF_CONFIG"])["task"] == wanted]
+        victim.send_signal(signal.SIGKILL)
+        thread.join(180)
+        assert not thread.is_alive()
+        return outcome, step
+
+    # A lost worker is started again; the coordinator re-runs its steps and training completes.
+    outcome, _ = kill("worker", 20)
+    result = outcome["result"]
+    assert result["worker_restarts"] == {"worker-1": 1}
+    assert result["steps"] == total and result["resumed_from_step"] == 0
+    assert result["final_metrics"]["eval_accuracy"] > 0.75
+    assert (tmp_path / "run" / "worker-1.log").read_text().count("worker-1 serving at") == 2
+
+    # A lost chief stops the cluster; the retry resumes from its last checkpoint.
+    for path in (Path(request["checkpoint_dir"]), Path(request["output_uri"])):
+        shutil.rmtree(path)
+    outcome, _ = kill("chief", 40)
+    error = outcome.get("error")
+    assert isinstance(error, WorkerFailed) and "chief-0 of the parameter-server cluster" in str(error)
+    assert not _worker_processes()
+    killed_at = _checkpoint_steps(Path(request["checkpoint_dir"]))[-1]
+    result = launch(request, 2, tmp_path / "run", parameter_servers=1)
+    assert result["resumed_from_step"] == killed_at >= 40
+    assert result["steps"] == total and result["epochs"] == 3
+
+
+def _launch_catching(request, workers, run_dir, **kwargs):
     try:
-        return {"result": launch(request, workers, run_dir)}
+        return {"result": launch(request, workers, run_dir, **kwargs)}
     except Exception as error:  # noqa: BLE001 - the test inspects it
         return {"error": error}
 
@@ -335,6 +401,11 @@ def test_cpu_split_needs_a_fresh_process(binary, tmp_path):
     tf.constant(1.0) + 1  # TensorFlow has run in this process
     with pytest.raises(DevicesAlreadyInitialized, match="cpu_replicas=2"):
         _train(binary, tmp_path, strategy="mirrored", cpu_replicas=2)
+
+
+def test_parameter_server_needs_a_cluster_with_ps_tasks(binary, tmp_path):
+    with pytest.raises(ValueError, match="chief of a cluster with ps tasks"):
+        _train(binary, tmp_path, strategy="parameter_server")
 
 
 def test_workers_are_not_left_running(binary):
