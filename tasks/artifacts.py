@@ -9,6 +9,7 @@
         runs/<run>/statistics/              TFDV statistics per split
         runs/<run>/anomalies/               anomalies per split + a readable report
         runs/<run>/model/                   SavedModel (model/saved_model) + checkpoints + history
+        runs/<run>/checkpoints/             training checkpoints while train_model runs (S3 roots only)
         runs/<run>/evaluation/              metrics.json, blessing.json
         runs/<run>/optimized/               model variants (.tflite) + report.json
 
@@ -47,6 +48,11 @@ def output_uri(artifact_root: str, pipeline: str, run_id: str, name: str) -> str
     if name not in STEP_OUTPUTS:
         raise ValueError(f"unknown artifact {name!r}; expected one of {STEP_OUTPUTS}")
     return storage.join(run_root(artifact_root, pipeline, run_id), name)
+
+
+def checkpoints_uri(artifact_root: str, pipeline: str, run_id: str) -> str:
+    """Where ``train_model`` mirrors its checkpoints, so a retry on another machine resumes."""
+    return storage.join(run_root(artifact_root, pipeline, run_id), "checkpoints")
 
 
 def recorded_schema_uri(artifact_root: str, pipeline: str) -> str:

@@ -295,6 +295,7 @@ def run_worker(request_path: Path) -> int:
             progress=progress,
             search_path=tuple(request.get("search_path", ())),
             tf_config=tf_config,
+            checkpoint_uri=request.get("checkpoint_uri"),
         )
     if role.is_chief and request.get("result_path"):
         import resource

@@ -260,8 +260,7 @@ def delete_version(model_store: str, model_name: str, version: int) -> None:
     """Remove a version; ``saved_model.pb`` goes first, so it stops counting as complete at once."""
     uri = artifacts.model_version_uri(model_store, model_name, version)
     if storage.is_s3(uri):
-        bucket, key = storage.split_s3(storage.join(uri, SAVED_MODEL_PB))
-        storage.s3_client().delete_object(Bucket=bucket, Key=key)
+        storage.delete_file(storage.join(uri, SAVED_MODEL_PB))
         storage.delete_dir(uri)
         return
     path = storage.local_path(uri)
@@ -289,12 +288,7 @@ def restore_champion(model_store: str, model_name: str, previous: int | None, by
     if previous is not None:
         set_champion(model_store, model_name, previous, by=by, reason=reason)
         return
-    uri = champion_uri(model_store, model_name)
-    if storage.is_s3(uri):
-        bucket, key = storage.split_s3(uri)
-        storage.s3_client().delete_object(Bucket=bucket, Key=key)
-    else:
-        storage.local_path(uri).unlink(missing_ok=True)
+    storage.delete_file(champion_uri(model_store, model_name))
 
 
 def apply_retention(model_store: str, model_name: str, keep: int) -> list[int]:

@@ -306,6 +306,7 @@ def train_model(ctx: RunContext, examples: Mapping[str, Any], validation: Mappin
         )
         tracker.log_params({"train": ctx.config.train.model_dump(mode="json")})
         work = ctx.work_dir("train_model")
+        mirror = checkpoint_mirror(ctx)
         result = _run_training(ctx, tracker, examples["uri"], spec, work)
         history = read_history(result["uri"])
         tracker.log_metrics({f"final_{k}": v for k, v in result["final_metrics"].items()})
@@ -313,6 +314,8 @@ def train_model(ctx: RunContext, examples: Mapping[str, Any], validation: Mappin
             "tfpipe.strategy": result["strategy"], "tfpipe.replicas": str(result["replicas"]),
             "tfpipe.workers": str(result["workers"]), "tfpipe.resumed_from_step": str(result["resumed_from_step"]),
             "tfpipe.best_epoch": str(result["best_epoch"]), "tfpipe.stopped_early": str(result["stopped_early"]),
+            **({"tfpipe.checkpoint_mirror": mirror,
+                "tfpipe.checkpoint_files_mirrored": str(result["checkpoint_files_mirrored"])} if mirror else {}),
         })
         with _scratch(ctx, "train_model") as scratch:
             training_curves(history, scratch / "training_curves.png")
@@ -320,6 +323,8 @@ def train_model(ctx: RunContext, examples: Mapping[str, Any], validation: Mappin
         _log_model(ctx, tracker, result["uri"], examples["uri"], spec)
         # The run's model is published: what a retry would resume from is no longer needed.
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        if mirror:
+            storage.delete_dir(mirror)
         shutil.rmtree(work / TENSORBOARD_DIR, ignore_errors=True)
         # Where the MLflow model is (model/ of this run): what the registry version of a push points to.
         return {**result, "mlflow_run_id": tracker.run_id}
@@ -346,6 +351,14 @@ def _log_model(ctx: RunContext, tracker: MlflowTracker, model_uri: str, examples
             tracker.log_artifact(item, "model")
 
 
+def checkpoint_mirror(ctx: RunContext) -> str | None:
+    """Where training copies its checkpoints: beside the run's artifacts when they are on S3
+    (a retry may run on another machine), else nowhere (the local checkpoints are enough)."""
+    if not storage.is_s3(ctx.settings.artifact_root):
+        return None
+    return artifacts.checkpoints_uri(ctx.settings.artifact_root, ctx.config.name, ctx.run_id)
+
+
 def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, spec, work: Path) -> dict[str, Any]:
     """Train in this process, or in worker processes when the strategy needs them.
 
@@ -358,9 +371,12 @@ def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, sp
 
     from tasks.launcher import launch
     from tasks.tracking import BatchedProgress, system_metrics
-    from tasks.train import DevicesAlreadyInitialized, train_model as train
+    from tasks.train import DevicesAlreadyInitialized, restore_checkpoints, train_model as train
 
     params = ctx.config.train
+    mirror = checkpoint_mirror(ctx)
+    if mirror:  # a try on another machine: resume from the copy of the last try's checkpoints
+        restore_checkpoints(work / "checkpoints", mirror)
     request = {
         "examples_uri": examples_uri,
         "spec": spec.to_dict(),
@@ -371,6 +387,7 @@ def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, sp
         "work_dir": str(work),
         "search_path": [str(Path(ctx.pipeline).parent)],
         "tracking": {"uri": ctx.settings.tracking_uri, "run_id": tracker.run_id},
+        "checkpoint_uri": mirror,
     }
     tf_config = os.environ.get("TF_CONFIG")
     if params.strategy == "multi_worker" and not tf_config:
@@ -385,7 +402,8 @@ def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, sp
         with system_metrics(ctx.settings.tracking_uri, tracker.run_id, "worker-0"):
             return train(examples_uri, spec, params, request["output_uri"], work / "checkpoints",
                          ctx.settings.cache_dir, work, progress=progress,
-                         search_path=tuple(request["search_path"]), tf_config=tf_config).to_dict()
+                         search_path=tuple(request["search_path"]), tf_config=tf_config,
+                         checkpoint_uri=mirror).to_dict()
     except DevicesAlreadyInitialized:
         log.info("TensorFlow already runs in this process: training in a fresh worker process")
         return launch(request, 1, work / "workers")

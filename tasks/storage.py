@@ -156,6 +156,15 @@ def list_files(uri: str) -> dict[str, int]:
     return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
+def delete_file(uri: str) -> None:
+    """Remove one file or object (absent is fine)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    else:
+        local_path(uri).unlink(missing_ok=True)
+
+
 def delete_dir(uri: str) -> None:
     """Remove a directory and everything below it (absent is fine)."""
     if is_s3(uri):

@@ -79,6 +79,7 @@ class ModelArtifact:
     examples_per_second: float = 0.0
     traces: dict[str, int] = field(default_factory=dict)
     mixed_precision: bool = False
+    checkpoint_files_mirrored: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -297,6 +298,53 @@ class _Writer:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
 
+class CheckpointMirror:
+    """A copy of the checkpoint folder on shared storage (S3), pushed by the chief after each save.
+
+    TensorFlow writes checkpoints through its own file system, which has no ``s3://`` here, so
+    they are written locally and copied: a retry on another machine (another Airflow worker, a
+    new pod) restores the copy with :func:`restore_checkpoints` and resumes. Each push uploads
+    what changed, variable data first, then indexes, then the ``checkpoint`` state file and the
+    history, and then removes the checkpoints the manager dropped, so the copy only ever names
+    complete checkpoints.
+    """
+
+    def __init__(self, local: Path, uri: str) -> None:
+        self.local, self.uri = local, uri
+        self._sent: dict[str, tuple[int, int] | None] = dict.fromkeys(storage.list_files(uri))
+        self.uploaded = 0
+
+    @staticmethod
+    def _order(rel: str) -> tuple[int, str]:
+        name = rel.rsplit("/", 1)[-1]
+        return (0 if ".data-" in name else 1 if name.endswith(".index") else 2), rel
+
+    def push(self) -> int:
+        """Upload what changed since the last push and drop what is gone; returns files uploaded."""
+        files = {p.relative_to(self.local).as_posix(): p for p in self.local.rglob("*") if p.is_file()}
+        uploaded = 0
+        for rel in sorted(files, key=self._order):
+            stat = files[rel].stat()
+            if self._sent.get(rel) != (stat.st_size, stat.st_mtime_ns):
+                storage.upload_file(files[rel], storage.join(self.uri, rel))
+                self._sent[rel] = (stat.st_size, stat.st_mtime_ns)
+                uploaded += 1
+        self.uploaded += uploaded
+        for rel in sorted(set(self._sent) - set(files)):
+            storage.delete_file(storage.join(self.uri, rel))
+            del self._sent[rel]
+        return uploaded
+
+
+def restore_checkpoints(local: Path, uri: str) -> int:
+    """Copy the mirrored checkpoints into ``local`` when it has none; returns files copied."""
+    if (local / "latest" / "checkpoint").is_file() or not storage.exists(storage.join(uri, "latest", "checkpoint")):
+        return 0
+    files = storage.download_dir(uri, local)
+    log.info("restored %d checkpoint files from %s", len(files), uri)
+    return len(files)
+
+
 def serving_module(model, spec: ModelSpec):
     """The exported ``tf.Module`` around a trained model, and its signatures."""
     import tensorflow as tf
@@ -347,12 +395,14 @@ def train_model(
     progress: Progress | None = None,
     search_path: tuple[str, ...] = (),
     tf_config: str | None = None,
+    checkpoint_uri: str | None = None,
 ) -> ModelArtifact:
     """Train (resuming from ``checkpoint_dir``), and publish the SavedModel at ``output_uri``.
 
     ``checkpoint_dir`` must be the same across tries of one run: a retry restores the latest
     checkpoint and continues from its step. ``tf_config`` is this process's ``TF_CONFIG``
     under ``multi_worker``; only the chief publishes, checkpoints and reports ``progress``.
+    With ``checkpoint_uri`` the chief also copies every checkpoint there (:class:`CheckpointMirror`).
 
     Raises:
         ValueError: The train split holds fewer examples than one global batch, or
@@ -536,10 +586,14 @@ def train_model(
     if params.tensorboard and role.is_chief:
         summaries = tf.summary.create_file_writer(str(checkpoint_dir.parent / TENSORBOARD_DIR))
 
+    mirror = CheckpointMirror(checkpoint_dir, checkpoint_uri) if checkpoint_uri and role.is_chief else None
+
     def save(step: int) -> None:
         manager.save(checkpoint_number=step)
         if role.is_chief:
             history_path.write_text(json.dumps(history))
+        if mirror is not None:
+            mirror.push()
 
     started, trained_examples = time.perf_counter(), 0
     # Throughput counts from the end of the first call (which traces): steady state, as in benchmarks.
@@ -681,6 +735,7 @@ def train_model(
         examples_per_second=examples_per_second,
         traces=dict(traces),
         mixed_precision=mixed,
+        checkpoint_files_mirrored=mirror.uploaded if mirror is not None else 0,
     )
 
 

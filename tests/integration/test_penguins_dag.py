@@ -111,6 +111,9 @@ def test_pushed_model_is_in_s3_and_serves(services, blessed_run):
     run_dir = storage.list_dir(run_root)[0]
     examples_uri = f"{run_root}/{run_dir}/examples"
     assert read_manifest(examples_uri)["splits"]["eval"]["count"] > 0
+    # Training mirrored its checkpoints beside the run (a retry elsewhere resumes) and removed them once published.
+    assert "model" in storage.list_dir(f"{run_root}/{run_dir}")
+    assert "checkpoints" not in storage.list_dir(f"{run_root}/{run_dir}")
     records, labels = eval_data(examples_uri, read_model_spec(f"{run_root}/{run_dir}/model"), services["root"] / "c")
     predicted = serve(examples=tf.constant(records))["predicted_class"].numpy().astype(str)
     assert (predicted == labels).mean() > 0.85
@@ -143,6 +146,10 @@ def test_mlflow_run_tree_holds_every_artifact(services, blessed_run):
         "optimize_model": ["optimization/report.json", "plots/tradeoff.png"],
         "push_model": ["push/pushed_model.json"],
     }
+    # Checkpoints were mirrored to S3 while training ran (see the S3 test for their removal).
+    train_tags = children["train_model"].data.tags
+    assert train_tags["tfpipe.checkpoint_mirror"].startswith(f"s3://{BUCKET}/artifacts/penguins/runs/")
+    assert int(train_tags["tfpipe.checkpoint_files_mirrored"]) > 0
     for step, paths in expected.items():
         listed = _artifacts(client, children[step].info.run_id)
         for path in paths:

@@ -39,10 +39,10 @@ def regression(tmp_path_factory):
                             hidden_units=(16,))
 
 
-def _train(data, tmp_path, name="run", progress=None, **params):
+def _train(data, tmp_path, name="run", progress=None, checkpoint_uri=None, **params):
     config = TrainConfig(**{"epochs": 3, "batch_size": 64, "learning_rate": 0.01, **params})
     return train_model(data.uri, data.spec, config, str(tmp_path / name / "model"), tmp_path / name / "ckpt",
-                       tmp_path / "cache", tmp_path / name / "work", progress=progress)
+                       tmp_path / "cache", tmp_path / name / "work", progress=progress, checkpoint_uri=checkpoint_uri)
 
 
 def _request(data, tmp_path, name, **params):
@@ -344,6 +344,50 @@ def test_parameter_server_survives_a_lost_worker_and_a_lost_chief_resumes(binary
     result = launch(request, 2, tmp_path / "run", parameter_servers=1)
     assert result["resumed_from_step"] == killed_at >= 40
     assert result["steps"] == total and result["epochs"] == 3
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    from tasks import storage
+    from tests.servers import moto_s3
+
+    with moto_s3() as endpoint:
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        storage.reset_clients()
+        storage.s3_client().create_bucket(Bucket="runs")
+        try:
+            yield "s3://runs"
+        finally:
+            storage.reset_clients()
+
+
+def test_checkpoints_mirrored_to_s3_resume_on_another_machine(binary, tmp_path, s3_bucket):
+    from tasks import storage
+    from tasks.train import restore_checkpoints
+
+    uri = f"{s3_bucket}/churn/runs/r1/checkpoints"
+    params = {"epochs": 2, "batch_size": 64, "checkpoint_every_steps": 25, "early_stopping": {"patience": None}}
+    first = _train(binary, tmp_path, "first", checkpoint_uri=uri, **params)
+    local = tmp_path / "first" / "ckpt"
+    mirrored = storage.list_files(uri)
+    assert first.checkpoint_files_mirrored >= len(mirrored)
+    # The copy is the local folder: the two newest checkpoints, the best weights, the history.
+    assert mirrored == {p.relative_to(local).as_posix(): p.stat().st_size for p in local.rglob("*") if p.is_file()}
+    assert "latest/checkpoint" in mirrored and "history.json" in mirrored and "best/weights.index" in mirrored
+    assert len([k for k in mirrored if k.startswith("latest/ckpt-") and k.endswith(".index")]) == 2
+
+    # Another machine: nothing local. The copy is restored, and the retry resumes where the first try ended.
+    elsewhere = tmp_path / "elsewhere" / "ckpt"
+    assert restore_checkpoints(elsewhere, uri) == len(mirrored)
+    assert restore_checkpoints(elsewhere, uri) == 0  # local checkpoints win over the copy
+    config = TrainConfig(**{**params, "epochs": 3, "learning_rate": 0.01})
+    result = train_model(binary.uri, binary.spec, config, str(tmp_path / "elsewhere" / "model"), elsewhere,
+                         tmp_path / "cache", tmp_path / "elsewhere" / "work", checkpoint_uri=uri)
+    assert result.resumed_from_step == first.steps > 0
+    assert result.epochs == 3 and [h["epoch"] for h in read_history(result.uri)] == [1, 2, 3]
+    assert storage.list_files(uri)["latest/checkpoint"] == (elsewhere / "latest" / "checkpoint").stat().st_size
 
 
 def _launch_catching(request, workers, run_dir, **kwargs):
