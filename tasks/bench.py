@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from tasks.settings import usable_cpus
+
 
 class _PeakRss:
     """Samples this process's resident memory while a variant runs."""
@@ -124,6 +126,7 @@ def _report(suite: str, params: dict, measured: dict[str, dict], rows: dict[str,
         "params": params,
         "machine": {
             "cpus": os.cpu_count(),
+            "usable_cpus": usable_cpus(),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "versions": _versions("tensorflow", "tensorflow-data-validation", "tfx-bsl", "pyarrow", "apache-beam",
@@ -283,7 +286,7 @@ def bench_ingest(rows: int, columns: int = 20, repeat: int = 3, data_format: str
             "bench",
         )
         level = config.data.compression_level
-        workers = os.cpu_count() or 1
+        workers = usable_cpus()
 
         def ours(path=source):
             out = root / "ours"
@@ -407,7 +410,7 @@ def bench_validate(rows: int, columns: int = 20, repeat: int = 3, workdir: Path 
         files = [str(examples / rel) for rel in manifest["splits"]["train"]["files"]]
         count = manifest["splits"]["train"]["count"]
         pattern = str(examples / "train" / "*.tfrecord.gz")
-        workers = os.cpu_count() or 1
+        workers = usable_cpus()
 
         def beam(args: list[str], options=None):
             def run():

@@ -22,7 +22,6 @@ import glob
 import importlib.resources
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -41,6 +40,7 @@ import pyarrow.compute as pc
 from tasks import storage
 from tasks.config import PipelineConfig
 from tasks.progress import report
+from tasks.settings import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -520,7 +520,7 @@ def ingest_examples(
     for _attempt in range(64):
         try:
             counts, columns, rows = _ingest_once(
-                config, sources, output_uri, work_dir, declared, widened, workers or os.cpu_count() or 1
+                config, sources, output_uri, work_dir, declared, widened, workers or usable_cpus()
             )
             return ExamplesArtifact(
                 uri=output_uri, counts=counts, columns=columns, label=config.label, rows=rows,

@@ -268,6 +268,6 @@ def in_memory_batches(records: list[bytes], batch_size: int):
 def floor_dataset(batches, spec: ModelSpec):
     """The floor: ``tf.io.parse_example`` on batches already in memory, nothing else, on every core
     from the start (no autotuning ramp)."""
-    import os
+    from tasks.settings import usable_cpus
 
-    return batches.map(batch_parser(spec), num_parallel_calls=os.cpu_count() or 1)
+    return batches.map(batch_parser(spec), num_parallel_calls=usable_cpus())

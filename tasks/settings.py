@@ -98,3 +98,12 @@ class Settings:
 
 def _server(tracking_uri: str | None) -> str | None:
     return tracking_uri if tracking_uri and tracking_uri.startswith(("http://", "https://")) else None
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, a container's cpuset),
+    which ``os.cpu_count()`` (every core of the machine) ignores."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # platforms without affinity
+        return os.cpu_count() or 1

@@ -30,6 +30,7 @@ from typing import Any
 from tasks import storage
 from tasks.config import DistanceConfig, ValidateConfig
 from tasks.ingest import read_manifest, split_files
+from tasks.settings import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,6 @@ def _to_record_batch(parsed, columns: dict[str, str]):
 
 
 def _parsed_batches(files: list[str], columns: dict[str, str], batch_size: int) -> Iterator[Any]:
-    import os
     import queue
     import threading
 
@@ -181,7 +181,7 @@ def _parsed_batches(files: list[str], columns: dict[str, str], batch_size: int) 
             except BaseException as error:  # noqa: BLE001 - raised on the consumer's thread
                 put(i, error)
 
-    threads = [threading.Thread(target=read, daemon=True) for _ in range(min(len(files), os.cpu_count() or 1))]
+    threads = [threading.Thread(target=read, daemon=True) for _ in range(min(len(files), usable_cpus()))]
     for thread in threads:
         thread.start()
     try:

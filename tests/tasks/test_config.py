@@ -106,3 +106,20 @@ def test_every_variable_settings_read_is_listed(tmp_path):
         value = "http://127.0.0.1:1" if "URL" in name or name == "MLFLOW_TRACKING_URI" else str(tmp_path / "x")
         changed = asdict(Settings.from_env({**base, name: value}))
         assert changed != plain or name == "TFPIPE_HOME", name
+
+
+def test_usable_cpus_follow_the_cpu_affinity():
+    """Thread pools size themselves to the cores a process may use (taskset, a cpuset), not the machine's."""
+    import os
+    import subprocess
+    import sys
+
+    from tasks.settings import usable_cpus
+
+    assert usable_cpus() == len(os.sched_getaffinity(0))
+    first = min(os.sched_getaffinity(0))
+    out = subprocess.run(
+        [sys.executable, "-c", "from tasks.settings import usable_cpus; print(usable_cpus())"],
+        preexec_fn=lambda: os.sched_setaffinity(0, {first}), capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() == "1"
