@@ -50,6 +50,7 @@ class DataConfig(_Frozen):
         "Jinja templated with the run's {{ ds }}, {{ ds_nodash }}, {{ run_id }}; globs allowed."
     )
     format: str = Field("auto", description="csv, parquet, or auto (from the file suffix).")
+    delimiter: str = Field(",", description="CSV field delimiter: one character, e.g. ';' or a tab.")
     split: dict[str, float] = Field(
         default_factory=lambda: {"train": 0.8, "eval": 0.2},
         description="Split name to fraction; must contain train and eval and sum to 1.",
@@ -78,6 +79,13 @@ class DataConfig(_Frozen):
     def _non_empty(cls, value: list[str]) -> list[str]:
         if not value or any(not v.strip() for v in value):
             raise ValueError("at least one non-empty source URI is required")
+        return value
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        if len(value) != 1 or value in "\r\n\"":
+            raise ValueError(f"must be one character other than a quote or a line break (got {value!r})")
         return value
 
     @field_validator("column_types")

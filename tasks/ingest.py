@@ -133,10 +133,12 @@ def resolve_sources(uris: list[str]) -> list[SourceFile]:
             files.extend(SourceFile(m) for m in matched)
         else:
             pattern = str(storage.local_path(uri))
-            matched = sorted(glob.glob(pattern)) if any(ch in pattern for ch in "*?[") else [pattern]
-            matched = [m for m in matched if Path(m).is_file()]
+            globbed = any(ch in pattern for ch in "*?[")
+            matched = [m for m in (sorted(glob.glob(pattern)) if globbed else [pattern]) if Path(m).is_file()]
+            if not matched and Path(pattern).is_dir():
+                raise DataError(f"data source {uri}: is a folder; name its files, e.g. {uri.rstrip('/')}/*.parquet")
             if not matched:
-                raise DataError(f"data source {uri}: no such file")
+                raise DataError(f"data source {uri}: {'no file matches' if globbed else 'no such file'}")
             files.extend(SourceFile(m, Path(m)) for m in matched)
     return files
 
@@ -176,7 +178,8 @@ class _Reader:
     batches: Iterator[pa.RecordBatch]
 
 
-def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: frozenset[str]) -> _Reader:
+def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: frozenset[str],
+              delimiter: str = ",") -> _Reader:
     import pyarrow.csv as pacsv
 
     # An int column is read as float64 and cast, so "181.0" (as pandas writes ints with gaps) is 181
@@ -186,14 +189,17 @@ def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: f
         reader = pacsv.open_csv(
             str(path),
             read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 column_types=column_types, strings_can_be_null=True, quoted_strings_can_be_null=True
             ),
         )
     except pa.ArrowInvalid as error:
         if "Empty CSV file" in str(error):
+            if path.stat().st_size:  # one line without a line break: a header at most
+                raise DataError(f"{uri}: no data rows (the file holds one line, a header at most)") from None
             raise DataError(f"{uri}: the file is empty (no header, no rows)") from None
-        raise _csv_error(error, path, uri, _csv_header(path), declared) from None
+        raise _csv_error(error, path, uri, _csv_header(path, delimiter), declared, delimiter) from None
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{uri}: cannot read as CSV: {error}") from None
     names = list(reader.schema.names)
@@ -206,7 +212,7 @@ def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: f
             except StopIteration:
                 return
             except pa.ArrowInvalid as error:
-                raise _csv_error(error, path, uri, names, declared) from None
+                raise _csv_error(error, path, uri, names, declared, delimiter) from None
             except (OSError, EOFError, zlib.error) as error:
                 raise DataError(f"{uri}: cannot read as CSV: {error}") from None
             yield batch
@@ -214,14 +220,14 @@ def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: f
     return _Reader(names, types, batches())
 
 
-def _csv_header(path: Path) -> list[str] | None:
+def _csv_header(path: Path, delimiter: str = ",") -> list[str] | None:
     import csv
     import io
 
     try:
         with pa.input_stream(str(path), compression="detect") as stream:
             first = stream.read(1 << 20).decode("utf-8", errors="replace").splitlines()[:1]
-        return next(csv.reader(io.StringIO(first[0]))) if first else None
+        return next(csv.reader(io.StringIO(first[0]), delimiter=delimiter)) if first else None
     except (OSError, pa.ArrowInvalid, StopIteration):
         return None
 
@@ -230,7 +236,7 @@ _CSV_CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w
 
 
 def _csv_error(error: Exception, path: Path, uri: str, names: list[str] | None,
-               declared: frozenset[str]) -> Exception:
+               declared: frozenset[str], delimiter: str = ",") -> Exception:
     """A conversion error as a widening (inferred int meets a fraction) or a DataError with the row."""
     text = str(error)
     match = _CSV_CONVERSION.search(text)
@@ -239,7 +245,7 @@ def _csv_error(error: Exception, path: Path, uri: str, names: list[str] | None,
         if column and names is not None and int(column.group(1)) < len(names):
             name = names[int(column.group(1))]
             return DataError(f"{uri}: column {name!r} holds bytes that are not valid UTF-8 "
-                             f"(data row {_first_row(path, name, pa.binary(), _not_utf8) or '?'})")
+                             f"(data row {_first_row(path, name, pa.binary(), _not_utf8, delimiter) or '?'})")
         return DataError(f"{uri}: the file is not valid UTF-8 text ({text})")
     if not match or names is None:
         return DataError(f"{uri}: cannot parse as CSV: {text}")
@@ -251,7 +257,7 @@ def _csv_error(error: Exception, path: Path, uri: str, names: list[str] | None,
             return _Widen(column, value_kind, f"{uri} holds {value!r} after empty rows")
         if target == "int64" and value_kind == "float":
             return _Widen(column, "float", f"{uri} holds {value!r}")
-    row = _first_row(path, column, pa.string(), lambda v: v == value)
+    row = _first_row(path, column, pa.string(), lambda v: v == value, delimiter)
     where = f" at data row {row}" if row else ""
     expected = {"int64": "an integer", "double": "a number", "null": "empty"}.get(target, target)
     hint = "" if column in declared else (f"; if {column!r} is categorical, declare it in the config: "
@@ -272,7 +278,7 @@ def _kind_of_text(value: str) -> str:
         return "string"
 
 
-def _first_row(path: Path, column: str, arrow_type: pa.DataType, bad) -> int | None:
+def _first_row(path: Path, column: str, arrow_type: pa.DataType, bad, delimiter: str = ",") -> int | None:
     """The 1-based data row of the first value of ``column`` for which ``bad(value)`` holds
     (a second read, only on the error path)."""
     import pyarrow.csv as pacsv
@@ -281,6 +287,7 @@ def _first_row(path: Path, column: str, arrow_type: pa.DataType, bad) -> int | N
         reader = pacsv.open_csv(
             str(path),
             read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(include_columns=[column], column_types={column: arrow_type}),
         )
         seen = 0
@@ -575,7 +582,8 @@ def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str
                         source.uri, scratch / "download" / f"{index:05d}-{Path(source.uri).name}"
                     )
                     reader = _open(source, local, config.data.format,
-                                   {**(plan.kinds if plan else {}), **declared, **widened}, frozenset(declared))
+                                   {**(plan.kinds if plan else {}), **declared, **widened}, frozenset(declared),
+                                   config.data.delimiter)
                     plan = plan or _make_plan(config, reader, source.uri, declared, widened)
                     _check_columns(reader, source.uri, plan, resolved[0].uri)
                     digest = pool.submit(storage.sha256_file, local)
@@ -646,17 +654,26 @@ def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str
 
 
 def _open(source: SourceFile, local: Path, data_format: str, kinds: Mapping[str, str | None],
-          declared: frozenset[str]) -> _Reader:
+          declared: frozenset[str], delimiter: str = ",") -> _Reader:
     if _format_of(source, data_format) == "parquet":
         return _open_parquet(local, source.uri)
-    return _open_csv(local, source.uri, kinds, declared)
+    return _open_csv(local, source.uri, kinds, declared, delimiter)
+
+
+def _label_missing(uri: str, label: str, names: list[str]) -> DataError:
+    hint = ""
+    if len(names) == 1:  # one column: maybe another delimiter
+        found = [d for d in (";", "\t", "|") if d in names[0]]
+        if found:
+            hint = f"; the header looks {found[0]!r}-delimited: set data.delimiter"
+    return DataError(f"{uri}: the label column {label!r} is missing (columns: {names}){hint}")
 
 
 def _make_plan(config: PipelineConfig, reader: _Reader, uri: str, declared: Mapping[str, str],
                widened: Mapping[str, str]) -> _Plan:
     names = reader.names
     if config.label not in names:
-        raise DataError(f"{uri}: the label column {config.label!r} is missing (columns: {names})")
+        raise _label_missing(uri, config.label, names)
     features = config.features or [c for c in dict.fromkeys(names) if c != config.label]
     columns = [*features, config.label]
     kinds = {c: declared.get(c) or widened.get(c) or (kind_of(reader.types[c]) if c in reader.types else None)
@@ -677,7 +694,7 @@ def _check_columns(reader: _Reader, uri: str, plan: _Plan, first_uri: str) -> No
     if duplicated:
         raise DataError(f"{uri}: duplicated column(s) {duplicated} in the header")
     if plan.label not in names:
-        raise DataError(f"{uri}: the label column {plan.label!r} is missing (columns: {names})")
+        raise _label_missing(uri, plan.label, names)
     missing = [c for c in plan.columns if c not in names]
     if missing:
         raise DataError(f"{uri}: feature column(s) {missing} are missing (columns: {names}; "

@@ -87,6 +87,16 @@ def _ragged(d: Path) -> Path:
     return d / "bad.csv"
 
 
+def _parquet_list_column(d: Path) -> Path:
+    FRAME.assign(tags=[[1, 2]] * len(FRAME)).to_parquet(d / "bad.parquet")
+    return d / "bad.parquet"
+
+
+def _folder(d: Path) -> Path:
+    _csv(FRAME, d / "part-0.csv")
+    return d
+
+
 HEADER = b"species,island,bill_length_mm,bill_depth_mm,flipper_length_mm,body_mass_g,sex,year\n"
 
 # name -> (build the source, where it must stop, what the message or report must name)
@@ -119,8 +129,21 @@ CASES = {
     "ragged_row": (_ragged, "ingest", "bad.csv: cannot parse as CSV: CSV parse error: Expected 8 columns, got 9"),
     "parquet_text_in_int_column": (_parquet_text_in_int, "ingest", "column 'body_mass_g' holds '3750g' at data row 1"),
     "semicolon_delimited": (_text(HEADER.replace(b",", b";") + b"Adelie;Torgersen;39.1;18.7;181;3750;male;2007\n"),
-                            "ingest", "the label column 'species' is missing"),
+                            "ingest", "the header looks ';'-delimited: set data.delimiter"),
     "too_few_rows": (_frame(lambda f: f.iloc[:2]), "ingest", "received no rows out of 2"),
+    "header_without_line_break": (_text(HEADER.rstrip()), "ingest", "no data rows (the file holds one line"),
+    "json_named_csv": (_text(FRAME.head(20).to_json(orient="records").encode()), "ingest",
+                       "no data rows (the file holds one line"),
+    "tab_separated": (_text(HEADER.replace(b",", b"\t") + b"Adelie\tTorgersen\t39.1\t18.7\t181\t3750\tmale\t2007\n"),
+                      "ingest", "the header looks '\\t'-delimited: set data.delimiter"),
+    "thousands_separator": (_set("body_mass_g", "3,750", slice(2, 3)), "ingest",
+                            "column 'body_mass_g' holds '3,750' at data row 3"),
+    "integer_overflow": (_set("year", "99999999999999999999", slice(4, 5)), "ingest",
+                         "column 'year' holds 1e+20 at data row 5, expected an integer"),
+    "latin1_text": (_text(HEADER + "Adelie,Torgersen,39.1,18.7,181,3750,mâle,2007\n".encode("latin-1") * 20),
+                    "ingest", "column 'sex' holds bytes that are not valid UTF-8 (data row 1)"),
+    "parquet_list_column": (_parquet_list_column, "ingest", "column 'tags' holds [1, 2] at data row 1"),
+    "a_folder": (_folder, "ingest", "is a folder; name its files"),
     "one_category_only": (_set("island", "Biscoe", slice(None)), "validate", ("island", "High Linfty distance between current and previous")),
     # NaN is how pandas and most exporters write a missing value; the schema allows 10% missing.
     "nan_as_missing": (_set("bill_depth_mm", "NaN", slice(0, 5)), "pass", None),

@@ -1,5 +1,6 @@
 import gzip
 import json
+import re
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from tasks.config import load_pipeline
+from tasks.config import ConfigError, load_pipeline
 from tasks.ingest import DataError, assign_splits, ingest_examples, read_manifest, row_hashes
 from tasks.validate import read_split_record_batch
 from tests.conftest import write_pipeline
@@ -190,8 +191,48 @@ def test_missing_feature_column_is_named(tmp_path, copy_csv):
 
 def test_missing_source_is_named(tmp_path):
     config = load_pipeline(write_pipeline(tmp_path, data={"source": str(tmp_path / "nope-*.csv")}))
-    with pytest.raises(DataError, match="no such file"):
+    with pytest.raises(DataError, match=r"nope-\*\.csv: no file matches"):
         _ingest(tmp_path, config)
+    config = load_pipeline(write_pipeline(tmp_path, data={"source": str(tmp_path / "nope.csv")}))
+    with pytest.raises(DataError, match=r"nope\.csv: no such file"):
+        _ingest(tmp_path, config)
+    (tmp_path / "exports").mkdir()
+    config = load_pipeline(write_pipeline(tmp_path, data={"source": str(tmp_path / "exports")}))
+    with pytest.raises(DataError, match=r"exports: is a folder; name its files, e.g. .*exports/\*\.parquet"):
+        _ingest(tmp_path, config)
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_other_delimiters(tmp_path, penguins_frame, delimiter):
+    source = tmp_path / "penguins.txt"
+    penguins_frame.to_csv(source, index=False, sep=delimiter)
+    comma = tmp_path / "penguins.csv"
+    penguins_frame.to_csv(comma, index=False)
+    config = load_pipeline(write_pipeline(tmp_path, data={"source": str(source), "format": "csv"}))
+    with pytest.raises(DataError, match=re.escape(f"the header looks {delimiter!r}-delimited: set data.delimiter")):
+        _ingest(tmp_path, config)
+    config = load_pipeline(write_pipeline(tmp_path, data={"source": str(source), "format": "csv",
+                                                          "delimiter": delimiter}))
+    ours = _ingest(tmp_path / "other", config)
+    reference = _ingest(tmp_path / "comma", load_pipeline(write_pipeline(tmp_path, data={"source": str(comma)})))
+    assert ours.counts == reference.counts and ours.columns == reference.columns
+
+
+def test_quoted_line_breaks_stay_in_their_value(tmp_path, penguins_frame):
+    frame = penguins_frame.copy()
+    frame["sex"] = frame["sex"].astype(object)
+    frame.loc[frame.index[::7], "sex"] = "fe\nmale"  # a line break inside a quoted value
+    source = tmp_path / "penguins.csv"
+    frame.to_csv(source, index=False)
+    config = load_pipeline(write_pipeline(tmp_path, data={"source": str(source)}))
+    result = _ingest(tmp_path, config)
+    assert result.rows == len(frame)
+
+
+def test_delimiter_must_be_one_plain_character(tmp_path):
+    for bad in (";;", "", "\n", '"'):
+        with pytest.raises(ConfigError, match="delimiter"):
+            load_pipeline(write_pipeline(tmp_path, data={"source": "x.csv", "delimiter": bad}))
 
 
 def test_manifest_is_json(tmp_path, pipeline_file):
