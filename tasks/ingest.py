@@ -675,6 +675,10 @@ def _make_plan(config: PipelineConfig, reader: _Reader, uri: str, declared: Mapp
     if config.label not in names:
         raise _label_missing(uri, config.label, names)
     features = config.features or [c for c in dict.fromkeys(names) if c != config.label]
+    unnamed = [i + 1 for i, c in enumerate(names) if not c.strip() and c in features]
+    if unnamed:
+        raise DataError(f"{uri}: column(s) {unnamed} have no name (an index written with the data?): name or drop "
+                        f"them, or list the feature columns in the config (features: [...])")
     columns = [*features, config.label]
     kinds = {c: declared.get(c) or widened.get(c) or (kind_of(reader.types[c]) if c in reader.types else None)
              for c in columns}

@@ -8,8 +8,28 @@ unseen value maps to the out-of-vocabulary slot.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
+
+_NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_]+")
+_PLAIN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,119}$")
+
+
+def tensor_name(column: str, index: int) -> str:
+    """The name of the feature in column ``index`` inside the model: its layers and its input
+    in the ``predict_features`` signature. A name of letters, digits and underscores that starts
+    with a letter is kept; any other (dots, dashes, spaces, other scripts: TensorFlow refuses
+    some as op names and rewrites others as signature keys) becomes
+    ``f<index>_<the name, other characters as _>``."""
+    if _PLAIN_NAME.match(column):
+        return column
+    return f"f{index}_{_NOT_IN_NAMES.sub('_', column)}"[:120]
+
+
+def tensor_names(spec: ModelSpec) -> dict[str, str]:
+    """Each feature column to its :func:`tensor_name`."""
+    return {f.name: tensor_name(f.name, i) for i, f in enumerate(spec.features)}
 
 MAX_VOCABULARY = 10_000
 
@@ -135,7 +155,8 @@ def raw_input_signature(spec: ModelSpec) -> dict[str, Any]:
     import tensorflow as tf
 
     dtypes = {"string": tf.string, "int": tf.int64, "float": tf.float32}
-    return {f.name: tf.TensorSpec([None], dtypes[f.kind], name=f.name) for f in spec.features}
+    names = tensor_names(spec)
+    return {f.name: tf.TensorSpec([None], dtypes[f.kind], name=names[f.name]) for f in spec.features}
 
 
 def build_model(spec: ModelSpec, seed: int):
@@ -147,17 +168,20 @@ def build_model(spec: ModelSpec, seed: int):
 
     initializer = keras.initializers.GlorotUniform(seed=seed)
     inputs, encoded = {}, []
-    for f in spec.features:
+    for i, f in enumerate(spec.features):
+        name = tensor_name(f.name, i)  # the column's name may hold characters layer names may not
         if f.categorical:
-            inputs[f.name] = keras.Input(shape=(1,), dtype="string", name=f.name)
-            ids = keras.layers.StringLookup(vocabulary=list(f.vocabulary), num_oov_indices=1, name=f"{f.name}_lookup")(inputs[f.name])
+            inputs[f.name] = keras.Input(shape=(1,), dtype="string", name=name)
+            ids = keras.layers.StringLookup(vocabulary=list(f.vocabulary), num_oov_indices=1,
+                                            name=f"{name}_lookup")(inputs[f.name])
             embedded = keras.layers.Embedding(len(f.vocabulary) + 1, spec.embedding_dim,
                                               embeddings_initializer=keras.initializers.RandomUniform(seed=seed),
-                                              name=f"{f.name}_embedding")(ids)
+                                              name=f"{name}_embedding")(ids)
             encoded.append(keras.layers.Flatten()(embedded))
         else:
-            inputs[f.name] = keras.Input(shape=(1,), dtype="float32", name=f.name)
-            encoded.append(keras.layers.Normalization(mean=f.mean, variance=f.std**2, name=f"{f.name}_norm")(inputs[f.name]))
+            inputs[f.name] = keras.Input(shape=(1,), dtype="float32", name=name)
+            encoded.append(keras.layers.Normalization(mean=f.mean, variance=f.std**2, name=f"{name}_norm")(
+                inputs[f.name]))
     x = keras.layers.Concatenate()(encoded) if len(encoded) > 1 else encoded[0]
     for i, units in enumerate(spec.hidden_units):
         x = keras.layers.Dense(units, activation="relu", kernel_initializer=initializer, name=f"hidden_{i}")(x)

@@ -40,7 +40,7 @@ from tasks import storage
 from tasks.coders import first_records
 from tasks.config import OPTIMIZE_VARIANTS
 from tasks.evaluate import compute_metrics, eval_data
-from tasks.model import ModelSpec, parse_spec
+from tasks.model import ModelSpec, parse_spec, tensor_names
 from tasks.train import FEATURES_SIGNATURE, SAVED_MODEL_DIR, read_model_spec
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,13 @@ def convert_tflite(saved_model_dir: Path, variant: str,
 
 
 def raw_features(spec: ModelSpec, records: list[bytes]) -> dict[str, np.ndarray]:
-    """Serialized examples to one rank-1 array per feature (missing values imputed as served)."""
+    """Serialized examples to one rank-1 array per feature (missing values imputed as served),
+    keyed as the ``predict_features`` signature names its inputs."""
     import tensorflow as tf
 
     parsed = tf.io.parse_example(records, parse_spec(spec, with_label=False))
-    return {name: value.numpy()[:, 0] for name, value in parsed.items()}
+    names = tensor_names(spec)
+    return {names[column]: value.numpy()[:, 0] for column, value in parsed.items()}
 
 
 def _rows(features: dict[str, np.ndarray], count: int, start: int = 0) -> dict[str, np.ndarray]:

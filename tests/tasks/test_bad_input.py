@@ -144,6 +144,8 @@ CASES = {
                     "ingest", "column 'sex' holds bytes that are not valid UTF-8 (data row 1)"),
     "parquet_list_column": (_parquet_list_column, "ingest", "column 'tags' holds [1, 2] at data row 1"),
     "a_folder": (_folder, "ingest", "is a folder; name its files"),
+    "unnamed_index_column": (lambda d: (FRAME.to_csv(d / "bad.csv"), d / "bad.csv")[1], "ingest",
+                             "column(s) [1] have no name (an index written with the data?)"),
     "one_category_only": (_set("island", "Biscoe", slice(None)), "validate", ("island", "High Linfty distance between current and previous")),
     # NaN is how pandas and most exporters write a missing value; the schema allows 10% missing.
     "nan_as_missing": (_set("bill_depth_mm", "NaN", slice(0, 5)), "pass", None),

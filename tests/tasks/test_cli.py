@@ -115,3 +115,32 @@ def test_distributed_training_from_tfpipe_run(tmp_path, home, strategy, extra, r
         assert f"system/{node}/cpu_utilization_percentage" in run.data.metrics
     client = MlflowClient(Settings.from_env().tracking_uri)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")] == [1, 2, 3, 4]
+
+
+def test_columns_with_any_names_run_end_to_end(tmp_path, home, penguins_frame):
+    """Real-world headers: dots, dashes, spaces, parentheses, other scripts. The model names what
+    TensorFlow refuses f<i>_..., keeps the rest, and every step through the push works."""
+    import tensorflow as tf
+
+    from tasks.model import tensor_name
+
+    renamed = {"bill_length_mm": "bill length (mm)", "bill_depth_mm": "bill.depth", "flipper_length_mm":
+               "flipper-length", "body_mass_g": "Körpermasse", "island": "island"}
+    source = tmp_path / "odd.csv"
+    penguins_frame.rename(columns=renamed).to_csv(source, index=False)
+    pipeline = write_pipeline(tmp_path, name="odd", data={"source": str(source)},
+                              optimize={"variants": ["tflite_float32"]})
+    assert main(["run", str(pipeline), "--run-id", "r1", "--set", "train.epochs=8"]) == 0
+    assert (home / "model_store" / "odd" / "1" / "saved_model.pb").is_file()
+    signature = tf.saved_model.load(str(home / "model_store" / "odd" / "1")).signatures["predict_features"]
+    keys = set(signature.structured_input_signature[1])
+    features = [c for c in penguins_frame.rename(columns=renamed).columns if c != "species"]
+    assert features[:5] == ["island", "bill length (mm)", "bill.depth", "flipper-length", "Körpermasse"]
+    assert keys == {"island", "f1_bill_length_mm_", "f2_bill_depth", "f3_flipper_length", "f4_K_rpermasse", "sex",
+                    "year"}
+    assert tensor_name("", 7) == "f7_" and tensor_name("2nd", 0) == "f0_2nd"
+    row = penguins_frame.rename(columns=renamed).dropna().iloc[:3]
+    inputs = {tensor_name(c, i): tf.constant(row[c].to_numpy(dtype="float32" if row[c].dtype.kind == "f" else None))
+              for i, c in enumerate(features)}
+    scores = signature(**inputs)["scores"].numpy()
+    assert scores.shape == (3, 3)
