@@ -183,8 +183,10 @@ def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: f
     import pyarrow.csv as pacsv
 
     # An int column is read as float64 and cast, so "181.0" (as pandas writes ints with gaps) is 181
-    # while 181.5 is an error naming the row.
-    column_types = {name: pa.float64() if kind == "int" else _ARROW_TYPES[kind] for name, kind in kinds.items() if kind}
+    # while 181.5 is an error naming the row; one written as True/False (a boolean) is read as one.
+    booleans = _boolean_columns(path, [n for n, k in kinds.items() if k == "int"], delimiter)
+    column_types = {name: (pa.bool_() if name in booleans else pa.float64()) if kind == "int" else _ARROW_TYPES[kind]
+                    for name, kind in kinds.items() if kind}
     try:
         reader = pacsv.open_csv(
             str(path),
@@ -218,6 +220,32 @@ def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: f
             yield batch
 
     return _Reader(names, types, batches())
+
+
+def _boolean_columns(path: Path, columns: list[str], delimiter: str = ",", sample_bytes: int = 1 << 20) -> set[str]:
+    """Which of ``columns`` hold only true/false (any case) in the file's first rows."""
+    import csv
+    import io
+
+    if not columns:
+        return set()
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            text = stream.read(sample_bytes).decode("utf-8", errors="replace")
+    except (OSError, pa.ArrowInvalid):
+        return set()
+    rows = list(csv.reader(io.StringIO(text.rsplit("\n", 1)[0] if "\n" in text else text), delimiter=delimiter))
+    if len(rows) < 2:
+        return set()
+    header = rows[0]
+    found = set()
+    for name in columns:
+        if name in header:
+            at = header.index(name)
+            values = {row[at].strip().lower() for row in rows[1:] if at < len(row) and row[at].strip()}
+            if values and values <= {"true", "false"}:
+                found.add(name)
+    return found
 
 
 def _csv_header(path: Path, delimiter: str = ",") -> list[str] | None:
@@ -682,6 +710,8 @@ def _make_plan(config: PipelineConfig, reader: _Reader, uri: str, declared: Mapp
     columns = [*features, config.label]
     kinds = {c: declared.get(c) or widened.get(c) or (kind_of(reader.types[c]) if c in reader.types else None)
              for c in columns}
+    if config.task.value == "multiclass" and kinds[config.label] == "int" and config.label not in declared:
+        kinds[config.label] = "string"  # class codes (3, 5, 8) are class names: a vocabulary, not numbers
     if config.data.split_key and config.data.split_key not in names:
         raise DataError(f"{uri}: the split key column {config.data.split_key!r} is missing (columns: {names})")
     return _Plan(

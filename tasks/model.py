@@ -120,7 +120,15 @@ def model_spec_from(schema, statistics, *, label: str, task: str, features: list
         if task == "binary" and len(label_vocabulary) != 2:
             raise ValueError(f"binary task: label {label!r} has {len(label_vocabulary)} values {label_vocabulary}, not 2")
     elif task == "multiclass":
-        raise ValueError(f"multiclass task: label {label!r} must be a string column (it is {label_kind})")
+        raise ValueError(f"multiclass task: label {label!r} must be a string column (it is {label_kind}); "
+                         f"declare it one: data.column_types: {{{label}: string}}")
+    elif task == "binary":
+        num = stats[label].num_stats if label in stats and stats[label].HasField("num_stats") else None
+        if label_kind == "float" or (num is not None and (num.min < 0 or num.max > 1)):
+            found = f" from {num.min:g} to {num.max:g}" if num is not None else ""
+            raise ValueError(f"binary task: a numeric label {label!r} must hold 0 and 1 (it holds {label_kind} "
+                             f"values{found}); for other class values declare it text: "
+                             f"data.column_types: {{{label}: string}}")
     return ModelSpec(
         task=task,
         label=label,

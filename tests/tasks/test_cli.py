@@ -1,5 +1,7 @@
 """`tfpipe run` in-process: the same steps without Airflow, tracked in the embedded MLflow store."""
 
+import json
+
 import pytest
 
 from tasks.cli import main
@@ -144,3 +146,32 @@ def test_columns_with_any_names_run_end_to_end(tmp_path, home, penguins_frame):
               for i, c in enumerate(features)}
     scores = signature(**inputs)["scores"].numpy()
     assert scores.shape == (3, 3)
+
+
+def test_integer_class_codes_and_boolean_columns(tmp_path, home, capsys):
+    """Class codes as numbers (3, 5, 8) are the classes of a multiclass label; a True/False column
+    stays a boolean on the second run too, when the recorded schema says int."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=900)
+    frame = pd.DataFrame({"x": x, "flag": x > 0.3, "noise": rng.normal(size=900),
+                          "grade": np.array([3, 5, 8])[np.digitize(x, [-0.4, 0.4])]})
+    frame.to_csv(tmp_path / "grades.csv", index=False)
+    pipeline = write_pipeline(tmp_path, name="grades", data={"source": str(tmp_path / "grades.csv")}, label="grade",
+                              gate={"metrics": {"accuracy": {"lower_bound": 0.6}}},
+                              optimize={"variants": ["tflite_float32"]})
+    assert main(["run", str(pipeline), "--run-id", "r1", "--set", "train.epochs=10"]) == 0, capsys.readouterr().err
+    spec = json.loads((home / "artifacts" / "grades" / "runs" / "r1" / "model" / "model_spec.json").read_text())
+    assert spec["label_vocabulary"] == ["3", "5", "8"]
+    assert main(["run", str(pipeline), "--run-id", "r2", "--until", "validate_examples"]) == 0, capsys.readouterr().err
+
+    frame.assign(grade=np.where(frame.grade == 3, 1, 2)).to_csv(tmp_path / "binary.csv", index=False)
+    pipeline = write_pipeline(tmp_path, name="binary12", data={"source": str(tmp_path / "binary.csv")},
+                              label="grade", task="binary")
+    capsys.readouterr()
+    assert main(["run", str(pipeline), "--run-id", "r1", "--until", "train_model"]) == 1
+    err = capsys.readouterr().err
+    assert "binary task: a numeric label 'grade' must hold 0 and 1 (it holds int values from 1 to 2)" in err
+    assert "data.column_types: {grade: string}" in err
