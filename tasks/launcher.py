@@ -276,6 +276,10 @@ def run_worker(request_path: Path) -> int:
     tracking = request.get("tracking") or None
     if is_server_task(json.loads(tf_config) if tf_config else None):
         return serve_task(tracking)
+    if request.get("checkpoint_uri"):  # a pod on a fresh disk: resume from the copy on S3
+        from tasks.train import restore_checkpoints
+
+        restore_checkpoints(Path(request["checkpoint_dir"]), request["checkpoint_uri"])
     with ExitStack() as stack:
         progress = None
         if tracking:

@@ -298,6 +298,9 @@ class _Writer:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
 
+_MIRRORED = ("latest", "best", HISTORY_FILE)  # the chief's part of the checkpoint folder
+
+
 class CheckpointMirror:
     """A copy of the checkpoint folder on shared storage (S3), pushed by the chief after each save.
 
@@ -321,7 +324,8 @@ class CheckpointMirror:
 
     def push(self) -> int:
         """Upload what changed since the last push and drop what is gone; returns files uploaded."""
-        files = {p.relative_to(self.local).as_posix(): p for p in self.local.rglob("*") if p.is_file()}
+        files = {p.relative_to(self.local).as_posix(): p for p in self.local.rglob("*")
+                 if p.is_file() and p.relative_to(self.local).parts[0] in _MIRRORED}  # not other workers' scratch
         uploaded = 0
         for rel in sorted(files, key=self._order):
             stat = files[rel].stat()
@@ -337,10 +341,26 @@ class CheckpointMirror:
 
 
 def restore_checkpoints(local: Path, uri: str) -> int:
-    """Copy the mirrored checkpoints into ``local`` when it has none; returns files copied."""
+    """Copy the mirrored checkpoints into ``local`` when it has none; returns files copied.
+
+    The copy is downloaded beside ``local`` and renamed into place, so processes restoring
+    into one shared folder at once (workers on a shared volume) never see half a copy: the
+    first rename wins and the others discard theirs.
+    """
     if (local / "latest" / "checkpoint").is_file() or not storage.exists(storage.join(uri, "latest", "checkpoint")):
         return 0
-    files = storage.download_dir(uri, local)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=local.parent, prefix=f".{local.name}-restore-"))
+    try:
+        files = storage.download_dir(uri, staging)
+        if local.exists() and not (local / "latest" / "checkpoint").is_file():
+            shutil.rmtree(local, ignore_errors=True)  # a try that ended before its first checkpoint
+        try:
+            staging.rename(local)
+        except OSError:  # another process restored first
+            return 0
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     log.info("restored %d checkpoint files from %s", len(files), uri)
     return len(files)
 

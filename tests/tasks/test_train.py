@@ -24,7 +24,7 @@ from tasks.bench import prepare_examples
 from tasks.config import TrainConfig
 from tasks.launcher import WorkerFailed, core_sets, launch
 from tasks.train import learning_rate_schedule, read_history, train_model
-from tests.conftest import Recorder
+from tests.conftest import Recorder, run_concurrently
 
 
 
@@ -382,12 +382,23 @@ def test_checkpoints_mirrored_to_s3_resume_on_another_machine(binary, tmp_path, 
     elsewhere = tmp_path / "elsewhere" / "ckpt"
     assert restore_checkpoints(elsewhere, uri) == len(mirrored)
     assert restore_checkpoints(elsewhere, uri) == 0  # local checkpoints win over the copy
+    # Workers restoring into one shared folder at once: one copy lands whole, the others step aside.
+    shared = tmp_path / "shared" / "ckpt"
+    counts = run_concurrently(lambda _: restore_checkpoints(shared, uri), 3)
+    assert sorted(counts) == [0, 0, len(mirrored)]
+    assert {p.relative_to(shared).as_posix() for p in shared.rglob("*") if p.is_file()} == set(mirrored)
+    assert [p.name for p in shared.parent.iterdir()] == ["ckpt"]  # no staging folder left
     config = TrainConfig(**{**params, "epochs": 3, "learning_rate": 0.01})
     result = train_model(binary.uri, binary.spec, config, str(tmp_path / "elsewhere" / "model"), elsewhere,
                          tmp_path / "cache", tmp_path / "elsewhere" / "work", checkpoint_uri=uri)
     assert result.resumed_from_step == first.steps > 0
     assert result.epochs == 3 and [h["epoch"] for h in read_history(result.uri)] == [1, 2, 3]
     assert storage.list_files(uri)["latest/checkpoint"] == (elsewhere / "latest" / "checkpoint").stat().st_size
+
+    # Pods on fresh disks: each multi_worker worker restores the copy before training, and they resume together.
+    request = _request(binary, tmp_path, "pods", strategy="multi_worker", **{**params, "epochs": 4})
+    result = launch({**request, "checkpoint_uri": uri}, 2, tmp_path / "pods" / "run")
+    assert result["resumed_from_step"] == 3 * first.steps // 2 and result["epochs"] == 4
 
 
 def _launch_catching(request, workers, run_dir, **kwargs):
