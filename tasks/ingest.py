@@ -404,7 +404,8 @@ def _cast(array: pa.Array, kind: str, name: str, uri: str, first_row: int) -> pa
     if pa.types.is_null(array.type):
         return pa.nulls(len(array), _ARROW_TYPES[kind])
     try:
-        return array.cast(_ARROW_TYPES[kind])
+        # Integers as floats round past 2**53: what declaring an integer column float asks for.
+        return array.cast(_ARROW_TYPES[kind], safe=not (kind == "float" and pa.types.is_integer(array.type)))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     values = array.to_pylist()
@@ -413,6 +414,11 @@ def _cast(array: pa.Array, kind: str, name: str, uri: str, first_row: int) -> pa
             continue
         try:
             pa.array([value]).cast(_ARROW_TYPES[kind])
+        except OverflowError:
+            raise DataError(
+                f"{uri}: column {name!r} holds {value!r} at data row {first_row + i + 1}, beyond the 64-bit "
+                f"integer range of tf.train.Example; declare it float or text: data.column_types: {{{name}: float}}"
+            ) from None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             expected = {"int": "an integer", "float": "a number", "string": "text"}[kind]
             raise DataError(

@@ -92,6 +92,16 @@ def _parquet_list_column(d: Path) -> Path:
     return d / "bad.parquet"
 
 
+def _parquet_uint64(d: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(FRAME, preserve_index=False)
+    big = pa.array([2**63 + i for i in range(len(FRAME))], pa.uint64())
+    pq.write_table(table.set_column(table.schema.get_field_index("year"), "year", big), d / "bad.parquet")
+    return d / "bad.parquet"
+
+
 def _folder(d: Path) -> Path:
     _csv(FRAME, d / "part-0.csv")
     return d
@@ -144,6 +154,8 @@ CASES = {
                     "ingest", "column 'sex' holds bytes that are not valid UTF-8 (data row 1)"),
     "parquet_list_column": (_parquet_list_column, "ingest", "column 'tags' holds [1, 2] at data row 1"),
     "a_folder": (_folder, "ingest", "is a folder; name its files"),
+    "uint64_past_int64": (_parquet_uint64, "ingest",
+                          "column 'year' holds 9223372036854775808 at data row 1, beyond the 64-bit integer range"),
     "unnamed_index_column": (lambda d: (FRAME.to_csv(d / "bad.csv"), d / "bad.csv")[1], "ingest",
                              "column(s) [1] have no name (an index written with the data?)"),
     "one_category_only": (_set("island", "Biscoe", slice(None)), "validate", ("island", "High Linfty distance between current and previous")),

@@ -274,3 +274,17 @@ def test_s3_partition_per_run_date(tmp_path, monkeypatch, penguins_frame):
             assert not list((tmp_path / "work").iterdir())  # downloads removed with the scratch space
         finally:
             storage.reset_clients()
+
+
+def test_integers_past_int64_can_be_declared_float(tmp_path, penguins_frame):
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(penguins_frame, preserve_index=False)
+    big = pa.array([2**63 + 2**40 * i for i in range(len(penguins_frame))], pa.uint64())
+    pq.write_table(table.append_column("serial", big), tmp_path / "big.parquet")
+    data = {"source": str(tmp_path / "big.parquet")}
+    with pytest.raises(DataError, match=r"'serial' holds 9223372036854775808 at data row 1, beyond the 64-bit"):
+        _ingest(tmp_path, load_pipeline(write_pipeline(tmp_path, data=data)))
+    declared = load_pipeline(write_pipeline(tmp_path, data={**data, "column_types": {"serial": "float"}}))
+    result = _ingest(tmp_path / "declared", declared)
+    assert result.columns["serial"] == "float" and result.rows == len(penguins_frame)
