@@ -234,7 +234,10 @@ def _boolean_columns(path: Path, columns: list[str], delimiter: str = ",", sampl
             text = stream.read(sample_bytes).decode("utf-8", errors="replace")
     except (OSError, pa.ArrowInvalid):
         return set()
-    rows = list(csv.reader(io.StringIO(text.rsplit("\n", 1)[0] if "\n" in text else text), delimiter=delimiter))
+    try:
+        rows = list(csv.reader(io.StringIO(text.rsplit("\n", 1)[0] if "\n" in text else text), delimiter=delimiter))
+    except csv.Error:  # e.g. a value past the csv module's field limit: no booleans found
+        return set()
     if len(rows) < 2:
         return set()
     header = rows[0]
@@ -256,7 +259,7 @@ def _csv_header(path: Path, delimiter: str = ",") -> list[str] | None:
         with pa.input_stream(str(path), compression="detect") as stream:
             first = stream.read(1 << 20).decode("utf-8", errors="replace").splitlines()[:1]
         return next(csv.reader(io.StringIO(first[0]), delimiter=delimiter)) if first else None
-    except (OSError, pa.ArrowInvalid, StopIteration):
+    except (OSError, pa.ArrowInvalid, StopIteration, csv.Error):
         return None
 
 
@@ -696,7 +699,10 @@ def _open(source: SourceFile, local: Path, data_format: str, kinds: Mapping[str,
 
 def _label_missing(uri: str, label: str, names: list[str]) -> DataError:
     hint = ""
-    if len(names) == 1:  # one column: maybe another delimiter
+    padded = [n for n in names if n != label and n.strip() == label]
+    if padded:
+        hint = f"; {padded[0]!r} has spaces around its name"
+    elif len(names) == 1:  # one column: maybe another delimiter
         found = [d for d in (";", "\t", "|") if d in names[0]]
         if found:
             hint = f"; the header looks {found[0]!r}-delimited: set data.delimiter"

@@ -154,6 +154,8 @@ CASES = {
                     "ingest", "column 'sex' holds bytes that are not valid UTF-8 (data row 1)"),
     "parquet_list_column": (_parquet_list_column, "ingest", "column 'tags' holds [1, 2] at data row 1"),
     "a_folder": (_folder, "ingest", "is a folder; name its files"),
+    "label_name_with_a_space": (_text(HEADER.replace(b"species,", b"species ,") + b"Adelie,Dream,39,18,181,3750,male,2007\n"),
+                                "ingest", "'species ' has spaces around its name"),
     "uint64_past_int64": (_parquet_uint64, "ingest",
                           "column 'year' holds 9223372036854775808 at data row 1, beyond the 64-bit integer range"),
     "unnamed_index_column": (lambda d: (FRAME.to_csv(d / "bad.csv"), d / "bad.csv")[1], "ingest",

@@ -288,3 +288,12 @@ def test_integers_past_int64_can_be_declared_float(tmp_path, penguins_frame):
     declared = load_pipeline(write_pipeline(tmp_path, data={**data, "column_types": {"serial": "float"}}))
     result = _ingest(tmp_path / "declared", declared)
     assert result.columns["serial"] == "float" and result.rows == len(penguins_frame)
+
+
+def test_a_value_past_the_csv_modules_field_limit_is_read(tmp_path, penguins_frame):
+    frame = penguins_frame.copy()
+    frame["island"] = frame["island"].astype(object)
+    frame.loc[frame.index[2], "island"] = "x" * 300_000  # the csv module's sniffing would refuse it
+    frame.to_csv(tmp_path / "long.csv", index=False)
+    result = _ingest(tmp_path, load_pipeline(write_pipeline(tmp_path, data={"source": str(tmp_path / "long.csv")})))
+    assert result.rows == len(frame)
