@@ -280,7 +280,9 @@ class PruningConfig(_Frozen):
 
     target_sparsity: float = Field(0.5, gt=0, lt=1, description="Share of each dense kernel set to zero.")
     epochs: int = Field(2, ge=1, le=1000, description="Fine-tuning epochs over the train split.")
-    batch_size: int = Field(32, ge=1, le=65_536)
+    batch_size: int | None = Field(
+        None, ge=1, le=65_536, description="Fine-tuning batch size; default: train.batch_size."
+    )
     learning_rate: float = Field(1e-3, gt=0, le=1)
 
 

@@ -387,7 +387,8 @@ def optimize_model(
             judge(name, "tflite", path, tflite_runner(tflite),
                   {"representative_examples": len(calibration)} if representative else None)
         if "pruned" in variants:
-            options = {"target_sparsity": 0.5, "epochs": 2, "batch_size": 32, "learning_rate": 1e-3, **(pruning or {})}
+            options = {"target_sparsity": 0.5, "epochs": 2, "batch_size": 32, "learning_rate": 1e-3,
+                       **{k: v for k, v in (pruning or {}).items() if v is not None}}
             path = scratch / "pruned_saved_model"
             try:
                 sparsity = prune_model(saved_model, spec, train_files, train_count, path, options["target_sparsity"],

@@ -478,7 +478,8 @@ def optimize_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[
         result = optimize(
             model["uri"], examples["uri"], options.max_accuracy_drop, ctx.output("optimized"),
             ctx.settings.cache_dir, ctx.work_dir("optimize_model"), variants=tuple(options.variants),
-            representative_examples=options.representative_examples, pruning=options.pruning.model_dump(),
+            representative_examples=options.representative_examples,
+            pruning={**options.pruning.model_dump(), "batch_size": options.pruning.batch_size or train.batch_size},
             measurement=Measurement(latency_runs=options.latency_runs, throughput_batch=options.throughput_batch),
             build_model=builder,
         )
