@@ -124,7 +124,7 @@ def model_spec_from(schema, statistics, *, label: str, task: str, features: list
                          f"declare it one: data.column_types: {{{label}: string}}")
     elif task == "binary":
         num = stats[label].num_stats if label in stats and stats[label].HasField("num_stats") else None
-        if label_kind == "float" or (num is not None and (num.min < 0 or num.max > 1)):
+        if num is not None and (num.min < 0 or num.max > 1):  # 0.0 and 1.0, as some exporters write them, pass
             found = f" from {num.min:g} to {num.max:g}" if num is not None else ""
             raise ValueError(f"binary task: a numeric label {label!r} must hold 0 and 1 (it holds {label_kind} "
                              f"values{found}); for other class values declare it text: "

@@ -175,3 +175,9 @@ def test_integer_class_codes_and_boolean_columns(tmp_path, home, capsys):
     err = capsys.readouterr().err
     assert "binary task: a numeric label 'grade' must hold 0 and 1 (it holds int values from 1 to 2)" in err
     assert "data.column_types: {grade: string}" in err
+    # 0.0 and 1.0, as some exporters write a binary label, train as 0 and 1.
+    frame.assign(grade=np.where(frame.grade == 3, 0.0, 1.0)).to_csv(tmp_path / "floats.csv", index=False,
+                                                                   float_format="%.1f")
+    pipeline = write_pipeline(tmp_path, name="binaryfloat", data={"source": str(tmp_path / "floats.csv")},
+                              label="grade", task="binary")
+    assert main(["run", str(pipeline), "--run-id", "r1", "--until", "train_model"]) == 0, capsys.readouterr().err
