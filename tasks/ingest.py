@@ -222,17 +222,24 @@ def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: f
     return _Reader(names, types, batches())
 
 
-def _boolean_columns(path: Path, columns: list[str], delimiter: str = ",", sample_bytes: int = 1 << 20) -> set[str]:
+def _csv_sample(path: Path, sample_bytes: int = 1 << 20) -> str | None:
+    """The first ``sample_bytes`` of a (possibly compressed) CSV file as text, or None when unreadable."""
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            return stream.read(sample_bytes).decode("utf-8", errors="replace")
+    except (OSError, pa.ArrowInvalid):
+        return None
+
+
+def _boolean_columns(path: Path, columns: list[str], delimiter: str = ",") -> set[str]:
     """Which of ``columns`` hold only true/false (any case) in the file's first rows."""
     import csv
     import io
 
     if not columns:
         return set()
-    try:
-        with pa.input_stream(str(path), compression="detect") as stream:
-            text = stream.read(sample_bytes).decode("utf-8", errors="replace")
-    except (OSError, pa.ArrowInvalid):
+    text = _csv_sample(path)
+    if text is None:
         return set()
     try:
         rows = list(csv.reader(io.StringIO(text.rsplit("\n", 1)[0] if "\n" in text else text), delimiter=delimiter))
@@ -255,11 +262,10 @@ def _csv_header(path: Path, delimiter: str = ",") -> list[str] | None:
     import csv
     import io
 
+    first = (_csv_sample(path) or "").splitlines()[:1]
     try:
-        with pa.input_stream(str(path), compression="detect") as stream:
-            first = stream.read(1 << 20).decode("utf-8", errors="replace").splitlines()[:1]
         return next(csv.reader(io.StringIO(first[0]), delimiter=delimiter)) if first else None
-    except (OSError, pa.ArrowInvalid, StopIteration, csv.Error):
+    except (StopIteration, csv.Error):
         return None
 
 

@@ -174,10 +174,10 @@ def launch(
     request_path.write_text(json.dumps({**request, "result_path": str(result_path)}, indent=2))
     if parameter_servers:
         addresses = [f"127.0.0.1:{p}" for p in free_ports(1 + workers + parameter_servers)]
-        configs: list[dict[str, Any] | None] = list(tf_configs(
-            addresses[1:1 + workers], ps=addresses[1 + workers:], chief=addresses[0]))
+        configs: list[dict[str, Any] | None] = [
+            *tf_configs(addresses[1:1 + workers], ps=addresses[1 + workers:], chief=addresses[0])]
     elif workers > 1:
-        configs = list(tf_configs([f"127.0.0.1:{p}" for p in free_ports(workers)]))
+        configs = [*tf_configs([f"127.0.0.1:{p}" for p in free_ports(workers)])]
     else:
         configs = [None]
     if isinstance(pin_cores, list):
@@ -191,7 +191,7 @@ def launch(
     if parameter_servers:
         base_env["GRPC_FAIL_FAST"] = "use_caller"  # a lost worker fails its steps at once, so they are re-run
 
-    def start(index: int, config: dict[str, Any] | None, log_mode: str = "wb") -> subprocess.Popen:
+    def start(index: int, config: dict[str, Any] | None, log_path: Path, log_mode: str = "wb") -> subprocess.Popen:
         task_env = dict(base_env)
         if config is not None:
             task_env["TF_CONFIG"] = json.dumps(config)
@@ -200,7 +200,7 @@ def launch(
             # tf.data): with as few as the cores, one-core workers stalled for seconds at a time.
             task_env["TF_NUM_INTRAOP_THREADS"] = str(len(cores[index]))
             task_env["TF_NUM_INTEROP_THREADS"] = str(max(4, 2 * len(cores[index])))
-        with (run_dir / f"{node_id(config)}.log").open(log_mode) as log_file:
+        with log_path.open(log_mode) as log_file:
             return subprocess.Popen(
                 [sys.executable, "-m", "tasks.launcher", "worker", str(request_path)],
                 env=task_env, stdout=log_file, stderr=subprocess.STDOUT,
@@ -210,7 +210,8 @@ def launch(
     started: list[WorkerProcess] = []
     try:
         for index, config in enumerate(configs):
-            started.append(WorkerProcess(index, start(index, config), run_dir / f"{node_id(config)}.log", config))
+            log_path = run_dir / f"{node_id(config)}.log"
+            started.append(WorkerProcess(index, start(index, config, log_path), log_path, config))
         chief = started[0]
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -224,7 +225,7 @@ def launch(
                         worker.restarts += 1
                         log.warning("%s exited with status %s: starting it again (%d of %d)",
                                     worker.name, worker.process.returncode, worker.restarts, max_restarts)
-                        worker.process = start(worker.index, worker.config, "ab")
+                        worker.process = start(worker.index, worker.config, worker.log_path, "ab")
                         continue
                     code = worker.process.returncode
                     _stop(started)
@@ -276,10 +277,6 @@ def run_worker(request_path: Path) -> int:
     tracking = request.get("tracking") or None
     if is_server_task(json.loads(tf_config) if tf_config else None):
         return serve_task(tracking)
-    if request.get("checkpoint_uri"):  # a pod on a fresh disk: resume from the copy on S3
-        from tasks.train import restore_checkpoints
-
-        restore_checkpoints(Path(request["checkpoint_dir"]), request["checkpoint_uri"])
     with ExitStack() as stack:
         progress = None
         if tracking:

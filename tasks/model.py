@@ -125,9 +125,8 @@ def model_spec_from(schema, statistics, *, label: str, task: str, features: list
     elif task == "binary":
         num = stats[label].num_stats if label in stats and stats[label].HasField("num_stats") else None
         if num is not None and (num.min < 0 or num.max > 1):  # 0.0 and 1.0, as some exporters write them, pass
-            found = f" from {num.min:g} to {num.max:g}" if num is not None else ""
             raise ValueError(f"binary task: a numeric label {label!r} must hold 0 and 1 (it holds {label_kind} "
-                             f"values{found}); for other class values declare it text: "
+                             f"values from {num.min:g} to {num.max:g}); for other class values declare it text: "
                              f"data.column_types: {{{label}: string}}")
     return ModelSpec(
         task=task,

@@ -371,12 +371,10 @@ def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, sp
 
     from tasks.launcher import launch
     from tasks.tracking import BatchedProgress, system_metrics
-    from tasks.train import DevicesAlreadyInitialized, restore_checkpoints, train_model as train
+    from tasks.train import DevicesAlreadyInitialized, train_model as train
 
     params = ctx.config.train
-    mirror = checkpoint_mirror(ctx)
-    if mirror:  # a try on another machine: resume from the copy of the last try's checkpoints
-        restore_checkpoints(work / "checkpoints", mirror)
+    mirror = checkpoint_mirror(ctx)  # a try on another machine resumes from this copy (train_model restores it)
     request = {
         "examples_uri": examples_uri,
         "spec": spec.to_dict(),

@@ -422,7 +422,9 @@ def train_model(
     ``checkpoint_dir`` must be the same across tries of one run: a retry restores the latest
     checkpoint and continues from its step. ``tf_config`` is this process's ``TF_CONFIG``
     under ``multi_worker``; only the chief publishes, checkpoints and reports ``progress``.
-    With ``checkpoint_uri`` the chief also copies every checkpoint there (:class:`CheckpointMirror`).
+    With ``checkpoint_uri`` an empty ``checkpoint_dir`` is first restored from the copy there
+    (a try on another machine, a pod on a fresh disk) and the chief copies every checkpoint
+    there (:class:`CheckpointMirror`).
 
     Raises:
         ValueError: The train split holds fewer examples than one global batch, or
@@ -460,6 +462,8 @@ def train_model(
     eval_ds = eval_dataset(split_files(local_examples, manifest, "eval"), spec, max(batch, 256),
                            num_workers=role.num_workers if collective else 1,
                            worker_index=role.worker_id if collective else 0)
+    if checkpoint_uri:
+        restore_checkpoints(checkpoint_dir, checkpoint_uri)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     writer = _Writer(role, checkpoint_dir)
 
