@@ -16,11 +16,12 @@ uint64 length, the masked CRC-32C of the length, the data and the masked CRC-32C
 
 from __future__ import annotations
 
-import zlib
+import struct
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from isal import isal_zlib
 
 _VARINT_WIDTH = 10
 _SHIFTS = np.arange(_VARINT_WIDTH, dtype=np.uint64) * np.uint64(7)
@@ -287,45 +288,70 @@ def _frame(parts: list[pa.Array], n: int) -> pa.Buffer:
 
 # --- reading ---------------------------------------------------------------------------------
 
-def _split_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """The complete TFRecord frames at the start of ``buffer`` (their data) and the rest."""
-    import struct
+_LENGTH = struct.Struct("<Q")
 
-    records, pos, end = [], 0, len(buffer)
-    unpack = struct.unpack_from
-    while pos + 12 <= end:
-        (length,) = unpack("<Q", buffer, pos)
-        stop = pos + 16 + length
-        if stop > end:
+
+def _split_frames(buffer: bytes, pos: int = 0) -> tuple[list[bytes], int]:
+    """The data of the complete TFRecord frames in ``buffer`` from ``pos`` on, and where the
+    first incomplete one starts (``len(buffer)`` when none is)."""
+    records: list[bytes] = []
+    append, unpack = records.append, _LENGTH.unpack_from
+    last = len(buffer) - 12  # a frame is a 12-byte header, the data and a 4-byte CRC
+    while pos <= last:
+        stop = pos + 16 + unpack(buffer, pos)[0]
+        if stop > last + 12:
             break
-        records.append(buffer[pos + 12: stop - 4])
+        append(buffer[pos + 12: stop - 4])
         pos = stop
-    return records, buffer[pos:]
+    return records, pos
+
+
+def iter_inflated(path: str, chunk_bytes: int = 4 << 20):
+    """The inflated content of a gzip file (one or more members): a list of pieces per chunk read.
+
+    ISA-L's inflate (``isal``, a drop-in for ``zlib``) is about 1.7x zlib's here and releases
+    the GIL, so files can be read on threads. Every member's CRC-32 and length are checked; a
+    corrupt or truncated file raises ``ValueError`` naming it.
+    """
+    decompressor = isal_zlib.decompressobj(31)
+    with open(path, "rb") as handle:
+        while data := handle.read(chunk_bytes):
+            pieces = []
+            while data:  # a chunk can hold the ends and starts of many gzip members
+                if decompressor.eof:
+                    decompressor = isal_zlib.decompressobj(31)
+                try:
+                    pieces.append(decompressor.decompress(data))
+                except isal_zlib.error as error:
+                    raise ValueError(f"{path}: corrupt GZIP data ({error})") from None
+                data = decompressor.unused_data
+            yield pieces
+    if not decompressor.eof:
+        raise ValueError(f"{path}: truncated GZIP TFRecord file")
 
 
 def iter_gzip_tfrecords(path: str, chunk_bytes: int = 4 << 20):
-    """Lists of the records of a GZIP TFRecord file (one or more gzip members), chunk by chunk.
-
-    Python's zlib inflates several times faster than TensorFlow's GZIP record reader here and
-    releases the GIL, so files can be read on threads. zlib checks every member's CRC-32 and
-    length; a corrupt or truncated file raises ``ValueError`` naming it.
-    """
-    decompressor = zlib.decompressobj(31)
-    pending = b""
-    with open(path, "rb") as handle:
-        while data := handle.read(chunk_bytes):
-            while data:
-                if decompressor.eof:
-                    decompressor = zlib.decompressobj(31)
-                try:
-                    pending += decompressor.decompress(data)
-                except zlib.error as error:
-                    raise ValueError(f"{path}: corrupt GZIP data ({error})") from None
-                data = decompressor.unused_data
-            records, pending = _split_frames(pending)
-            if records:
-                yield records
-    if not decompressor.eof or pending:
+    """Lists of the records of a GZIP TFRecord file, chunk by chunk (see ``iter_inflated``);
+    several times faster than TensorFlow's GZIP record reader here. Each inflated piece is
+    framed where it lies; only a frame cut by a piece's end is copied."""
+    tail = b""
+    for pieces in iter_inflated(path, chunk_bytes):
+        records: list[bytes] = []
+        for piece in pieces:
+            pos = 0
+            if tail:  # complete the cut frame with the head of this piece
+                size = 16 + _LENGTH.unpack_from(tail + piece[:12])[0] if len(tail) + len(piece) >= 12 else None
+                if size is None or len(tail) + len(piece) < size:
+                    tail += piece
+                    continue
+                pos = size - len(tail)
+                records.append((tail + piece[:pos])[12:-4])
+            more, end = _split_frames(piece, pos)
+            records += more
+            tail = piece[end:]
+        if records:
+            yield records
+    if tail:
         raise ValueError(f"{path}: truncated GZIP TFRecord file")
 
 
