@@ -210,8 +210,10 @@ def _compress_floor(chunks: list[bytes], level: int, workers: int) -> int:
     piece = 8 << 20
     pieces = [chunk[i:i + piece] for chunk in chunks for i in range(0, len(chunk), piece)]
 
+    from tasks.coders import gzip_compressor
+
     def compress(data: bytes) -> int:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+        compressor = gzip_compressor(level)
         return len(compressor.compress(data) + compressor.flush())
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

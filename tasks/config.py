@@ -66,7 +66,8 @@ class DataConfig(_Frozen):
     )
     compression_level: int = Field(
         1, ge=1, le=9,
-        description="GZIP level of the TFRecord shards: 1 compresses about 3x faster than 6 at a similar size.",
+        description="GZIP level of the TFRecord shards: 1 is written by ISA-L, the size of zlib's level 1 about "
+        "4.8x faster; 2 to 9 by zlib.",
     )
 
     @field_validator("source", mode="before")

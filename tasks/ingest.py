@@ -518,7 +518,7 @@ class _Encoded:
 
 
 def _encode_batch(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) -> _Encoded:
-    from tasks.coders import encode_tfrecords
+    from tasks.coders import encode_tfrecords, gzip_compressor
 
     batch = _normalize(batch, plan, uri, first_row)
     hashes = row_hashes(batch, [plan.split_key] if plan.split_key else plan.columns)
@@ -531,7 +531,7 @@ def _encode_batch(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) 
     members, start = [], 0
     for count in counts.tolist():
         if count:
-            compressor = zlib.compressobj(plan.level, zlib.DEFLATED, 31)
+            compressor = gzip_compressor(plan.level)
             framed = encode_tfrecords(ordered.slice(start, count))
             members.append(compressor.compress(framed) + compressor.flush())
         else:
@@ -584,6 +584,8 @@ def ingest_examples(
 
 def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str, str],
                  widened: dict[str, str], workers: int) -> tuple[dict[str, int], dict[str, str], int]:
+    from tasks.coders import gzip_compressor
+
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="ingest-"))
     try:
@@ -672,8 +674,7 @@ def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str
         for i, handle in enumerate(handles):
             path = Path(handle.name)
             if path.stat().st_size == 0:  # a valid, empty gzip stream
-                compressor = zlib.compressobj(plan.level, zlib.DEFLATED, 31)
-                path.write_bytes(compressor.flush())
+                path.write_bytes(gzip_compressor(plan.level).flush())
         columns = {c: plan.kinds[c] or "string" for c in plan.columns}
         manifest = {
             "sources": source_records,

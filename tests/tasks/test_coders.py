@@ -171,3 +171,30 @@ def test_gzip_reader_frames_records_cut_anywhere(tmp_path, chunk_bytes):
             handle.write(compressor.compress(data[a:b]) + compressor.flush())
     ours = [r for chunk in iter_gzip_tfrecords(str(path), chunk_bytes=chunk_bytes) for r in chunk]
     assert ours == records == [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")]
+
+
+@pytest.mark.parametrize("level", [1, 6])
+def test_gzip_compressor_writes_gzip_that_tensorflow_reads(tmp_path, level):
+    """Level 1 is ISA-L's, the others zlib's: both write gzip members TensorFlow and zlib read,
+    the same bytes on every run, and level 1 no bigger than zlib's level 1 (plus 1%)."""
+    import zlib
+
+    import tensorflow as tf
+
+    from tasks.coders import gzip_compressor
+
+    records = encode_examples(_batch(5000, seed=8))
+    data = frame_records(records).to_pybytes()
+
+    def compress() -> bytes:
+        compressor = gzip_compressor(level)
+        return compressor.compress(data) + compressor.flush()
+
+    member = compress()
+    assert member == compress()
+    path = tmp_path / "level.tfrecord.gz"
+    path.write_bytes(member + member)  # two members, as ingest writes one per batch and shard
+    assert zlib.decompressobj(31).decompress(member) == data
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")] == records.to_pylist() * 2
+    reference = zlib.compressobj(level, zlib.DEFLATED, 31)
+    assert len(member) <= 1.01 * len(reference.compress(data) + reference.flush())
