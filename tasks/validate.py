@@ -223,9 +223,10 @@ def sharded_statistics(files: list[str], columns: dict[str, str], options=None, 
     """TFDV statistics of GZIP TFRecord shards, one shard at a time per core.
 
     Each worker thread inflates, parses and accumulates whole shards with TFDV's in-memory
-    generators (one accumulator set per shard); the sets are merged in file order, as TFDV's
-    Beam pipeline merges its bundles, so the result does not depend on which thread read what.
-    Memory holds one batch per thread and one accumulator set per shard.
+    generators (one accumulator set per shard). A finished shard's set is folded into the
+    running total as soon as every shard before it has been, so the sets are merged in file
+    order (the result does not depend on which thread read what) and memory holds one batch
+    per thread and only the sets of shards finished ahead of a slower one.
     """
     import threading
 
@@ -233,7 +234,9 @@ def sharded_statistics(files: list[str], columns: dict[str, str], options=None, 
 
     generators = _generators(options)
     parse = _batch_parser(tuple(columns.items()))
-    results: list[Any] = [None] * len(files)
+    finished: dict[int, Any] = {}
+    state = {"next": 0, "total": [g.create_accumulator() for g in generators]}
+    errors: list[BaseException] = []
     claimed, lock, failed = iter(range(len(files))), threading.Lock(), threading.Event()
 
     def work() -> None:
@@ -243,24 +246,27 @@ def sharded_statistics(files: list[str], columns: dict[str, str], options=None, 
             if i is None:
                 return
             try:
-                results[i] = _accumulate(generators, _file_batches(files[i], parse, columns, batch_size))
+                accumulators = _accumulate(generators, _file_batches(files[i], parse, columns, batch_size))
             except BaseException as error:  # noqa: BLE001 - raised on the caller's thread
-                results[i] = error
+                errors.append(error)
                 failed.set()
+                return
+            with lock:  # fold every shard that is now next in file order
+                finished[i] = accumulators
+                while state["next"] in finished:
+                    shard = finished.pop(state["next"])
+                    state["total"] = [g.compact(g.merge_accumulators([t, a]))
+                                      for g, t, a in zip(generators, state["total"], shard)]
+                    state["next"] += 1
 
     threads = [threading.Thread(target=work, daemon=True) for _ in range(min(len(files), usable_cpus()))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    done = [r for r in results if r is not None]
-    if not done:
-        done = [[g.create_accumulator() for g in generators]]
-    merged = [g.merge_accumulators([r[k] for r in done]) for k, g in enumerate(generators)]
-    return stats_impl.extract_statistics_output(merged, generators)
+    if errors:
+        raise errors[0]
+    return stats_impl.extract_statistics_output(state["total"], generators)
 
 
 def in_memory_statistics(files: list[str]):
