@@ -6,8 +6,8 @@ input (one epoch of the train split, batch 1024, parsed into model inputs):
                   rebatch, prefetch (autotuned)
   ours_cached     the same pipeline in a later epoch: its in-memory cache of parsed blocks
   naive           one example parsed at a time, then batched, no prefetch
-  floor           tf.io.parse_example (autotuned map) on batches of decompressed records
-                  already in memory: parsing and nothing else
+  floor           tf.io.parse_example (a map on every core, tf.data's autotuner off) on
+                  batches of decompressed records already in memory: parsing and nothing else
 
 train (same model, data, global batch, optimizer and schedule):
   ours            tasks.train: custom tf.GradientTape loop, steps_per_execution, eval and a

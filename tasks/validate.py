@@ -21,7 +21,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -152,14 +152,34 @@ def _file_batches(path: str, parse, columns: dict[str, str], batch_size: int) ->
         yield _to_record_batch(parse(tf.constant(pending)), columns)
 
 
+def _shards_on_threads(count: int, handle: Callable[[int], None], stop: Any) -> list[Any]:
+    """Started threads, one per usable core (at most ``count``): each takes the next shard index
+    not yet taken and calls ``handle`` with it, until none is left or ``stop`` (an Event) is set."""
+    import threading
+
+    claimed, lock = iter(range(count)), threading.Lock()
+
+    def run() -> None:
+        while not stop.is_set():
+            with lock:
+                i = next(claimed, None)
+            if i is None:
+                return
+            handle(i)
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(min(count, usable_cpus()))]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
 def _parsed_batches(files: list[str], columns: dict[str, str], batch_size: int) -> Iterator[Any]:
     import queue
     import threading
 
     parse = _batch_parser(tuple(columns.items()))
     queues = [queue.Queue(maxsize=2) for _ in files]  # memory: a few batches per file being read
-    claimed = iter(range(len(files)))
-    lock, stop, end = threading.Lock(), threading.Event(), object()
+    stop, end = threading.Event(), object()
 
     def put(i: int, item) -> None:
         while not stop.is_set():
@@ -169,22 +189,15 @@ def _parsed_batches(files: list[str], columns: dict[str, str], batch_size: int) 
             except queue.Full:
                 continue
 
-    def read() -> None:
-        while not stop.is_set():
-            with lock:
-                i = next(claimed, None)
-            if i is None:
-                return
-            try:
-                for batch in _file_batches(files[i], parse, columns, batch_size):
-                    put(i, batch)
-                put(i, end)
-            except BaseException as error:  # noqa: BLE001 - raised on the consumer's thread
-                put(i, error)
+    def read(i: int) -> None:
+        try:
+            for batch in _file_batches(files[i], parse, columns, batch_size):
+                put(i, batch)
+            put(i, end)
+        except BaseException as error:  # noqa: BLE001 - raised on the consumer's thread
+            put(i, error)
 
-    threads = [threading.Thread(target=read, daemon=True) for _ in range(min(len(files), usable_cpus()))]
-    for thread in threads:
-        thread.start()
+    _shards_on_threads(len(files), read, stop)
     try:
         for i in range(len(files)):  # file order, whatever order the readers finish in
             while (item := queues[i].get()) is not end:
@@ -237,32 +250,24 @@ def sharded_statistics(files: list[str], columns: dict[str, str], options=None, 
     finished: dict[int, Any] = {}
     state = {"next": 0, "total": [g.create_accumulator() for g in generators]}
     errors: list[BaseException] = []
-    claimed, lock, failed = iter(range(len(files))), threading.Lock(), threading.Event()
+    lock, failed = threading.Lock(), threading.Event()
 
-    def work() -> None:
-        while not failed.is_set():
-            with lock:
-                i = next(claimed, None)
-            if i is None:
-                return
-            try:
-                accumulators = _accumulate(generators, _file_batches(files[i], parse, columns, batch_size))
-            except BaseException as error:  # noqa: BLE001 - raised on the caller's thread
-                errors.append(error)
-                failed.set()
-                return
-            with lock:  # fold every shard that is now next in file order
-                finished[i] = accumulators
-                while state["next"] in finished:
-                    shard = finished.pop(state["next"])
-                    state["total"] = [g.compact(g.merge_accumulators([t, a]))
-                                      for g, t, a in zip(generators, state["total"], shard)]
-                    state["next"] += 1
+    def work(i: int) -> None:
+        try:
+            accumulators = _accumulate(generators, _file_batches(files[i], parse, columns, batch_size))
+        except BaseException as error:  # noqa: BLE001 - raised on the caller's thread
+            errors.append(error)
+            failed.set()
+            return
+        with lock:  # fold every shard that is now next in file order
+            finished[i] = accumulators
+            while state["next"] in finished:
+                shard = finished.pop(state["next"])
+                state["total"] = [g.compact(g.merge_accumulators([t, a]))
+                                  for g, t, a in zip(generators, state["total"], shard)]
+                state["next"] += 1
 
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(min(len(files), usable_cpus()))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
+    for thread in _shards_on_threads(len(files), work, failed):
         thread.join()
     if errors:
         raise errors[0]
