@@ -208,7 +208,8 @@ def _raw_records(examples: Path) -> list[bytes]:
 
 def _compress_floor(chunks: list[bytes], level: int, workers: int) -> int:
     piece = 8 << 20
-    pieces = [chunk[i:i + piece] for chunk in chunks for i in range(0, len(chunk), piece)]
+    # Views, not slices: copying the pieces took 0.19 s of a 0.46 s floor for 1M rows here.
+    pieces = [memoryview(chunk)[i:i + piece] for chunk in chunks for i in range(0, len(chunk), piece)]
 
     from tasks.coders import gzip_compressor
 
