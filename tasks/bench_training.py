@@ -158,7 +158,7 @@ def _SteadyClock(keras, batch_size: int):  # noqa: N802 - builds a Keras callbac
     return SteadyClock()
 
 
-def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, batch_size: int = 4096,
+def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, batch_size: int = 16384,
                 workdir: Path | None = None) -> dict:
     import tensorflow as tf
 

@@ -32,7 +32,7 @@ from tasks.pipeline import STEPS
 from tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-BENCH_ROWS = {"ingest": 1_000_000, "validate": 1_000_000, "input": 1_000_000, "train": 200_000, "optimize": 100_000}
+BENCH_ROWS = {"ingest": 1_000_000, "validate": 1_000_000, "input": 1_000_000, "train": 1_000_000, "optimize": 100_000}
 BENCH_EXPERIMENT = "tfpipe-bench"
 
 
@@ -175,7 +175,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             result = bench_training.bench_input(rows, args.columns, args.repeat, batch_size=args.batch_size or 1024)
         else:
             result = bench_training.bench_train(rows, args.columns, args.repeat, epochs=args.epochs,
-                                                batch_size=args.batch_size or 4096)
+                                                batch_size=args.batch_size or 16384)
     bench.write(result, args.out)
     table = bench.format_table(result)
     print(table)
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="source format (ingest)")
     bench.add_argument("--epochs", type=int, default=3, help="epochs per variant (train)")
     bench.add_argument("--batch-size", type=int,
-                       help="batch size (default: input 1024, train 4096 (global), optimize 1024 (throughput))")
+                       help="batch size (default: input 1024, train 16384 (global), optimize 1024 (throughput))")
     bench.add_argument("--out", metavar="FILE", help="write the result as JSON")
     bench.add_argument("--no-mlflow", action="store_true", help=f"do not log a run to the {BENCH_EXPERIMENT} experiment")
     bench.set_defaults(func=_cmd_bench)

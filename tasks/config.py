@@ -185,8 +185,8 @@ class TrainConfig(_Frozen):
     )
     shuffle_buffer: int = Field(10_000, ge=1, description="Examples in the shuffle buffer.")
     cache: str = Field(
-        "auto", description="Keep the decompressed examples in memory after the first epoch: auto (when they "
-        "fit in a quarter of the free memory), memory, or none."
+        "auto", description="Keep the parsed train examples (and eval examples, when both splits fit) in memory "
+        "after the first epoch: auto (when they fit in a quarter of the free memory), memory, or none."
     )
     deterministic: bool = Field(
         False, description="Same seed, same result: deterministic tf.data order and TensorFlow ops (slower)."

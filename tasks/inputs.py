@@ -195,9 +195,12 @@ class InputPipeline:
         return self._finish(stream, replica_batch)
 
 
-def eval_dataset(files: list[str], spec: ModelSpec, batch_size: int, num_workers: int = 1, worker_index: int = 0):
+def eval_dataset(files: list[str], spec: ModelSpec, batch_size: int, num_workers: int = 1, worker_index: int = 0,
+                 cache: bool = False):
     """Every eval example once, in file order; a worker's share of them when there are several
-    (its own shards when there are enough, else every ``num_workers``-th batch)."""
+    (its own shards when there are enough, else every ``num_workers``-th batch). With ``cache``
+    the parsed batches are kept in memory after the first pass, so later epochs' evaluations
+    neither inflate nor parse again."""
     import tensorflow as tf
 
     if num_workers > 1 and len(files) >= num_workers:
@@ -206,7 +209,8 @@ def eval_dataset(files: list[str], spec: ModelSpec, batch_size: int, num_workers
         dataset = tf.data.TFRecordDataset(files, "GZIP").batch(batch_size)
         if num_workers > 1:
             dataset = dataset.shard(num_workers, worker_index)
-    return dataset.map(batch_parser(spec), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.map(batch_parser(spec), num_parallel_calls=tf.data.AUTOTUNE)
+    return (dataset.cache() if cache else dataset).prefetch(tf.data.AUTOTUNE)
 
 
 def example_frame(files: list[str], spec: ModelSpec, rows: int = 5):

@@ -458,10 +458,13 @@ def train_model(
     total_steps = params.epochs * steps_per_epoch
     train_files = split_files(local_examples, manifest, "train")
     compressed = sum(Path(f).stat().st_size for f in train_files)
-    # Each worker evaluates its share of the eval split; the sums are added across workers.
-    eval_ds = eval_dataset(split_files(local_examples, manifest, "eval"), spec, max(batch, 256),
+    eval_files = split_files(local_examples, manifest, "eval")
+    # Each worker evaluates its share of the eval split; the sums are added across workers. Its
+    # parsed batches are cached too when the train and eval splits both fit.
+    eval_ds = eval_dataset(eval_files, spec, max(batch, 256),
                            num_workers=role.num_workers if collective else 1,
-                           worker_index=role.worker_id if collective else 0)
+                           worker_index=role.worker_id if collective else 0,
+                           cache=should_cache(params.cache, compressed + sum(Path(f).stat().st_size for f in eval_files)))
     if checkpoint_uri:
         restore_checkpoints(checkpoint_dir, checkpoint_uri)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)

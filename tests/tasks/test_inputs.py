@@ -1,6 +1,7 @@
 """The training input pipeline: every example once per epoch, seeded order, exact resume, worker sharding."""
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,19 @@ def test_reference_pipelines_parse_the_same_examples(data):
 def test_a_global_batch_must_split_across_workers(data):
     with pytest.raises(ValueError, match="multiple of the 3 workers"):
         InputPipeline(data.files["train"], data.spec, 100, seed=1, num_workers=3)
+
+
+def test_a_cached_eval_dataset_rereads_nothing_after_its_first_pass(data, tmp_path):
+    import shutil
+
+    copies = []
+    for path in data.files["eval"]:
+        copies.append(str(tmp_path / path.rsplit("/", 1)[-1]))
+        shutil.copy(path, copies[-1])
+    cached = eval_dataset(copies, data.spec, 256, cache=True)
+    first = np.concatenate([labels.numpy() for _, labels in cached])
+    expected = np.concatenate([labels.numpy() for _, labels in eval_dataset(data.files["eval"], data.spec, 256)])
+    assert len(first) == data.counts["eval"] and np.array_equal(first, expected)
+    for path in copies:  # a second pass that read the files would now fail
+        Path(path).unlink()
+    assert np.array_equal(np.concatenate([labels.numpy() for _, labels in cached]), expected)
