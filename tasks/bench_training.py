@@ -80,6 +80,9 @@ def bench_input(rows: int, columns: int = 20, repeat: int = 3, batch_size: int =
         for fn in variants.values():  # warm-up: graphs built, files in the page cache
             fn()
         measured = run_variants(variants, repeat)
+        # This frame can outlive the call (through a frame TensorFlow keeps): let go of the datasets
+        # and their traced functions now, not at interpreter exit, where their __del__ fails noisily.
+        cached = batches = variants = None
         checks = {f"{name}_examples": row["result"] for name, row in measured.items()}
         assert all(count == examples for count in checks.values()), checks
         result = _report(
