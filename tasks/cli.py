@@ -156,17 +156,6 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _release_tensorflow_functions() -> None:
-    """Drop the traced functions cached in this process and collect them now, while TensorFlow's
-    modules are whole: collected at interpreter exit, their ``__del__`` prints tracebacks."""
-    import gc
-
-    from tasks import validate
-
-    validate._batch_parser.cache_clear()  # noqa: SLF001 - this module's own cache
-    gc.collect()
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     from tasks import bench
 
@@ -187,7 +176,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         else:
             result = bench_training.bench_train(rows, args.columns, args.repeat, epochs=args.epochs,
                                                 batch_size=args.batch_size or 16384)
-    _release_tensorflow_functions()
     bench.write(result, args.out)
     table = bench.format_table(result)
     print(table)

@@ -59,6 +59,13 @@ def batch_parser(spec: ModelSpec) -> Callable[[Any], Any]:
     return parse_batch
 
 
+def compressed_size(files: list[str]) -> int:
+    """Bytes of the (local) GZIP shards, as ``should_cache`` takes them."""
+    from pathlib import Path
+
+    return sum(Path(f).stat().st_size for f in files)
+
+
 def should_cache(mode: str, compressed_bytes: int) -> bool:
     """``auto``: cache when the decompressed records fit in a quarter of the free memory."""
     if mode != "auto":

@@ -48,7 +48,7 @@ from typing import Any
 from tasks import storage
 from tasks.config import TrainConfig
 from tasks.ingest import read_manifest, split_files
-from tasks.inputs import InputPipeline, eval_dataset, should_cache
+from tasks.inputs import InputPipeline, compressed_size, eval_dataset, should_cache
 from tasks.model import ModelSpec, build_model, load_model_fn, parse_spec, prepare, raw_input_signature
 from tasks.progress import report
 
@@ -457,14 +457,14 @@ def train_model(
         raise ValueError(f"the train split has {train_count} examples, fewer than one batch of {batch} (train.batch_size)")
     total_steps = params.epochs * steps_per_epoch
     train_files = split_files(local_examples, manifest, "train")
-    compressed = sum(Path(f).stat().st_size for f in train_files)
+    compressed = compressed_size(train_files)
     eval_files = split_files(local_examples, manifest, "eval")
     # Each worker evaluates its share of the eval split; the sums are added across workers. Its
     # parsed batches are cached too when the train and eval splits both fit.
     eval_ds = eval_dataset(eval_files, spec, max(batch, 256),
                            num_workers=role.num_workers if collective else 1,
                            worker_index=role.worker_id if collective else 0,
-                           cache=should_cache(params.cache, compressed + sum(Path(f).stat().st_size for f in eval_files)))
+                           cache=should_cache(params.cache, compressed + compressed_size(eval_files)))
     if checkpoint_uri:
         restore_checkpoints(checkpoint_dir, checkpoint_uri)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)

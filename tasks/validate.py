@@ -16,6 +16,7 @@ report that names each feature, the anomaly, and what was expected and observed.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import shutil
@@ -113,6 +114,11 @@ def _batch_parser(columns: tuple[tuple[str, str], ...]):
         return out
 
     return parse
+
+
+# Emptied before the interpreter tears modules down: a traced function collected after that
+# prints a traceback from its __del__.
+atexit.register(_batch_parser.cache_clear)
 
 
 def _to_record_batch(parsed, columns: dict[str, str]):
