@@ -10,6 +10,7 @@ well as one device (its updates are asynchronous, so not to the same weights).
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -221,7 +222,12 @@ def test_only_the_chief_writes(distributed):
 
 
 def _checkpoint_steps(ckpt: Path) -> list[int]:
-    return sorted(int(p.name.split("-")[1].split(".")[0]) for p in (ckpt / "latest").glob("ckpt-*.index"))
+    """Steps of the committed checkpoints, as a resume sees them: the ones the `checkpoint` state
+    file lists. A save killed between writing its files and recording them is not among them."""
+    state = ckpt / "latest" / "checkpoint"
+    if not state.is_file():
+        return []
+    return sorted({int(m) for m in re.findall(r'checkpoint_paths?: "[^"]*ckpt-(\d+)"', state.read_text())})
 
 
 def _wait_for_checkpoint(ckpt: Path, at_least: int, thread: threading.Thread, outcome: dict,
@@ -230,7 +236,7 @@ def _wait_for_checkpoint(ckpt: Path, at_least: int, thread: threading.Thread, ou
     while time.monotonic() < deadline:
         if not thread.is_alive():
             raise AssertionError(f"training ended before a checkpoint at step {at_least}: {outcome}")
-        steps = _checkpoint_steps(ckpt) if (ckpt / "latest").is_dir() else []
+        steps = _checkpoint_steps(ckpt)
         if steps and steps[-1] >= at_least:
             return steps[-1]
         time.sleep(0.05)
