@@ -3,10 +3,10 @@
 input (one epoch of the train split, batch 1024, parsed into model inputs):
   ours            tasks.inputs, first epoch: parallel interleave of the GZIP shards in blocks,
                   tf.io.parse_example per block, block shuffle + windowed permutation,
-                  rebatch, prefetch (autotuned)
+                  rebatch, prefetch; every stage on every core, autotuner off
   ours_cached     the same pipeline in a later epoch: its in-memory cache of parsed blocks
   naive           one example parsed at a time, then batched, no prefetch
-  floor           tf.io.parse_example (a map on every core, tf.data's autotuner off) on
+  floor           tf.io.parse_example (a map on every core, autotuner off) on
                   batches of decompressed records already in memory: parsing and nothing else
 
 train (same model, data, global batch, optimizer and schedule):

@@ -4,7 +4,8 @@ Per epoch: parallel interleave over the shards, each read in blocks of records (
 hand over blocks: handing over single records made a parallel interleave 8x slower than a
 sequential read here); the decompressed blocks cached in memory when they fit; a seeded
 shuffle of blocks, then of records within windows of blocks; ``batch`` *then*
-``tf.io.parse_example`` on the whole batch; ``prefetch``; parallelism autotuned. No tf.data
+``tf.io.parse_example`` on the whole batch; ``prefetch``; every parallel stage on every usable
+core, with tf.data's autotuner off (see ``untuned_options``). No tf.data
 op runs per record: per-record ops (unbatch, a record shuffle buffer) cost as much as parsing.
 
 An epoch's order depends only on the seed and the epoch number, so a retry that resumes in
@@ -18,11 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks.model import ModelSpec, parse_spec, prepare
+from tasks.settings import usable_cpus
 
 # Records a reader thread hands over at once, and parsed at once: the first epoch takes about
 # 2.0 s for 800k examples in blocks of 1024 here, against 2.2 to 2.8 s in blocks of 256 (parsing
 # has a cost per call); 2048 and 4096 gain nothing more.
 READ_BLOCK = 1024
+# Batches made ready ahead of the training step.
+PREFETCH = 4
 CACHE_SHARE_OF_FREE_MEMORY = 0.25
 # Decompressed TFRecords are about this many times their GZIP size (level 1, tabular data).
 INFLATION = 4.0
@@ -105,27 +109,28 @@ class InputPipeline:
         if self.batch_size % self.num_workers:
             raise ValueError(f"train.batch_size {self.batch_size} must be a multiple of the {self.num_workers} workers")
         self._parse = batch_parser(self.spec)
+        self._parallel = usable_cpus()
         files = tf.data.Dataset.from_tensor_slices(self.files)
         if self.shard_files:
             files = files.shard(self.num_workers, self.worker_index)
+        cycle = max(1, min(-(-len(self.files) // (self.num_workers if self.shard_files else 1)), 8))
         blocks = files.interleave(
             lambda f: tf.data.TFRecordDataset(f, "GZIP").batch(READ_BLOCK),
-            cycle_length=max(1, min(len(self.files), 8)),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            cycle_length=cycle,
+            num_parallel_calls=min(self._parallel, cycle),
             deterministic=True,  # the cache and every epoch's shuffle start from the same order
         )
         # Parsed a block at a time (batched tf.io.parse_example), in order so that a restarted
         # process rebuilds the same stream; cached parsed when it fits (parsing is the costly
         # map, and parsed numbers are smaller than serialized examples), shared by every epoch.
-        parsed = blocks.map(self._parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        parsed = blocks.map(self._parse, num_parallel_calls=self._parallel, deterministic=True)
         self._blocks = parsed.cache() if self.cache else parsed
 
     def options(self):
         import tensorflow as tf
 
-        options = tf.data.Options()
+        options = untuned_options()
         options.deterministic = self.deterministic
-        options.autotune.enabled = True
         # Sharding is done above, explicitly (tf.data's auto-sharding cannot see through the
         # shuffle's enumerate): the strategy must not shard again.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -156,7 +161,7 @@ class InputPipeline:
             self._blocks.shuffle(max(self.shuffle_buffer // READ_BLOCK, 1), seed=seed, reshuffle_each_iteration=False)
             .ragged_batch(window)
             .enumerate()
-            .map(lambda index, block: permute(index, *block), num_parallel_calls=tf.data.AUTOTUNE,
+            .map(lambda index, block: permute(index, *block), num_parallel_calls=self._parallel,
                  deterministic=True)
         )
         if self.num_workers > 1 and not self.shard_files:
@@ -168,14 +173,12 @@ class InputPipeline:
         return dataset.repeat()
 
     def _finish(self, dataset, replica_batch: int | None):
-        import tensorflow as tf
-
         worker_batch = self.batch_size // self.num_workers
         if replica_batch is not None and replica_batch != worker_batch:
             if worker_batch % replica_batch:
                 raise ValueError(f"a worker's batch of {worker_batch} does not split into replica batches of {replica_batch}")
             dataset = dataset.rebatch(replica_batch, drop_remainder=True)
-        return dataset.prefetch(tf.data.AUTOTUNE).with_options(self.options())
+        return dataset.prefetch(PREFETCH).with_options(self.options())
 
     def epoch(self, epoch: int, skip_batches: int = 0, replica_batch: int | None = None, steps: int | None = None):
         """The batches of ``epoch`` (``replica_batch`` examples each, default: the worker's share
@@ -216,8 +219,8 @@ def eval_dataset(files: list[str], spec: ModelSpec, batch_size: int, num_workers
         dataset = tf.data.TFRecordDataset(files, "GZIP").batch(batch_size)
         if num_workers > 1:
             dataset = dataset.shard(num_workers, worker_index)
-    dataset = dataset.map(batch_parser(spec), num_parallel_calls=tf.data.AUTOTUNE)
-    return (dataset.cache() if cache else dataset).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.map(batch_parser(spec), num_parallel_calls=usable_cpus())
+    return (dataset.cache() if cache else dataset).prefetch(PREFETCH).with_options(untuned_options())
 
 
 def example_frame(files: list[str], spec: ModelSpec, rows: int = 5):
@@ -279,15 +282,19 @@ def in_memory_batches(records: list[bytes], batch_size: int):
     return tf.data.Dataset.from_tensor_slices(records).batch(batch_size, drop_remainder=True).cache()
 
 
-def floor_dataset(batches, spec: ModelSpec):
-    """The floor: ``tf.io.parse_example`` on batches already in memory, nothing else, on every core
-    from the start. tf.data's autotuner is off: on this project's 2-core machine it stalls about
-    one run in two (0.77 s or 1.32 s for 800k examples, the same CPU time), and a floor must be
-    the best that parsing alone can do."""
+def untuned_options():
+    """tf.data options with the autotuner off, for pipelines whose parallel stages are set to the
+    usable cores. On this project's 2-core machine the autotuner stalled about one run in two:
+    parsing 800k examples in 0.77 s or 1.32 s (the same CPU time), our first epoch 1.8 s or
+    2.7 s, a cached epoch 0.46 s or 0.77 s; with it off, 1.7 to 1.9 s and 0.40 to 0.42 s."""
     import tensorflow as tf
-
-    from tasks.settings import usable_cpus
 
     options = tf.data.Options()
     options.autotune.enabled = False
-    return batches.map(batch_parser(spec), num_parallel_calls=usable_cpus()).with_options(options)
+    return options
+
+
+def floor_dataset(batches, spec: ModelSpec):
+    """The floor: ``tf.io.parse_example`` on batches already in memory, nothing else, on every core
+    from the start, untuned like ours (a floor must be the best that parsing alone can do)."""
+    return batches.map(batch_parser(spec), num_parallel_calls=usable_cpus()).with_options(untuned_options())
