@@ -3,8 +3,10 @@
 input (one epoch of the train split, batch 1024, parsed into model inputs):
   ours            tasks.inputs, first epoch: parallel interleave of the GZIP shards in blocks,
                   tf.io.parse_example per block, block shuffle + windowed permutation,
-                  rebatch, prefetch; every stage on every core, autotuner off
+                  rebatch, prefetch; parallelism and prefetch autotuned (train.autotune)
   ours_cached     the same pipeline in a later epoch: its in-memory cache of parsed blocks
+  ours_untuned    ours (and ours_untuned_cached) with train.autotune false: every stage on
+                  every core, tf.data's autotuner off
   naive           one example parsed at a time, then batched, no prefetch
   floor           tf.io.parse_example (a map on every core, autotuner off) on
                   batches of decompressed records already in memory: parsing and nothing else
@@ -59,22 +61,27 @@ def bench_input(rows: int, columns: int = 20, repeat: int = 3, batch_size: int =
         batches = in_memory_batches(records, batch_size)
         del records
 
-        def ours() -> int:
-            return _count(InputPipeline(files, data.spec, batch_size, seed=1, cache=True).epoch(0), steps)
+        def first_epoch(autotune: bool):
+            return lambda: _count(
+                InputPipeline(files, data.spec, batch_size, seed=1, cache=True, autotune=autotune).epoch(0), steps)
 
-        cached = InputPipeline(files, data.spec, batch_size, seed=1, cache=True)
+        cached = {autotune: InputPipeline(files, data.spec, batch_size, seed=1, cache=True, autotune=autotune)
+                  for autotune in (True, False)}
         epochs = iter(range(1, 10_000))
 
-        def ours_cached() -> int:
-            return _count(cached.epoch(next(epochs)), steps)
+        def later_epoch(autotune: bool):
+            return lambda: _count(cached[autotune].epoch(next(epochs)), steps)
 
         variants = {
-            "ours": ours,
-            "ours_cached": ours_cached,
+            "ours": first_epoch(True),
+            "ours_cached": later_epoch(True),
+            "ours_untuned": first_epoch(False),
+            "ours_untuned_cached": later_epoch(False),
             "naive": lambda: _count(naive_dataset(files, data.spec, batch_size), steps),
             "floor": lambda: _count(floor_dataset(batches, data.spec), steps),
         }
-        _count(cached.epoch(0), steps)  # fills the caches
+        for pipeline in cached.values():  # fills the caches
+            _count(pipeline.epoch(0), steps)
         for _ in batches:
             pass
         for fn in variants.values():  # warm-up: graphs built, files in the page cache
@@ -89,7 +96,8 @@ def bench_input(rows: int, columns: int = 20, repeat: int = 3, batch_size: int =
             "input", {"rows": rows, "columns": columns, "train_examples": examples, "batch_size": batch_size,
                       "repeat": repeat},
             measured, {name: examples for name in measured}, "examples/s",
-            [("ours", "naive"), ("ours", "floor"), ("ours_cached", "naive"), ("ours_cached", "floor")],
+            [("ours", "naive"), ("ours", "floor"), ("ours_cached", "naive"), ("ours_cached", "floor"),
+             ("ours_untuned", "floor"), ("ours_untuned_cached", "floor")],
             extra={"checks": checks},
         )
         ratios = result["ratios"]
@@ -113,7 +121,8 @@ def _keras_fit(data, params, checkpoint_dir: Path) -> dict[str, Any]:
 
     keras.utils.set_random_seed(params.seed)
     steps = data.counts["train"] // params.batch_size
-    pipeline = InputPipeline(data.files["train"], data.spec, params.batch_size, params.seed, cache=True)
+    pipeline = InputPipeline(data.files["train"], data.spec, params.batch_size, params.seed, cache=True,
+                             autotune=params.autotune)
     model = build(data.spec, params)
     schedule = learning_rate_schedule(params, steps * params.epochs, steps)
     optimizer = keras.optimizers.Adam(schedule, global_clipnorm=params.clip_norm)
@@ -126,7 +135,7 @@ def _keras_fit(data, params, checkpoint_dir: Path) -> dict[str, Any]:
     clock = _SteadyClock(keras, params.batch_size)
     history = model.fit(
         train, epochs=params.epochs, steps_per_epoch=steps, verbose=0,
-        validation_data=eval_dataset(data.files["eval"], data.spec, eval_batch),
+        validation_data=eval_dataset(data.files["eval"], data.spec, eval_batch, autotune=params.autotune),
         validation_steps=-(-data.counts["eval"] // eval_batch),
         callbacks=[keras.callbacks.BackupAndRestore(str(checkpoint_dir)), clock],
     )
@@ -162,7 +171,7 @@ def _SteadyClock(keras, batch_size: int):  # noqa: N802 - builds a Keras callbac
 
 
 def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, batch_size: int = 16384,
-                workdir: Path | None = None) -> dict:
+                workdir: Path | None = None, autotune: bool = True) -> dict:
     import tensorflow as tf
 
     from tasks.config import TrainConfig
@@ -174,7 +183,7 @@ def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, 
         data = prepare_examples(root / "data", rows, columns=columns, task="binary", hidden_units=(256, 256))
         base = {"epochs": epochs, "batch_size": batch_size, "learning_rate": 0.003, "hidden_units": [256, 256],
                 "early_stopping": {"patience": None}, "tensorboard": False, "cache": "memory",
-                "checkpoint_every_steps": 10**9}
+                "checkpoint_every_steps": 10**9, "autotune": autotune}
         runs = iter(range(10**6))
 
         def ours() -> dict[str, Any]:
@@ -221,7 +230,8 @@ def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, 
                 row["peak_rss_mb"] = row["result"]["peak_rss_mb"]
         result = _report(
             "train", {"rows": rows, "columns": columns, "train_examples": data.counts["train"], "epochs": epochs,
-                      "global_batch_size": batch_size, "hidden_units": [256, 256], "repeat": repeat},
+                      "global_batch_size": batch_size, "hidden_units": [256, 256], "repeat": repeat,
+                      "autotune": autotune},
             measured, {name: 1 for name in measured}, "examples/s", pairs,
             extra={"final_eval_loss": {name: round(row["result"]["eval_loss"], 4) for name, row in measured.items()}},
         )

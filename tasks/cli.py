@@ -175,7 +175,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             result = bench_training.bench_input(rows, args.columns, args.repeat, batch_size=args.batch_size or 1024)
         else:
             result = bench_training.bench_train(rows, args.columns, args.repeat, epochs=args.epochs,
-                                                batch_size=args.batch_size or 16384)
+                                                batch_size=args.batch_size or 16384, autotune=not args.no_autotune)
     bench.write(result, args.out)
     table = bench.format_table(result)
     print(table)
@@ -372,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=int, default=3, help="epochs per variant (train)")
     bench.add_argument("--batch-size", type=int,
                        help="batch size (default: input 1024, train 16384 (global), optimize 1024 (throughput))")
+    bench.add_argument("--no-autotune", action="store_true",
+                       help="train with train.autotune false in every variant: tf.data's autotuner off (train)")
     bench.add_argument("--out", metavar="FILE", help="write the result as JSON")
     bench.add_argument("--no-mlflow", action="store_true", help=f"do not log a run to the {BENCH_EXPERIMENT} experiment")
     bench.set_defaults(func=_cmd_bench)

@@ -191,6 +191,10 @@ class TrainConfig(_Frozen):
     deterministic: bool = Field(
         False, description="Same seed, same result: deterministic tf.data order and TensorFlow ops (slower)."
     )
+    autotune: bool = Field(
+        True, description="Let tf.data's autotuner set the input pipelines' parallelism and prefetch. false: "
+        "every parallel stage on every usable core and the autotuner off, steadier on machines with few cores."
+    )
     tensorboard: bool = Field(True, description="Write TensorBoard logs (an MLflow artifact).")
     seed: int = Field(42, description="Seed for weights and shuffling.")
 

@@ -4,8 +4,9 @@ Per epoch: parallel interleave over the shards, each read in blocks of records (
 hand over blocks: handing over single records made a parallel interleave 8x slower than a
 sequential read here); the decompressed blocks cached in memory when they fit; a seeded
 shuffle of blocks, then of records within windows of blocks; ``batch`` *then*
-``tf.io.parse_example`` on the whole batch; ``prefetch``; every parallel stage on every usable
-core, with tf.data's autotuner off (see ``untuned_options``). No tf.data
+``tf.io.parse_example`` on the whole batch; ``prefetch``; parallelism and prefetch autotuned,
+or with ``autotune=False`` every parallel stage on every usable core and the autotuner off
+(see ``data_options``). No tf.data
 op runs per record: per-record ops (unbatch, a record shuffle buffer) cost as much as parsing.
 
 An epoch's order depends only on the seed and the epoch number, so a retry that resumes in
@@ -25,7 +26,7 @@ from tasks.settings import usable_cpus
 # 2.0 s for 800k examples in blocks of 1024 here, against 2.2 to 2.8 s in blocks of 256 (parsing
 # has a cost per call); 2048 and 4096 gain nothing more.
 READ_BLOCK = 1024
-# Batches made ready ahead of the training step.
+# Batches made ready ahead of the training step when the autotuner is off.
 PREFETCH = 4
 CACHE_SHARE_OF_FREE_MEMORY = 0.25
 # Decompressed TFRecords are about this many times their GZIP size (level 1, tabular data).
@@ -98,6 +99,7 @@ class InputPipeline:
     deterministic: bool = False
     num_workers: int = 1
     worker_index: int = 0
+    autotune: bool = True  # False: every parallel stage on every usable core, the autotuner off
 
     @property
     def shard_files(self) -> bool:
@@ -109,7 +111,7 @@ class InputPipeline:
         if self.batch_size % self.num_workers:
             raise ValueError(f"train.batch_size {self.batch_size} must be a multiple of the {self.num_workers} workers")
         self._parse = batch_parser(self.spec)
-        self._parallel = usable_cpus()
+        self._parallel = tf.data.AUTOTUNE if self.autotune else usable_cpus()
         files = tf.data.Dataset.from_tensor_slices(self.files)
         if self.shard_files:
             files = files.shard(self.num_workers, self.worker_index)
@@ -117,7 +119,7 @@ class InputPipeline:
         blocks = files.interleave(
             lambda f: tf.data.TFRecordDataset(f, "GZIP").batch(READ_BLOCK),
             cycle_length=cycle,
-            num_parallel_calls=min(self._parallel, cycle),
+            num_parallel_calls=tf.data.AUTOTUNE if self.autotune else min(self._parallel, cycle),
             deterministic=True,  # the cache and every epoch's shuffle start from the same order
         )
         # Parsed a block at a time (batched tf.io.parse_example), in order so that a restarted
@@ -129,7 +131,7 @@ class InputPipeline:
     def options(self):
         import tensorflow as tf
 
-        options = untuned_options()
+        options = data_options(self.autotune)
         options.deterministic = self.deterministic
         # Sharding is done above, explicitly (tf.data's auto-sharding cannot see through the
         # shuffle's enumerate): the strategy must not shard again.
@@ -173,12 +175,14 @@ class InputPipeline:
         return dataset.repeat()
 
     def _finish(self, dataset, replica_batch: int | None):
+        import tensorflow as tf
+
         worker_batch = self.batch_size // self.num_workers
         if replica_batch is not None and replica_batch != worker_batch:
             if worker_batch % replica_batch:
                 raise ValueError(f"a worker's batch of {worker_batch} does not split into replica batches of {replica_batch}")
             dataset = dataset.rebatch(replica_batch, drop_remainder=True)
-        return dataset.prefetch(PREFETCH).with_options(self.options())
+        return dataset.prefetch(tf.data.AUTOTUNE if self.autotune else PREFETCH).with_options(self.options())
 
     def epoch(self, epoch: int, skip_batches: int = 0, replica_batch: int | None = None, steps: int | None = None):
         """The batches of ``epoch`` (``replica_batch`` examples each, default: the worker's share
@@ -206,11 +210,11 @@ class InputPipeline:
 
 
 def eval_dataset(files: list[str], spec: ModelSpec, batch_size: int, num_workers: int = 1, worker_index: int = 0,
-                 cache: bool = False):
+                 cache: bool = False, autotune: bool = True):
     """Every eval example once, in file order; a worker's share of them when there are several
     (its own shards when there are enough, else every ``num_workers``-th batch). With ``cache``
     the parsed batches are kept in memory after the first pass, so later epochs' evaluations
-    neither inflate nor parse again."""
+    neither inflate nor parse again. ``autotune`` as in ``InputPipeline``."""
     import tensorflow as tf
 
     if num_workers > 1 and len(files) >= num_workers:
@@ -219,8 +223,9 @@ def eval_dataset(files: list[str], spec: ModelSpec, batch_size: int, num_workers
         dataset = tf.data.TFRecordDataset(files, "GZIP").batch(batch_size)
         if num_workers > 1:
             dataset = dataset.shard(num_workers, worker_index)
-    dataset = dataset.map(batch_parser(spec), num_parallel_calls=usable_cpus())
-    return (dataset.cache() if cache else dataset).prefetch(PREFETCH).with_options(untuned_options())
+    dataset = dataset.map(batch_parser(spec), num_parallel_calls=tf.data.AUTOTUNE if autotune else usable_cpus())
+    dataset = (dataset.cache() if cache else dataset).prefetch(tf.data.AUTOTUNE if autotune else PREFETCH)
+    return dataset.with_options(data_options(autotune))
 
 
 def example_frame(files: list[str], spec: ModelSpec, rows: int = 5):
@@ -282,19 +287,20 @@ def in_memory_batches(records: list[bytes], batch_size: int):
     return tf.data.Dataset.from_tensor_slices(records).batch(batch_size, drop_remainder=True).cache()
 
 
-def untuned_options():
-    """tf.data options with the autotuner off, for pipelines whose parallel stages are set to the
-    usable cores. On this project's 2-core machine the autotuner stalled about one run in two:
-    parsing 800k examples in 0.77 s or 1.32 s (the same CPU time), our first epoch 1.8 s or
-    2.7 s, a cached epoch 0.46 s or 0.77 s; with it off, 1.7 to 1.9 s and 0.40 to 0.42 s."""
+def data_options(autotune: bool):
+    """tf.data options with the autotuner on or off (off: for pipelines whose parallel stages are
+    set to the usable cores). On this project's 2-core machine a pipeline with the autotuner on
+    took a fixed extra 0.3 to 0.9 s about one run in three (parsing 800k examples in 0.77 s or
+    1.32 s, our first epoch 1.8 s or 2.75 s, a cached epoch 0.45 s or 0.77 s), with every
+    autotune algorithm and even with every parallelism fixed; with it off, never."""
     import tensorflow as tf
 
     options = tf.data.Options()
-    options.autotune.enabled = False
+    options.autotune.enabled = autotune
     return options
 
 
 def floor_dataset(batches, spec: ModelSpec):
     """The floor: ``tf.io.parse_example`` on batches already in memory, nothing else, on every core
-    from the start, untuned like ours (a floor must be the best that parsing alone can do)."""
-    return batches.map(batch_parser(spec), num_parallel_calls=usable_cpus()).with_options(untuned_options())
+    from the start, the autotuner off (a floor must be the best that parsing alone can do)."""
+    return batches.map(batch_parser(spec), num_parallel_calls=usable_cpus()).with_options(data_options(False))

@@ -464,7 +464,8 @@ def train_model(
     eval_ds = eval_dataset(eval_files, spec, max(batch, 256),
                            num_workers=role.num_workers if collective else 1,
                            worker_index=role.worker_id if collective else 0,
-                           cache=should_cache(params.cache, compressed + compressed_size(eval_files)))
+                           cache=should_cache(params.cache, compressed + compressed_size(eval_files)),
+                           autotune=params.autotune)
     if checkpoint_uri:
         restore_checkpoints(checkpoint_dir, checkpoint_uri)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -559,7 +560,7 @@ def train_model(
             pipelines.append(InputPipeline(
                 train_files, spec, batch, params.seed, shuffle_buffer=params.shuffle_buffer,
                 cache=should_cache(params.cache, compressed), deterministic=params.deterministic,
-                num_workers=context.num_input_pipelines, worker_index=context.input_pipeline_id,
+                autotune=params.autotune, num_workers=context.num_input_pipelines, worker_index=context.input_pipeline_id,
             ))
         return pipelines[0].epochs(first, params.epochs, steps_per_epoch, skip, context.get_per_replica_batch_size(batch))
 
@@ -576,7 +577,7 @@ def train_model(
         pipeline = InputPipeline(
             train_files, spec, batch * workers, params.seed, shuffle_buffer=params.shuffle_buffer,
             cache=should_cache(params.cache, compressed), deterministic=params.deterministic,
-            num_workers=workers, worker_index=index,
+            autotune=params.autotune, num_workers=workers, worker_index=index,
         )
         return pipeline.epochs(first, first + params.epochs * workers + 1, max(steps_per_epoch // workers, 1), 0,
                                context.get_per_replica_batch_size(batch))

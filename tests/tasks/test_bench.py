@@ -53,7 +53,7 @@ def test_bench_input_contract(tmp_path):
     out = tmp_path / "input.json"
     assert main(["bench", "input", "--rows", "6000", "--repeat", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    _check_contract(result, "input", {"ours", "ours_cached", "naive", "floor"})
+    _check_contract(result, "input", {"ours", "ours_cached", "ours_untuned", "ours_untuned_cached", "naive", "floor"})
     examples = result["params"]["train_examples"]
     assert examples and set(result["checks"].values()) == {examples}  # every variant parsed the same examples
     assert set(result["targets"]) == {"ours/naive >= 5", "ours/floor >= 0.7", "ours_cached/floor >= 0.7"}
@@ -63,9 +63,11 @@ def test_bench_train_contract_and_mlflow_run(tmp_path, home):
     from mlflow import MlflowClient
 
     out = tmp_path / "train.json"
-    assert main(["bench", "train", "--rows", "4000", "--repeat", "1", "--epochs", "1", "--batch-size", "128", "--out", str(out)]) == 0
+    assert main(["bench", "train", "--rows", "4000", "--repeat", "1", "--epochs", "1", "--batch-size", "128",
+                 "--no-autotune", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     _check_contract(result, "train", {"ours", "keras_fit", "workers_1", "workers_2"})
+    assert result["params"]["autotune"] is False
     assert set(result["ratios"]) == {"ours/keras_fit", "workers_2/workers_1"}
     assert set(result["final_eval_loss"]) == set(result["variants"])
     assert all(0 < loss < 1 for loss in result["final_eval_loss"].values())  # each variant learned (log loss)
@@ -73,6 +75,7 @@ def test_bench_train_contract_and_mlflow_run(tmp_path, home):
     experiment = client.get_experiment_by_name("tfpipe-bench")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "bench-train" and run.info.status == "FINISHED"
+    assert run.data.params["params.autotune"] == "False"
     assert run.data.metrics["ours.throughput"] == result["variants"]["ours"]["throughput"]
     assert run.data.metrics["ratio.workers_2_over_workers_1"] == result["ratios"]["workers_2/workers_1"]
     met = result["targets"]["ours/keras_fit >= 1"]
