@@ -310,12 +310,37 @@ class CheckpointMirror:
     what changed, variable data first, then indexes, then the ``checkpoint`` state file and the
     history, and then removes the checkpoints the manager dropped, so the copy only ever names
     complete checkpoints.
+
+    A push runs on a thread of its own while training goes on; at most one is in flight, and
+    :meth:`wait` (which raises what the upload raised) must come before anything writes into
+    the mirrored folders again, so a push never reads a file being rewritten.
     """
 
     def __init__(self, local: Path, uri: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.local, self.uri = local, uri
         self._sent: dict[str, tuple[int, int] | None] = dict.fromkeys(storage.list_files(uri))
         self.uploaded = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-mirror")
+        self._pending = None
+
+    def push_async(self) -> None:
+        """Start pushing what the folder holds now (after the previous push has ended)."""
+        self.wait()
+        self._pending = self._pool.submit(self.push)
+
+    def wait(self) -> None:
+        """Let the push in flight finish; raises its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
 
     @staticmethod
     def _order(rel: str) -> tuple[int, str]:
@@ -616,12 +641,18 @@ def train_model(
 
     mirror = CheckpointMirror(checkpoint_dir, checkpoint_uri) if checkpoint_uri and role.is_chief else None
 
+    def settle() -> None:
+        """Before writing into the checkpoint folder: the mirror's push in flight has ended."""
+        if mirror is not None:
+            mirror.wait()
+
     def save(step: int) -> None:
+        settle()
         manager.save(checkpoint_number=step)
         if role.is_chief:
             history_path.write_text(json.dumps(history))
         if mirror is not None:
-            mirror.push()
+            mirror.push_async()
 
     started, trained_examples = time.perf_counter(), 0
     # Throughput counts from the end of the first call (which traces): steady state, as in benchmarks.
@@ -692,6 +723,7 @@ def train_model(
             best_loss.assign(record["eval_loss"])
             best_epoch.assign(epoch)
             bad_epochs.assign(0)
+            settle()
             best_weights.write(str(writer.path(checkpoint_dir / "best") / "weights"))
         else:
             bad_epochs.assign_add(1)
@@ -713,6 +745,8 @@ def train_model(
                      ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step")))
     finished = time.perf_counter()
     iterator = None  # an early stop leaves epochs unread: stop their prefetching
+    if mirror is not None:
+        mirror.close()  # the last checkpoint is on shared storage before the model is exported
     if steady_examples:
         examples_per_second = steady_examples / (finished - steady_since)
     else:

@@ -369,6 +369,29 @@ def s3_bucket(monkeypatch):
             storage.reset_clients()
 
 
+def test_a_checkpoint_push_runs_beside_training_and_its_failure_is_raised(tmp_path, s3_bucket):
+    from tasks import storage
+    from tasks.train import CheckpointMirror
+
+    uri = f"{s3_bucket}/churn/runs/r0/checkpoints"
+    local = tmp_path / "ckpt"
+    (local / "latest").mkdir(parents=True)
+    (local / "latest" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"')
+    mirror = CheckpointMirror(local, uri)
+    mirror.push_async()
+    mirror.wait()
+    assert storage.list_files(uri) == {"latest/checkpoint": 31} and mirror.uploaded == 1
+    # The bucket goes away: the next push fails on its thread, and the failure is raised, not lost.
+    client = storage.s3_client()
+    for key in storage.list_files(uri):
+        client.delete_object(Bucket="runs", Key=f"churn/runs/r0/checkpoints/{key}")
+    client.delete_bucket(Bucket="runs")
+    (local / "history.json").write_text("[]")
+    mirror.push_async()
+    with pytest.raises(Exception, match="NoSuchBucket|does not exist"):
+        mirror.close()
+
+
 def test_checkpoints_mirrored_to_s3_resume_on_another_machine(binary, tmp_path, s3_bucket):
     from tasks import storage
     from tasks.train import restore_checkpoints
