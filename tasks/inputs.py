@@ -111,7 +111,7 @@ class InputPipeline:
         if self.batch_size % self.num_workers:
             raise ValueError(f"train.batch_size {self.batch_size} must be a multiple of the {self.num_workers} workers")
         self._parse = batch_parser(self.spec)
-        self._parallel = tf.data.AUTOTUNE if self.autotune else usable_cpus()
+        self._parallel, self._prefetch = parallelism(self.autotune)
         files = tf.data.Dataset.from_tensor_slices(self.files)
         if self.shard_files:
             files = files.shard(self.num_workers, self.worker_index)
@@ -119,7 +119,7 @@ class InputPipeline:
         blocks = files.interleave(
             lambda f: tf.data.TFRecordDataset(f, "GZIP").batch(READ_BLOCK),
             cycle_length=cycle,
-            num_parallel_calls=tf.data.AUTOTUNE if self.autotune else min(self._parallel, cycle),
+            num_parallel_calls=self._parallel if self.autotune else min(self._parallel, cycle),
             deterministic=True,  # the cache and every epoch's shuffle start from the same order
         )
         # Parsed a block at a time (batched tf.io.parse_example), in order so that a restarted
@@ -175,14 +175,12 @@ class InputPipeline:
         return dataset.repeat()
 
     def _finish(self, dataset, replica_batch: int | None):
-        import tensorflow as tf
-
         worker_batch = self.batch_size // self.num_workers
         if replica_batch is not None and replica_batch != worker_batch:
             if worker_batch % replica_batch:
                 raise ValueError(f"a worker's batch of {worker_batch} does not split into replica batches of {replica_batch}")
             dataset = dataset.rebatch(replica_batch, drop_remainder=True)
-        return dataset.prefetch(tf.data.AUTOTUNE if self.autotune else PREFETCH).with_options(self.options())
+        return dataset.prefetch(self._prefetch).with_options(self.options())
 
     def epoch(self, epoch: int, skip_batches: int = 0, replica_batch: int | None = None, steps: int | None = None):
         """The batches of ``epoch`` (``replica_batch`` examples each, default: the worker's share
@@ -223,9 +221,9 @@ def eval_dataset(files: list[str], spec: ModelSpec, batch_size: int, num_workers
         dataset = tf.data.TFRecordDataset(files, "GZIP").batch(batch_size)
         if num_workers > 1:
             dataset = dataset.shard(num_workers, worker_index)
-    dataset = dataset.map(batch_parser(spec), num_parallel_calls=tf.data.AUTOTUNE if autotune else usable_cpus())
-    dataset = (dataset.cache() if cache else dataset).prefetch(tf.data.AUTOTUNE if autotune else PREFETCH)
-    return dataset.with_options(data_options(autotune))
+    parallel, prefetch = parallelism(autotune)
+    dataset = dataset.map(batch_parser(spec), num_parallel_calls=parallel)
+    return (dataset.cache() if cache else dataset).prefetch(prefetch).with_options(data_options(autotune))
 
 
 def example_frame(files: list[str], spec: ModelSpec, rows: int = 5):
@@ -285,6 +283,14 @@ def in_memory_batches(records: list[bytes], batch_size: int):
     import tensorflow as tf
 
     return tf.data.Dataset.from_tensor_slices(records).batch(batch_size, drop_remainder=True).cache()
+
+
+def parallelism(autotune: bool) -> tuple[int, int]:
+    """A pipeline's ``num_parallel_calls`` and prefetch buffer: both ``tf.data.AUTOTUNE``, or every
+    usable core and ``PREFETCH`` batches (with ``data_options(False)``)."""
+    import tensorflow as tf
+
+    return (tf.data.AUTOTUNE, tf.data.AUTOTUNE) if autotune else (usable_cpus(), PREFETCH)
 
 
 def data_options(autotune: bool):

@@ -578,15 +578,18 @@ def train_model(
             correct = tf.constant(0.0)
         return loss, correct, tf.cast(tf.shape(labels)[0], tf.float32)
 
+    def train_pipeline(global_batch: int, num_workers: int, worker_index: int) -> InputPipeline:
+        return InputPipeline(
+            train_files, spec, global_batch, params.seed, shuffle_buffer=params.shuffle_buffer,
+            cache=should_cache(params.cache, compressed), deterministic=params.deterministic,
+            autotune=params.autotune, num_workers=num_workers, worker_index=worker_index,
+        )
+
     pipelines: list[InputPipeline] = []  # built once, on the first call, from the strategy's input context
 
     def worker_batches(context, first: int, skip: int):
         if not pipelines:
-            pipelines.append(InputPipeline(
-                train_files, spec, batch, params.seed, shuffle_buffer=params.shuffle_buffer,
-                cache=should_cache(params.cache, compressed), deterministic=params.deterministic,
-                autotune=params.autotune, num_workers=context.num_input_pipelines, worker_index=context.input_pipeline_id,
-            ))
+            pipelines.append(train_pipeline(batch, context.num_input_pipelines, context.input_pipeline_id))
         return pipelines[0].epochs(first, params.epochs, steps_per_epoch, skip, context.get_per_replica_batch_size(batch))
 
     def distributed(first: int, skip: int = 0):
@@ -599,11 +602,7 @@ def train_model(
         own pace, so the stream runs on past ``train.epochs``; the chief counts the steps."""
         workers = role.num_workers
         index = tf.distribute.coordinator.experimental_get_current_worker_index()
-        pipeline = InputPipeline(
-            train_files, spec, batch * workers, params.seed, shuffle_buffer=params.shuffle_buffer,
-            cache=should_cache(params.cache, compressed), deterministic=params.deterministic,
-            autotune=params.autotune, num_workers=workers, worker_index=index,
-        )
+        pipeline = train_pipeline(batch * workers, workers, index)
         return pipeline.epochs(first, first + params.epochs * workers + 1, max(steps_per_epoch // workers, 1), 0,
                                context.get_per_replica_batch_size(batch))
 
