@@ -10,11 +10,13 @@ STAMP := $(VENV)/.tfpipe-synced
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help venv demo test test-fast browser-deps airflow mlflow lock clean
+.PHONY: help venv demo test test-fast corpus browser-deps airflow mlflow lock clean
 
 help:
 	@echo "make demo     run the penguins pipeline through Airflow and print a summary"
 	@echo "make test     run the whole test suite"
+	@echo "make corpus   run real public tables through the whole pipeline with the minimal YAML"
+	@echo "              (ARGS=\"--small\" for those under 2,000 rows, ARGS=\"--out corpus.json\", ARGS=\"--list\")"
 	@echo "make airflow  Airflow standalone on http://127.0.0.1:8080 with this project's DAGs"
 	@echo "make mlflow   MLflow UI on http://127.0.0.1:5000 over the embedded store"
 	@echo "make lock     re-resolve uv.lock after editing pyproject.toml"
@@ -38,6 +40,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not integration"
+
+corpus: $(STAMP)
+	$(VENV)/bin/python -m tasks.corpus $(ARGS)
 
 airflow: $(STAMP)
 	$(VENV)/bin/tfpipe airflow standalone

@@ -1,12 +1,27 @@
-"""What every tfpipe DAG shares: default task arguments and binding Airflow's connections.
+"""What every tfpipe DAG shares: default task arguments, how a task runs a step (failing fast
+on bad data or config, logging at the right levels), and binding Airflow's connections.
 
 Nothing here runs while Airflow parses DAG files: connections are read inside tasks only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import os
+import re
+import stat
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from tasks.errors import UserError
 
 # XCom keys a task pushes so the Airflow UI can link to its MLflow run (see plugins/).
 MLFLOW_RUN_URL = "mlflow_run_url"
@@ -18,6 +33,126 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(seconds=30),
     "retry_exponential_backoff": True,
 }
+
+
+def tfpipe_step(step: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a task's callable that runs tfpipe steps: what it logs keeps its level, and a
+    :class:`~tasks.errors.UserError` fails the task at once.
+
+    Bad data or config stays bad on a retry, so such a task fails without retries, with the
+    error's message (Airflow's ``AirflowFailException``). Any other error (S3, MLflow, a lost
+    worker) keeps the task's retries. Airflow logs every line a task writes to stderr as an
+    error: MLflow's records go through Airflow's logging instead, and what libraries write to
+    stderr is logged at the severity each line states (see :func:`stderr_at_its_own_level`).
+
+    Args:
+        step: The task's Python callable; apply this under ``@task``.
+
+    Returns:
+        The callable with the same name and signature (Airflow reads both).
+    """
+
+    @functools.wraps(step)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from tasks.tracking import log_through_root_logger
+
+        log_through_root_logger()
+        with stderr_at_its_own_level() if _stderr_read_by_airflow() else contextlib.nullcontext():
+            try:
+                return step(*args, **kwargs)
+            except UserError as error:
+                raise AirflowFailException(str(error)) from error
+
+    return run
+
+
+def _stderr_read_by_airflow() -> bool:
+    """Whether descriptor 2 is the socket an Airflow supervisor reads (and logs at error level),
+    with no log handler of this process writing to it: forwarding would then feed itself.
+    ``dag.test()`` and ``airflow dags test`` leave the terminal's stderr alone."""
+    if not stat.S_ISSOCK(os.fstat(2).st_mode):
+        return False
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            if os.path.sameopenfile(handler.stream.fileno(), 2):
+                return False
+    return True
+
+
+# The severity C++ libraries write at the start of a line: TensorFlow's "2026-01-01
+# 10:00:00.123456: W ...", absl's and glog's "W0101 10:00:00.123456 ...", TFLite's "WARNING: ...".
+_SEVERITY = re.compile(r"(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) |([IWEF])\d{4} \d\d:\d\d:\d\d"
+                       r"|(DEBUG|INFO|WARNING|ERROR|FATAL|CRITICAL):)")
+_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL, "DEBUG": logging.DEBUG,
+           "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR, "FATAL": logging.CRITICAL,
+           "CRITICAL": logging.CRITICAL}
+
+
+def stderr_level(line: str) -> int:
+    """The logging level of a line written to stderr: the severity it states, else WARNING
+    (stderr is for diagnostics, a notice such as TFDV's "Unable to import IPython")."""
+    match = _SEVERITY.match(line)
+    return _LEVELS[next(group for group in match.groups() if group)] if match else logging.WARNING
+
+
+@contextlib.contextmanager
+def stderr_at_its_own_level(poll_seconds: float = 0.2) -> Iterator[None]:
+    """Log what this process (and its children) write to file descriptor 2 meanwhile, line by
+    line at :func:`stderr_level`, through the ``stderr`` logger.
+
+    C++ libraries write to the descriptor itself (TFLite's converter logs through absl, which
+    no environment variable quiets), so it is pointed at an unlinked file that a thread follows:
+    a write never blocks, whatever holds the GIL. A line written just before the process is
+    killed may not reach the log; ``tfpipe run`` shows a step's stderr as it is.
+    """
+    logger = logging.getLogger("stderr")
+    fd, path = tempfile.mkstemp(prefix="tfpipe-stderr-")
+    follow = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, after the thread
+    os.unlink(path)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(fd, 2)
+    os.close(fd)
+    done = threading.Event()
+    thread = threading.Thread(target=_forward_lines, args=(follow, logger, done, poll_seconds), daemon=True,
+                              name="tfpipe-stderr")
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        done.set()
+        thread.join()
+        follow.close()
+
+
+def _forward_lines(follow, logger: logging.Logger, done: threading.Event, poll_seconds: float) -> None:
+    pending = b""
+    while True:
+        finished = done.is_set()  # read once more after the last write
+        chunk = follow.read()
+        if chunk:
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                _log_line(logger, line)
+        elif finished:
+            _log_line(logger, pending)
+            return
+        else:
+            done.wait(poll_seconds)
+
+
+def _log_line(logger: logging.Logger, raw: bytes) -> None:
+    line = raw.decode("utf-8", errors="replace").rstrip()
+    if line:
+        logger.log(stderr_level(line), "%s", line)
+
+
+def safe_dag_id(name: str) -> str:
+    """``name`` with every character that a ``dag_id`` does not allow replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:250] or "_"
 
 
 def export_aws_connection() -> None:
@@ -45,7 +180,8 @@ def export_aws_connection() -> None:
 
 
 def model_names() -> list[str]:
-    """The models the pipelines push (``dags/pipelines/*.yaml``)."""
+    """The models the pipelines push (``dags/pipelines/*.yaml``); a broken config is left out
+    (its own DAG shows the error)."""
     from tasks.config import pipelines_by_model
 
     return sorted(pipelines_by_model())

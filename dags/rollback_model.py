@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from dags.airflow_support import DEFAULT_ARGS, export_aws_connection, model_names
+from dags.airflow_support import DEFAULT_ARGS, export_aws_connection, model_names, tfpipe_step
 
 
 MODELS = model_names()
@@ -36,6 +36,8 @@ MODELS = model_names()
     start_date=datetime(2024, 1, 1),
     catchup=False,
     max_active_runs=1,
+    # Unpaused from the start: a rollback is wanted in a hurry, and a paused DAG's runs only queue.
+    is_paused_upon_creation=False,
     default_args={**DEFAULT_ARGS, "retries": 1},
     params={
         "model": Param(MODELS[0] if MODELS else "", type="string", **({"enum": MODELS} if MODELS else {}),
@@ -47,6 +49,7 @@ MODELS = model_names()
 )
 def rollback_model():
     @task(execution_timeout=timedelta(minutes=30))
+    @tfpipe_step
     def rollback_model(params=None, run_id=None, ti=None):
         from tasks.pipeline import rollback_model as rollback
         from tasks.settings import Settings

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import AssetAny, dag, task
 
-from dags.airflow_support import DEFAULT_ARGS, export_aws_connection, model_asset, model_names
+from dags.airflow_support import DEFAULT_ARGS, export_aws_connection, model_asset, model_names, tfpipe_step
 
 MODELS = model_names()
 ASSETS = [model_asset(name) for name in MODELS]
@@ -39,11 +39,15 @@ ASSETS = [model_asset(name) for name in MODELS]
     start_date=datetime(2024, 1, 1),
     catchup=False,
     max_active_runs=1,
+    # Never paused: Airflow queues no run of a paused DAG for an asset event, so a push made while
+    # it is paused would never be checked.
+    is_paused_upon_creation=False,
     default_args=DEFAULT_ARGS,
     tags=["tfpipe", "release"],
 )
 def serving_check():
     @task(execution_timeout=timedelta(minutes=30))
+    @tfpipe_step
     def check_serving(run_id=None, triggering_asset_events=None):
         from tasks.pipeline import check_serving as check
         from tasks.settings import Settings

@@ -23,13 +23,16 @@ threshold (see the form). Config file: `dags/pipelines/{name}.yaml`.
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from dags.airflow_support import (DEFAULT_ARGS, MLFLOW_EXPERIMENT_URL, MLFLOW_RUN_URL, export_aws_connection,
-                                   model_asset)
+                                   model_asset, safe_dag_id, tfpipe_step)
+from tasks.errors import UserError
 
 PIPELINES = Path(__file__).resolve().parent / "pipelines"
 
@@ -108,24 +111,28 @@ def build_dag(pipeline_file: Path):
     )
     def pipeline():
         @task(execution_timeout=TIMEOUTS["ingest_examples"])
+        @tfpipe_step
         def ingest_examples(params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
             return steps.ingest_examples(_context(source, params, run_id, ds, ti))
 
         @task(execution_timeout=TIMEOUTS["validate_examples"])
+        @tfpipe_step
         def validate_examples(examples, params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
             return steps.validate_examples(_context(source, params, run_id, ds, ti), examples)
 
         @task(execution_timeout=TIMEOUTS["train_model"])
+        @tfpipe_step
         def train_model(examples, validation, params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
             return steps.train_model(_context(source, params, run_id, ds, ti), examples, validation)
 
         @task.short_circuit(execution_timeout=TIMEOUTS["evaluate_model"])
+        @tfpipe_step
         def evaluate_model(examples, model, params=None, run_id=None, ds=None, ti=None):
             """Returns the blessing when blessed; None (skip optimize and push) otherwise."""
             from tasks import pipeline as steps
@@ -133,12 +140,14 @@ def build_dag(pipeline_file: Path):
             return steps.gate(steps.evaluate_model(_context(source, params, run_id, ds, ti), examples, model))
 
         @task(execution_timeout=TIMEOUTS["optimize_model"])
+        @tfpipe_step
         def optimize_model(examples, model, blessing, params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
             return steps.optimize_model(_context(source, params, run_id, ds, ti), examples, model, blessing)
 
         @task(execution_timeout=TIMEOUTS["push_model"], retries=1, outlets=[asset])
+        @tfpipe_step
         def push_model(examples, model, blessing, optimized, params=None, run_id=None, ds=None, ti=None,
                        outlet_events=None):
             """Updates the model's Asset (the serving_check DAG runs on it) with what was pushed."""
@@ -161,5 +170,70 @@ def build_dag(pipeline_file: Path):
     return pipeline()
 
 
-for _file in sorted(PIPELINES.glob("*.yaml")):
-    globals()[f"dag_{_file.stem}"] = build_dag(_file)
+BROKEN_DOC = """
+### Broken pipeline config: `{file}`
+
+This DAG stands in for the pipeline `{file}` would define: the file cannot be used, so
+nothing of the pipeline runs until it is fixed. A run of this DAG fails at once with the error.
+
+```
+{error}
+```
+
+Fix the file, then check it with `.venv/bin/tfpipe check {path}`; the pipeline's own DAG
+replaces this one at the next parse.
+"""
+
+
+def _broken_description(pipeline_file: Path, message: str) -> str:
+    """One line for the DAG list: the file and what is wrong with it (the keys, without the
+    heading line that repeats the file's path)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    details = "; ".join(lines[1:] if len(lines) > 1 else lines)
+    return f"Broken pipeline config {pipeline_file.name}: {details}"[:1000]
+
+
+def build_broken_dag(pipeline_file: Path, error: Exception):
+    """A placeholder DAG, named after a pipeline file that cannot be built, that shows why.
+
+    Airflow reports import errors per Python file, and this one file makes every pipeline's DAG:
+    raising here would hide them all. So a broken file gets a DAG of its own (tag
+    ``broken-config``) that the DAG list shows beside the good pipelines, whose description
+    and docs hold the error (it names the file and the key), and whose only task fails at once
+    with it.
+    """
+    message = str(error) if isinstance(error, UserError) else f"{pipeline_file}: {type(error).__name__}: {error}"
+
+    @dag(
+        dag_id=safe_dag_id(pipeline_file.stem),
+        description=_broken_description(pipeline_file, message),
+        doc_md=BROKEN_DOC.format(file=pipeline_file.name, error=message, path=shlex.quote(str(pipeline_file))),
+        schedule=None,
+        start_date=datetime(2024, 1, 1),
+        catchup=False,
+        default_args={**DEFAULT_ARGS, "retries": 0},
+        tags=["tfpipe", "broken-config"],
+    )
+    def broken_config():
+        @task(execution_timeout=timedelta(minutes=1))
+        def report_config_error():
+            raise AirflowFailException(message)
+
+        report_config_error()
+
+    return broken_config()
+
+
+def build_dags(pipelines: Path) -> dict[str, object]:
+    """One DAG per pipeline file in ``pipelines``, keyed ``dag_<file stem>``: the pipeline's DAG,
+    or for a file that cannot be built, its placeholder (see :func:`build_broken_dag`)."""
+    dags = {}
+    for pipeline_file in sorted(pipelines.glob("*.yaml")):
+        try:
+            dags[f"dag_{pipeline_file.stem}"] = build_dag(pipeline_file)
+        except Exception as error:  # noqa: BLE001 - one file's failure must not hide the other pipelines
+            dags[f"dag_{pipeline_file.stem}"] = build_broken_dag(pipeline_file, error)
+    return dags
+
+
+globals().update(build_dags(PIPELINES))

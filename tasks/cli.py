@@ -2,13 +2,14 @@
 so ``tfpipe --help`` and config errors answer at once.
 
     tfpipe run PIPELINE [--until STEP] [--set key=value ...] [--run-id ID]
-    tfpipe check PIPELINE                  validate a pipeline config
+    tfpipe check PIPELINE                  check a pipeline's config and a sample of its data
     tfpipe summary PIPELINE [--run-id ID]  what a pipeline run did (from MLflow)
     tfpipe demo                            run the penguins DAG through Airflow, then summarize
     tfpipe datagen OUT [--rows N] ...      synthetic tabular data (CSV or Parquet)
     tfpipe bench ingest|validate|input|train|optimize [--rows N] [--out FILE]   benchmarks (ours, reference, floor)
     tfpipe tfjob --name N --image I --request URI   a Kubeflow TFJob for distributed training as pods
-    tfpipe schema PIPELINE [--curate]      the schema in force; --curate copies the recorded one beside the config
+    tfpipe schema PIPELINE [--curate|--reset]  the schema in force; --curate copies the recorded one beside the
+                                           config; --reset discards it (and the drift baseline)
     tfpipe rollback MODEL [--to VERSION]   move the champion back and update the serving config
     tfpipe serving-sync DIR [--interval S] mirror the model store into DIR for TensorFlow Serving
     tfpipe serving-check MODEL             check what serves a model (champion, config, files, answers)
@@ -85,9 +86,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from tasks.pipeline import make_context, schema_in_force
+    from tasks.preflight import check_data, format_findings
+
     config = load_pipeline(args.pipeline, parse_overrides(args.set or []))
-    print(json.dumps(config.model_dump(mode="json"), indent=2))
-    return 0
+    if args.json:
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        return 0
+    gate = ", ".join(f"{metric} {bounds.model_dump(exclude_none=True)}" for metric, bounds in config.gate.metrics.items())
+    print(f"[tfpipe] pipeline {config.name}: task {config.task.value}, label {config.label!r}; gate: {gate}")
+    print("  ok       the config is valid (tfpipe check --json prints it whole)")
+    if args.config_only:
+        return 0
+    ctx = make_context(args.pipeline, run_id="check", settings=Settings.from_env(),
+                       overrides=parse_overrides(args.set or []))
+    findings = check_data(config, schema_in_force(ctx), config.name)
+    print(format_findings(findings))
+    problems = sum(f.level == "problem" for f in findings)
+    print(f"[tfpipe] {problems} problem(s)" if problems else "[tfpipe] ready to run: tfpipe run " + args.pipeline)
+    return 1 if problems else 0
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -134,6 +151,16 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     ctx = make_context(args.pipeline, run_id="schema", settings=settings)
     curated = curated_schema_path(ctx)
     recorded = artifacts.recorded_schema_uri(settings.artifact_root, ctx.config.name)
+    if args.reset:
+        from tasks.validate import reset_recorded
+
+        removed = reset_recorded(recorded, artifacts.baseline_statistics_uri(settings.artifact_root, ctx.config.name))
+        if not removed:
+            print(f"[tfpipe] {ctx.config.name} has no recorded schema or drift baseline: nothing to reset")
+            return 0
+        print(f"[tfpipe] removed {', '.join(removed)}: the next run that passes validation and training "
+              "records a new schema" + (f" (the curated schema {curated} stays in force)" if curated.is_file() else ""))
+        return 0
     if curated.is_file() and not args.curate:
         print(f"# curated schema (authoritative): {curated}")
         print(curated.read_text(encoding="utf-8"), end="")
@@ -336,9 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="run id (default: cli__<UTC time>)")
     run.set_defaults(func=_cmd_run)
 
-    check = sub.add_parser("check", help="validate a pipeline config and print it")
+    check = sub.add_parser("check", help="check a pipeline's config and a sample of its data, without running it")
     check.add_argument("pipeline")
     check.add_argument("--set", action="append", metavar="KEY=VALUE")
+    check.add_argument("--config-only", action="store_true", help="do not read the data")
+    check.add_argument("--json", action="store_true", help="print the whole config, defaults included, as JSON")
     check.set_defaults(func=_cmd_check)
 
     summary = sub.add_parser("summary", help="summarize a pipeline run from MLflow")
@@ -393,8 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the schema in force, or --curate the recorded one")
     schema.add_argument("pipeline")
-    schema.add_argument("--curate", action="store_true",
-                        help="write the recorded schema beside the config as <name>.schema.pbtxt")
+    mode = schema.add_mutually_exclusive_group()
+    mode.add_argument("--curate", action="store_true",
+                      help="write the recorded schema beside the config as <name>.schema.pbtxt")
+    mode.add_argument("--reset", action="store_true",
+                      help="discard the recorded schema and the drift baseline; the next passing run records anew")
     schema.set_defaults(func=_cmd_schema)
 
     rollback = sub.add_parser("rollback", help="move a model's champion back and update the serving config")
@@ -427,7 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if argv[:1] in (["airflow"], ["mlflow"]):
+        # All that follows is the tool's own, a leading option (--help) included: argparse's
+        # REMAINDER would leave that to tfpipe, which knows no such option.
+        args = parser.parse_args(argv[:1])
+        args.args = argv[1:]
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except ConfigError as error:

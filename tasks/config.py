@@ -7,6 +7,8 @@ the raw mapping *before* validation, so an override is checked exactly like the 
 
 from __future__ import annotations
 
+from tasks.errors import UserError
+
 import re
 from collections.abc import Mapping
 from enum import Enum
@@ -22,7 +24,7 @@ STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "parameter_serve
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A pipeline config that cannot be used; the message names the file and the key."""
 
 
@@ -63,6 +65,11 @@ class DataConfig(_Frozen):
         default_factory=dict,
         description="Column to int, float or string; overrides the schema and what the data looks like "
         "(e.g. a zip code column that must stay text).",
+    )
+    max_unlabeled_fraction: float = Field(
+        0.5, ge=0, le=1,
+        description="Rows without a label are dropped at ingest (counted in the manifest and MLflow); more "
+        "than this share of them stops the run (the label is probably the wrong column).",
     )
     compression_level: int = Field(
         1, ge=1, le=9,
@@ -231,24 +238,46 @@ class TrainConfig(_Frozen):
         return value
 
 
+HIGHER_IS_BETTER = ("accuracy", "auc", "precision", "recall", "r2")
+TASK_METRICS = {
+    "binary": ("accuracy", "log_loss", "auc", "precision", "recall"),
+    "multiclass": ("accuracy", "log_loss", "auc", "precision", "recall"),
+    "regression": ("rmse", "mae", "r2"),
+}
+
+
 class MetricGate(_Frozen):
     """Bounds on one evaluation metric.
 
-    ``lower_bound``/``upper_bound`` are absolute. ``max_decrease``/``max_increase`` bound the
-    change against the champion (the latest version in the model store); with no champion
-    (cold start) change thresholds are not applied, as in TFX.
+    ``lower_bound``/``upper_bound`` are absolute. ``beat_baseline_by`` asks the metric to beat
+    the trivial baseline (the train split's majority class and class shares, or its mean) on
+    the same eval examples by at least this much, in the metric's better direction.
+    ``max_decrease``/``max_increase`` bound the change against the champion (the version the
+    model store serves); with no champion (cold start) they are skipped, as in TFX.
     """
 
     lower_bound: float | None = None
     upper_bound: float | None = None
+    beat_baseline_by: float | None = Field(None, ge=0)
     max_decrease: float | None = Field(None, ge=0)
     max_increase: float | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _some_bound(self) -> MetricGate:
-        if all(v is None for v in (self.lower_bound, self.upper_bound, self.max_decrease, self.max_increase)):
+        bounds = (self.lower_bound, self.upper_bound, self.beat_baseline_by, self.max_decrease, self.max_increase)
+        if all(v is None for v in bounds):
             raise ValueError("a gated metric needs at least one bound")
         return self
+
+
+def default_gate_metrics(task: str) -> dict[str, MetricGate]:
+    """The gate of a pipeline that names none: beat the trivial baseline, do not fall behind the champion."""
+    if task == "regression":
+        return {"r2": MetricGate(beat_baseline_by=0.05, max_decrease=0.01)}
+    metrics = {"accuracy": MetricGate(beat_baseline_by=0.01, max_decrease=0.01)}
+    if task == "binary":
+        metrics["auc"] = MetricGate(beat_baseline_by=0.05, max_decrease=0.01)
+    return metrics
 
 
 class SliceGate(_Frozen):
@@ -267,8 +296,10 @@ class SliceGate(_Frozen):
 
 class GateConfig(_Frozen):
     metrics: dict[str, MetricGate] = Field(
-        default_factory=lambda: {"accuracy": MetricGate(lower_bound=0.5, max_decrease=0.0)},
-        description="Metric name to its bounds; every check must pass for a blessing.",
+        default_factory=dict,
+        description="Metric name to its bounds; every check must pass for a blessing. Default (none given): "
+        "binary: accuracy and AUC beat the trivial baseline by 0.01 and 0.05; multiclass: accuracy by 0.01; "
+        "regression: r2 by 0.05; each at most 0.01 below the champion.",
     )
     slices: list[SliceGate] = Field(
         default_factory=list, description="Columns whose values slice the eval split: metrics per slice, gated "
@@ -293,7 +324,12 @@ class PruningConfig(_Frozen):
 
 class OptimizeConfig(_Frozen):
     max_accuracy_drop: float = Field(
-        0.02, ge=0, le=1, description="A variant losing more accuracy than this is rejected."
+        0.02, ge=0, le=1, description="Classifiers: a variant losing more accuracy than this (absolute) is rejected."
+    )
+    max_rmse_increase: float = Field(
+        0.05, ge=0, le=10,
+        description="Regressors: a variant whose RMSE is more than this share above the original's is rejected "
+        "(relative: 0.05 is 5%, whatever the label's unit).",
     )
     variants: list[str] = Field(
         default_factory=lambda: list(OPTIMIZE_VARIANTS),
@@ -336,16 +372,25 @@ class PushConfig(_Frozen):
 
 
 class DistanceConfig(_Frozen):
-    """Bounds on how far a feature's distribution may move (TFDV comparators).
+    """How far a feature's distribution may move between two samples (see tasks/anomalies.py).
 
-    Categorical features use the L-infinity distance of their value frequencies, numeric
-    features the Jensen-Shannon divergence of their histograms. ``None`` disables a check.
+    A feature is flagged only when its distance exceeds both the effect size given here and
+    what chance allows for the two sample sizes at ``validation.significance``. Numeric
+    features: the Kolmogorov-Smirnov distance of their quantiles; categorical features: the
+    largest difference of a category's share (L-infinity). ``null`` disables a check.
     """
 
-    categorical_linf: float | None = Field(0.3, gt=0, le=1)
-    numeric_jsd: float | None = Field(0.3, gt=0, le=1)
+    numeric_ks: float | None = Field(0.1, gt=0, le=1, description="Effect size for numeric features (KS distance).")
+    categorical_linf: float | None = Field(
+        0.1, gt=0, le=1, description="Effect size for categorical features (a category's share, L-infinity)."
+    )
+    numeric_jsd: float | None = Field(
+        None, gt=0, le=1,
+        description="Also apply TFDV's Jensen-Shannon divergence of numeric histograms at this threshold (off: its "
+        "equal-width buckets move with outliers and it does not account for sample size).",
+    )
     features: dict[str, float | None] = Field(
-        default_factory=dict, description="Per-feature threshold (None: not checked)."
+        default_factory=dict, description="Per-feature effect size (null: the feature is not compared)."
     )
 
 
@@ -367,10 +412,27 @@ class ValidateConfig(_Frozen):
         "it when that exists. A curated schema is authoritative: it is never inferred or overwritten.",
     )
     drift: DistanceConfig = Field(
-        default_factory=DistanceConfig, description="Train split against the last run whose data passed."
+        default_factory=DistanceConfig,
+        description="This run's train split against the train split of the last run that passed validation and "
+        "training.",
     )
     skew: DistanceConfig = Field(
-        default_factory=DistanceConfig, description="Eval split against the train split of the same run."
+        default_factory=DistanceConfig,
+        description="The eval split against the train split of the same run (a random sample of the same source: "
+        "only a split key, or a bug, makes them differ beyond chance).",
+    )
+    significance: float = Field(
+        0.001, gt=0, lt=0.5,
+        description="Chance of flagging a distance that is only sampling noise, over all features of one comparison.",
+    )
+    max_unseen_fraction: float = Field(
+        0.05, ge=0, le=1,
+        description="Share of a column's values that may lie outside the domain of a recorded or inferred schema "
+        "(rare categories fall into one split by chance); more when train is full of values seen once.",
+    )
+    max_missing_increase: float = Field(
+        0.05, ge=0, le=1,
+        description="How much more often a column may be missing than the recorded or inferred schema saw.",
     )
 
     @field_validator("engine")
@@ -407,6 +469,30 @@ class PipelineConfig(_Frozen):
                 f"{value!r} must start with a letter and hold only letters, digits, '_' or '-'"
             )
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_gate(cls, data: Any) -> Any:
+        """No gate metrics in the file: the default gate of the task (:func:`default_gate_metrics`)."""
+        if not isinstance(data, Mapping) or data.get("task") not in TASK_METRICS:
+            return data
+        gate = data.get("gate") or {}
+        if isinstance(gate, Mapping) and not gate.get("metrics"):
+            defaults = {k: v.model_dump(exclude_none=True) for k, v in default_gate_metrics(data["task"]).items()}
+            data = {**data, "gate": {**gate, "metrics": defaults}}
+        return data
+
+    @model_validator(mode="after")
+    def _gate_metrics_fit_the_task(self) -> PipelineConfig:
+        known = TASK_METRICS[self.task.value]
+        places = [("gate.metrics", self.gate.metrics)] + [
+            (f"gate.slices.{i}.metrics", item.metrics) for i, item in enumerate(self.gate.slices)]
+        for place, metrics in places:
+            for metric in metrics:
+                if metric not in known:
+                    raise ValueError(f"{place}.{metric}: task {self.task.value} has no metric {metric!r} "
+                                     f"(its metrics: {', '.join(known)})")
+        return self
 
     @model_validator(mode="after")
     def _label_not_a_slice(self) -> PipelineConfig:
@@ -471,7 +557,7 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
     lines = [f"invalid pipeline config {source}:"]
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif item["type"] == "missing":

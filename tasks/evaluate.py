@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from tasks import storage
-from tasks.config import GateConfig, MetricGate
+from tasks.config import HIGHER_IS_BETTER, GateConfig, MetricGate
 from tasks.ingest import read_manifest, split_files
 from tasks.model import ModelSpec
 from tasks.plots import evaluation_plots, slice_plot
@@ -47,12 +47,17 @@ class Check:
     passed: bool | None  # None: skipped
     slice: str | None = None  # "column=value"; None: the whole eval split
     note: str | None = None  # why a check was skipped
+    trivial: float | None = None  # the trivial baseline's value of the metric, where it is known
 
     def describe(self) -> str:
         where = f"[{self.slice}] " if self.slice else ""
         if self.passed is None:
             return f"{where}{self.metric} {self.kind}: skipped ({self.note or 'no champion to compare with'})"
         verdict = "passed" if self.passed else "FAILED"
+        if self.kind == "beat_baseline_by":
+            op = ">=" if self.metric in HIGHER_IS_BETTER else "<="
+            return (f"{where}{self.metric} = {self.value:.4f} {op} trivial baseline {self.trivial:.4f} "
+                    f"{'+' if op == '>=' else '-'} {abs(self.bound - self.trivial):.4f}: {verdict}")
         if self.kind in ("lower_bound", "upper_bound"):
             op = ">=" if self.kind == "lower_bound" else "<="
             return f"{where}{self.metric} = {self.value:.4f} {op} {self.bound:.4f}: {verdict}"
@@ -73,6 +78,8 @@ class Blessing:
     baseline: dict[str, Any] | None
     checks: tuple[Check, ...]
     slice_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The trivial model's metrics on the same examples: {"description", "metrics", "slice_metrics"}.
+    trivial: dict[str, Any] | None = None
 
     @property
     def reasons(self) -> list[str]:
@@ -113,13 +120,16 @@ def predict(saved_model_dir: Path, records: list[bytes], batch_size: int = 1024)
 def compute_metrics(task: str, outputs: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
     """example_count, and for classifiers accuracy, log_loss, auc, precision and recall (binary:
     of the second class, the positive one; multiclass: macro averages, AUC one-vs-rest), for
-    regressors rmse and mae. AUC is left out when the eval split holds a single class. Macro
+    regressors rmse, mae and r2 (left out when every label is the same). AUC is left out when the eval split holds a single class. Macro
     averages are over the classes that occur in the labels or the predictions."""
     metrics: dict[str, float] = {"example_count": float(len(labels))}
     if task == "regression":
         error = outputs["predictions"].astype(np.float64) - labels.astype(np.float64)
         metrics["rmse"] = float(np.sqrt(np.mean(error**2)))
         metrics["mae"] = float(np.mean(np.abs(error)))
+        spread = float(np.sum((labels.astype(np.float64) - labels.astype(np.float64).mean()) ** 2))
+        if spread > 0:  # the share of the eval labels' variance explained (sklearn's r2_score)
+            metrics["r2"] = 1.0 - float(np.sum(error**2)) / spread
         return metrics
     classes = outputs["classes"].astype(str)
     labels = labels.astype(str) if labels.dtype.kind in "OSU" else labels.astype(np.int64).astype(str)
@@ -161,47 +171,64 @@ def _ranking_metrics(task: str, classes: np.ndarray, scores: np.ndarray, labels:
 
 
 def _bound_checks(bounds_by_metric: dict[str, MetricGate], metrics: dict[str, float],
-                  baseline: dict[str, float] | None, slice_name: str | None = None) -> list[Check]:
+                  baseline: dict[str, float] | None, slice_name: str | None = None,
+                  trivial: dict[str, float] | None = None) -> list[Check]:
     checks = []
     for metric, bounds in bounds_by_metric.items():
+        reference = (trivial or {}).get(metric)
         if metric not in metrics:
-            if slice_name is None:
-                raise ValueError(f"gate.metrics.{metric}: the model has no metric {metric!r} (it has {sorted(metrics)})")
-            note = f"{metric} is not defined on this slice"
-            checks += [Check(metric, kind, None, None, None, None, slice_name, note)
-                       for kind in ("lower_bound", "upper_bound", "max_decrease", "max_increase")
+            note = f"{metric} is not defined on {'this slice' if slice_name else 'the eval split'} (one class?)"
+            checks += [Check(metric, kind, None, None, None, None, slice_name, note, reference)
+                       for kind in ("lower_bound", "upper_bound", "beat_baseline_by", "max_decrease", "max_increase")
                        if getattr(bounds, kind) is not None]
             continue
         value = metrics[metric]
         if bounds.lower_bound is not None:
             checks.append(Check(metric, "lower_bound", value, bounds.lower_bound, None, value >= bounds.lower_bound,
-                                slice_name))
+                                slice_name, trivial=reference))
         if bounds.upper_bound is not None:
             checks.append(Check(metric, "upper_bound", value, bounds.upper_bound, None, value <= bounds.upper_bound,
-                                slice_name))
+                                slice_name, trivial=reference))
+        if bounds.beat_baseline_by is not None:
+            checks.append(_baseline_check(metric, value, bounds.beat_baseline_by, reference, slice_name))
         for kind, allowed, sign in (("max_decrease", bounds.max_decrease, -1), ("max_increase", bounds.max_increase, 1)):
             if allowed is None:
                 continue
             if baseline is None or metric not in baseline:
                 note = "no champion to compare with" if baseline is None else f"the champion has no {metric} here"
-                checks.append(Check(metric, kind, value, None, None, None, slice_name, note))
+                checks.append(Check(metric, kind, value, None, None, None, slice_name, note, reference))
                 continue
             bound = baseline[metric] + sign * allowed
             passed = value >= bound - 1e-12 if sign < 0 else value <= bound + 1e-12
-            checks.append(Check(metric, kind, value, bound, baseline[metric], passed, slice_name))
+            checks.append(Check(metric, kind, value, bound, baseline[metric], passed, slice_name, trivial=reference))
     return checks
+
+
+def _baseline_check(metric: str, value: float, margin: float, reference: float | None,
+                    slice_name: str | None) -> Check:
+    """The metric beats the trivial baseline's by ``margin``, in its better direction."""
+    if reference is None:
+        return Check(metric, "beat_baseline_by", value, None, None, None, slice_name,
+                     "no trivial baseline for these examples (ingested before label statistics were recorded)")
+    higher = metric in HIGHER_IS_BETTER
+    bound = reference + margin if higher else reference - margin
+    passed = value >= bound - 1e-12 if higher else value <= bound + 1e-12
+    return Check(metric, "beat_baseline_by", value, bound, None, passed, slice_name, trivial=reference)
 
 
 def gate_checks(gate: GateConfig, metrics: dict[str, float], baseline: dict[str, float] | None,
                 slice_metrics: dict[str, dict[str, float]] | None = None,
-                baseline_slices: dict[str, dict[str, float]] | None = None) -> list[Check]:
+                baseline_slices: dict[str, dict[str, float]] | None = None,
+                trivial: dict[str, Any] | None = None) -> list[Check]:
     """Every check of the gate: overall, then per slice of each gated column.
 
     Args:
         slice_metrics: ``{"column=value": metrics}`` of the candidate (with ``example_count``).
         baseline_slices: The champion's, on the same slices; None on a cold start.
+        trivial: The trivial baseline's ``metrics`` and ``slice_metrics`` (:func:`trivial_outputs`).
     """
-    checks = _bound_checks(gate.metrics, metrics, baseline)
+    trivial = trivial or {}
+    checks = _bound_checks(gate.metrics, metrics, baseline, trivial=trivial.get("metrics"))
     for item in gate.slices:
         if not item.metrics:
             continue
@@ -215,7 +242,8 @@ def gate_checks(gate: GateConfig, metrics: dict[str, float], baseline: dict[str,
                            for metric in item.metrics]
                 continue
             champion = None if baseline_slices is None else baseline_slices.get(name, {})
-            checks += _bound_checks(item.metrics, values, champion, name)
+            checks += _bound_checks(item.metrics, values, champion, name,
+                                    (trivial.get("slice_metrics") or {}).get(name))
     return checks
 
 
@@ -254,6 +282,38 @@ def compute_slice_metrics(task: str, outputs: dict[str, np.ndarray], labels: np.
     return found
 
 
+def trivial_outputs(spec: ModelSpec, label_stats: dict[str, Any] | None,
+                    rows: int) -> tuple[dict[str, np.ndarray], str] | None:
+    """What a model that ignores the features answers, from the train split's label statistics:
+    the majority class, with the class shares as scores (AUC 0.5), or the mean. With its
+    description; None when the examples carry no label statistics."""
+    train = ((label_stats or {}).get("splits") or {}).get("train")
+    if not train or not train.get("count"):
+        return None
+    if spec.task == "regression":
+        mean = float(train["mean"])
+        return {"predictions": np.full(rows, mean)}, f"predicting the train split's mean, {mean:.6g}"
+    counts = dict(zip(label_stats["classes"], train["class_counts"]))
+    vocabulary = [str(c) for c in (spec.label_vocabulary or ("0", "1"))]
+    shares = np.array([counts.get(c, 0) for c in vocabulary], dtype=np.float64) / float(train["count"])
+    majority = vocabulary[int(np.argmax(shares))]
+    outputs = {"classes": np.tile(np.array(vocabulary, dtype=object), (rows, 1)),
+               "scores": np.tile(shares, (rows, 1)), "predicted_class": np.full(rows, majority, dtype=object)}
+    return outputs, (f"predicting the train split's majority class {majority!r} ({shares.max():.1%} of train), "
+                     f"with its class shares as scores")
+
+
+def _trivial(spec: ModelSpec, examples_uri: str, labels: np.ndarray,
+             slices: dict[str, np.ndarray]) -> tuple[dict[str, Any] | None, dict[str, np.ndarray] | None]:
+    """The trivial baseline's record (description, metrics, slice metrics) and outputs."""
+    found = trivial_outputs(spec, read_manifest(examples_uri).get("label_stats"), len(labels))
+    if found is None:
+        return None, None
+    outputs, description = found
+    return {"description": description, "metrics": compute_metrics(spec.task, outputs, labels),
+            "slice_metrics": compute_slice_metrics(spec.task, outputs, labels, slices)}, outputs
+
+
 def evaluate_model(
     model_uri: str,
     examples_uri: str,
@@ -289,15 +349,17 @@ def evaluate_model(
             "metrics": compute_metrics(spec.task, outputs[f"champion v{version}"], labels),
             "slice_metrics": compute_slice_metrics(spec.task, outputs[f"champion v{version}"], labels, slices),
         }
+    trivial, _ = _trivial(spec, examples_uri, labels, slices)
     checks = tuple(gate_checks(gate, metrics, baseline["metrics"] if baseline else None, slice_metrics,
-                               baseline["slice_metrics"] if baseline else None))
+                               baseline["slice_metrics"] if baseline else None, trivial))
     blessed = all(c.passed is not False for c in checks)
-    blessing = Blessing(output_uri, model_uri, blessed, metrics, baseline, checks, slice_metrics)
+    blessing = Blessing(output_uri, model_uri, blessed, metrics, baseline, checks, slice_metrics, trivial)
 
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="evaluate-"))
     try:
-        (scratch / METRICS_FILE).write_text(json.dumps({"candidate": metrics, "baseline": baseline}, indent=2))
+        (scratch / METRICS_FILE).write_text(json.dumps({"candidate": metrics, "baseline": baseline,
+                                                        "trivial": trivial}, indent=2))
         (scratch / BLESSING_FILE).write_text(json.dumps(blessing.to_dict(), indent=2))
         # TFX's marker files, so a glance at the directory tells the verdict.
         (scratch / ("BLESSED" if blessed else "NOT_BLESSED")).write_bytes(b"")
@@ -318,23 +380,30 @@ def read_blessing(evaluation_uri: str) -> dict[str, Any]:
 
 
 def format_checks(blessing: dict[str, Any]) -> str:
-    """The blessing as a table: one row per check, then the metrics of every slice."""
+    """The blessing as a table: one row per check (with the trivial baseline's and the champion's
+    value of the metric), then the metrics of every slice."""
+    from tasks.tables import format_table
+
     def number(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    rows = [("metric", "slice", "check", "value", "bound", "champion", "result")]
+    rows = []
     for check in blessing["checks"]:
         result = {True: "passed", False: "FAILED", None: f"skipped: {check.get('note') or 'no champion'}"}[check["passed"]]
         rows.append((check["metric"], check.get("slice") or OVERALL, check["kind"], number(check["value"]),
-                     number(check["bound"]), number(check["baseline"]), result))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+                     number(check["bound"]), number(check.get("trivial")), number(check["baseline"]), result))
     lines = [f"blessing: {'BLESSED' if blessing['blessed'] else 'NOT BLESSED'}"]
-    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    trivial = blessing.get("trivial")
+    if trivial:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(trivial["metrics"].items()) if k != "example_count")
+        lines.append(f"trivial baseline ({trivial['description']}): {shown}")
+    lines += format_table(("metric", "slice", "check", "value", "bound", "baseline", "champion", "result"), rows,
+                          indent=2).splitlines()
     slices = blessing.get("slice_metrics") or {}
     if slices:
         names = sorted({k for values in slices.values() for k in values if k != "example_count"})
-        lines += ["", "slices:", "  " + f"{'slice':<28}{'examples':>9}" + "".join(f"{n:>11}" for n in names)]
-        for name, values in slices.items():
-            lines.append("  " + f"{name[:28]:<28}{int(values['example_count']):>9}"
-                         + "".join(f"{number(values.get(n)):>11}" for n in names))
+        table = [(name, str(int(values["example_count"])), *(number(values.get(n)) for n in names))
+                 for name, values in slices.items()]
+        lines += ["", "slices:"] + format_table(("slice", "examples", *names), table, indent=2,
+                                                right=range(1, 2 + len(names))).splitlines()
     return "\n".join(lines)

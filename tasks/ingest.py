@@ -1,35 +1,34 @@
 """ingest_examples: CSV/Parquet (local, s3:// or package://) to GZIP TFRecord shards, streamed.
 
-The sources are read as a stream of Arrow record batches (pyarrow's CSV reader and Parquet
-row groups), so memory does not grow with the number of rows. Each batch is checked, split
-train/eval by a deterministic hash (of ``split_key`` when set, else of the whole row),
-encoded to ``tf.train.Example``s by :mod:`tasks.coders` and compressed, on all cores; batches
-are written in source order as gzip members, so the same input always gives the same bytes.
-The shards and a ``manifest.json`` (counts, files, source digests, column types) are
-published atomically at a run-scoped URI.
+The sources are read as streams of Arrow record batches (:mod:`tasks.sources`), so memory
+does not grow with the size of the rows' data. They are read twice. The first pass checks
+every value, drops the rows without a label (up to ``data.max_unlabeled_fraction``), counts
+each row's hash and learns the label's classes (:mod:`tasks.labels`), so that bad data stops
+the run before anything is written and the split can hold its fractions
+(:mod:`tasks.splitting`: exact, stratified by the label's class, duplicates spread, a
+``split_key``'s groups kept together). The second pass sends each row to its split, encodes
+the rows to ``tf.train.Example``s (:mod:`tasks.coders`) and compresses them on all cores;
+batches are written in source order as gzip members, so the same input always gives the
+same bytes. The shards and a ``manifest.json`` (counts, files, source digests, column types,
+the label's classes per split) are published atomically at a run-scoped URI.
 
 Column types come from, in order: ``data.column_types`` in the config, the pipeline's
 schema (curated or recorded), else the first source file. An integer column that later
-holds fractions is widened to float (the ingest restarts once); text in a numeric column is
-an error that names the file, the column, the row and the value.
+holds fractions is widened to float (the ingest restarts); text in a numeric column is an
+error that names the file, the column, the row and the value.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import fnmatch
-import glob
-import importlib.resources
 import json
 import logging
-import re
 import shutil
 import tempfile
 import time
-import zlib
 from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,37 +38,24 @@ import pyarrow.compute as pc
 
 from tasks import storage
 from tasks.config import PipelineConfig
+from tasks.errors import DataError
+from tasks.labels import LabelPlan, LabelScan, split_stats, stats_record
 from tasks.progress import report
 from tasks.settings import usable_cpus
+from tasks.sources import (ARROW_TYPES, SourceFile, Widen, _Reader, kind_of, label_missing, not_utf8, open_source,
+                           render_sources, resolve_sources)
+from tasks.splitting import BIG_GROUP, Counter, Splitter, plan_cut, split_names, unit_hashes
+
+__all__ = ["DataError", "ExamplesArtifact", "ingest_examples", "kind_of", "read_manifest", "render_sources",
+           "split_files"]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 COMPRESSION = "GZIP"
 KINDS = ("int", "float", "string")
-_ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
-_CSV_BLOCK_BYTES = 4 << 20
-_PARQUET_BATCH_ROWS = 65_536
 _PROGRESS_SECONDS = 10.0
 _BAR_SECONDS = 1.0
-
-
-class DataError(ValueError):
-    """Source data that cannot be ingested; the message names the file and the column."""
-
-
-class _Widen(Exception):
-    """An inferred column type must widen (int to float, or a first type for an all-null start)."""
-
-    def __init__(self, column: str, kind: str, reason: str) -> None:
-        super().__init__(f"column {column!r} becomes {kind}: {reason}")
-        self.column, self.kind, self.reason = column, kind, reason
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    uri: str
-    local: Path | None = None  # None: fetched from S3 when read
 
 
 @dataclass(frozen=True)
@@ -83,289 +69,12 @@ class ExamplesArtifact:
     rows: int = 0
     seconds: float = 0.0
     widened: dict[str, str] = field(default_factory=dict)
+    unlabeled: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-def render_sources(sources: list[str], variables: dict[str, str]) -> list[str]:
-    """Render Jinja templates in source URIs (``.../date={{ ds }}/*.parquet``)."""
-    import jinja2
-
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-    rendered = []
-    for source in sources:
-        try:
-            rendered.append(env.from_string(source).render(**variables))
-        except jinja2.TemplateError as error:
-            raise DataError(f"data source {source!r}: cannot render template: {error}") from None
-    return rendered
-
-
-def _package_file(uri: str) -> Path:
-    package, _, rel = uri[len("package://"):].partition("/")
-    try:
-        path = Path(str(importlib.resources.files(package).joinpath(rel)))
-    except ModuleNotFoundError:
-        raise DataError(f"data source {uri}: package {package!r} is not installed") from None
-    if not path.is_file():
-        raise DataError(f"data source {uri}: {rel!r} is not a file in package {package!r}")
-    return path
-
-
-def resolve_sources(uris: list[str]) -> list[SourceFile]:
-    """Expand globs; raises if a URI matches nothing. Nothing is downloaded yet."""
-    files: list[SourceFile] = []
-    for uri in uris:
-        if uri.startswith("package://"):
-            files.append(SourceFile(uri, _package_file(uri)))
-        elif storage.is_s3(uri):
-            bucket, key = storage.split_s3(uri)
-            if any(ch in key for ch in "*?["):
-                base = key[: min(key.find(ch) for ch in "*?[" if ch in key)].rsplit("/", 1)[0]
-                base_uri = f"s3://{bucket}/{base}"
-                names = [f"{base_uri}/{k}" for k in storage.list_files(base_uri)]
-                matched = sorted(u for u in names if fnmatch.fnmatchcase(u, uri))
-            else:
-                matched = [uri] if storage.exists(uri) else []
-            if not matched:
-                raise DataError(f"data source {uri}: no such object")
-            files.extend(SourceFile(m) for m in matched)
-        else:
-            pattern = str(storage.local_path(uri))
-            globbed = any(ch in pattern for ch in "*?[")
-            matched = [m for m in (sorted(glob.glob(pattern)) if globbed else [pattern]) if Path(m).is_file()]
-            if not matched and Path(pattern).is_dir():
-                raise DataError(f"data source {uri}: is a folder; name its files, e.g. {uri.rstrip('/')}/*.parquet")
-            if not matched:
-                raise DataError(f"data source {uri}: {'no file matches' if globbed else 'no such file'}")
-            files.extend(SourceFile(m, Path(m)) for m in matched)
-    return files
-
-
-def _format_of(source: SourceFile, configured: str) -> str:
-    if configured != "auto":
-        return configured
-    name = source.uri.lower()
-    if name.endswith((".parquet", ".pq")):
-        return "parquet"
-    if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".tsv", ".txt")):
-        return "csv"
-    raise DataError(f"{source.uri}: cannot tell the format from the name; set data.format to csv or parquet")
-
-
-def kind_of(arrow_type: pa.DataType) -> str | None:
-    """``int``, ``float`` or ``string`` (the ``tf.train.Example`` list a column becomes); None for null."""
-    if pa.types.is_null(arrow_type):
-        return None
-    if pa.types.is_dictionary(arrow_type):
-        return kind_of(arrow_type.value_type)
-    if pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
-        return "int"
-    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
-        return "float"
-    return "string"
-
-
-# --- reading ---------------------------------------------------------------------------------
-
-@dataclass
-class _Reader:
-    """One open source: its column names and a stream of record batches."""
-
-    names: list[str]
-    types: dict[str, pa.DataType]
-    batches: Iterator[pa.RecordBatch]
-
-
-def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: frozenset[str],
-              delimiter: str = ",") -> _Reader:
-    import pyarrow.csv as pacsv
-
-    # An int column is read as float64 and cast, so "181.0" (as pandas writes ints with gaps) is 181
-    # while 181.5 is an error naming the row; one written as True/False (a boolean) is read as one.
-    booleans = _boolean_columns(path, [n for n, k in kinds.items() if k == "int"], delimiter)
-    column_types = {name: (pa.bool_() if name in booleans else pa.float64()) if kind == "int" else _ARROW_TYPES[kind]
-                    for name, kind in kinds.items() if kind}
-    try:
-        reader = pacsv.open_csv(
-            str(path),
-            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types=column_types, strings_can_be_null=True, quoted_strings_can_be_null=True
-            ),
-        )
-    except pa.ArrowInvalid as error:
-        if "Empty CSV file" in str(error):
-            if path.stat().st_size:  # one line without a line break: a header at most
-                raise DataError(f"{uri}: no data rows (the file holds one line, a header at most)") from None
-            raise DataError(f"{uri}: the file is empty (no header, no rows)") from None
-        raise _csv_error(error, path, uri, _csv_header(path, delimiter), declared, delimiter) from None
-    except (OSError, EOFError, zlib.error) as error:
-        raise DataError(f"{uri}: cannot read as CSV: {error}") from None
-    names = list(reader.schema.names)
-    types = {f.name: f.type for f in reader.schema}
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                return
-            except pa.ArrowInvalid as error:
-                raise _csv_error(error, path, uri, names, declared, delimiter) from None
-            except (OSError, EOFError, zlib.error) as error:
-                raise DataError(f"{uri}: cannot read as CSV: {error}") from None
-            yield batch
-
-    return _Reader(names, types, batches())
-
-
-def _csv_sample(path: Path, sample_bytes: int = 1 << 20) -> str | None:
-    """The first ``sample_bytes`` of a (possibly compressed) CSV file as text, or None when unreadable."""
-    try:
-        with pa.input_stream(str(path), compression="detect") as stream:
-            return stream.read(sample_bytes).decode("utf-8", errors="replace")
-    except (OSError, pa.ArrowInvalid):
-        return None
-
-
-def _boolean_columns(path: Path, columns: list[str], delimiter: str = ",") -> set[str]:
-    """Which of ``columns`` hold only true/false (any case) in the file's first rows."""
-    import csv
-    import io
-
-    if not columns:
-        return set()
-    text = _csv_sample(path)
-    if text is None:
-        return set()
-    try:
-        rows = list(csv.reader(io.StringIO(text.rsplit("\n", 1)[0] if "\n" in text else text), delimiter=delimiter))
-    except csv.Error:  # e.g. a value past the csv module's field limit: no booleans found
-        return set()
-    if len(rows) < 2:
-        return set()
-    header = rows[0]
-    found = set()
-    for name in columns:
-        if name in header:
-            at = header.index(name)
-            values = {row[at].strip().lower() for row in rows[1:] if at < len(row) and row[at].strip()}
-            if values and values <= {"true", "false"}:
-                found.add(name)
-    return found
-
-
-def _csv_header(path: Path, delimiter: str = ",") -> list[str] | None:
-    import csv
-    import io
-
-    first = (_csv_sample(path) or "").splitlines()[:1]
-    try:
-        return next(csv.reader(io.StringIO(first[0]), delimiter=delimiter)) if first else None
-    except (StopIteration, csv.Error):
-        return None
-
-
-_CSV_CONVERSION = re.compile(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'", re.S)
-
-
-def _csv_error(error: Exception, path: Path, uri: str, names: list[str] | None,
-               declared: frozenset[str], delimiter: str = ",") -> Exception:
-    """A conversion error as a widening (inferred int meets a fraction) or a DataError with the row."""
-    text = str(error)
-    match = _CSV_CONVERSION.search(text)
-    if "invalid UTF8" in text:
-        column = re.search(r"In CSV column #(\d+)", text)
-        if column and names is not None and int(column.group(1)) < len(names):
-            name = names[int(column.group(1))]
-            return DataError(f"{uri}: column {name!r} holds bytes that are not valid UTF-8 "
-                             f"(data row {_first_row(path, name, pa.binary(), _not_utf8, delimiter) or '?'})")
-        return DataError(f"{uri}: the file is not valid UTF-8 text ({text})")
-    if not match or names is None:
-        return DataError(f"{uri}: cannot parse as CSV: {text}")
-    column = names[int(match.group(1))]
-    target, value = match.group(2), match.group(3)
-    value_kind = _kind_of_text(value)
-    if column not in declared:
-        if target == "null":
-            return _Widen(column, value_kind, f"{uri} holds {value!r} after empty rows")
-        if target == "int64" and value_kind == "float":
-            return _Widen(column, "float", f"{uri} holds {value!r}")
-    row = _first_row(path, column, pa.string(), lambda v: v == value, delimiter)
-    where = f" at data row {row}" if row else ""
-    expected = {"int64": "an integer", "double": "a number", "null": "empty"}.get(target, target)
-    hint = "" if column in declared else (f"; if {column!r} is categorical, declare it in the config: "
-                                          f"data.column_types: {{{column}: string}}")
-    return DataError(f"{uri}: column {column!r} holds {value!r}{where}, expected {expected}{hint}")
-
-
-def _kind_of_text(value: str) -> str:
-    try:
-        int(value)
-        return "int"
-    except ValueError:
-        pass
-    try:
-        float(value)
-        return "float"
-    except ValueError:
-        return "string"
-
-
-def _first_row(path: Path, column: str, arrow_type: pa.DataType, bad, delimiter: str = ",") -> int | None:
-    """The 1-based data row of the first value of ``column`` for which ``bad(value)`` holds
-    (a second read, only on the error path)."""
-    import pyarrow.csv as pacsv
-
-    try:
-        reader = pacsv.open_csv(
-            str(path),
-            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(include_columns=[column], column_types={column: arrow_type}),
-        )
-        seen = 0
-        for batch in reader:
-            for i, value in enumerate(batch.column(0).to_pylist()):
-                if value is not None and bad(value):
-                    return seen + i + 1
-            seen += batch.num_rows
-    except (pa.ArrowInvalid, OSError):
-        return None
-    return None
-
-
-def _not_utf8(value: bytes) -> UnicodeDecodeError | None:
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return error
-    return None
-
-
-def _open_parquet(path: Path, uri: str) -> _Reader:
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(str(path))
-    except (pa.ArrowInvalid, OSError) as error:
-        raise DataError(f"{uri}: cannot read as Parquet (truncated or not Parquet?): {error}") from None
-    schema = parquet.schema_arrow
-    names = list(schema.names)
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        try:
-            yield from parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS)
-        except (pa.ArrowInvalid, OSError) as error:
-            raise DataError(f"{uri}: cannot read as Parquet (truncated?): {error}") from None
-
-    return _Reader(names, {f.name: f.type for f in schema}, batches())
-
-
-# --- checking and splitting one batch ------------------------------------------------------
 
 @dataclass(frozen=True)
 class _Plan:
@@ -377,10 +86,12 @@ class _Plan:
     split_key: str | None
     num_shards: int
     level: int
+    labels: LabelPlan | None = None  # settled by the first pass
 
 
 def _normalize(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) -> pa.RecordBatch:
-    """The plan's columns, cast to their kinds, NaN as missing; raises on bad values."""
+    """The plan's columns, cast to their kinds, NaN as missing, rows without a label dropped;
+    raises on bad values."""
     arrays = []
     for name in plan.columns:
         array = batch.column(batch.schema.get_field_index(name))
@@ -389,32 +100,33 @@ def _normalize(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) -> 
         if pa.types.is_dictionary(array.type):
             array = array.dictionary_decode()
         kind, actual = plan.kinds.get(name), kind_of(array.type)
-        if actual is not None and (kind is None or (kind == "int" and actual == "float")) and name not in plan.declared:
-            raise _Widen(name, actual, f"{uri} holds {actual} values")
+        if name not in plan.declared and actual is not None and (
+                kind is None or (kind == "int" and actual == "float" and not _whole(array))):
+            raise Widen(name, actual, f"{uri} holds {actual} values")
         if kind == "string" and (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
             _check_utf8(array, name, uri, first_row)
-        if kind is not None and array.type != _ARROW_TYPES[kind]:
+        if kind is not None and array.type != ARROW_TYPES[kind]:
             array = _cast(array, kind, name, uri, first_row)
         if kind == "float":
             array = _finite_or_missing(array, name, uri, first_row)
         arrays.append(array)
     out = pa.RecordBatch.from_arrays(arrays, plan.columns)
     label = out.column(plan.columns.index(plan.label))
-    if label.null_count:
-        missing = np.flatnonzero(np.asarray(label.is_null(), dtype=bool))
-        raise DataError(
-            f"{uri}: column {plan.label!r} (the label) is empty in {len(missing)} row(s) of this batch, "
-            f"first at data row {first_row + int(missing[0]) + 1}"
-        )
-    return out
+    return out.filter(label.is_valid()) if label.null_count else out
+
+
+def _whole(array: pa.Array) -> bool:
+    """Whether every value of a float column is a whole number (an integer column read as float)."""
+    values = array.drop_null() if array.null_count else array
+    return not len(values) or bool(pc.all(pc.equal(values, pc.floor(values))).as_py())
 
 
 def _cast(array: pa.Array, kind: str, name: str, uri: str, first_row: int) -> pa.Array:
     if pa.types.is_null(array.type):
-        return pa.nulls(len(array), _ARROW_TYPES[kind])
+        return pa.nulls(len(array), ARROW_TYPES[kind])
     try:
         # Integers as floats round past 2**53: what declaring an integer column float asks for.
-        return array.cast(_ARROW_TYPES[kind], safe=not (kind == "float" and pa.types.is_integer(array.type)))
+        return array.cast(ARROW_TYPES[kind], safe=not (kind == "float" and pa.types.is_integer(array.type)))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     values = array.to_pylist()
@@ -422,7 +134,7 @@ def _cast(array: pa.Array, kind: str, name: str, uri: str, first_row: int) -> pa
         if value is None:
             continue
         try:
-            pa.array([value]).cast(_ARROW_TYPES[kind])
+            pa.array([value]).cast(ARROW_TYPES[kind])
         except OverflowError:
             raise DataError(
                 f"{uri}: column {name!r} holds {value!r} at data row {first_row + i + 1}, beyond the 64-bit "
@@ -457,7 +169,7 @@ def _finite_or_missing(array: pa.Array, name: str, uri: str, first_row: int) -> 
 
 def _check_utf8(array: pa.Array, name: str, uri: str, first_row: int) -> None:
     for i, value in enumerate(array.to_pylist()):
-        error = _not_utf8(value) if value is not None else None
+        error = not_utf8(value) if value is not None else None
         if error is not None:
             raise DataError(
                 f"{uri}: column {name!r} holds bytes that are not valid UTF-8 at data row "
@@ -465,68 +177,50 @@ def _check_utf8(array: pa.Array, name: str, uri: str, first_row: int) -> None:
             )
 
 
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-_NULL_HASH = np.uint64(0x5851F42D4C957F2D)
+# --- the two passes over one batch ------------------------------------------------------------
+
+@dataclass
+class _Scanned:
+    """One batch after checking and hashing (both passes)."""
+
+    read: int  # rows in the source batch, with or without a label
+    batch: pa.RecordBatch  # checked, rows without a label dropped
+    hashes: np.ndarray
+    grouped: np.ndarray
+    non_null: np.ndarray  # per column
+
+    @property
+    def label(self) -> pa.Array:
+        return self.batch.column(self.batch.num_columns - 1)
 
 
-def row_hashes(batch: pa.RecordBatch, columns: list[str]) -> np.ndarray:
-    """A 64-bit hash per row of ``columns`` that depends only on the row's values."""
-    import pandas as pd
-
-    from tasks.coders import values_of
-
-    hashes = np.zeros(batch.num_rows, dtype=np.uint64)
-    for name in columns:
-        array = batch.column(batch.schema.get_field_index(name))
-        if pa.types.is_null(array.type):
-            column = np.full(batch.num_rows, _NULL_HASH, dtype=np.uint64)
-        elif kind_of(array.type) == "string":
-            encoded = array.dictionary_encode()
-            uniques = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
-            table = pd.util.hash_array(uniques) if len(uniques) else np.zeros(0, dtype=np.uint64)
-            indices = np.asarray(encoded.indices.fill_null(0), dtype=np.int64)
-            column = table[indices] if len(table) else np.zeros(batch.num_rows, dtype=np.uint64)
-        else:
-            floating = kind_of(array.type) == "float"
-            column = pd.util.hash_array(values_of(array, pa.float64() if floating else pa.int64(),
-                                                  "<f8" if floating else "<i8"))
-        if array.null_count:
-            column = np.where(np.asarray(array.is_null(), dtype=bool), _NULL_HASH, column)
-        hashes = (hashes ^ column) * _MIX
-        hashes ^= hashes >> np.uint64(29)
-    return hashes
-
-
-def assign_splits(hashes: np.ndarray, fractions: list[float]) -> np.ndarray:
-    """Split index per row from its hash: the same row always lands in the same split."""
-    position = (hashes >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    bounds = np.cumsum(fractions)
-    bounds[-1] = 1.0
-    return np.searchsorted(bounds, position, side="right")
-
-
-def split_names(fractions: Mapping[str, float]) -> list[str]:
-    """A fixed order (train, eval, then the rest by name) so assignment never depends on dict order."""
-    return sorted(fractions, key=lambda s: (s != "train", s != "eval", s))
+def _scan_batch(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) -> _Scanned:
+    checked = _normalize(batch, plan, uri, first_row)
+    hashes, grouped = unit_hashes(checked, plan.columns, plan.split_key)
+    non_null = np.array([len(c) - c.null_count for c in checked.columns], dtype=np.int64)
+    return _Scanned(batch.num_rows, checked, hashes, grouped, non_null)
 
 
 @dataclass
 class _Encoded:
     counts: np.ndarray  # per (split, shard)
     members: list[bytes]  # one gzip member per (split, shard), empty when no rows
-    non_null: np.ndarray  # per column
+    label_stats: np.ndarray  # per split (tasks.labels.split_stats)
 
 
-def _encode_batch(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) -> _Encoded:
+def _encode_batch(batch: pa.RecordBatch, split: np.ndarray, mixed: np.ndarray, strata: np.ndarray,
+                  plan: _Plan) -> _Encoded:
     from tasks.coders import encode_tfrecords, gzip_compressor
 
-    batch = _normalize(batch, plan, uri, first_row)
-    hashes = row_hashes(batch, [plan.split_key] if plan.split_key else plan.columns)
-    groups = assign_splits(hashes, plan.fractions) * plan.num_shards + (
-        (hashes & np.uint64(0xFFFFFFFF)) % np.uint64(plan.num_shards)
-    ).astype(np.int64)
-    n_groups = len(plan.fractions) * plan.num_shards
-    counts = np.bincount(groups, minlength=n_groups)
+    assert plan.labels is not None
+    splits = len(plan.fractions)
+    label_stats = split_stats(plan.labels, split, strata, batch.column(batch.num_columns - 1), splits)
+    if plan.labels.names:
+        columns = [*batch.columns[:-1], plan.labels.written(batch.column(batch.num_columns - 1))]
+        batch = pa.RecordBatch.from_arrays(columns, plan.columns)
+    shard = ((mixed & np.uint64(0xFFFFFFFF)) % np.uint64(plan.num_shards)).astype(np.int64)
+    groups = split * plan.num_shards + shard
+    counts = np.bincount(groups, minlength=splits * plan.num_shards)
     ordered = batch.take(pa.array(np.argsort(groups, kind="stable")))
     members, start = [], 0
     for count in counts.tolist():
@@ -537,8 +231,26 @@ def _encode_batch(batch: pa.RecordBatch, plan: _Plan, uri: str, first_row: int) 
         else:
             members.append(b"")
         start += count
-    non_null = np.array([len(c) - c.null_count for c in batch.columns], dtype=np.int64)
-    return _Encoded(counts, members, non_null)
+    return _Encoded(counts, members, label_stats)
+
+
+class _Progress:
+    """A log line every _PROGRESS_SECONDS (INFO, for task logs) and a terminal bar's update between."""
+
+    def __init__(self, files: int) -> None:
+        self.files, self.began = files, time.perf_counter()
+        self.last_log = self.last_shown = self.began
+
+    def tick(self, done: int, index: int, phase: str) -> None:
+        now = time.perf_counter()
+        if now - self.last_shown <= _BAR_SECONDS:
+            return
+        level = logging.INFO if now - self.last_log > _PROGRESS_SECONDS else logging.DEBUG
+        self.last_shown, self.last_log = now, (now if level == logging.INFO else self.last_log)
+        rate = done / (now - self.began)
+        report(log, level, "ingest (%s): %d rows read from %d/%d file(s), %.0f rows/s", phase, done, index + 1,
+               self.files, rate, task="ingest", done=done, unit="rows", rate=rate,
+               detail=f"{phase}, file {index + 1}/{self.files}")
 
 
 # --- the step ----------------------------------------------------------------------------
@@ -553,174 +265,276 @@ def ingest_examples(
 ) -> ExamplesArtifact:
     """Stream the sources into split, sharded GZIP TFRecords published at ``output_uri``.
 
+    The sources are read twice (:mod:`tasks.splitting`): the first pass checks every value,
+    counts the rows and learns the label's classes, the second writes each row into its split.
+
     Args:
         config: The pipeline (label, features, split, shards, column types, compression).
         sources: Rendered source URIs.
         output_uri: Run-scoped location to publish at (replaced on a retry).
         work_dir: Scratch space; removed on return.
         column_types: Column kinds from the pipeline's schema (``data.column_types`` wins).
-        workers: Threads encoding and compressing (default: every core).
+        workers: Threads checking, encoding and compressing (default: every usable core).
 
     Raises:
-        DataError: A source is missing, unreadable, empty, lacks a column or holds a bad value.
+        DataError: A source is missing, unreadable, empty, lacks a column or holds a bad value,
+            too many rows have no label, or the label does not fit the task.
     """
-    declared = {**(column_types or {}), **config.data.column_types}
+    from_schema = dict(column_types or {})
+    if config.task.value != "regression":
+        # A class label is read as the data has it and named by the first pass (2.0 is the class
+        # "2"), as in the run that recorded the schema: read as the schema's text, it would be "2.0".
+        from_schema.pop(config.label, None)
+    declared = {**from_schema, **config.data.column_types}
     widened: dict[str, str] = {}
     started = time.perf_counter()
     for _attempt in range(64):
         try:
-            counts, columns, rows = _ingest_once(
-                config, sources, output_uri, work_dir, declared, widened, workers or usable_cpus()
-            )
-            return ExamplesArtifact(
-                uri=output_uri, counts=counts, columns=columns, label=config.label, rows=rows,
-                seconds=round(time.perf_counter() - started, 3), widened=widened,
-            )
-        except _Widen as widen:
+            result = _ingest_once(config, sources, output_uri, work_dir, declared, widened,
+                                  workers or usable_cpus())
+            return replace(result, seconds=round(time.perf_counter() - started, 3), widened=widened)
+        except Widen as widen:
             log.info("ingest: %s; starting over with %s as %s", widen.reason, widen.column, widen.kind)
             widened[widen.column] = widen.kind
     raise DataError("ingest: column types did not settle after 64 passes")  # pragma: no cover
 
 
-def _ingest_once(config, sources, output_uri, work_dir: Path, declared: dict[str, str],
-                 widened: dict[str, str], workers: int) -> tuple[dict[str, int], dict[str, str], int]:
+@dataclass
+class _Read:
+    """The sources as the first pass found them."""
+
+    files: list[tuple[SourceFile, Path]]
+    records: list[dict[str, Any]]  # uri, sha256, rows
+    plan: _Plan
+    counter: Counter
+    scan: LabelScan
+    rows: int
+    unlabeled: int
+    non_null: np.ndarray
+
+
+def _batches(read_files, plan: _Plan | None, config: PipelineConfig, declared: Mapping[str, str],
+             widened: Mapping[str, str], on_plan) -> Iterator[tuple[int, SourceFile, Path, pa.RecordBatch, int]]:
+    """Every record batch of every source, in order, with the source's index and the batch's
+    first data row; the first source's columns make the plan (``on_plan``)."""
+    first_uri = read_files[0][0].uri
+    for index, (source, local) in enumerate(read_files):
+        reader = open_source(source, local, config.data.format,
+                             {**(plan.kinds if plan else {}), **declared, **widened}, frozenset(declared),
+                             config.data.delimiter)
+        plan = plan or on_plan(_make_plan(config, reader, source.uri, declared, widened))
+        _check_columns(reader, source.uri, plan, first_uri)
+        file_rows = 0
+        for batch in reader.batches:
+            yield index, source, local, batch, file_rows
+            file_rows += batch.num_rows
+        if file_rows == 0:
+            raise DataError(f"{source.uri}: no data rows (the file holds only a header)")
+
+
+def _in_order(pool, items, submit, take, limit: int) -> None:
+    """``take(result)`` of ``submit(item)`` for every item, in item order, with at most ``limit`` in flight."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(submit(pool, item))
+        while len(pending) > limit:
+            take(pending.popleft().result())
+    while pending:
+        take(pending.popleft().result())
+
+
+def _first_pass(config, resolved: list[SourceFile], scratch: Path, declared, widened, pool, workers) -> _Read:
+    """Check every value, count the units, learn the label's classes and digest the sources."""
+    files = [(s, s.local or storage.download_file(s.uri, scratch / "download" / f"{i:05d}-{Path(s.uri).name}"))
+             for i, s in enumerate(resolved)]
+    digests = [pool.submit(storage.sha256_file, local) for _, local in files]
+    state: dict[str, Any] = {"plan": None, "rows": 0, "unlabeled": 0, "non_null": None, "per_file": [0] * len(files)}
+    scan, counter, progress = LabelScan(config.label, config.task.value), Counter(), _Progress(len(files))
+
+    def on_plan(plan: _Plan) -> _Plan:
+        if config.task.value == "regression" and plan.kinds.get(plan.label) == "string":
+            raise DataError(f"{resolved[0].uri}: the label {plan.label!r} holds text; task regression needs "
+                            f"numbers: use task: binary or multiclass, or fix the column")
+        state["plan"] = plan
+        return plan
+
+    def submit(pool, item):
+        index, source, _, batch, first_row = item
+        return pool.submit(lambda: (index, source.uri, _scan_batch(batch, state["plan"], source.uri, first_row)))
+
+    def take(result) -> None:
+        index, uri, scanned = result
+        counter.add(scanned.hashes, scan.strata(scanned.label, uri), scanned.grouped)
+        state["rows"] += scanned.read
+        state["per_file"][index] += scanned.read
+        state["unlabeled"] += scanned.read - scanned.batch.num_rows
+        state["non_null"] = scanned.non_null + (0 if state["non_null"] is None else state["non_null"])
+        progress.tick(state["rows"], index, "checking")
+
+    _in_order(pool, _batches(files, None, config, declared, widened, on_plan), submit, take, workers * 2)
+    records = [{"uri": s.uri, "sha256": d.result(), "rows": n} for (s, _), d, n in zip(files, digests, state["per_file"])]
+    return _Read(files, records, state["plan"], counter, scan, state["rows"], state["unlabeled"], state["non_null"])
+
+
+def _check_read(config: PipelineConfig, read: _Read) -> LabelPlan:
+    """What the first pass found must make examples: values in every column, enough labelled rows,
+    a label that fits the task. Returns the label's plan."""
+    where, plan = ", ".join(r["uri"] for r in read.records), read.plan
+    empty = [c for c, n in zip(plan.columns, read.non_null.tolist()) if n == 0 and c != plan.label]
+    if empty:
+        raise DataError(f"{where}: column(s) {empty} have no value in any of {read.rows} rows")
+    labelled = read.rows - read.unlabeled
+    limit = config.data.max_unlabeled_fraction
+    if labelled == 0 or read.unlabeled > limit * read.rows:
+        raise DataError(f"{where}: the label {plan.label!r} is empty in {read.unlabeled} of {read.rows} rows "
+                        f"({read.unlabeled / read.rows:.0%}), more than data.max_unlabeled_fraction ({limit:g}) "
+                        f"allows: is {plan.label!r} the right column? (rows without a label are dropped)")
+    if read.unlabeled:
+        log.warning("ingest: dropped %d of %d rows without a label (%.1f%%; data.max_unlabeled_fraction: %g)",
+                    read.unlabeled, read.rows, 100 * read.unlabeled / read.rows, limit)
+    declared = config.data.column_types.get(plan.label)
+    return read.scan.settle(plan.kinds.get(plan.label) or "string", declared, where)
+
+
+def _second_pass(read: _Read, splitter: Splitter, handles: list, config, declared, widened, pool,
+                 workers: int) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """Write every row into its split and shard, in source order. Returns the rows per (split,
+    shard), the label statistics per split and the values of the big split-key groups."""
+    plan, progress = read.plan, _Progress(len(read.files))
+    totals = np.zeros(len(plan.fractions) * plan.num_shards, dtype=np.int64)
+    state: dict[str, Any] = {"stats": None, "rows": 0}
+    big: dict[int, str] = {}
+
+    def scan(pool, item):
+        index, source, _, batch, first_row = item
+        return pool.submit(lambda: (index, _scan_batch(batch, plan, source.uri, first_row)))
+
+    def encode(pool, result):
+        index, scanned = result
+        strata = plan.labels.strata(scanned.label)
+        split, mixed = splitter.assign(scanned.hashes, strata, scanned.grouped)
+        if splitter.cut.big_groups:
+            _name_big_groups(scanned, plan.split_key, splitter.cut.big_groups, big)
+        state["rows"] += scanned.read
+        progress.tick(state["rows"], index, "writing")
+        return pool.submit(_encode_batch, scanned.batch, split, mixed, strata, plan)
+
+    def write(encoded: _Encoded) -> None:
+        for handle, member in zip(handles, encoded.members):
+            if member:
+                handle.write(member)
+        totals[:] += encoded.counts
+        state["stats"] = encoded.label_stats + (0 if state["stats"] is None else state["stats"])
+
+    scans = _batches(read.files, plan, config, declared, widened, lambda p: p)
+    encoded: deque = deque()
+
+    def take_scan(result) -> None:
+        encoded.append(encode(pool, result))
+        while len(encoded) > workers:
+            write(encoded.popleft().result())
+
+    _in_order(pool, scans, scan, take_scan, workers)
+    while encoded:
+        write(encoded.popleft().result())
+    return totals, state["stats"], big
+
+
+def _name_big_groups(scanned: _Scanned, split_key: str, big_groups: dict[int, float], names: dict[int, str]) -> None:
+    keys = np.array(list(big_groups), dtype=np.uint64)
+    found = np.flatnonzero(np.isin(scanned.hashes, keys) & scanned.grouped)
+    if len(found):
+        column = scanned.batch.column(scanned.batch.schema.get_field_index(split_key))
+        for row in found.tolist():
+            names.setdefault(int(scanned.hashes[row]), str(column[row].as_py()))
+
+
+def _split_warnings(split_key: str | None, cut, big: dict[int, str]) -> list[str]:
+    return [f"the {split_key} group {big.get(h, '?')!r} holds {share:.1%} of the rows, more than {BIG_GROUP:.0%}: "
+            f"a group stays in one split, so the splits can be off their fractions by that much"
+            for h, share in sorted(cut.big_groups.items(), key=lambda item: -item[1])]
+
+
+def _ingest_once(config: PipelineConfig, sources: list[str], output_uri: str, work_dir: Path,
+                 declared: dict[str, str], widened: dict[str, str], workers: int) -> ExamplesArtifact:
     from tasks.coders import gzip_compressor
 
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="ingest-"))
     try:
         resolved = resolve_sources(sources)
-        splits = split_names(config.data.split)
-        shards = config.data.num_shards
+        splits, shards = split_names(config.data.split), config.data.num_shards
         out = scratch / "examples"
-        files: dict[str, list[str]] = {s: [] for s in splits}
-        handles = []
-        for split in splits:
-            (out / split).mkdir(parents=True)
-            for shard in range(shards):
-                rel = f"{split}/data-{shard:05d}-of-{shards:05d}.tfrecord.gz"
-                files[split].append(rel)
-                handles.append((out / rel).open("wb"))
-        plan: _Plan | None = None
-        totals = np.zeros(len(splits) * shards, dtype=np.int64)
-        non_null: np.ndarray | None = None
-        source_records = []
-        rows_total = 0
-        began = last_log = last_shown = time.perf_counter()
-        pending: deque[concurrent.futures.Future] = deque()
-
-        def drain(limit: int) -> None:
-            """Write finished batches in submission order until at most ``limit`` are in flight."""
-            nonlocal non_null
-            while len(pending) > limit:
-                encoded = pending.popleft().result()
-                for handle, member in zip(handles, encoded.members):
-                    if member:
-                        handle.write(member)
-                totals[:] += encoded.counts
-                non_null = encoded.non_null if non_null is None else non_null + encoded.non_null
-
-        try:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
-                for index, source in enumerate(resolved):
-                    local = source.local or storage.download_file(
-                        source.uri, scratch / "download" / f"{index:05d}-{Path(source.uri).name}"
-                    )
-                    reader = _open(source, local, config.data.format,
-                                   {**(plan.kinds if plan else {}), **declared, **widened}, frozenset(declared),
-                                   config.data.delimiter)
-                    plan = plan or _make_plan(config, reader, source.uri, declared, widened)
-                    _check_columns(reader, source.uri, plan, resolved[0].uri)
-                    digest = pool.submit(storage.sha256_file, local)
-                    file_rows = 0
-                    for batch in reader.batches:
-                        pending.append(pool.submit(_encode_batch, batch, plan, source.uri, file_rows))
-                        file_rows += batch.num_rows
-                        drain(workers * 2)
-                        now = time.perf_counter()
-                        if now - last_shown > _BAR_SECONDS:
-                            # INFO for the task log every _PROGRESS_SECONDS, DEBUG for a terminal's bar between.
-                            level = logging.INFO if now - last_log > _PROGRESS_SECONDS else logging.DEBUG
-                            last_shown, last_log = now, (now if level == logging.INFO else last_log)
-                            done = rows_total + file_rows
-                            report(log, level, "ingest: %d rows read from %d/%d file(s), %.0f rows/s",
-                                   done, index + 1, len(resolved), done / (now - began), task="ingest", done=done,
-                                   unit="rows", rate=done / (now - began), detail=f"file {index + 1}/{len(resolved)}")
-                    drain(0)
-                    if file_rows == 0:
-                        raise DataError(f"{source.uri}: no data rows (the file holds only a header)")
-                    rows_total += file_rows
-                    source_records.append({"uri": source.uri, "sha256": digest.result(), "rows": file_rows})
-                    if source.local is None:
-                        local.unlink(missing_ok=True)
-        finally:
-            for handle in handles:
-                handle.close()
-        assert plan is not None and non_null is not None
-        empty = [c for c, n in zip(plan.columns, non_null.tolist()) if n == 0]
-        if empty:
-            raise DataError(
-                f"{', '.join(s['uri'] for s in source_records)}: column(s) {empty} have no value in any of "
-                f"{rows_total} rows"
-            )
-        counts = {}
-        for i, split in enumerate(splits):
-            counts[split] = int(totals[i * shards:(i + 1) * shards].sum())
-            if counts[split] == 0:
-                raise DataError(
-                    f"{', '.join(r['uri'] for r in source_records)}: split {split!r} received no rows out of "
-                    f"{rows_total}: too few rows for the split fractions"
-                )
-        for i, handle in enumerate(handles):
-            path = Path(handle.name)
-            if path.stat().st_size == 0:  # a valid, empty gzip stream
-                path.write_bytes(gzip_compressor(plan.level).flush())
-        columns = {c: plan.kinds[c] or "string" for c in plan.columns}
-        manifest = {
-            "sources": source_records,
-            "rows": rows_total,
-            "columns": columns,
-            "label": config.label,
-            "features": [c for c in plan.columns if c != config.label],
-            "splits": {s: {"count": counts[s], "files": files[s]} for s in splits},
-            "split": {"fractions": dict(config.data.split), "key": config.data.split_key},
-            "compression": COMPRESSION,
-            "compression_level": plan.level,
-            "format": "tf.train.Example",
-            "column_types": {"declared": sorted(declared), "widened": dict(widened)},
-        }
+        files = {s: [f"{s}/data-{i:05d}-of-{shards:05d}.tfrecord.gz" for i in range(shards)] for s in splits}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
+            read = _first_pass(config, resolved, scratch, declared, widened, pool, workers)
+            labels = _check_read(config, read)
+            counter = read.counter.merge()  # every pending part, before the classes take their sorted ids
+            counter.strata = labels.remap[counter.strata] if labels.classes else counter.strata
+            read.plan = replace(read.plan, labels=labels)
+            cut = plan_cut(read.counter, read.plan.fractions, max(len(labels.classes), 1))
+            for split in splits:
+                (out / split).mkdir(parents=True)
+            handles = [(out / rel).open("wb") for split in splits for rel in files[split]]
+            try:
+                totals, stats, big = _second_pass(read, Splitter(read.counter, cut), handles, config, declared,
+                                                  widened, pool, workers)
+            finally:
+                for handle in handles:
+                    handle.close()
+        counts = {s: int(totals[i * shards:(i + 1) * shards].sum()) for i, s in enumerate(splits)}
+        where = ", ".join(r["uri"] for r in read.records)
+        for split, count in counts.items():
+            if count == 0:
+                raise DataError(f"{where}: split {split!r} received no rows out of {sum(counts.values())}: too few "
+                                f"rows for the split fractions")
+        for handle in handles:
+            if Path(handle.name).stat().st_size == 0:  # a valid, empty gzip stream
+                Path(handle.name).write_bytes(gzip_compressor(read.plan.level).flush())
+        warnings = _split_warnings(config.data.split_key, cut, big)
+        for warning in warnings:
+            log.warning("ingest: %s", warning)
+        columns = {c: read.plan.kinds[c] or "string" for c in read.plan.columns}
+        if labels.names:
+            columns[config.label] = "string"
+        manifest = _manifest(config, read, columns, counts, files, declared, widened, labels, stats, warnings)
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         storage.publish_dir(out, output_uri)
-        log.info("ingest: %d rows, splits %s, published %s", rows_total, counts, output_uri)
-        return counts, columns, rows_total
+        log.info("ingest: %d rows (%d without a label dropped), splits %s, published %s", read.rows,
+                 read.unlabeled, counts, output_uri)
+        return ExamplesArtifact(uri=output_uri, counts=counts, columns=columns, label=config.label, rows=read.rows,
+                                unlabeled=read.unlabeled, warnings=warnings)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _open(source: SourceFile, local: Path, data_format: str, kinds: Mapping[str, str | None],
-          declared: frozenset[str], delimiter: str = ",") -> _Reader:
-    if _format_of(source, data_format) == "parquet":
-        return _open_parquet(local, source.uri)
-    return _open_csv(local, source.uri, kinds, declared, delimiter)
-
-
-def _label_missing(uri: str, label: str, names: list[str]) -> DataError:
-    hint = ""
-    padded = [n for n in names if n != label and n.strip() == label]
-    if padded:
-        hint = f"; {padded[0]!r} has spaces around its name"
-    elif len(names) == 1:  # one column: maybe another delimiter
-        found = [d for d in (";", "\t", "|") if d in names[0]]
-        if found:
-            hint = f"; the header looks {found[0]!r}-delimited: set data.delimiter"
-    return DataError(f"{uri}: the label column {label!r} is missing (columns: {names}){hint}")
+def _manifest(config, read: _Read, columns, counts, files, declared, widened, labels: LabelPlan, stats,
+              warnings: list[str]) -> dict[str, Any]:
+    counter = read.counter
+    return {
+        "sources": read.records,
+        "rows": read.rows,
+        "unlabeled_rows": read.unlabeled,
+        "duplicate_rows": int(counter.counts.sum() - len(counter.counts)) if not config.data.split_key else None,
+        "columns": columns,
+        "label": config.label,
+        "label_stats": stats_record(labels, stats, list(counts)),
+        "features": [c for c in read.plan.columns if c != config.label],
+        "splits": {s: {"count": counts[s], "files": files[s]} for s in counts},
+        "split": {"fractions": dict(config.data.split), "key": config.data.split_key,
+                  "stratified_by_label": bool(labels.classes) and not config.data.split_key, "warnings": warnings},
+        "compression": COMPRESSION,
+        "compression_level": read.plan.level,
+        "format": "tf.train.Example",
+        "column_types": {"declared": sorted(declared), "widened": dict(widened)},
+    }
 
 
 def _make_plan(config: PipelineConfig, reader: _Reader, uri: str, declared: Mapping[str, str],
                widened: Mapping[str, str]) -> _Plan:
     names = reader.names
     if config.label not in names:
-        raise _label_missing(uri, config.label, names)
+        raise label_missing(uri, config.label, names)
     features = config.features or [c for c in dict.fromkeys(names) if c != config.label]
     unnamed = [i + 1 for i, c in enumerate(names) if not c.strip() and c in features]
     if unnamed:
@@ -747,7 +561,7 @@ def _check_columns(reader: _Reader, uri: str, plan: _Plan, first_uri: str) -> No
     if duplicated:
         raise DataError(f"{uri}: duplicated column(s) {duplicated} in the header")
     if plan.label not in names:
-        raise _label_missing(uri, plan.label, names)
+        raise label_missing(uri, plan.label, names)
     missing = [c for c in plan.columns if c not in names]
     if missing:
         raise DataError(f"{uri}: feature column(s) {missing} are missing (columns: {names}; "

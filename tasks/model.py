@@ -8,6 +8,7 @@ unseen value maps to the out-of-vocabulary slot.
 
 from __future__ import annotations
 
+import keyword
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,8 +22,9 @@ def tensor_name(column: str, index: int) -> str:
     in the ``predict_features`` signature. A name of letters, digits and underscores that starts
     with a letter is kept; any other (dots, dashes, spaces, other scripts: TensorFlow refuses
     some as op names and rewrites others as signature keys) becomes
-    ``f<index>_<the name, other characters as _>``."""
-    if _PLAIN_NAME.match(column):
+    ``f<index>_<the name, other characters as _>``, and so does a Python keyword (``yield``,
+    ``class``: the signature's inputs become Python parameter names)."""
+    if _PLAIN_NAME.match(column) and not keyword.iskeyword(column):
         return column
     return f"f{index}_{_NOT_IN_NAMES.sub('_', column)}"[:120]
 

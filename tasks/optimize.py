@@ -17,8 +17,10 @@ Variants (``optimize.variants``):
 Every variant, and the original SavedModel, is measured on the eval split: file size raw and
 gzipped, latency p50/p99 at batch 1, throughput at ``optimize.throughput_batch``, and the
 quality metric (accuracy, or RMSE for regression). All are measured on the same raw feature
-tensors, in the same process. A variant whose quality drops by more than
-``optimize.max_accuracy_drop`` is rejected, and its files are not published.
+tensors, in the same process. A classifier's variant whose accuracy drops by more than
+``optimize.max_accuracy_drop`` (absolute), or a regressor's variant whose RMSE grows by more
+than ``optimize.max_rmse_increase`` (relative: 0.05 is 5% of the original's RMSE, whatever the
+label's unit), is rejected, and its files are not published.
 """
 
 from __future__ import annotations
@@ -317,10 +319,13 @@ def optimize_model(
     pruning: dict[str, Any] | None = None,
     measurement: Measurement = Measurement(),
     build_model: Callable[[ModelSpec], Any] | None = None,
+    max_rmse_increase: float = 0.05,
 ) -> OptimizedArtifact:
     """Build, measure and publish the variants; the report compares each with the original.
 
     Args:
+        max_accuracy_drop: Classifiers: the accuracy a variant may lose (absolute).
+        max_rmse_increase: Regressors: how much larger a variant's RMSE may be, as a share of the original's.
         pruning: ``target_sparsity``, ``epochs``, ``batch_size``, ``learning_rate``.
         build_model: Builds the (untrained) Keras model of a spec, for pruning; default: the
             model built from the schema (:func:`tasks.model.build_model`).
@@ -337,9 +342,13 @@ def optimize_model(
     features = raw_features(spec, records)
     original_runner = saved_model_runner(saved_model)
     original = compute_metrics(spec.task, original_runner.predict(features), labels)
+    tolerance = max_rmse_increase if quality == "rmse" else max_accuracy_drop
     report: dict[str, Any] = {
         "quality_metric": quality,
+        "quality_drop_unit": "relative" if quality == "rmse" else "absolute",
+        "max_quality_drop": tolerance,
         "max_accuracy_drop": max_accuracy_drop,
+        "max_rmse_increase": max_rmse_increase,
         "eval_examples": len(records),
         "measurement": asdict(measurement),
         "variants": {"saved_model": {
@@ -357,16 +366,21 @@ def optimize_model(
 
     def judge(name: str, kind: str, path: Path, runner: _Runner, extra: dict[str, Any] | None = None) -> None:
         metrics = compute_metrics(spec.task, runner.predict(features), labels)
-        # For rmse a rise is the loss of quality; for accuracy a fall.
-        drop = (metrics[quality] - original[quality]) if quality == "rmse" else (original[quality] - metrics[quality])
-        kept = drop <= max_accuracy_drop + 1e-12
+        # For rmse a rise is the loss of quality, relative to the original (the label's unit is
+        # arbitrary); for accuracy a fall, in accuracy points.
+        if quality == "rmse":
+            drop = (metrics[quality] - original[quality]) / max(original[quality], 1e-12)
+        else:
+            drop = original[quality] - metrics[quality]
+        kept = drop <= tolerance + 1e-12
         row = {"kind": kind, "file": path.name, "size_bytes": dir_size(path), "gzip_bytes": gzipped_size(path),
                quality: metrics[quality], "quality_drop": drop}
         row["size_ratio"] = row["size_bytes"] / base["size_bytes"]
         row.update(measure_speed(runner, features, measurement))
         row.update(extra or {})
         row["kept"] = kept
-        row["reason"] = "within tolerance" if kept else f"quality drop {drop:.4f} exceeds {max_accuracy_drop}"
+        setting = "optimize.max_rmse_increase" if quality == "rmse" else "optimize.max_accuracy_drop"
+        row["reason"] = "within tolerance" if kept else f"quality drop {drop:.4f} exceeds {setting} {tolerance:g}"
         report["variants"][name] = row
         if not kept:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -420,14 +434,20 @@ def optimize_model(
 
 
 def format_report(report: dict[str, Any]) -> str:
+    """The variants as a table (columns as wide as their widest cell); skipped ones with their reason."""
+    from tasks.tables import format_table
+
     quality = report["quality_metric"]
-    lines = [f"{'variant':<22}{'bytes':>10}{'gzip':>10}{quality:>10}{'drop':>9}{'p50 ms':>9}{'p99 ms':>9}"
-             f"{'rows/s':>11}  kept"]
+    drop = "rmse +%" if quality == "rmse" else "drop"
+    rows, skipped = [], []
     for name, row in report["variants"].items():
         if row.get("skipped"):
-            lines.append(f"{name:<22}{'skipped: ' + row['reason']}")
+            skipped.append(f"{name}: skipped: {row['reason']}")
             continue
-        lines.append(f"{name:<22}{row['size_bytes']:>10}{row['gzip_bytes']:>10}{row[quality]:>10.4f}"
-                     f"{row['quality_drop']:>9.4f}{row['latency_p50_ms']:>9.3f}{row['latency_p99_ms']:>9.3f}"
-                     f"{row['throughput_per_second']:>11,.0f}  {row['kept']}")
-    return "\n".join(lines)
+        lost = f"{100 * row['quality_drop']:.2f}" if quality == "rmse" else f"{row['quality_drop']:.4f}"
+        rows.append((name, row["size_bytes"], row["gzip_bytes"], f"{row[quality]:.4f}", lost,
+                     f"{row['latency_p50_ms']:.3f}", f"{row['latency_p99_ms']:.3f}",
+                     f"{row['throughput_per_second']:,.0f}", "yes" if row["kept"] else "no"))
+    table = format_table(("variant", "bytes", "gzip", quality, drop, "p50 ms", "p99 ms", "rows/s", "kept"), rows,
+                         right=range(1, 8))
+    return "\n".join([table, *skipped])

@@ -219,17 +219,24 @@ def curated_schema_path(ctx: RunContext) -> Path:
     return base / (ctx.config.validation.schema_file or f"{Path(ctx.pipeline).stem}.schema.pbtxt")
 
 
-def _schema_column_types(ctx: RunContext) -> tuple[dict[str, str], str | None]:
-    """Column kinds from the curated or recorded schema, so every run reads columns alike."""
+def schema_in_force(ctx: RunContext) -> tuple[dict[str, str], str, str] | None:
+    """(column kinds, ``curated`` or ``recorded``, where it is) of the schema the next run is held
+    to; None before the first run that passed validation and training."""
     from tasks.validate import column_types, load_schema_text
 
     curated = curated_schema_path(ctx)
     if curated.is_file():
-        return column_types(load_schema_text(curated.read_text(encoding="utf-8"))), str(curated)
+        return column_types(load_schema_text(curated.read_text(encoding="utf-8"))), "curated", str(curated)
     recorded = artifacts.recorded_schema_uri(ctx.settings.artifact_root, ctx.config.name)
     if storage.exists(recorded):
-        return column_types(load_schema_text(storage.read_bytes(recorded).decode("utf-8"))), recorded
-    return {}, None
+        return column_types(load_schema_text(storage.read_bytes(recorded).decode("utf-8"))), "recorded", recorded
+    return None
+
+
+def _schema_column_types(ctx: RunContext) -> tuple[dict[str, str], str | None]:
+    """Column kinds from the curated or recorded schema, so every run reads columns alike."""
+    found = schema_in_force(ctx)
+    return (found[0], found[2]) if found else ({}, None)
 
 
 def ingest_examples(ctx: RunContext) -> dict[str, Any]:
@@ -243,7 +250,10 @@ def ingest_examples(ctx: RunContext) -> dict[str, Any]:
         result = ingest(ctx.config, sources, ctx.output("examples"), ctx.work_dir("ingest_examples"),
                         column_types=types)
         tracker.log_metrics({f"examples_{split}": count for split, count in result.counts.items()})
-        tracker.log_metrics({"rows": result.rows, "rows_per_second": result.rows / max(result.seconds, 1e-9)})
+        tracker.log_metrics({"rows": result.rows, "rows_per_second": result.rows / max(result.seconds, 1e-9),
+                             "rows_without_label": result.unlabeled})
+        if result.warnings:
+            tracker.set_tags({"tfpipe.split_warnings": " | ".join(result.warnings)[:5000]})
         log.info("ingested %s examples into %s", result.counts, result.uri)
         tracker.log_dict(json.loads(storage.read_bytes(storage.join(result.uri, "manifest.json"))),
                          "examples/manifest.json")
@@ -262,7 +272,7 @@ def validate_examples(ctx: RunContext, examples: Mapping[str, Any]) -> dict[str,
                 ctx.config.label, ctx.settings.cache_dir, ctx.work_dir("validate_examples"),
                 settings=ctx.config.validation, curated_schema=curated_schema_path(ctx),
                 baseline_uri=artifacts.baseline_statistics_uri(ctx.settings.artifact_root, ctx.config.name),
-                run_id=ctx.run_id,
+                run_id=ctx.run_id, pipeline=ctx.config.name,
             )
         except DataValidationError as error:
             tracker.log_metrics({"anomalies": len(error.report)})
@@ -328,8 +338,24 @@ def train_model(ctx: RunContext, examples: Mapping[str, Any], validation: Mappin
         if mirror:
             storage.delete_dir(mirror)
         shutil.rmtree(work / TENSORBOARD_DIR, ignore_errors=True)
+        _record_passing_run(ctx, tracker, validation)
         # Where the MLflow model is (model/ of this run): what the registry version of a push points to.
         return {**result, "mlflow_run_id": tracker.run_id}
+
+
+def _record_passing_run(ctx: RunContext, tracker: MlflowTracker, validation: Mapping[str, Any]) -> None:
+    """The data passed validation and trained: its inferred schema is recorded (enforced from now
+    on) and its statistics become the next run's drift baseline. Not before: a run that failed in
+    training must not leave a schema that the next run, fixed, is then checked against."""
+    from tasks.validate import record_passing_run
+
+    root, name = ctx.settings.artifact_root, ctx.config.name
+    recorded_uri = artifacts.recorded_schema_uri(root, name)
+    if record_passing_run(validation["statistics_uri"], validation["schema_source"], recorded_uri,
+                          artifacts.baseline_statistics_uri(root, name), ctx.run_id):
+        tracker.set_tags({"tfpipe.recorded_schema": recorded_uri})
+        log.info("recorded the inferred schema at %s: later runs are validated against it "
+                 "(tfpipe schema %s --reset discards it)", recorded_uri, name)
 
 
 def _log_model(ctx: RunContext, tracker: MlflowTracker, model_uri: str, examples_uri: str, spec) -> None:
@@ -445,6 +471,7 @@ def evaluate_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[
         tracker.log_text(format_checks(record), "evaluation/blessing.txt")
         _log_dir(tracker, storage.join(blessing.uri, "plots"), ctx, "plots")
         tracker.set_tags({"tfpipe.blessed": str(blessing.blessed).lower()})
+        tracker.log_headline(blessing=record)
         log.info("%s", format_checks(record))
         if not blessing.blessed:
             _end_pipeline(ctx, tracker, "not_blessed")
@@ -481,7 +508,7 @@ def optimize_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[
             representative_examples=options.representative_examples,
             pruning={**options.pruning.model_dump(), "batch_size": options.pruning.batch_size or train.batch_size},
             measurement=Measurement(latency_runs=options.latency_runs, throughput_batch=options.throughput_batch),
-            build_model=builder,
+            build_model=builder, max_rmse_increase=options.max_rmse_increase,
         )
         for variant, row in result.report["variants"].items():
             tracker.log_metrics({f"{variant}.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -571,6 +598,7 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
         tracker.log_dict(record, "push/pushed_model.json")
         tracker.set_tags({"tfpipe.pushed_uri": pushed.uri, "tfpipe.registry_version": registry_version,
                           "tfpipe.champion": str(change.version)})
+        tracker.log_headline(pushed=record, mlflow_ui_url=settings.mlflow_ui_url)
         log.info("pushed %s v%d (%d files, %d bytes, %d warm-up requests); champion: v%d%s", name, pushed.version,
                  pushed.files, pushed.bytes, pushed.warmup_requests, change.version,
                  f"; removed old versions {removed}" if removed else "")

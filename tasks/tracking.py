@@ -9,6 +9,7 @@ records what it returned through an :class:`MlflowTracker`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -33,11 +34,37 @@ TAG_TRY = "airflow.try_number"
 TAG_DAG_RUN_URL = "airflow.dag_run_url"
 TAG_TASK_URL = "airflow.task_instance_url"
 TAG_DAG_RUN_STATE = "airflow.dag_run_state"
+# The headline of a pipeline run, on its parent run.
+TAG_BLESSED = "tfpipe.blessed"
+TAG_BASELINE = "tfpipe.baseline"
+TAG_PUSHED_VERSION = "tfpipe.pushed_version"
+TAG_PUSHED_URI = "tfpipe.pushed_uri"
+TAG_REGISTRY_VERSION = "tfpipe.registry_version"
+TAG_REGISTRY_URL = "tfpipe.registry_url"
 NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
 # The MLflow UI opens an experiment of this kind on its runs table (model training), not on
 # its GenAI traces overview.
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
+
+
+# The loggers MLflow gives a handler of its own (on stderr) when it is imported.
+MLFLOW_LOGGERS = ("mlflow", "alembic", "sqlalchemy.engine", "huey")
+
+
+def log_through_root_logger() -> None:
+    """Send MLflow's log records to the root logger's handlers, at their own level, instead of
+    the handler on stderr that MLflow installs when imported.
+
+    For hosts that log records themselves: an Airflow task shows every stderr line as an error.
+    MLflow's levels stay as it set them (``mlflow`` INFO, its database libraries WARNING).
+    """
+    import mlflow  # noqa: F401 - the first import configures MLflow's loggers
+
+    for name in MLFLOW_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -56,6 +83,13 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+
+
+def _numbers(values: Any) -> dict[str, float]:
+    """The numeric entries of ``values`` when it is a mapping (anything else: none)."""
+    if not isinstance(values, Mapping):
+        return {}
+    return {str(k): v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class MlflowTracker:
@@ -132,6 +166,54 @@ class MlflowTracker:
         from mlflow.entities import RunTag
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_headline(self, blessing: Mapping[str, Any] | None = None, pushed: Mapping[str, Any] | None = None,
+                     mlflow_ui_url: str | None = None) -> None:
+        """What the pipeline run came to, on its parent run: what the MLflow UI shows first.
+
+        Args:
+            blessing: The evaluation's record: its ``metrics`` become the parent's metrics, the
+                trivial baseline's (``trivial.metrics``, when present) ``baseline_<metric>``, and
+                ``blessed`` the tag ``tfpipe.blessed``.
+            pushed: The push's record (``model_name``, ``version``, ``uri``, ``registry_version``,
+                ``champion``): tags, and a line in the run's description linking to the
+                registry page.
+            mlflow_ui_url: The MLflow UI, for that link.
+        """
+        if self.parent_run_id is None:
+            return
+        parent = MlflowTracker(self.client, self.parent_run_id)
+        if blessing is not None:
+            parent._log_blessing(blessing)
+        if pushed is not None:
+            parent._log_pushed(pushed, mlflow_ui_url)
+
+    def _log_blessing(self, blessing: Mapping[str, Any]) -> None:
+        trivial = blessing.get("trivial") if isinstance(blessing.get("trivial"), Mapping) else {}
+        self.log_metrics(_numbers(blessing.get("metrics")))
+        self.log_metrics({f"baseline_{k}": v for k, v in _numbers(trivial.get("metrics")).items()})
+        tags = {TAG_BLESSED: str(bool(blessing.get("blessed"))).lower()}
+        if trivial.get("description"):
+            tags[TAG_BASELINE] = str(trivial["description"])[:5000]
+        self.set_tags(tags)
+
+    def _log_pushed(self, pushed: Mapping[str, Any], mlflow_ui_url: str | None) -> None:
+        name, version, registry = pushed["model_name"], pushed["version"], pushed.get("registry_version")
+        tags = {TAG_PUSHED_VERSION: str(version), TAG_PUSHED_URI: str(pushed.get("uri", ""))}
+        line = f"Pushed **{name}** v{version} to `{pushed.get('uri', '')}`"
+        if registry:
+            tags[TAG_REGISTRY_VERSION] = str(registry)
+            link = f"registry version {registry}"
+            if mlflow_ui_url:
+                tags[TAG_REGISTRY_URL] = model_version_url(mlflow_ui_url, name, registry)
+                link = f"[{link}]({tags[TAG_REGISTRY_URL]})"
+            line += f", {link}"
+        if pushed.get("champion") is not None:
+            line += f"; champion: v{pushed['champion']}"
+        note = self.client.get_run(self.run_id).data.tags.get(NOTE, "")
+        if line not in note:  # a retried push states it once
+            tags[NOTE] = f"{note}\n\n{line}" if note else line
+        self.set_tags(tags)
 
     def register_model(self, name: str, source: str, tags: Mapping[str, str], champion: bool = True,
                        source_run_id: str | None = None) -> str:
@@ -370,6 +452,11 @@ def run_url(mlflow_ui_url: str, experiment_id: str, run_id: str) -> str:
 
 def experiment_url(mlflow_ui_url: str, experiment_id: str) -> str:
     return f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}"
+
+
+def model_version_url(mlflow_ui_url: str, name: str, version: str | int) -> str:
+    """The MLflow UI page of a registered model's version."""
+    return f"{mlflow_ui_url.rstrip('/')}/#/models/{quote(name, safe='')}/versions/{version}"
 
 
 class MlflowTracking:

@@ -16,6 +16,8 @@ report that names each feature, the anomaly, and what was expected and observed.
 
 from __future__ import annotations
 
+from tasks.errors import UserError
+
 import atexit
 import json
 import logging
@@ -29,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks import storage
-from tasks.config import DistanceConfig, ValidateConfig
+from tasks.anomalies import Where, checked_schema, compare, distance_rows, format_report, schema_rows
+from tasks.config import ValidateConfig
 from tasks.ingest import read_manifest, split_files
 from tasks.settings import usable_cpus
 
@@ -42,7 +45,7 @@ SERVING = "SERVING"
 _BATCH = 131072  # rows per record batch: TFDV's generators cost less per row on big batches
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError):
     """The examples do not match the schema; ``report`` lists every anomaly."""
 
     def __init__(self, message: str, report: list[dict[str, str]]) -> None:
@@ -280,12 +283,13 @@ def sharded_statistics(files: list[str], columns: dict[str, str], options=None, 
     return stats_impl.extract_statistics_output(state["total"], generators)
 
 
-def in_memory_statistics(files: list[str]):
+def in_memory_statistics(files: list[str], options=None):
     """Every record decoded into one batch, then TFDV's in-memory path (needs the data to fit)."""
     import tensorflow_data_validation as tfdv
     from tensorflow_data_validation.statistics import stats_impl
 
-    return stats_impl.generate_statistics_in_memory(_one_batch(iter_record_batches(files)), tfdv.StatsOptions())
+    return stats_impl.generate_statistics_in_memory(_one_batch(iter_record_batches(files)),
+                                                    options or tfdv.StatsOptions())
 
 
 def _one_batch(batches):
@@ -298,7 +302,7 @@ def _one_batch(batches):
     return pa.RecordBatch.from_arrays([c.chunk(0) if c.num_chunks else c for c in table.columns], table.schema.names)
 
 
-def beam_statistics(files: list[str], beam_args: list[str], scratch: Path):
+def beam_statistics(files: list[str], beam_args: list[str], scratch: Path, options=None):
     """``tfdv.generate_statistics_from_tfrecord`` with the given Beam pipeline options."""
     import tensorflow_data_validation as tfdv
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -308,19 +312,31 @@ def beam_statistics(files: list[str], beam_args: list[str], scratch: Path):
         data_location=pattern,
         output_path=str(scratch / "beam_stats.tfrecord"),
         pipeline_options=PipelineOptions(beam_args or []),
+        **({"stats_options": options} if options is not None else {}),
     )
+
+
+QUANTILES = 100  # quantile buckets per numeric feature: the distribution checks read them (tasks/anomalies.py)
+
+
+def stats_options():
+    """TFDV's options with 100 quantile buckets (its default is 10, too coarse to compare two samples)."""
+    import tensorflow_data_validation as tfdv
+
+    return tfdv.StatsOptions(num_quantiles_histogram_buckets=QUANTILES)
 
 
 def compute_statistics(files: list[str], scratch: Path, engine: str = "auto", beam_args: list[str] | None = None,
                        columns: dict[str, str] | None = None):
+    options = stats_options()
     if engine in ("auto", "streaming"):
         if columns:
-            return sharded_statistics(files, columns)
-        return streaming_statistics(iter_record_batches(files))
+            return sharded_statistics(files, columns, options)
+        return streaming_statistics(iter_record_batches(files), options)
     if engine == "in_memory":
-        return in_memory_statistics(files)
+        return in_memory_statistics(files, options)
     if engine == "beam":
-        return beam_statistics(files, beam_args or [], scratch)
+        return beam_statistics(files, beam_args or [], scratch, options)
     raise ValueError(f"unknown statistics engine {engine!r}")
 
 
@@ -330,7 +346,9 @@ def infer_schema(train_statistics, label: str):
     """Infer a schema with a label-free ``SERVING`` environment (what a served model receives)."""
     import tensorflow_data_validation as tfdv
 
-    schema = tfdv.infer_schema(train_statistics, infer_feature_shape=True)
+    # No inferred shape: a column present in every train example would then be required in
+    # every later example, and one missing value (which the model imputes) would stop a run.
+    schema = tfdv.infer_schema(train_statistics, infer_feature_shape=False)
     return ensure_environments(schema, label)
 
 
@@ -369,160 +387,6 @@ def column_types(schema) -> dict[str, str]:
 
     names = {schema_pb2.INT: "int", schema_pb2.FLOAT: "float", schema_pb2.BYTES: "string"}
     return {f.name: names[f.type] for f in schema.feature if f.type in names}
-
-
-def _is_categorical(feature) -> bool:
-    from tensorflow_metadata.proto.v0 import schema_pb2
-
-    return (
-        feature.type == schema_pb2.BYTES
-        or feature.HasField("domain") or feature.HasField("string_domain")
-        or (feature.HasField("int_domain") and feature.int_domain.is_categorical)
-        or feature.HasField("bool_domain")
-    )
-
-
-def add_comparators(schema, drift: DistanceConfig, skew: DistanceConfig):
-    """Drift and skew thresholds on every feature that has none in the schema yet."""
-    for feature in schema.feature:
-        for settings, comparator in ((drift, feature.drift_comparator), (skew, feature.skew_comparator)):
-            if comparator.HasField("infinity_norm") or comparator.HasField("jensen_shannon_divergence"):
-                continue  # set in a curated schema: authoritative
-            categorical = _is_categorical(feature)
-            threshold = settings.features.get(
-                feature.name, settings.categorical_linf if categorical else settings.numeric_jsd
-            )
-            if threshold is None:
-                continue
-            if categorical:
-                comparator.infinity_norm.threshold = threshold
-            else:
-                comparator.jensen_shannon_divergence.threshold = threshold
-    return schema
-
-
-# --- the report ------------------------------------------------------------------------------
-
-def _feature_stats(statistics, name: str):
-    if statistics is None or not statistics.datasets:
-        return None, 0
-    dataset = statistics.datasets[0]
-    for feature in dataset.features:
-        path = ".".join(feature.path.step) if feature.HasField("path") else feature.name
-        if path == name:
-            return feature, dataset.num_examples
-    return None, dataset.num_examples
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.6g}"
-
-
-def expected_of(schema, name: str) -> str:
-    """What the schema asks of a feature, in a few words."""
-    from tensorflow_metadata.proto.v0 import schema_pb2
-
-    feature = next((f for f in schema.feature if f.name == name), None)
-    if feature is None:
-        return "not in the schema"
-    parts = [schema_pb2.FeatureType.Name(feature.type)]
-    if feature.HasField("presence"):
-        if feature.presence.min_fraction:
-            parts.append(f"present in >= {feature.presence.min_fraction:.0%} of examples")
-        if feature.presence.min_count:
-            parts.append(f"in >= {feature.presence.min_count} example(s)")
-    domain = None
-    if feature.HasField("domain"):
-        domain = next((d for d in schema.string_domain if d.name == feature.domain), None)
-    elif feature.HasField("string_domain"):
-        domain = feature.string_domain
-    if domain is not None:
-        values = list(domain.value)
-        parts.append("one of " + ", ".join(values[:12]) + (f" (+{len(values) - 12} more)" if len(values) > 12 else ""))
-    for field in ("float_domain", "int_domain"):
-        if feature.HasField(field):
-            dom = getattr(feature, field)
-            low = _fmt(dom.min) if dom.HasField("min") else "-inf"
-            high = _fmt(dom.max) if dom.HasField("max") else "+inf"
-            if dom.HasField("min") or dom.HasField("max"):
-                parts.append(f"in [{low}, {high}]")
-    for label, comparator in (("drift", feature.drift_comparator), ("skew", feature.skew_comparator)):
-        if comparator.HasField("infinity_norm"):
-            parts.append(f"{label} L-inf <= {_fmt(comparator.infinity_norm.threshold)}")
-        if comparator.HasField("jensen_shannon_divergence"):
-            parts.append(f"{label} JS divergence <= {_fmt(comparator.jensen_shannon_divergence.threshold)}")
-    return "; ".join(parts)
-
-
-def observed_of(statistics, name: str) -> str:
-    """What the statistics show for a feature, in a few words."""
-    from tensorflow_metadata.proto.v0 import statistics_pb2
-
-    feature, examples = _feature_stats(statistics, name)
-    if feature is None:
-        return f"absent from all {examples} examples"
-    parts = [statistics_pb2.FeatureNameStatistics.Type.Name(feature.type)]
-    if feature.HasField("num_stats"):
-        common, stats = feature.num_stats.common_stats, feature.num_stats
-        parts.append(f"present in {common.num_non_missing}/{examples}")
-        parts.append(f"min {_fmt(stats.min)}, max {_fmt(stats.max)}, mean {_fmt(stats.mean)}")
-    elif feature.HasField("string_stats"):
-        common, stats = feature.string_stats.common_stats, feature.string_stats
-        parts.append(f"present in {common.num_non_missing}/{examples}")
-        top = ", ".join(f"{v.value} ({int(v.frequency)})" for v in stats.top_values[:6])
-        parts.append(f"{stats.unique} unique: {top}")
-    return "; ".join(parts)
-
-
-def anomaly_report(split: str, anomalies, schema=None, statistics=None) -> list[dict[str, str]]:
-    """One readable row per anomaly: split, feature, anomaly, expected, observed, TFDV's detail."""
-    rows = []
-    for feature, info in sorted(anomalies.anomaly_info.items()):
-        reasons = [r.description for r in info.reason] or [info.description]
-        rows.append(
-            {
-                "split": split,
-                "feature": feature,
-                "anomaly": info.short_description,
-                "expected": expected_of(schema, feature) if schema is not None else "",
-                "observed": observed_of(statistics, feature) if statistics is not None else "",
-                "detail": " ".join(reasons),
-                "severity": _severity_name(info.severity),
-            }
-        )
-    if anomalies.HasField("dataset_anomaly_info"):
-        info = anomalies.dataset_anomaly_info
-        rows.append(
-            {
-                "split": split,
-                "feature": "(dataset)",
-                "anomaly": info.short_description,
-                "expected": "",
-                "observed": "",
-                "detail": info.description,
-                "severity": _severity_name(info.severity),
-            }
-        )
-    return rows
-
-
-def _severity_name(value: int) -> str:
-    from tensorflow_metadata.proto.v0 import anomalies_pb2
-
-    return anomalies_pb2.AnomalyInfo.Severity.Name(value)
-
-
-def format_report(rows: list[dict[str, str]]) -> str:
-    """The anomalies as a text table, then TFDV's detail under each row."""
-    if not rows:
-        return "no anomalies"
-    header = ("split", "feature", "anomaly", "expected", "observed")
-    widths = [min(60, max(len(h), *(len(r.get(h, "")) for r in rows))) for h in header]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    for row in rows:
-        lines.append("  ".join(row.get(h, "")[:w].ljust(w) for h, w in zip(header, widths)).rstrip())
-        lines.append(f"    {row['detail']}")
-    return "\n".join(lines)
 
 
 OVERVIEW_FILE = "overview.html"
@@ -612,22 +476,23 @@ def validate_examples(
     curated_schema: Path | None = None,
     baseline_uri: str | None = None,
     run_id: str = "",
+    pipeline: str = "",
 ) -> ValidationArtifact:
-    """Compute statistics per split, settle the schema and check every split against it.
+    """Compute statistics per split, settle the schema and check every split (tasks/anomalies.py).
 
     Args:
         curated_schema: A checked-in schema; authoritative when it exists.
-        baseline_uri: Pointer (JSON) to the statistics of the last run whose data passed;
-            updated when this run passes.
+        baseline_uri: Pointer (JSON) to the statistics of the last run that passed validation
+            and training (:func:`record_passing_run` sets it once training has succeeded).
+        pipeline: The pipeline's name, for the hints of the report.
 
     The statistics, the schema used and the anomalies are published even when validation
-    fails, so the report can be read; the exception stops everything downstream.
+    fails, so the report can be read; the exception stops everything downstream. Nothing is
+    recorded here: a run that fails later (in training) must not leave its schema behind.
 
     Raises:
-        DataValidationError: Some split has anomalies against the schema, drifts or skews.
+        DataValidationError: Some split has anomalies against the schema, or a distribution moved.
     """
-    import tensorflow_data_validation as tfdv
-
     settings = settings or ValidateConfig()
     started = time.perf_counter()
     manifest = read_manifest(examples_uri)
@@ -637,65 +502,22 @@ def validate_examples(
     try:
         stats_dir, anomalies_dir = scratch / "statistics", scratch / "anomalies"
         baseline = _read_baseline(baseline_uri, run_id, cache_dir)
-        statistics = {}
-        for split in manifest["splits"]:
-            split_started = time.perf_counter()
-            statistics[split] = compute_statistics(
-                split_files(local_examples, manifest, split), scratch, settings.engine, settings.beam_pipeline_args,
-                manifest["columns"],
-            )
-            log.info("statistics of %s (%d examples) in %.2fs", split, manifest["splits"][split]["count"],
-                     time.perf_counter() - split_started)
-            (stats_dir / split).mkdir(parents=True)
-            (stats_dir / split / STATS_FILE).write_bytes(statistics[split].SerializeToString())
-            html = statistics_html(statistics[split], baseline[1].get(split) if baseline else None)
-            if html:
-                (stats_dir / split / "statistics.html").write_text(html, encoding="utf-8")
-            (stats_dir / split / OVERVIEW_FILE).write_text(
-                statistics_overview_html(statistics[split], f"Statistics of the {split} split"), encoding="utf-8")
-
-        if curated_schema is not None and curated_schema.is_file():
-            source = "curated"
-            try:
-                schema = ensure_environments(load_schema_text(curated_schema.read_text(encoding="utf-8")), label)
-            except Exception as error:  # noqa: BLE001 - a broken curated schema is a config error
-                raise ValueError(f"curated schema {curated_schema} cannot be parsed: {error}") from None
-        elif storage.exists(recorded_schema_uri):
-            source = "recorded"
-            schema = load_schema_text(storage.read_bytes(recorded_schema_uri).decode("utf-8"))
-        else:
-            source = "inferred"
-            schema = infer_schema(statistics["train"], label)
+        statistics = _split_statistics(manifest, local_examples, scratch, settings, baseline, stats_dir)
+        source, schema = _schema_in_force(statistics["train"], label, curated_schema, recorded_schema_uri)
         (stats_dir / SCHEMA_FILE).write_text(schema_text(schema))
-        checked = add_comparators(type(schema).FromString(schema.SerializeToString()), settings.drift, settings.skew)
-
-        report: list[dict[str, str]] = []
-        for split, stats in statistics.items():
-            kwargs: dict[str, Any] = {}
-            if split == "train" and baseline is not None and "train" in baseline[1]:
-                kwargs["previous_statistics"] = baseline[1]["train"]
-            if split == "train" and "eval" in statistics:
-                kwargs["serving_statistics"] = statistics["eval"]
-            anomalies = tfdv.validate_statistics(stats, checked, environment=TRAINING, **kwargs)
-            (anomalies_dir / split).mkdir(parents=True)
-            (anomalies_dir / split / "anomalies.pbtxt").write_text(schema_text(anomalies))
-            report.extend(anomaly_report(split, anomalies, checked, stats))
+        where = Where(pipeline, source, str(curated_schema or ""))
+        report = _check(statistics, schema, where, settings, baseline)
+        anomalies_dir.mkdir(parents=True)
         (anomalies_dir / "report.json").write_text(json.dumps(report, indent=2))
         (anomalies_dir / "report.txt").write_text(format_report(report) + "\n")
-
         storage.publish_dir(stats_dir, statistics_uri)
         storage.publish_dir(anomalies_dir, anomalies_uri)
         if report:
             raise DataValidationError(
-                f"{len(report)} anomal{'y' if len(report) == 1 else 'ies'} in {examples_uri} against the "
-                f"{source} schema{f' {curated_schema}' if source == 'curated' else ''}:\n{format_report(report)}",
+                f"{len(report)} anomal{'y' if len(report) == 1 else 'ies'} in {examples_uri} (schema: {source}"
+                f"{f' {curated_schema}' if source == 'curated' else ''}):\n{format_report(report)}",
                 report,
             )
-        if source == "inferred":
-            # Recorded only from data that passed, so a bad first run cannot poison later ones.
-            storage.write_bytes(recorded_schema_uri, schema_text(schema).encode("utf-8"))
-        if baseline_uri:
-            storage.write_bytes(baseline_uri, json.dumps({"run_id": run_id, "statistics_uri": statistics_uri}).encode())
         return ValidationArtifact(
             statistics_uri=statistics_uri,
             schema_uri=storage.join(statistics_uri, SCHEMA_FILE),
@@ -707,6 +529,88 @@ def validate_examples(
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _split_statistics(manifest, local_examples: Path, scratch: Path, settings: ValidateConfig, baseline,
+                      stats_dir: Path) -> dict[str, Any]:
+    """Each split's statistics, written with its two pages into ``stats_dir``."""
+    statistics = {}
+    for split in manifest["splits"]:
+        started = time.perf_counter()
+        statistics[split] = compute_statistics(split_files(local_examples, manifest, split), scratch, settings.engine,
+                                               settings.beam_pipeline_args, manifest["columns"])
+        log.info("statistics of %s (%d examples) in %.2fs", split, manifest["splits"][split]["count"],
+                 time.perf_counter() - started)
+        (stats_dir / split).mkdir(parents=True)
+        (stats_dir / split / STATS_FILE).write_bytes(statistics[split].SerializeToString())
+        html = statistics_html(statistics[split], baseline[1].get(split) if baseline else None)
+        if html:
+            (stats_dir / split / "statistics.html").write_text(html, encoding="utf-8")
+        (stats_dir / split / OVERVIEW_FILE).write_text(
+            statistics_overview_html(statistics[split], f"Statistics of the {split} split"), encoding="utf-8")
+    return statistics
+
+
+def _schema_in_force(train_statistics, label: str, curated: Path | None, recorded_uri: str):
+    """(source, schema): the curated schema, else the recorded one, else one inferred from train."""
+    if curated is not None and curated.is_file():
+        try:
+            return "curated", ensure_environments(load_schema_text(curated.read_text(encoding="utf-8")), label)
+        except Exception as error:  # noqa: BLE001 - a broken curated schema is a config error
+            raise ValueError(f"curated schema {curated} cannot be parsed: {error}") from None
+    if storage.exists(recorded_uri):
+        return "recorded", load_schema_text(storage.read_bytes(recorded_uri).decode("utf-8"))
+    return "inferred", infer_schema(train_statistics, label)
+
+
+def _check(statistics: dict[str, Any], schema, where: Where, settings: ValidateConfig, baseline) -> list[dict]:
+    """Every split against the schema, eval against train, train against the last passing run."""
+    import tensorflow_data_validation as tfdv
+
+    checked = checked_schema(schema, where.schema_source, settings, statistics["train"])
+    report: list[dict[str, str]] = []
+    previous = baseline[1].get("train") if baseline else None
+    for split, stats in statistics.items():
+        kwargs: dict[str, Any] = {}
+        if split == "train" and previous is not None:
+            kwargs["previous_statistics"] = previous
+        if split == "train" and "eval" in statistics:
+            kwargs["serving_statistics"] = statistics["eval"]
+        anomalies = tfdv.validate_statistics(stats, checked, environment=TRAINING, **kwargs)
+        report.extend(schema_rows(split, anomalies, checked, stats, where, settings))
+    for split, stats in statistics.items():
+        if split != "train":
+            report.extend(distance_rows(split, f"{split} against train", "validation.skew",
+                                        compare(stats, statistics["train"], settings.skew, settings.significance)))
+    if previous is not None:
+        report.extend(distance_rows("train", f"train against the train split of run {baseline[0]}",
+                                    "validation.drift",
+                                    compare(statistics["train"], previous, settings.drift, settings.significance)))
+    return report
+
+
+def record_passing_run(statistics_uri: str, schema_source: str, recorded_schema_uri: str, baseline_uri: str | None,
+                       run_id: str) -> bool:
+    """After a run passed validation *and* training: record its inferred schema (enforced from
+    then on) and make its statistics the baseline of the next run's drift check. Returns
+    whether a schema was recorded."""
+    recorded = False
+    if schema_source == "inferred" and not storage.exists(recorded_schema_uri):
+        storage.write_bytes(recorded_schema_uri, storage.read_bytes(storage.join(statistics_uri, SCHEMA_FILE)))
+        recorded = True
+    if baseline_uri:
+        storage.write_bytes(baseline_uri, json.dumps({"run_id": run_id, "statistics_uri": statistics_uri}).encode())
+    return recorded
+
+
+def reset_recorded(recorded_schema_uri: str, baseline_uri: str) -> list[str]:
+    """Discard the recorded schema and the drift baseline (``tfpipe schema NAME --reset``)."""
+    removed = []
+    for uri in (recorded_schema_uri, baseline_uri):
+        if storage.exists(uri):
+            storage.delete_file(uri)
+            removed.append(uri)
+    return removed
 
 
 def _read_baseline(baseline_uri: str | None, run_id: str, cache_dir: Path):

@@ -132,3 +132,150 @@ def test_push_updates_the_model_asset_that_schedules_the_serving_check(dag):
     assert type(condition).__name__ == "AssetAny"
     assert [(a.name, a.uri) for a in condition.objects] == [("penguins_model", "tfpipe://models/penguins")]
     assert list(check.task_dict) == ["check_serving"] and "release" in check.tags
+
+
+def test_serving_check_and_rollback_start_unpaused_and_pipelines_paused(dag, rollback_dag):
+    from airflow.dag_processing.dagbag import DagBag
+
+    check = DagBag(dag_folder=str(DAGS)).dags["serving_check"]
+    assert check.is_paused_upon_creation is False  # a paused serving_check would miss pushes
+    assert rollback_dag.is_paused_upon_creation is False
+    assert dag.is_paused_upon_creation is None  # Airflow's default: a new pipeline waits to be unpaused
+
+
+def _dags_copy(root: Path, pipelines: dict[str, str]) -> Path:
+    """The project's DAG files with only ``pipelines`` ({file name: YAML text}) beside them."""
+    folder = root / "dags"
+    (folder / "pipelines").mkdir(parents=True)
+    for source in DAGS.glob("*.py"):
+        (folder / source.name).write_text(source.read_text())
+    for name, text in pipelines.items():
+        (folder / "pipelines" / name).write_text(text)
+    return folder
+
+
+BROKEN_YAML = ("label: species\ntask: multiclass\ndata: {source: package://palmerpenguins/data/penguins.csv}\n"
+               "train: {epoks: 3}\n")
+
+
+def test_a_broken_pipeline_config_is_shown_as_its_own_dag_and_hides_no_other(tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    folder = _dags_copy(tmp_path, {"penguins.yaml": (DAGS / "pipelines" / "penguins.yaml").read_text(),
+                                   "churn v2.yaml": BROKEN_YAML})
+    bag = DagBag(dag_folder=str(folder))
+    assert bag.import_errors == {}
+    assert {"penguins", "churn_v2", "serving_check", "rollback_model"} <= set(bag.dags)
+    assert list(bag.dags["penguins"].task_dict)[0] == "ingest_examples"  # the good pipeline is whole
+    broken = bag.dags["churn_v2"]
+    assert "broken-config" in broken.tags and list(broken.task_dict) == ["report_config_error"]
+    for text in (broken.description, broken.doc_md):
+        assert "churn v2.yaml" in text and "train.epoks: unknown key" in text
+    assert broken.task_dict["report_config_error"].retries == 0
+
+
+FAILURE_SCRIPT = r"""
+import json, os, sys
+from datetime import timedelta
+
+from airflow.dag_processing.dagbag import DagBag
+from airflow.utils import db
+
+db.initdb()
+bag = DagBag(dag_folder=sys.argv[1])
+
+def outcome(dag_id, task_id):
+    (ti,) = [t for t in bag.dags[dag_id].test().get_task_instances() if t.task_id == task_id]
+    return {"state": str(getattr(ti.state, "value", ti.state)), "tries": ti.try_number}
+
+result = {"broken": outcome("broken", "report_config_error")}
+os.environ["TFPIPE_HOME"] = sys.argv[2]
+result["user_error"] = outcome("nosource", "ingest_examples")  # retries=2 as configured
+for task in bag.dags["nosource"].tasks:  # a retry at once, so that the test does not wait 30 s
+    task.retries, task.retry_delay, task.retry_exponential_backoff = 1, timedelta(0), False
+os.environ["TFPIPE_HOME"] = sys.argv[3]
+result["other_error"] = outcome("nosource", "ingest_examples")
+print(json.dumps(result))
+"""
+
+
+def test_a_user_error_fails_its_task_at_once_while_other_errors_are_retried(tmp_path):
+    """Through dag.test(): a source file that does not exist (a DataError) fails ingest_examples on
+    its first try; a TFPIPE_HOME that cannot be created (an OSError, the environment's fault) is retried."""
+    missing = tmp_path / "missing.csv"
+    folder = _dags_copy(tmp_path, {
+        "nosource.yaml": f"label: species\ntask: multiclass\ndata: {{source: {missing}}}\n",
+        "broken.yaml": BROKEN_YAML,
+    })
+    (tmp_path / "a_file").write_text("")
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__CORE__DAGS_FOLDER": str(folder)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-c", FAILURE_SCRIPT, str(folder), str(tmp_path / "home"),
+                           str(tmp_path / "a_file" / "home")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    log = proc.stdout + proc.stderr
+    assert result["user_error"] == {"state": "failed", "tries": 1}
+    assert f"AirflowFailException: data source {missing}: no such file" in log
+    assert result["other_error"] == {"state": "failed", "tries": 2}
+    assert "NotADirectoryError" in log
+    assert result["broken"] == {"state": "failed", "tries": 1}
+    assert "AirflowFailException: invalid pipeline config" in log and "train.epoks: unknown key" in log
+
+
+def test_the_step_wrapper_keeps_the_task_signature_and_other_errors():
+    import inspect
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from dags.airflow_support import tfpipe_step
+    from tasks.config import ConfigError
+
+    @tfpipe_step
+    def step(examples, params=None, ti=None):
+        raise examples
+
+    assert step.__name__ == "step" and list(inspect.signature(step).parameters) == ["examples", "params", "ti"]
+    with pytest.raises(AirflowFailException, match=r"^train\.epoks: unknown key$") as failed:
+        step(ConfigError("train.epoks: unknown key"))
+    assert isinstance(failed.value.__cause__, ConfigError)
+    with pytest.raises(RuntimeError, match="S3 is down"):
+        step(RuntimeError("S3 is down"))
+
+
+def test_stderr_lines_are_logged_at_the_severity_they_state(caplog):
+    """What C++ libraries write on descriptor 2 (which Airflow would log as errors), line by line."""
+    import logging
+
+    from dags.airflow_support import stderr_at_its_own_level
+
+    lines = [
+        (logging.ERROR, "2026-12-01 14:58:56.756193: E external/local_xla/xla/stream_executor/cuda/cuda_fft.cc:479] x"),
+        (logging.WARNING, "W0000 00:00:1796137146.497631   16307 tf_tfl_flatbuffer_helpers.cc:390] Ignored x."),
+        (logging.INFO, "I1201 14:58:56.123456 16307 a.cc:1] an info line"),
+        (logging.INFO, "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."),
+        (logging.WARNING, "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"),
+        (logging.WARNING, "fully_quantize: 0, inference_type: 6"),  # no severity: a diagnostic
+    ]
+    before = os.fstat(2)
+    with caplog.at_level(logging.DEBUG, logger="stderr"), stderr_at_its_own_level(poll_seconds=0.01):
+        for _, line in lines:
+            os.write(2, (line + "\n").encode())
+        os.write(2, b"CRITICAL: the last line, without a line break")
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        *(("stderr", level, line) for level, line in lines),
+        ("stderr", logging.CRITICAL, "CRITICAL: the last line, without a line break")]
+    assert (os.fstat(2).st_ino, os.fstat(2).st_dev) == (before.st_ino, before.st_dev)  # restored
+
+
+def test_mlflow_logs_through_the_root_logger_at_its_own_level():
+    import logging
+
+    from tasks.tracking import MLFLOW_LOGGERS, log_through_root_logger
+
+    log_through_root_logger()
+    mlflow_logger = logging.getLogger("mlflow")
+    assert mlflow_logger.getEffectiveLevel() == logging.INFO
+    for name in MLFLOW_LOGGERS:
+        assert logging.getLogger(name).handlers == [] and logging.getLogger(name).propagate, name

@@ -97,7 +97,7 @@ def _write_daily_pipeline(dags: Path, data: Path) -> None:
               "data": {"source": str(data / "date={{ ds }}" / "penguins.csv")}, "label": "species",
               "task": "multiclass", "train": {"epochs": 3, "early_stopping": {"patience": None}},
               # The days differ on purpose (day 1 is mostly Adelie): no drift check between runs.
-              "validation": {"drift": {"categorical_linf": None, "numeric_jsd": None}},
+              "validation": {"drift": {"categorical_linf": None, "numeric_ks": None, "numeric_jsd": None}},
               "gate": {"metrics": {"accuracy": {"lower_bound": 0.0}}}, **QUICK}
     (dags / "pipelines" / "daily.yaml").write_text(yaml.safe_dump(config))
 
@@ -168,11 +168,19 @@ def stack(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def api(stack):
+def paused_at_start(stack) -> dict[str, bool]:
+    """Each DAG's paused state as the dag-processor created it, before anything is unpaused."""
     api = stack["api"]
     wanted = {"penguins", "daily", "rollback_model", "serving_check"}
-    api.wait(lambda: wanted <= {d["dag_id"] for d in api.call("GET", "/api/v2/dags")["dags"]}, timeout=300)
-    for dag_id in ("penguins", "daily", "serving_check"):
+    dags = api.wait(lambda: (found := api.call("GET", "/api/v2/dags")["dags"])
+                    and wanted <= {d["dag_id"] for d in found} and found, timeout=300)
+    return {d["dag_id"]: d["is_paused"] for d in dags}
+
+
+@pytest.fixture(scope="module")
+def api(stack, paused_at_start):
+    api = stack["api"]
+    for dag_id in ("penguins", "daily"):  # serving_check starts unpaused by itself
         api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
     return api
 
@@ -193,6 +201,31 @@ def test_dags_are_listed_without_import_errors(api):
     assert api.call("GET", "/api/v2/importErrors")["total_entries"] == 0
     penguins = api.call("GET", "/api/v2/dags/penguins/details")
     assert "ingest_examples" in penguins["doc_md"] and "tfpipe" in [t["name"] for t in penguins["tags"]]
+
+
+def test_pipelines_start_paused_and_the_release_dags_unpaused(paused_at_start):
+    assert paused_at_start == {"penguins": True, "daily": True, "serving_check": False, "rollback_model": False}
+
+
+def _error_lines(logs: Path) -> list[str]:
+    """Every record logged at error level or above in the task log files under ``logs`` (JSON
+    lines; a task process's stderr is logged at error level too)."""
+    found = []
+    for path in sorted(logs.rglob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if str(record.get("level", "")).lower() in ("error", "critical", "exception", "fatal"):
+                found.append(f"{path.relative_to(logs)}: [{record.get('logger')}] {record.get('event')}")
+    return found
+
+
+def _run_logs(stack, dag_id: str, run_id: str) -> Path:
+    logs = stack["root"] / "airflow" / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+    assert logs.is_dir(), f"no task logs at {logs}"
+    return logs
 
 
 def test_a_conf_outside_a_param_bound_is_rejected(api):
@@ -219,6 +252,12 @@ def test_triggered_run_with_conf_pushes_and_is_tracked(stack, api, triggered):
     client = _mlflow(stack)
     parent = _parent(client, "penguins", run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["airflow.dag_run_state"] == "success"
+    # The parent run's headline: the eval metrics, and what was pushed with a link to the registry.
+    assert parent.data.metrics["accuracy"] >= 0.6 and parent.data.tags["tfpipe.blessed"] == "true"
+    assert parent.data.tags["tfpipe.pushed_version"] == "1"
+    registry = parent.data.tags["tfpipe.registry_url"]
+    assert registry.startswith(stack["tracking_uri"] + "/#/models/penguins/versions/")
+    assert f"]({registry})" in parent.data.tags["mlflow.note.content"]
     train = client.search_runs([parent.info.experiment_id],
                                f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
                                "tags.`airflow.task_id` = 'train_model'")[0]
@@ -226,6 +265,13 @@ def test_triggered_run_with_conf_pushes_and_is_tracked(stack, api, triggered):
     links = api.call("GET", f"/api/v2/dags/penguins/dagRuns/{quote(run_id, safe='')}/taskInstances/train_model/links")
     assert links["extra_links"]["MLflow run"].endswith(f"/runs/{train.info.run_id}")
     assert client.get_model_version_by_alias("penguins", "champion").tags["store_version"] == "1"
+
+
+def test_a_successful_run_logs_no_error_lines(stack, triggered):
+    run_id, state = triggered
+    assert state == "success"
+    errors = _error_lines(_run_logs(stack, "penguins", run_id))
+    assert not errors, "error-level lines in the task logs of a successful run:\n" + "\n".join(errors)
 
 
 def test_the_push_triggers_the_serving_check(stack, api, triggered):
@@ -239,6 +285,8 @@ def test_the_push_triggers_the_serving_check(stack, api, triggered):
     experiment = client.get_experiment_by_name("penguins")
     check = client.search_runs([experiment.experiment_id], "tags.`tfpipe.role` = 'serving_check'")[0]
     assert check.data.tags["tfpipe.checked_version"] == "1" and check.data.params["triggered_by_version"] == "1"
+    errors = _error_lines(_run_logs(stack, "serving_check", run["dag_run_id"]))
+    assert not errors, "error-level lines in the task logs of a successful run:\n" + "\n".join(errors)
 
 
 def test_a_run_marked_failed_mid_training_ends_its_mlflow_run(stack, api, triggered):

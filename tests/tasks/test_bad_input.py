@@ -129,8 +129,12 @@ CASES = {
     "truncated_parquet": (_truncated_parquet, "ingest", "bad.parquet: cannot read as Parquet"),
     "duplicated_header": (_text(HEADER.replace(b"sex", b"island") + b"Adelie,Torgersen,39.1,18.7,181,3750,Dream,2007\n"),
                           "ingest", "duplicated column(s) ['island']"),
-    "missing_labels": (_set("species", None, slice(3, 5)), "ingest",
-                       "column 'species' (the label) is empty in 2 row(s) of this batch, first at data row 4"),
+    # Rows without a label are dropped and counted (up to data.max_unlabeled_fraction)...
+    "missing_labels": (_set("species", None, slice(3, 5)), "pass", None),
+    # ... and a label empty in most rows is probably the wrong column.
+    "mostly_missing_labels": (_set("species", None, slice(0, 250)), "ingest",
+                              "the label 'species' is empty in 250 of 344 rows (73%), more than "
+                              "data.max_unlabeled_fraction (0.5) allows"),
     "infinity": (_set("bill_length_mm", "inf", slice(9, 10)), "ingest",
                  "column 'bill_length_mm' holds inf at data row 10"),
     "mostly_missing_feature": (_set("bill_length_mm", None, slice(0, 200)), "validate",
@@ -140,7 +144,8 @@ CASES = {
     "parquet_text_in_int_column": (_parquet_text_in_int, "ingest", "column 'body_mass_g' holds '3750g' at data row 1"),
     "semicolon_delimited": (_text(HEADER.replace(b",", b";") + b"Adelie;Torgersen;39.1;18.7;181;3750;male;2007\n"),
                             "ingest", "the header looks ';'-delimited: set data.delimiter"),
-    "too_few_rows": (_frame(lambda f: f.iloc[:2]), "ingest", "received no rows out of 2"),
+    "too_few_rows": (_frame(lambda f: f.iloc[[0, 200]]), "ingest", "received no rows out of 2"),
+    "one_class_only": (_frame(lambda f: f.iloc[:100]), "ingest", "the label 'species' holds one value ('Adelie')"),
     "header_without_line_break": (_text(HEADER.rstrip()), "ingest", "no data rows (the file holds one line"),
     "json_named_csv": (_text(FRAME.head(20).to_json(orient="records").encode()), "ingest",
                        "no data rows (the file holds one line"),
@@ -160,7 +165,7 @@ CASES = {
                           "column 'year' holds 9223372036854775808 at data row 1, beyond the 64-bit integer range"),
     "unnamed_index_column": (lambda d: (FRAME.to_csv(d / "bad.csv"), d / "bad.csv")[1], "ingest",
                              "column(s) [1] have no name (an index written with the data?)"),
-    "one_category_only": (_set("island", "Biscoe", slice(None)), "validate", ("island", "High Linfty distance between current and previous")),
+    "one_category_only": (_set("island", "Biscoe", slice(None)), "validate", ("island", "Category distribution differs")),
     # NaN is how pandas and most exporters write a missing value; the schema allows 10% missing.
     "nan_as_missing": (_set("bill_depth_mm", "NaN", slice(0, 5)), "pass", None),
 }

@@ -26,7 +26,8 @@ def test_run_until_a_step_tracks_it_and_stops(tmp_path, home, capsys):
     assert "validate_examples done" in out and "train_model done" not in out
     runs = home / "artifacts" / "clirun" / "runs" / "r1"
     assert (runs / "examples" / "train" / "data-00000-of-00001.tfrecord.gz").is_file()
-    assert (home / "artifacts" / "clirun" / "schema" / "schema.pbtxt").is_file()
+    # recorded only by a run that also trains: a run stopped (or failing) before leaves none behind
+    assert not (home / "artifacts" / "clirun" / "schema" / "schema.pbtxt").exists()
     settings = Settings.from_env()
     summary = MlflowTracking(settings.tracking_uri, settings.mlflow_artifact_location).pipeline_summary("clirun", "r1")
     assert set(summary["durations"]) == {"ingest_examples", "validate_examples"}
@@ -65,7 +66,8 @@ def test_datagen_writes_learnable_data_and_a_pipeline_that_runs(tmp_path, home, 
     again = tmp_path / "again.parquet"
     main(["datagen", str(again), "--rows", "3000", "--columns", "12", "--task", "multiclass"])
     pd.testing.assert_frame_equal(frame, pd.read_parquet(again))  # same seed, same data
-    assert main(["run", str(config), "--until", "validate_examples", "--run-id", "s1"]) == 0
+    # a run records its schema and becomes the drift baseline once it has also trained
+    assert main(["run", str(config), "--until", "train_model", "--run-id", "s1", "--set", "train.epochs=1"]) == 0
     capsys.readouterr()
     # drift is caught against the run that passed; the schema in force is printed
     main(["datagen", str(data), "--rows", "3000", "--columns", "12", "--task", "multiclass", "--drift", "1",
@@ -81,12 +83,13 @@ def test_datagen_writes_learnable_data_and_a_pipeline_that_runs(tmp_path, home, 
 
 
 def test_datagen_corruption_is_caught_by_ingest(tmp_path, home, capsys):
-    data = tmp_path / "dirty.csv"
+    # Parquet: typed columns, so a defect is a bad value (infinity) rather than a column read as text.
+    data = tmp_path / "dirty.parquet"
     assert main(["datagen", str(data), "--rows", "2000", "--corrupt", "0.05", "--pipeline",
                  str(tmp_path / "dirty.yaml")]) == 0
     assert main(["run", str(tmp_path / "dirty.yaml"), "--until", "validate_examples"]) == 1
     err = capsys.readouterr().err
-    assert "DataError" in err and "dirty.csv" in err and "at data row" in err
+    assert "DataError" in err and "dirty.parquet" in err and "at data row" in err
 
 
 def _train_run(client, pipeline: str, run_id: str):
@@ -127,7 +130,7 @@ def test_columns_with_any_names_run_end_to_end(tmp_path, home, penguins_frame):
     from tasks.model import tensor_name
 
     renamed = {"bill_length_mm": "bill length (mm)", "bill_depth_mm": "bill.depth", "flipper_length_mm":
-               "flipper-length", "body_mass_g": "Körpermasse", "island": "island"}
+               "flipper-length", "body_mass_g": "Körpermasse", "island": "island", "year": "class"}
     source = tmp_path / "odd.csv"
     penguins_frame.rename(columns=renamed).to_csv(source, index=False)
     pipeline = write_pipeline(tmp_path, name="odd", data={"source": str(source)},
@@ -139,8 +142,9 @@ def test_columns_with_any_names_run_end_to_end(tmp_path, home, penguins_frame):
     features = [c for c in penguins_frame.rename(columns=renamed).columns if c != "species"]
     assert features[:5] == ["island", "bill length (mm)", "bill.depth", "flipper-length", "Körpermasse"]
     assert keys == {"island", "f1_bill_length_mm_", "f2_bill_depth", "f3_flipper_length", "f4_K_rpermasse", "sex",
-                    "year"}
+                    "f6_class"}
     assert tensor_name("", 7) == "f7_" and tensor_name("2nd", 0) == "f0_2nd"
+    assert tensor_name("yield", 3) == "f3_yield" and tensor_name("class", 1) == "f1_class"  # Python keywords
     row = penguins_frame.rename(columns=renamed).dropna().iloc[:3]
     inputs = {tensor_name(c, i): tf.constant(row[c].to_numpy(dtype="float32" if row[c].dtype.kind == "f" else None))
               for i, c in enumerate(features)}
@@ -171,13 +175,28 @@ def test_integer_class_codes_and_boolean_columns(tmp_path, home, capsys):
     pipeline = write_pipeline(tmp_path, name="binary12", data={"source": str(tmp_path / "binary.csv")},
                               label="grade", task="binary")
     capsys.readouterr()
-    assert main(["run", str(pipeline), "--run-id", "r1", "--until", "train_model"]) == 1
-    err = capsys.readouterr().err
-    assert "binary task: a numeric label 'grade' must hold 0 and 1 (it holds int values from 1 to 2)" in err
-    assert "data.column_types: {grade: string}" in err
+    # A binary label written 1 and 2 (as many surveys code no and yes): two class names, '2' positive.
+    assert main(["run", str(pipeline), "--run-id", "r1", "--until", "train_model"]) == 0, capsys.readouterr().err
+    spec = json.loads((home / "artifacts" / "binary12" / "runs" / "r1" / "model" / "model_spec.json").read_text())
+    assert spec["label_vocabulary"] == ["1", "2"] and spec["label_kind"] == "string"
     # 0.0 and 1.0, as some exporters write a binary label, train as 0 and 1.
     frame.assign(grade=np.where(frame.grade == 3, 0.0, 1.0)).to_csv(tmp_path / "floats.csv", index=False,
                                                                    float_format="%.1f")
     pipeline = write_pipeline(tmp_path, name="binaryfloat", data={"source": str(tmp_path / "floats.csv")},
                               label="grade", task="binary")
     assert main(["run", str(pipeline), "--run-id", "r1", "--until", "train_model"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool, usage", [("airflow", "Usage: airflow [-h] GROUP_OR_COMMAND"),
+                                         ("mlflow", "Usage: mlflow [OPTIONS] COMMAND")])
+def test_airflow_and_mlflow_pass_their_options_through(tmp_path, tool, usage):
+    """`tfpipe airflow --help` is airflow's help (the command execs the tool, so it runs apart)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TFPIPE_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "tasks.cli", tool, "--help"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert usage in proc.stdout and "unrecognized arguments" not in proc.stderr

@@ -4,13 +4,12 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from tasks.config import ConfigError, load_pipeline
-from tasks.ingest import DataError, assign_splits, ingest_examples, read_manifest, row_hashes
+from tasks.ingest import DataError, ingest_examples, read_manifest
 from tasks.validate import read_split_record_batch
 from tests.conftest import write_pipeline
 
@@ -55,25 +54,6 @@ def test_split_is_deterministic_and_rerun_replaces_output(tmp_path, pipeline_fil
                                   after.sort_values("bill_length_mm", key=lambda s: s.str[0]).reset_index(drop=True))
 
 
-def _splits(frame, key=None, fractions=(0.8, 0.2)):
-    batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
-    return assign_splits(row_hashes(batch, [key] if key else list(frame.columns)), list(fractions))
-
-
-def test_split_does_not_depend_on_row_order_or_batching(penguins_frame):
-    index = _splits(penguins_frame)
-    shuffled = penguins_frame.sample(frac=1.0, random_state=3)
-    assert np.array_equal(index[shuffled.index.to_numpy()], _splits(shuffled.reset_index(drop=True)))
-    halves = np.concatenate([_splits(penguins_frame.iloc[:100]), _splits(penguins_frame.iloc[100:])])
-    assert np.array_equal(index, halves)
-    assert 0.7 < (index == 0).mean() < 0.9
-
-
-def test_split_key_keeps_groups_together(penguins_frame):
-    index = _splits(penguins_frame, "island", (0.5, 0.5))
-    assert penguins_frame.assign(split=index).groupby("island")["split"].nunique().max() == 1
-
-
 def test_rerun_writes_identical_bytes(tmp_path, pipeline_file):
     config = load_pipeline(pipeline_file)
     _ingest(tmp_path, config, "one")
@@ -97,7 +77,7 @@ def test_csv_and_parquet_give_the_same_examples(tmp_path, penguins_frame):
 
 
 def test_integer_column_with_a_late_fraction_is_widened_to_float(tmp_path, monkeypatch):
-    monkeypatch.setattr("tasks.ingest._CSV_BLOCK_BYTES", 64 << 10)  # types are inferred from the first block
+    monkeypatch.setattr("tasks.sources._CSV_BLOCK_BYTES", 64 << 10)  # types are inferred from the first block
     rows = ["label,x,c"] + [f"{i % 2},{i},c{i % 3}" for i in range(60_000)] + ["1,2.5,c1"]
     source = tmp_path / "late.csv"
     source.write_text("\n".join(rows) + "\n")
@@ -108,7 +88,7 @@ def test_integer_column_with_a_late_fraction_is_widened_to_float(tmp_path, monke
 
 
 def test_text_in_a_declared_numeric_column_names_row_and_value(tmp_path, monkeypatch):
-    monkeypatch.setattr("tasks.ingest._CSV_BLOCK_BYTES", 64 << 10)
+    monkeypatch.setattr("tasks.sources._CSV_BLOCK_BYTES", 64 << 10)
     rows = ["label,x"] + [f"{i % 2},{i}" for i in range(50_000)] + ["1,twelve"]
     source = tmp_path / "text.csv"
     source.write_text("\n".join(rows) + "\n")
@@ -166,7 +146,8 @@ def test_source_template_selects_the_partition(tmp_path, penguins_frame):
         (b"", "empty"),
         (b"species,island\n", "no data rows"),
         (b"island,bill_length_mm\nDream,40\n", "label column 'species' is missing"),
-        (b"species,island\nAdelie,Dream\n,Biscoe\n", "'species' (the label) is empty in 1 row"),
+        (b"species,island\nAdelie,Dream\n,Biscoe\n,Dream\n", "label 'species' is empty in 2 of 3 rows (67%)"),
+        (b"species,island\nAdelie,Dream\nAdelie,Biscoe\n", "holds one value ('Adelie')"),
         (b"species,island,island\nAdelie,Dream,Dream\n", "duplicated column"),
         (b"species,island\nAdelie,Dr\xffeam\n", "not valid UTF-8"),
         (b"species,x\nAdelie,inf\n", "infinite"),
@@ -256,8 +237,8 @@ def test_s3_partition_per_run_date(tmp_path, monkeypatch, penguins_frame):
         try:
             s3 = boto3.client("s3")
             s3.create_bucket(Bucket="lake")
-            parts = {"2026-01-01": [penguins_frame.iloc[:100], penguins_frame.iloc[100:150]],
-                     "2026-01-02": [penguins_frame.iloc[150:]]}
+            mixed = penguins_frame.sample(frac=1.0, random_state=0)  # every day holds every species
+            parts = {"2026-01-01": [mixed.iloc[:100], mixed.iloc[100:150]], "2026-01-02": [mixed.iloc[150:]]}
             for day, frames in parts.items():
                 for i, frame in enumerate(frames):
                     frame.to_parquet(tmp_path / "part.parquet")

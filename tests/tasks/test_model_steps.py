@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.config import GateConfig, MetricGate
+from tasks.config import GateConfig, MetricGate, load_pipeline
 from tasks.evaluate import evaluate_model, gate_checks, read_blessing
 from tasks.optimize import optimize_model
 from tasks.model_store import champion, claim_version, versions
 from tasks.push import PushError, push_model
-from tests.conftest import run_concurrently
+from tests.conftest import run_concurrently, write_pipeline
 from tasks.train import FEATURES_SIGNATURE, SERVING_SIGNATURE, read_model_spec, train_model
 
 
@@ -124,7 +124,8 @@ def test_slices_are_measured_and_gated_per_value(trained):
     sliced = [c for c in blessing.checks if c.slice]
     assert {c.slice for c in sliced} == set(islands) and blessing.blessed
     table = format_checks(blessing.to_dict())
-    assert "island=Dream" in table and "champion" in table.splitlines()[1] and "slices:" in table
+    assert "island=Dream" in table and "champion" in table.splitlines()[2] and "slices:" in table
+    assert table.splitlines()[1].startswith("trivial baseline (predicting the train split's majority class")
     assert (Path(blessing.uri) / "plots" / "slices.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -174,9 +175,15 @@ def test_slice_change_bounds_compare_with_the_champion_on_the_same_slice():
     assert [c.passed for c in cold if c.kind == "max_decrease"] == [None, None]
 
 
-def test_gate_on_unknown_metric_is_an_error():
-    with pytest.raises(ValueError, match="gate.metrics.auc"):
-        gate_checks(GateConfig(metrics={"auc": MetricGate(lower_bound=0.5)}), {"accuracy": 1.0}, None)
+def test_a_gate_metric_the_task_has_not_is_a_config_error_and_an_undefined_one_is_skipped(tmp_path):
+    from tasks.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"gate.metrics.accuracy: task regression has no metric 'accuracy' "
+                                          r"\(its metrics: rmse, mae, r2\)"):
+        load_pipeline(write_pipeline(tmp_path, task="regression", label="body_mass_g"))
+    # AUC of an eval split holding one class: not an error, a skipped check that says why
+    (check,) = gate_checks(GateConfig(metrics={"auc": MetricGate(lower_bound=0.5)}), {"accuracy": 1.0}, None)
+    assert check.passed is None and "auc is not defined on the eval split" in check.describe()
 
 
 def test_champion_is_evaluated_on_the_same_examples(trained, tmp_path):
@@ -264,7 +271,7 @@ def test_a_variant_beyond_the_tolerance_is_rejected_and_not_published(trained, t
                             trained["cache"], trained["work"], variants=("tflite_float32",),
                             measurement=Measurement(latency_runs=10, throughput_batch=64, throughput_seconds=0.05))
     row = result.report["variants"]["tflite_float32"]
-    assert not row["kept"] and "exceeds -0.5" in row["reason"]
+    assert not row["kept"] and "exceeds optimize.max_accuracy_drop -0.5" in row["reason"]
     assert result.kept == ["saved_model"]
     assert not (tmp_path / "optimized" / row["file"]).exists()
 
@@ -335,3 +342,68 @@ def test_regression_evaluation_plots_residuals(tmp_path):
     models = {"challenger": {"predictions": labels + 0.1}, "champion v1": {"predictions": labels - 0.5}}
     (path,) = evaluation_plots("regression", models, labels, tmp_path)
     assert path.name == "residuals.png" and path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_default_gate_fits_the_task_and_asks_to_beat_the_trivial_baseline(tmp_path):
+    from tasks.config import default_gate_metrics
+
+    for task, label in (("binary", "sex"), ("multiclass", "species"), ("regression", "body_mass_g")):
+        config = load_pipeline(write_pipeline(tmp_path, name=task, task=task, label=label, gate=None))
+        assert config.gate.metrics == default_gate_metrics(task)
+        assert all(bounds.beat_baseline_by and bounds.max_decrease for bounds in config.gate.metrics.values())
+    assert set(default_gate_metrics("regression")) == {"r2"}  # unitless: no label-unit bound by default
+
+
+def test_a_model_below_the_majority_class_rate_is_not_blessed():
+    gate = GateConfig(metrics=default_gate_metrics_for("binary"))
+    trivial = {"metrics": {"accuracy": 0.637, "auc": 0.5}}
+    checks = gate_checks(gate, {"accuracy": 0.584, "auc": 0.71}, None, trivial=trivial)
+    by_metric = {(c.metric, c.kind): c for c in checks}
+    assert by_metric[("accuracy", "beat_baseline_by")].passed is False
+    assert by_metric[("accuracy", "beat_baseline_by")].bound == pytest.approx(0.647)
+    assert "trivial baseline 0.6370 + 0.0100: FAILED" in by_metric[("accuracy", "beat_baseline_by")].describe()
+    assert by_metric[("auc", "beat_baseline_by")].passed is True
+    assert gate_checks(gate, {"accuracy": 0.70, "auc": 0.71}, None, trivial=trivial)[0].passed is True
+    # lower is better: log loss must fall below the baseline's
+    (loss,) = gate_checks(GateConfig(metrics={"log_loss": MetricGate(beat_baseline_by=0.05)}), {"log_loss": 0.62},
+                          None, trivial={"metrics": {"log_loss": 0.66}})
+    assert loss.passed is False and loss.bound == pytest.approx(0.61)
+
+
+def default_gate_metrics_for(task):
+    from tasks.config import default_gate_metrics
+
+    return default_gate_metrics(task)
+
+
+def test_evaluation_measures_the_trivial_baseline_on_the_same_examples(trained):
+    from tasks.evaluate import format_checks
+
+    blessing = _evaluate(trained, GateConfig(metrics=default_gate_metrics_for("multiclass")), None, "eval_trivial")
+    trivial = blessing.trivial
+    counts = trained["examples"]
+    labels = read_blessing(blessing.uri)
+    assert trivial["metrics"]["example_count"] == blessing.metrics["example_count"] == counts.counts["eval"]
+    assert "majority class 'Adelie'" in trivial["description"]
+    assert 0.3 < trivial["metrics"]["accuracy"] < 0.55 and trivial["metrics"]["auc"] == pytest.approx(0.5)
+    check = next(c for c in blessing.checks if c.kind == "beat_baseline_by")
+    assert check.trivial == trivial["metrics"]["accuracy"] and check.passed and blessing.blessed
+    assert labels["trivial"]["metrics"] == trivial["metrics"]
+    table = format_checks(blessing.to_dict())
+    assert "beat_baseline_by" in table and f"{trivial['metrics']['accuracy']:.4f}" in table
+
+
+def test_regression_gets_r2_and_its_trivial_baseline_is_the_train_mean():
+    from tasks.evaluate import compute_metrics, trivial_outputs
+    from tasks.model import ModelSpec
+
+    labels = np.array([1.0, 2.0, 3.0, 4.0])
+    metrics = compute_metrics("regression", {"predictions": np.array([1.1, 1.9, 3.2, 3.8])}, labels)
+    assert metrics["r2"] == pytest.approx(1 - 0.1 / 5.0)
+    spec = ModelSpec(task="regression", label="y", label_kind="float", label_vocabulary=(), features=(),
+                     hidden_units=(8,), embedding_dim=2)
+    stats = {"classes": [], "splits": {"train": {"count": 10, "mean": 2.0, "std": 1.0}}}
+    outputs, description = trivial_outputs(spec, stats, len(labels))
+    assert description == "predicting the train split's mean, 2" and (outputs["predictions"] == 2.0).all()
+    trivial = compute_metrics("regression", outputs, labels)
+    assert trivial["r2"] == pytest.approx(1 - 6.0 / 5.0)  # the train mean is off the eval mean: below 0

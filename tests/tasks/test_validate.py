@@ -1,28 +1,35 @@
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 import pytest
 
-from tasks.ingest import DataError
-
 from tasks.config import load_pipeline
-from tasks.ingest import ingest_examples
-from tasks.validate import DataValidationError, column_types, load_schema, load_schema_text, validate_examples
+from tasks.ingest import DataError, ingest_examples
+from tasks.validate import (DataValidationError, column_types, load_schema, load_schema_text, record_passing_run,
+                            validate_examples)
 from tests.conftest import PENGUINS_CSV, write_pipeline
 
 
-def _run(tmp_path, source, run, **changes):
-    """Ingest then validate as the pipeline does: column types from the recorded schema."""
+def _run(tmp_path, source, run, trained=True, **changes):
+    """Ingest then validate as the pipeline does: column types from the recorded schema; a run that
+    passes and (``trained``) trains records its schema and becomes the drift baseline."""
     data = {"source": str(source), **changes.pop("data", {})}
     config = load_pipeline(write_pipeline(tmp_path, data=data, **changes))
     recorded = tmp_path / "schema" / "schema.pbtxt"
     types = column_types(load_schema_text(recorded.read_text())) if recorded.exists() else {}
     examples = ingest_examples(config, config.data.source, str(tmp_path / run / "examples"), tmp_path / "work",
                                column_types=types)
-    return validate_examples(
+    baseline = str(tmp_path / "schema" / "baseline.json")
+    result = validate_examples(
         examples.uri, str(tmp_path / run / "statistics"), str(tmp_path / run / "anomalies"),
         str(recorded), "species", tmp_path / "cache", tmp_path / "work", settings=config.validation,
-        baseline_uri=str(tmp_path / "schema" / "baseline.json"), run_id=run,
+        baseline_uri=baseline, run_id=run, pipeline="tiny",
     )
+    if trained:
+        record_passing_run(result.statistics_uri, result.schema_source, str(recorded), baseline, run)
+    return result
 
 
 def test_first_run_infers_and_records_schema_later_runs_reuse_it(tmp_path):
@@ -91,7 +98,9 @@ def test_drift_against_the_last_passing_run(tmp_path, penguins_frame):
     with pytest.raises(DataValidationError) as error:
         _run(tmp_path, path, "r3")
     drift = [r for r in error.value.report if r["feature"] == "body_mass_g"]
-    assert drift and "Jensen-Shannon" in drift[0]["anomaly"] and "drift JS divergence <= 0.3" in drift[0]["expected"]
+    assert drift and drift[0]["comparison"] == "train against the train split of run r2"
+    assert "validation.drift.numeric_ks 0.1" in drift[0]["expected"] and "KS distance" in drift[0]["observed"]
+    assert drift[0]["fix"].startswith("validation.drift.features: {body_mass_g: ")
     # switched off per feature in the config, the same data passes
     assert _run(tmp_path, path, "r4", validation={"drift": {"features": {"body_mass_g": None}}}).anomalies == 0
 
@@ -118,9 +127,10 @@ def test_skew_between_eval_and_train(tmp_path):
     # splitting by island puts whole islands in eval: its island distribution is far from train's
     with pytest.raises(DataValidationError) as error:
         _run(tmp_path, PENGUINS_CSV, "r1", data={"split_key": "island", "split": {"train": 0.5, "eval": 0.5}})
-    skew = {r["feature"]: r for r in error.value.report if "training and serving" in r["detail"]}
-    assert "island" in skew and "skew L-inf <= 0.3" in skew["island"]["expected"]
-    assert "skew JS divergence <= 0.3" in skew["bill_length_mm"]["expected"]  # numeric features: JSD
+    skew = {r["feature"]: r for r in error.value.report if r["comparison"] == "eval against train"}
+    assert "validation.skew.categorical_linf 0.1" in skew["island"]["expected"]
+    assert "validation.skew.numeric_ks 0.1" in skew["bill_length_mm"]["expected"]  # numeric features: KS
+    assert "training and serving" not in str(error.value)
 
 
 def test_beam_engine_computes_the_same_statistics(tmp_path):
@@ -167,3 +177,68 @@ def test_sharded_statistics_match_tfdv_whatever_thread_reads_which_shard(tmp_pat
     damaged.write_bytes(Path(files[1]).read_bytes()[:-50])
     with pytest.raises(ValueError, match=f"{damaged.name}: truncated"):
         validate.sharded_statistics([files[0], str(damaged), files[2]], manifest["columns"], batch_size=700)
+
+
+def _healthy_table(rows=2000, seed=0):
+    """What real tables hold: rare categories, a value seen once, heavy outliers, a few missing values,
+    a 0/1 column with one 2, integer codes with few values."""
+    rng = np.random.default_rng(seed)
+    rare = [f"rare{i}" for i in range(12)]
+    frame = pd.DataFrame({
+        "category": rng.choice(["a", "b", "c", *rare], rows, p=[0.5, 0.3, 0.14, *[0.005] * 12]),
+        "income": np.exp(rng.normal(10, 1.5, rows)),  # heavy right tail
+        "flag": rng.integers(0, 2, rows),
+        "rooms": rng.choice([1, 2, 3, 4, 5, 9], rows, p=[0.1, 0.3, 0.3, 0.2, 0.09, 0.01]),
+        "age": rng.normal(40, 12, rows).round(),
+        "species": rng.choice(["x", "y", "z"], rows),
+    })
+    frame.loc[rng.choice(rows, 3, replace=False), "age"] = np.nan
+    frame.loc[rng.choice(rows, 1), "flag"] = 2
+    frame.loc[rng.choice(rows, 4, replace=False), "income"] *= 1000
+    return frame
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_healthy_data_passes_on_its_first_and_second_run(tmp_path, seed):
+    path = tmp_path / "healthy.csv"
+    _healthy_table(seed=seed).to_csv(path, index=False)
+    first = _run(tmp_path, path, "r1")
+    assert first.anomalies == 0 and first.schema_inferred
+    second = _run(tmp_path, path, "r2")
+    assert second.anomalies == 0 and second.baseline_run == "r1" and second.schema_source == "recorded"
+
+
+def test_a_run_that_did_not_train_records_nothing(tmp_path):
+    _run(tmp_path, PENGUINS_CSV, "r1", trained=False)
+    assert not (tmp_path / "schema" / "schema.pbtxt").exists()
+    assert not (tmp_path / "schema" / "baseline.json").exists()
+
+
+def test_too_many_unseen_values_name_the_key_that_accepts_them(tmp_path, penguins_frame):
+    _run(tmp_path, PENGUINS_CSV, "r1")
+    changed = penguins_frame.copy()
+    changed.loc[changed.index[::5], "island"] = "Atlantis"  # 20% of the rows
+    path = tmp_path / "changed.csv"
+    changed.to_csv(path, index=False)
+    with pytest.raises(DataValidationError) as error:
+        _run(tmp_path, path, "r2", validation={"drift": {"categorical_linf": None}})
+    rows = [r for r in error.value.report if r["feature"] == "island"]
+    assert {r["comparison"] for r in rows} == {"train against the recorded schema", "eval against the recorded schema"}
+    values = [float(r["fix"].removeprefix("validation.max_unseen_fraction: ")) for r in rows]
+    assert all(0.18 < v < 0.3 for v in values), [r["fix"] for r in rows]  # about the 20% of new values
+    assert "tfpipe schema tiny --reset" not in rows[0]["fix"]
+    report = (tmp_path / "r2" / "anomalies" / "report.txt").read_text()
+    assert "to accept:" in report and "Atlantis" in report
+    accepted = _run(tmp_path, path, "r3", validation={"drift": {"categorical_linf": None},
+                                                      "max_unseen_fraction": max(values)})
+    assert accepted.anomalies == 0
+
+
+def test_a_type_change_against_the_recorded_schema_names_the_reset(tmp_path, penguins_frame):
+    _run(tmp_path, PENGUINS_CSV, "r1")
+    path = tmp_path / "typed.csv"
+    penguins_frame.to_csv(path, index=False)
+    with pytest.raises(DataValidationError) as error:
+        _run(tmp_path, path, "r2", data={"column_types": {"year": "string"}})
+    year = [r for r in error.value.report if r["feature"] == "year"]
+    assert year and "tfpipe schema tiny --reset" in year[0]["fix"]
