@@ -77,7 +77,8 @@ class _PeakRss:
         self.peak = max(self.peak, self.rss())
 
 
-def _versions(*names: str) -> dict[str, str]:
+def versions(*names: str) -> dict[str, str]:
+    """The installed version of each distribution that is installed."""
     out = {}
     for name in names:
         try:
@@ -129,7 +130,7 @@ def _report(suite: str, params: dict, measured: dict[str, dict], rows: dict[str,
             "usable_cpus": usable_cpus(),
             "platform": platform.platform(),
             "python": platform.python_version(),
-            "versions": _versions("tensorflow", "tensorflow-data-validation", "tfx-bsl", "pyarrow", "apache-beam",
+            "versions": versions("tensorflow", "tensorflow-data-validation", "tfx-bsl", "pyarrow", "apache-beam",
                                   "numpy", "tfpipe"),
         },
         "variants": variants,

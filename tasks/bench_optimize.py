@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.bench import _PeakRss, _ratio, _versions, prepare_examples
+from tasks.bench import _PeakRss, _ratio, prepare_examples, versions
 
 
 def _numpy_floor(spec, hidden: tuple[int, ...]):
@@ -103,7 +103,7 @@ def bench_optimize(rows: int, columns: int = 20, repeat: int = 3, workdir: Path 
             "suite": "optimize",
             "params": {"rows": rows, "columns": columns, "eval_examples": len(records), "hidden_units": list(hidden),
                        "throughput_batch": throughput_batch, "latency_runs": latency_runs, "repeat": repeat},
-            "machine": {"cpus": os.cpu_count(), "versions": _versions("tensorflow", "tensorflow-model-optimization",
+            "machine": {"cpus": os.cpu_count(), "versions": versions("tensorflow", "tensorflow-model-optimization",
                                                                        "numpy", "tfpipe")},
             "variants": variants,
             "ratios": {f"{n}/saved_model": _ratio(variants[n]["throughput"], base["throughput"]) for n in names},

@@ -7,8 +7,6 @@ the raw mapping *before* validation, so an override is checked exactly like the 
 
 from __future__ import annotations
 
-from tasks.errors import UserError
-
 import re
 from collections.abc import Mapping
 from enum import Enum
@@ -17,6 +15,8 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import UserError
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "dags" / "pipelines"
 

@@ -22,7 +22,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -283,15 +282,10 @@ def run_corpus(entries: Iterable[Entry], root: Path, keep: bool = False,
 
 
 def _versions() -> dict[str, str]:
-    names = ("tensorflow", "tensorflow-data-validation", "tfx-bsl", "apache-beam", "pyarrow", "pandas", "numpy",
-             "mlflow", "scikit-learn", "statsmodels", "vega-datasets", "palmerpenguins", "tfpipe")
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+    from tasks.bench import versions
+
+    return versions("tensorflow", "tensorflow-data-validation", "tfx-bsl", "apache-beam", "pyarrow", "pandas", "numpy",
+                    "mlflow", "scikit-learn", "statsmodels", "vega-datasets", "palmerpenguins", "tfpipe")
 
 
 def report(results: dict[str, dict[str, Any]], small: bool) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from tasks import __version__, artifacts, storage
 from tasks.config import STRATEGIES, PipelineConfig, load_pipeline, resolve_pipeline_path
+from tasks.errors import DataError
 from tasks.settings import Settings
 from tasks.tracking import MlflowTracker, MlflowTracking, RunIdentity, experiment_url, run_url
 
@@ -233,22 +234,20 @@ def schema_in_force(ctx: RunContext) -> tuple[dict[str, str], str, str] | None:
     return None
 
 
-def _schema_column_types(ctx: RunContext) -> tuple[dict[str, str], str | None]:
-    """Column kinds from the curated or recorded schema, so every run reads columns alike."""
-    found = schema_in_force(ctx)
-    return (found[0], found[2]) if found else ({}, None)
-
-
 def ingest_examples(ctx: RunContext) -> dict[str, Any]:
     from tasks.ingest import ingest_examples as ingest, render_sources
 
     with _step(ctx, "ingest_examples") as tracker:
         variables = {"ds": ctx.ds or "", "ds_nodash": (ctx.ds or "").replace("-", ""), "run_id": ctx.run_id}
         sources = render_sources(ctx.config.data.source, variables)
-        types, schema_source = _schema_column_types(ctx)
-        tracker.log_params({"sources": json.dumps(sources), "column_types_from": schema_source or "data"})
-        result = ingest(ctx.config, sources, ctx.output("examples"), ctx.work_dir("ingest_examples"),
-                        column_types=types)
+        schema = schema_in_force(ctx)  # every run reads the columns alike
+        types = schema[0] if schema else {}
+        tracker.log_params({"sources": json.dumps(sources), "column_types_from": schema[2] if schema else "data"})
+        try:
+            result = ingest(ctx.config, sources, ctx.output("examples"), ctx.work_dir("ingest_examples"),
+                            column_types=types)
+        except DataError as error:
+            raise _with_schema_hint(ctx, error, schema) from error
         tracker.log_metrics({f"examples_{split}": count for split, count in result.counts.items()})
         tracker.log_metrics({"rows": result.rows, "rows_per_second": result.rows / max(result.seconds, 1e-9),
                              "rows_without_label": result.unlabeled})
@@ -259,6 +258,20 @@ def ingest_examples(ctx: RunContext) -> dict[str, Any]:
                          "examples/manifest.json")
         tracker.set_tags({"tfpipe.examples_uri": result.uri})
         return result.to_dict()
+
+
+def _with_schema_hint(ctx: RunContext, error: DataError, schema: tuple[dict[str, str], str, str] | None):
+    """A bad value in a column whose type the schema in force gave: say where the type came from
+    and how to let go of it."""
+    if schema is None:
+        return error
+    types, source, location = schema
+    typed = [c for c in types if c not in ctx.config.data.column_types and f"column {c!r} holds" in str(error)]
+    if not typed:
+        return error
+    fix = (f"edit the curated schema {location}" if source == "curated" else
+           f"if the data changed on purpose, discard the recorded schema: tfpipe schema {ctx.config.name} --reset")
+    return DataError(f"{error} (the type of {typed[0]!r} comes from the {source} schema, {location}; {fix})")
 
 
 def validate_examples(ctx: RunContext, examples: Mapping[str, Any]) -> dict[str, Any]:
@@ -462,6 +475,10 @@ def evaluate_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[
         tracker.log_metrics(blessing.metrics)
         if blessing.baseline:
             tracker.log_metrics({f"champion_{k}": v for k, v in blessing.baseline["metrics"].items()})
+        if blessing.trivial:
+            tracker.log_metrics({f"baseline_{k}": v for k, v in blessing.trivial["metrics"].items()
+                                 if k != "example_count"})
+            tracker.set_tags({"tfpipe.baseline": blessing.trivial["description"]})
         # "island=Dream" -> slice/island/Dream/accuracy (MLflow keys allow no "=")
         tracker.log_metrics({
             f"slice/{_metric_key(name.replace('=', '/', 1))}/{metric}": value

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+
 import pyarrow as pa
 
 from tasks.config import PipelineConfig

@@ -16,8 +16,6 @@ report that names each feature, the anomaly, and what was expected and observed.
 
 from __future__ import annotations
 
-from tasks.errors import UserError
-
 import atexit
 import json
 import logging
@@ -33,6 +31,7 @@ from typing import Any
 from tasks import storage
 from tasks.anomalies import Where, checked_schema, compare, distance_rows, format_report, schema_rows
 from tasks.config import ValidateConfig
+from tasks.errors import UserError
 from tasks.ingest import read_manifest, split_files
 from tasks.settings import usable_cpus
 

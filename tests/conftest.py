@@ -89,6 +89,15 @@ def write_pipeline(directory: Path, name: str = "tiny", **changes) -> Path:
 
 
 @pytest.fixture
+def home(tmp_path: Path, monkeypatch) -> Path:
+    """A fresh ``TFPIPE_HOME`` for a CLI run, with no other location inherited from the environment."""
+    monkeypatch.setenv("TFPIPE_HOME", str(tmp_path / "home"))
+    for name in ("TFPIPE_ARTIFACT_ROOT", "TFPIPE_MODEL_STORE", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
 def pipeline_file(tmp_path: Path) -> Path:
     return write_pipeline(tmp_path)
 

@@ -8,14 +8,6 @@ from tasks.cli import main
 from tests.conftest import PENGUINS_CSV
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TFPIPE_HOME", str(tmp_path / "home"))
-    for name in ("TFPIPE_ARTIFACT_ROOT", "TFPIPE_MODEL_STORE", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path / "home"
-
-
 def _minimal(tmp_path, name, source, label, task, **more):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"data": {"source": str(source), **more.pop("data", {})}, "label": label,
@@ -100,3 +92,16 @@ def test_a_run_that_fails_in_training_records_no_schema_so_the_fixed_run_passes(
     assert not storage.exists(recorded)
     assert main(["run", pipeline, "--run-id", "r2", "--until", "validate_examples",
                  "--set", "data.column_types.year=string"]) == 0
+
+
+def test_a_bad_value_in_a_column_typed_by_the_recorded_schema_names_the_reset(penguins, home, capsys):
+    from tasks import artifacts, storage
+    from tasks.settings import Settings
+
+    recorded = artifacts.recorded_schema_uri(Settings.from_env().artifact_root, "typed")
+    storage.write_bytes(recorded, b'feature { name: "island" type: INT }\n')
+    pipeline = _minimal(penguins, "typed", penguins / "p.csv", "species", "multiclass")
+    assert main(["run", pipeline, "--until", "ingest_examples"]) == 1
+    err = capsys.readouterr().err
+    assert "column 'island' holds 'Torgersen'" in err
+    assert "the type of 'island' comes from the recorded schema" in err and "tfpipe schema typed --reset" in err

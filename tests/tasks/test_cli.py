@@ -10,14 +10,6 @@ from tasks.tracking import MlflowTracking
 from tests.conftest import write_pipeline
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TFPIPE_HOME", str(tmp_path / "home"))
-    for name in ("TFPIPE_ARTIFACT_ROOT", "TFPIPE_MODEL_STORE", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path / "home"
-
-
 def test_run_until_a_step_tracks_it_and_stops(tmp_path, home, capsys):
     pipeline = write_pipeline(tmp_path, name="clirun")
     assert main(["run", str(pipeline), "--until", "validate_examples", "--run-id", "r1",

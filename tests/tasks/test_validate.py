@@ -2,7 +2,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 import pytest
 
 from tasks.config import load_pipeline
