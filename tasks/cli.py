@@ -344,12 +344,25 @@ def format_summary(pipeline: str, run_id: str, durations: dict[str, float], resu
     lines += [
         "",
         "browse:",
-        f"  MLflow:  make mlflow   then open http://127.0.0.1:5000  (experiment '{pipeline}')",
+        f"  MLflow:  make mlflow   then open {_experiment_link(settings, pipeline)}",
         "  Airflow: make airflow  then open http://127.0.0.1:8080  (DAG "
         f"'{pipeline}'; login in {settings.airflow_home}/simple_auth_manager_passwords.json.generated)",
         f"  store:   {settings.model_store}",
     ]
     return "\n".join(lines)
+
+
+def _experiment_link(settings: Settings, pipeline: str) -> str:
+    """The experiment's runs in the MLflow UI's model-training view (the root page when unknown)."""
+    from tasks.tracking import MlflowTracking, experiment_url
+
+    try:
+        experiment = MlflowTracking(settings.tracking_uri).client.get_experiment_by_name(pipeline)
+    except Exception:  # noqa: BLE001 - a link is a convenience: the summary prints without it
+        experiment = None
+    if experiment is None:
+        return f"{settings.mlflow_ui_url}  (experiment '{pipeline}')"
+    return experiment_url(settings.mlflow_ui_url, experiment.experiment_id)
 
 
 def build_parser() -> argparse.ArgumentParser:

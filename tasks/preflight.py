@@ -92,7 +92,7 @@ def _label(config: PipelineConfig, uri: str, table: pa.Table, whole: bool) -> li
     if len(labelled) < len(column):
         share = 1 - len(labelled) / max(len(column), 1)
         level = "problem" if share > config.data.max_unlabeled_fraction else "note"
-        found.append(Finding(level, f"{where}: the label is empty in {len(column) - len(labelled)} rows ({share:.0%}); "
+        found.append(Finding(level, f"{where}: the label is empty in {len(column) - len(labelled)} rows ({share:.1%}); "
                                     f"such rows are dropped, up to data.max_unlabeled_fraction "
                                     f"({config.data.max_unlabeled_fraction:g})"))
     kind = config.data.column_types.get(config.label) or kind_of(labelled.type) or "string"

@@ -42,8 +42,8 @@ TAG_PUSHED_URI = "tfpipe.pushed_uri"
 TAG_REGISTRY_VERSION = "tfpipe.registry_version"
 TAG_REGISTRY_URL = "tfpipe.registry_url"
 NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
-# The MLflow UI opens an experiment of this kind on its runs table (model training), not on
-# its GenAI traces overview.
+# The experiment kind of a training pipeline (MLflow 3). MLflow 3.17's UI reads its own
+# "GenAI | Model training" switch before this tag, so links also ask for the view (below).
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 
@@ -445,13 +445,20 @@ class RunIdentity:
         return f"{base}/tasks/{quote(task_id, safe='')}" if base else None
 
 
+# MLflow 3.17's UI opens every experiment on its GenAI pages (traces, token usage) unless the
+# URL asks for model training: its "GenAI | Model training" switch is a browser-wide setting
+# that starts on GenAI and overrides the experiment's kind tag. Every link tfpipe gives asks.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def run_url(mlflow_ui_url: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI page of a run."""
-    return f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    """The MLflow UI page of a run, in the UI's model-training view."""
+    return f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
 
 
 def experiment_url(mlflow_ui_url: str, experiment_id: str) -> str:
-    return f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}"
+    """The runs table of an experiment, in the UI's model-training view."""
+    return f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"
 
 
 def model_version_url(mlflow_ui_url: str, name: str, version: str | int) -> str:

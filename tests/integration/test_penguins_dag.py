@@ -187,8 +187,10 @@ def test_airflow_and_mlflow_link_to_each_other(services, blessed_run):
     for ti in blessed_run.get_task_instances():
         child = children[ti.task_id]
         run_link = MlflowRunLink().get_link(None, ti_key=ti.key)
-        assert run_link == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{child.info.run_id}"
-        assert MlflowExperimentLink().get_link(None, ti_key=ti.key) == f"http://127.0.0.1:5000/#/experiments/{experiment_id}"
+        view = "?workflowType=machine_learning"  # the UI's model-training view, not its GenAI pages
+        assert run_link == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{child.info.run_id}{view}"
+        assert (MlflowExperimentLink().get_link(None, ti_key=ti.key)
+                == f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs{view}")
         assert child.data.tags["airflow.task_instance_url"] == f"{dag_run_url}/tasks/{ti.task_id}"
         assert f"]({dag_run_url}/tasks/{ti.task_id})" in child.data.tags["mlflow.note.content"]
 

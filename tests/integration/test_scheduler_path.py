@@ -263,7 +263,7 @@ def test_triggered_run_with_conf_pushes_and_is_tracked(stack, api, triggered):
                                "tags.`airflow.task_id` = 'train_model'")[0]
     assert train.data.params["train.epochs"] == "5"  # the conf reached the step
     links = api.call("GET", f"/api/v2/dags/penguins/dagRuns/{quote(run_id, safe='')}/taskInstances/train_model/links")
-    assert links["extra_links"]["MLflow run"].endswith(f"/runs/{train.info.run_id}")
+    assert links["extra_links"]["MLflow run"].endswith(f"/runs/{train.info.run_id}?workflowType=machine_learning")
     assert client.get_model_version_by_alias("penguins", "champion").tags["store_version"] == "1"
 
 
@@ -400,6 +400,8 @@ def test_airflow_ui_shows_the_dag_its_docs_trigger_form_and_mlflow_links(stack, 
 
 
 def test_mlflow_ui_shows_the_run_tree_and_the_statistics_page(stack, triggered, browser):
+    from tasks.tracking import experiment_url
+
     run_id, _ = triggered
     client = _mlflow(stack)
     parent = _parent(client, "penguins", run_id)
@@ -408,8 +410,11 @@ def test_mlflow_ui_shows_the_run_tree_and_the_statistics_page(stack, triggered, 
                                                 "tags.`airflow.task_id` = 'validate_examples'")[0]
     base = stack["tracking_uri"]
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.goto(f"{base}/#/experiments/{experiment}/runs")
-    page.get_by_text("Training runs").first.wait_for()
+    # The experiment link tfpipe gives opens the UI's model-training view (its runs table), not
+    # the GenAI pages (traces) that MLflow 3.17 opens by default.
+    page.goto(experiment_url(base, experiment))
+    page.get_by_text("Runs", exact=True).first.wait_for()
+    assert "Training runs" not in page.content()  # the GenAI view's tab
     parent_link = page.get_by_role("link", name=run_id, exact=True)  # the DAG run's parent run
     parent_link.wait_for()
     page.get_by_role("row").filter(has=parent_link).get_by_role("button").first.click()  # expand: its steps

@@ -43,7 +43,7 @@ def test_check_passes_a_good_pipeline_and_explains_a_1_2_binary_label(penguins, 
     assert main(["check", pipeline]) == 0
     out = capsys.readouterr().out
     assert "label 'sexcode': 2 classes (1, 2); positive class '2'" in out
-    assert "the label is empty in 11 rows (3%)" in out and "ready to run" in out
+    assert "the label is empty in 11 rows (3.2%)" in out and "ready to run" in out
     assert "accuracy {'beat_baseline_by': 0.01, 'max_decrease': 0.01}" in out  # the default gate, shown
     assert main(["check", pipeline, "--json"]) == 0
     assert '"beat_baseline_by": 0.05' in capsys.readouterr().out
