@@ -16,7 +16,7 @@ Three comparisons stop a run:
   larger than both a practical effect size (``numeric_ks``, ``categorical_linf``) and what
   chance allows at ``significance`` for those sizes (family-wise over the features and
   categories compared). Numeric features use the Kolmogorov-Smirnov distance that their
-  quantile sketches prove (100 quantiles; :func:`ks_distance`): robust to outliers, unlike a
+  quantile sketches prove (20 quantiles; :func:`ks_distance`): robust to outliers, unlike a
   distance on equal-width histograms whose buckets move with the extremes. Categorical features use the largest difference of a
   category's share (L-infinity), each category tested against its own standard error.
 
@@ -80,16 +80,23 @@ def unseen_allowance(settings: ValidateConfig, train_statistics, name: str) -> f
     return min(1.0, max(settings.max_unseen_fraction, 2 * singletons / total if total else 0.0))
 
 
-def checked_schema(schema, source: str, settings: ValidateConfig, train_statistics):
-    """A copy of ``schema`` with the tolerances above (not for a curated schema) and TFDV's
-    Jensen-Shannon comparators where ``numeric_jsd`` asks for them."""
+def checked_schema(schema, source: str, settings: ValidateConfig, train_statistics, examples: int):
+    """A copy of ``schema`` to check a split of ``examples`` examples against: the tolerances
+    above (not for a curated schema) and TFDV's Jensen-Shannon comparators where ``numeric_jsd``
+    asks for them. A column so sparse in train that this split may well hold none of it (fewer
+    than 5 values expected) need not be present at all."""
     from tensorflow_metadata.proto.v0 import schema_pb2
 
     checked = type(schema).FromString(schema.SerializeToString())
+    train_examples = train_statistics.datasets[0].num_examples if train_statistics.datasets else 0
     for feature in checked.feature:
         if source != CURATED:
             if feature.HasField("presence") and feature.presence.min_fraction > 0:
                 feature.presence.min_fraction = max(0.0, feature.presence.min_fraction - settings.max_missing_increase)
+            stats = _feature_stats(train_statistics, feature.name)
+            present = _count(stats) / train_examples if stats is not None and train_examples else 0.0
+            if feature.presence.min_count and present * examples < 5:
+                feature.presence.ClearField("min_count")
             if feature.type == schema_pb2.INT and feature.HasField("bool_domain"):
                 feature.ClearField("bool_domain")
             domain = feature.HasField("domain") or feature.HasField("string_domain")

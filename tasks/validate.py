@@ -315,11 +315,14 @@ def beam_statistics(files: list[str], beam_args: list[str], scratch: Path, optio
     )
 
 
-QUANTILES = 100  # quantile buckets per numeric feature: the distribution checks read them (tasks/anomalies.py)
+# Quantile buckets per numeric feature, which the distribution checks read (tasks/anomalies.py).
+# TFDV's default, 10, resolves a distribution to 0.1 only; 20 cost nothing more here (1M rows:
+# 1.9 s either way), while 50 and 100 cost 0.25 to 0.4 s more.
+QUANTILES = 20
 
 
 def stats_options():
-    """TFDV's options with 100 quantile buckets (its default is 10, too coarse to compare two samples)."""
+    """TFDV's options with :data:`QUANTILES` quantile buckets."""
     import tensorflow_data_validation as tfdv
 
     return tfdv.StatsOptions(num_quantiles_histogram_buckets=QUANTILES)
@@ -415,7 +418,7 @@ def statistics_overview_html(statistics, title: str) -> str:
     total = max(int(dataset.num_examples), 1)
 
     def bars(heights: list[float], labels: list[str]) -> str:
-        top = max(heights) or 1.0
+        top = max(heights, default=0.0) or 1.0  # a split where a column has no value at all
         width = 180 / max(len(heights), 1)
         rects = "".join(
             f'<rect x="{i * width:.1f}" y="{40 - 38 * h / top:.1f}" width="{max(width - 1, 1):.1f}" '
@@ -566,10 +569,11 @@ def _check(statistics: dict[str, Any], schema, where: Where, settings: ValidateC
     """Every split against the schema, eval against train, train against the last passing run."""
     import tensorflow_data_validation as tfdv
 
-    checked = checked_schema(schema, where.schema_source, settings, statistics["train"])
     report: list[dict[str, str]] = []
     previous = baseline[1].get("train") if baseline else None
     for split, stats in statistics.items():
+        checked = checked_schema(schema, where.schema_source, settings, statistics["train"],
+                                 stats.datasets[0].num_examples)
         kwargs: dict[str, Any] = {}
         if split == "train" and previous is not None:
             kwargs["previous_statistics"] = previous

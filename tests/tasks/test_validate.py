@@ -192,6 +192,8 @@ def _healthy_table(rows=2000, seed=0):
         "species": rng.choice(["x", "y", "z"], rows),
     })
     frame.loc[rng.choice(rows, 3, replace=False), "age"] = np.nan
+    frame["remark"] = None  # a column almost always empty: its two values may both be in train
+    frame.loc[rng.choice(rows, 2, replace=False), "remark"] = "checked"
     frame.loc[rng.choice(rows, 1), "flag"] = 2
     frame.loc[rng.choice(rows, 4, replace=False), "income"] *= 1000
     return frame
