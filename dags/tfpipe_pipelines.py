@@ -80,6 +80,7 @@ def build_dag(pipeline_file: Path):
     """One DAG per pipeline file; ``dag_id`` is the pipeline's name."""
     from tasks.config import load_pipeline
     from tasks.pipeline import param_specs
+    from tasks.trigger import MAX_SOURCE_LENGTH
 
     config = load_pipeline(pipeline_file)
     params = {
@@ -90,6 +91,7 @@ def build_dag(pipeline_file: Path):
             **({"minimum": p.minimum} if p.minimum is not None else {}),
             **({"maximum": p.maximum} if p.maximum is not None else {}),
             **({"enum": list(p.choices)} if p.choices else {}),
+            **({"maxLength": MAX_SOURCE_LENGTH} if p.type == "string" and not p.choices else {}),
         )
         for p in param_specs(config)
     }

@@ -18,29 +18,53 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from tasks import storage
+from tasks.errors import UserError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")  # as tasks.config requires of pipeline and model names
 
 STEP_OUTPUTS = ("examples", "statistics", "anomalies", "model", "evaluation", "optimized")
 
 
 def safe_run_id(run_id: str) -> str:
-    """An Airflow run id (``manual__2026-01-01T00:00:00+00:00``) as a path segment."""
+    """An Airflow run id (``manual__2026-01-01T00:00:00+00:00``) as one path segment. An id that
+    had to change gets a digest of the original, so distinct ids never share a folder."""
     cleaned = _UNSAFE.sub("_", run_id).strip("._")
     if not cleaned:
         raise ValueError(f"run id {run_id!r} has no usable characters")
+    if cleaned != run_id or len(cleaned) > 120:
+        cleaned = f"{cleaned[:100]}-{hashlib.sha256(run_id.encode('utf-8')).hexdigest()[:10]}"
     return cleaned
 
 
+def is_name(name: str) -> bool:
+    return isinstance(name, str) and bool(_NAME.fullmatch(name))
+
+
+def checked_name(name: str, what: str = "name") -> str:
+    """A pipeline or model name that is safe as one path segment (``..``, ``/`` and the like are refused)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise UserError(f"{what} {name!r} must start with a letter and hold only letters, digits, '_' or '-' "
+                         "(at most 64 characters)")
+    return name
+
+
+def checked_version(version) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UserError(f"model version {version!r} must be a positive integer")
+    return version
+
+
 def pipeline_root(artifact_root: str, pipeline: str) -> str:
-    return storage.join(artifact_root, pipeline)
+    return storage.join(artifact_root, checked_name(pipeline, "pipeline name"))
 
 
 def run_root(artifact_root: str, pipeline: str, run_id: str) -> str:
-    return storage.join(artifact_root, pipeline, "runs", safe_run_id(run_id))
+    return storage.join(pipeline_root(artifact_root, pipeline), "runs", safe_run_id(run_id))
 
 
 def output_uri(artifact_root: str, pipeline: str, run_id: str, name: str) -> str:
@@ -56,16 +80,16 @@ def checkpoints_uri(artifact_root: str, pipeline: str, run_id: str) -> str:
 
 
 def recorded_schema_uri(artifact_root: str, pipeline: str) -> str:
-    return storage.join(artifact_root, pipeline, "schema", "schema.pbtxt")
+    return storage.join(pipeline_root(artifact_root, pipeline), "schema", "schema.pbtxt")
 
 
 def baseline_statistics_uri(artifact_root: str, pipeline: str) -> str:
-    return storage.join(artifact_root, pipeline, "schema", "baseline.json")
+    return storage.join(pipeline_root(artifact_root, pipeline), "schema", "baseline.json")
 
 
 def model_dir_uri(model_store: str, model_name: str) -> str:
-    return storage.join(model_store, model_name)
+    return storage.join(model_store, checked_name(model_name, "model name"))
 
 
 def model_version_uri(model_store: str, model_name: str, version: int) -> str:
-    return storage.join(model_store, model_name, str(version))
+    return storage.join(model_dir_uri(model_store, model_name), str(checked_version(version)))

@@ -66,6 +66,12 @@ class DataConfig(_Frozen):
         description="Column to int, float or string; overrides the schema and what the data looks like "
         "(e.g. a zip code column that must stay text).",
     )
+    trigger_sources: list[str] | None = Field(
+        None,
+        description="Where a run triggered with a data_source (the Airflow trigger form) may read: patterns "
+        "with * (within one path segment), ** (across segments) and {{ ds }}-style variables. Default: the "
+        "patterns of data.source itself, so a trigger can only pick among the data the pipeline already reads.",
+    )
     max_unlabeled_fraction: float = Field(
         0.5, ge=0, le=1,
         description="Rows without a label are dropped at ingest (counted in the manifest and MLflow); more "
@@ -464,7 +470,7 @@ class PipelineConfig(_Frozen):
     @field_validator("name", "model_name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
+        if not _NAME_RE.fullmatch(value):
             raise ValueError(
                 f"{value!r} must start with a letter and hold only letters, digits, '_' or '-'"
             )

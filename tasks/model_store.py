@@ -74,8 +74,8 @@ def models(model_store: str) -> list[str]:
     """Names of the models in a store (folders holding a champion pointer or a version)."""
     found = []
     for name in storage.list_dir(model_store):
-        if name.startswith(".") or name == MODELS_CONFIG:
-            continue
+        if name.startswith(".") or name == MODELS_CONFIG or not artifacts.is_name(name):
+            continue  # not a model tfpipe could have pushed (a hostile store may hold anything)
         children = storage.list_dir(storage.join(model_store, name))
         if CHAMPION_FILE in children or any(c.isdigit() for c in children):
             found.append(name)

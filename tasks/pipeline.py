@@ -44,7 +44,8 @@ _PARAMS: dict[str, tuple[str, str, float | None, float | None, str]] = {
                  "mirrored, multi_worker or parameter_server (train.workers processes on this machine, "
                  "or TF_CONFIG)."),
     "data_source": ("data.source", "string", None, None,
-                    "CSV/Parquet URI (path, s3://, package://); {{ ds }} selects a partition."),
+                    "CSV/Parquet URI (path, s3://, package://) among those the pipeline allows "
+                    "(data.trigger_sources); {{ ds }} selects a partition."),
 }
 _UNIT_METRICS = {"accuracy", "auc", "precision", "recall"}
 
@@ -84,10 +85,13 @@ def param_specs(config: PipelineConfig) -> list[ParamSpec]:
             if value is not None:
                 word = "minimum" if bound == "lower_bound" else "maximum"
                 name = f"{metric}_threshold" if bound == "lower_bound" or bounds.lower_bound is None else f"{metric}_{word}"
-                unit = (0.0, 1.0) if metric in _UNIT_METRICS else (None, None)
+                # A trigger may make the gate stricter, never looser than the YAML's bound.
+                low, high = (value, 1.0 if metric in _UNIT_METRICS else None) if bound == "lower_bound" else (
+                    0.0 if metric in _UNIT_METRICS else None, value)
                 specs.append(ParamSpec(
-                    name, f"gate.metrics.{metric}.{bound}", value, "number", *unit,
-                    f"Gate: the eval {metric} {word} a model needs to be pushed.",
+                    name, f"gate.metrics.{metric}.{bound}", value, "number", low, high,
+                    f"Gate: the eval {metric} {word} a model needs to be pushed (at least as strict as the "
+                    f"pipeline's {value:g}).",
                 ))
     return specs
 
@@ -95,14 +99,20 @@ def param_specs(config: PipelineConfig) -> list[ParamSpec]:
 def overrides_from_params(config: PipelineConfig, params: Mapping[str, Any] | None) -> dict[str, Any]:
     """Airflow params (or ``dag_run.conf``) to dotted config overrides; unknown names are ignored
     here because Airflow itself holds other params (they were validated by the form)."""
+    from tasks.trigger import check_gate_bound, check_source
+
     if not params:
         return {}
     overrides = {}
     for spec in param_specs(config):
         if spec.name in params and params[spec.name] is not None:
             value = params[spec.name]
-            if spec.name == "data_source" and value == "":
-                continue
+            if spec.name == "data_source":
+                if value == "" or [value] == list(config.data.source):
+                    continue
+                value = [check_source(config, value)]
+            elif spec.key.startswith("gate."):
+                value = check_gate_bound(config, spec.key, value)
             overrides[spec.key] = value
     return overrides
 

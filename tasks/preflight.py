@@ -46,7 +46,7 @@ def _sample(config: PipelineConfig, scratch: Path) -> tuple[str, list[str], pa.T
     if first.local is None:
         from tasks import storage
 
-        local = storage.download_file(first.uri, scratch / Path(first.uri).name)
+        local = storage.download_file(first.uri, scratch / f"sample-{Path(first.uri).name}")
     else:
         local = first.local
     reader = open_source(first, local, config.data.format, dict(config.data.column_types),

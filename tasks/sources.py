@@ -41,17 +41,44 @@ class SourceFile:
     local: Path | None = None  # None: fetched from S3 when read
 
 
-def render_sources(sources: list[str], variables: dict[str, str]) -> list[str]:
-    """Render Jinja templates in source URIs (``.../date={{ ds }}/*.parquet``)."""
-    import jinja2
+# A source may name the run's date or id, and nothing else: the substitution is textual, so no
+# string (from a YAML or from a trigger form) is ever evaluated as a template or as code.
+TEMPLATE_VARIABLES = ("ds", "ds_nodash", "run_id")
+_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_TEMPLATE_MARKS = ("{{", "}}", "{%", "%}", "{#", "#}")
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:+-]*$")
 
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+def check_template(source: str) -> None:
+    """Raise unless every template in ``source`` is one of :data:`TEMPLATE_VARIABLES`."""
+    for name in _VARIABLE.findall(source):
+        if name not in TEMPLATE_VARIABLES:
+            raise DataError(f"data source {source!r}: unknown variable {{{{ {name} }}}}; a source may use "
+                            + ", ".join(f"{{{{ {v} }}}}" for v in TEMPLATE_VARIABLES) + " only")
+    rest = _VARIABLE.sub("", source)
+    if any(mark in rest for mark in _TEMPLATE_MARKS):
+        raise DataError(f"data source {source!r}: only {{{{ ds }}}}, {{{{ ds_nodash }}}} and {{{{ run_id }}}} are "
+                        "substituted; no other template syntax is allowed")
+
+
+def render_sources(sources: list[str], variables: dict[str, str]) -> list[str]:
+    """Put the run's values in place of ``{{ ds }}``, ``{{ ds_nodash }}`` and ``{{ run_id }}``.
+
+    Raises:
+        DataError: Other template syntax, or a value that is not a plain name (``/``, ``..``).
+    """
     rendered = []
     for source in sources:
-        try:
-            rendered.append(env.from_string(source).render(**variables))
-        except jinja2.TemplateError as error:
-            raise DataError(f"data source {source!r}: cannot render template: {error}") from None
+        check_template(source)
+
+        def value(match: re.Match, source: str = source) -> str:
+            found = str(variables.get(match.group(1), ""))
+            if not found or not _SAFE_VALUE.match(found) or ".." in found:
+                raise DataError(f"data source {source!r}: {{{{ {match.group(1)} }}}} is {found!r} for this run, "
+                                "which cannot be part of a path")
+            return found
+
+        rendered.append(_VARIABLE.sub(value, source))
     return rendered
 
 

@@ -188,12 +188,41 @@ def download_file(uri: str, dest: Path) -> Path:
     return dest
 
 
+def contained(dest: Path, rel: str) -> Path:
+    """``dest / rel``, refused when ``rel`` would lead outside ``dest`` (an absolute path, a ``..``
+    or empty segment: an S3 key may hold anything)."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\x00" in rel:
+        raise IntegrityError(f"refusing to copy {rel!r}: it would be written outside {dest}")
+    target = dest.joinpath(*parts)
+    if not target.resolve().is_relative_to(dest.resolve()):
+        raise IntegrityError(f"refusing to copy {rel!r}: it would be written outside {dest}")
+    return target
+
+
 def download_dir(uri: str, dest: Path) -> dict[str, int]:
-    """Copy every file below ``uri`` into ``dest``; returns relative path to size."""
+    """Copy every file below ``uri`` into ``dest``; returns relative path to size.
+
+    Raises:
+        IntegrityError: A key or file would land outside ``dest``, or a local file is a symbolic
+            link (a store is only trusted to hold its own files).
+    """
     files = list_files(uri)
     for rel in files:
-        download_file(join(uri, rel), dest / rel)
+        target = contained(dest, rel)
+        if not is_s3(uri) and any(p.is_symlink() for p in _below(local_path(uri), rel)):
+            raise IntegrityError(f"refusing to copy {join(uri, rel)}: a symbolic link")
+        download_file(join(uri, rel), target)
     return files
+
+
+def _below(root: Path, rel: str) -> list[Path]:
+    """Every path from ``root`` down to ``root / rel`` (for symbolic-link checks)."""
+    paths, current = [], root
+    for part in rel.split("/"):
+        current = current / part
+        paths.append(current)
+    return paths
 
 
 def upload_file(local: Path, uri: str) -> None:

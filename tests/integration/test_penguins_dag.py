@@ -274,12 +274,36 @@ def _fresh_dag(dag_id):
     return dag
 
 
-def test_a_failed_dag_run_ends_its_mlflow_run_failed(services):
-    dag_run = _fresh_dag("penguins").test(run_conf={"data_source": "/nonexistent/penguins.csv"})
+def test_a_failed_dag_run_ends_its_mlflow_run_failed(services, monkeypatch):
+    monkeypatch.setenv("TFPIPE_ARTIFACT_ROOT", "s3://no-such-bucket/artifacts")  # ingest cannot publish
+    dag_run = _fresh_dag("penguins").test()
     assert str(getattr(dag_run.state, "value", dag_run.state)) == "failed"
     parent, children = _children(_client(services), dag_run.run_id)
     assert parent.info.status == "FAILED" and parent.data.tags["airflow.dag_run_state"] == "failed"
     assert children["ingest_examples"].info.status == "FAILED"
+
+
+def test_a_hostile_trigger_conf_is_refused_before_anything_runs(services, tmp_path):
+    """A template payload, a file outside the pipeline's sources, a looser gate: each fails the first
+    task at once (no retry), executes nothing and opens no MLflow run."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    marker = tmp_path / "pwned"
+    payload = "{{ lipsum.__globals__['os'].popen('touch " + str(marker) + "').read() }}"
+    client = _client(services)
+    for conf, message in (({"data_source": payload}, "no other template syntax is allowed"),
+                          ({"data_source": "/etc/passwd"}, "is not among the sources pipeline 'penguins' allows")):
+        dag_run = _fresh_dag("penguins").test(run_conf=conf)
+        states = _states(dag_run)
+        assert states["ingest_examples"] == "failed" and states["train_model"] == "upstream_failed", states
+        (ingest,) = [ti for ti in dag_run.get_task_instances() if ti.task_id == "ingest_examples"]
+        assert ingest.try_number == 1
+        experiment = client.get_experiment_by_name("penguins")
+        assert not client.search_runs([experiment.experiment_id], f"tags.`airflow.run_id` = '{dag_run.run_id}'")
+        assert message  # the error is in the task log (Airflow); the unit tests check each message
+    assert not marker.exists()
+    with pytest.raises(ParamValidationError):  # the form's own bound: the gate only gets stricter
+        _fresh_dag("penguins").test(run_conf={"accuracy_threshold": 0.1})
 
 
 def test_conf_violating_a_param_bound_is_rejected(services, dag):

@@ -136,7 +136,7 @@ def test_source_template_selects_the_partition(tmp_path, penguins_frame):
     from tasks.ingest import render_sources
 
     assert render_sources(["s3://b/date={{ ds }}/*.csv"], {"ds": "2026-01-02"}) == ["s3://b/date=2026-01-02/*.csv"]
-    with pytest.raises(DataError, match="cannot render"):
+    with pytest.raises(DataError, match=r"unknown variable \{\{ nope \}\}"):
         render_sources(["x/{{ nope }}.csv"], {"ds": "2026-01-02"})
 
 
