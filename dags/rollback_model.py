@@ -55,8 +55,9 @@ def rollback_model():
         from tasks.settings import Settings
 
         export_aws_connection()
+        # The DAG run is the operation: a retry finishes this rollback instead of stepping back again.
         return rollback(Settings.from_env(), params["model"], params.get("to_version"),
-                        by=f"airflow:{ti.dag_id}/{run_id}")
+                        by=f"airflow:{ti.dag_id}/{run_id}", operation=f"{ti.dag_id}/{run_id}")
 
     rollback_model()
 

@@ -80,6 +80,9 @@ class Blessing:
     slice_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     # The trivial model's metrics on the same examples: {"description", "metrics", "slice_metrics"}.
     trivial: dict[str, Any] | None = None
+    # The champion this blessing is valid against ({"version", "generation"}; None: a cold start):
+    # the push promotes only while it still serves.
+    evaluated_against: dict[str, Any] | None = None
 
     @property
     def reasons(self) -> list[str]:
@@ -322,11 +325,14 @@ def evaluate_model(
     output_uri: str,
     cache_dir: Path,
     work_dir: Path,
+    champion_generation: int | None = None,
 ) -> Blessing:
     """Evaluate the candidate (and the champion), apply the gate, publish the blessing.
 
     Args:
         champion: ``(version, uri)`` of the model now served, or None on a cold start.
+        champion_generation: The champion pointer's generation (``tasks.model_store``), recorded
+            in the blessing so that the push can tell whether the champion changed meanwhile.
 
     The published folder also holds ``plots/``: confusion matrix and ROC/PR curves (or
     residuals), challenger and champion side by side.
@@ -353,7 +359,8 @@ def evaluate_model(
     checks = tuple(gate_checks(gate, metrics, baseline["metrics"] if baseline else None, slice_metrics,
                                baseline["slice_metrics"] if baseline else None, trivial))
     blessed = all(c.passed is not False for c in checks)
-    blessing = Blessing(output_uri, model_uri, blessed, metrics, baseline, checks, slice_metrics, trivial)
+    against = {"version": champion[0], "generation": champion_generation} if champion is not None else None
+    blessing = Blessing(output_uri, model_uri, blessed, metrics, baseline, checks, slice_metrics, trivial, against)
 
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="evaluate-"))

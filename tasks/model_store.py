@@ -8,15 +8,18 @@ TensorFlow Serving which version to serve.
     <store>/<model>/<version>/            one pushed SavedModel, complete once saved_model.pb exists:
         saved_model.pb, variables/, assets.extra/tf_serving_warmup_requests,
         variants/ (the optimized variants kept), tfpipe_manifest.json (size, SHA-256 of each file)
-    <store>/<model>/.claims/<version>     claims of version numbers (S3)
+    <store>/<model>/.claims/<version>     who claimed each version number (a DAG run)
 
-* **Versions** are increasing integers claimed before any file is written: locally by creating
-  the directory (``mkdir`` fails if it exists), on S3 by a conditional ``PutObject``
-  (``If-None-Match: *``) of ``.claims/<version>``. A claimed number is never reused.
+* **Versions** are increasing integers claimed before any file is written, by creating
+  ``.claims/<version>`` exclusively (locally ``O_EXCL``, on S3 a conditional ``PutObject``
+  with ``If-None-Match: *``); the claim holds its owner, a DAG run. A claimed number is never
+  reused, and an owner's retry finds its own claim and finishes that version instead of
+  claiming another: one DAG run pushes at most one version.
 * **The champion** is the version served. It is a pointer (``champion.json``), not "the
-  latest version", so a rollback can move it back. A push promotes its version unless a newer
-  one is champion already (two concurrent pushes: the later version wins whichever finishes
-  first). ``models.config`` serves exactly the champion
+  latest version", so a rollback can move it back. A push promotes its version only if the
+  champion is still the one its blessing was evaluated against (a compare-and-swap, see
+  :func:`set_champion`); otherwise the blessing is stale and the push is refused.
+  ``models.config`` serves exactly the champion
   (``model_version_policy { specific { versions: N } }``), and TensorFlow Serving, polling
   that file (``--model_config_file_poll_wait_seconds``), loads the new version before it
   unloads the old one.
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import artifacts, storage
+from tasks.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,15 @@ HISTORY_LIMIT = 200
 
 class ModelStoreError(RuntimeError):
     """A model store operation could not be done; the message says why."""
+
+
+class StaleBlessingError(UserError):
+    """The champion changed since the blessing was evaluated against it: promoting would replace a
+    version the gate never compared with. Evaluate again (a new DAG run) to push."""
+
+
+# ``expected`` of :func:`set_champion` when any champion may be replaced (a rollback).
+ANY = object()
 
 
 def _now() -> str:
@@ -90,10 +103,11 @@ def _claimed(model_store: str, model_name: str) -> set[int]:
 
 
 def _try_claim(model_store: str, model_name: str, version: int, owner: str) -> bool:
+    uri = storage.join(artifacts.model_dir_uri(model_store, model_name), CLAIMS, str(version))
     if storage.is_s3(model_store):
         from botocore.exceptions import ClientError
 
-        bucket, key = storage.split_s3(storage.join(artifacts.model_dir_uri(model_store, model_name), CLAIMS, str(version)))
+        bucket, key = storage.split_s3(uri)
         try:
             storage.s3_client().put_object(Bucket=bucket, Key=key, Body=owner.encode(), IfNoneMatch="*")
             return True
@@ -101,15 +115,35 @@ def _try_claim(model_store: str, model_name: str, version: int, owner: str) -> b
             if error.response.get("Error", {}).get("Code") in storage.PRECONDITION_FAILED:
                 return False
             raise
+    if storage.local_path(artifacts.model_version_uri(model_store, model_name, version)).exists():
+        return False  # a version pushed before claims were files
+    path = storage.local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        storage.local_path(artifacts.model_version_uri(model_store, model_name, version)).mkdir(parents=True)
-        return True
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
+    with os.fdopen(handle, "wb") as claim:
+        claim.write(owner.encode())
+        claim.flush()
+        os.fsync(claim.fileno())
+    return True
+
+
+def claimed_by(model_store: str, model_name: str, owner: str) -> int | None:
+    """The version ``owner`` claimed earlier (its retry finishes it), or None."""
+    root = storage.join(artifacts.model_dir_uri(model_store, model_name), CLAIMS)
+    for name in sorted(storage.list_dir(root), key=lambda n: -int(n) if n.isdigit() else 0):
+        if name.isdigit() and storage.read_bytes(storage.join(root, name)).decode("utf-8", "replace") == owner:
+            return int(name)
+    return None
 
 
 def claim_version(model_store: str, model_name: str, owner: str, attempts: int = 100) -> int:
-    """Atomically claim the next free version number."""
+    """The version ``owner`` claimed before, else the next free number, claimed atomically."""
+    mine = claimed_by(model_store, model_name, owner)
+    if mine is not None:
+        return mine
     for _ in range(attempts):
         candidate = max(_claimed(model_store, model_name), default=0) + 1
         if _try_claim(model_store, model_name, candidate, owner):
@@ -152,17 +186,43 @@ class ChampionChange:
     previous: int | None
     changed: bool
     record: dict[str, Any] = field(repr=False, default_factory=dict)
+    before: dict[str, Any] | None = field(repr=False, default=None)  # the pointer as it was
+
+
+def champion_state(model_store: str, model_name: str) -> tuple[int, int | None] | None:
+    """``(version, generation)`` of the champion: the pointer's (its generation grows with every
+    change, a rollback to the same number included), else, in a store without a pointer, the
+    newest complete version with no generation; None on a cold start."""
+    record = read_champion(model_store, model_name)
+    if record is not None:
+        return int(record["version"]), int(record.get("generation", 0))
+    done = versions(model_store, model_name)
+    return (done[-1], None) if done else None
+
+
+def describe_state(state: tuple[int, int | None] | None) -> str:
+    if state is None:
+        return "no champion"
+    return f"v{state[0]}" + (f" (champion change {state[1]})" if state[1] is not None else "")
 
 
 def set_champion(model_store: str, model_name: str, version: int, by: str, reason: str,
-                 only_if_newer: bool = False) -> ChampionChange:
+                 only_if_newer: bool = False, expected: Any = ANY,
+                 fallback: tuple[int, int | None] | None = None, operation: str | None = None) -> ChampionChange:
     """Make ``version`` the champion; concurrent updates are serialized (see :func:`storage.update_json`).
 
     Args:
-        only_if_newer: A push: leave a newer champion in place.
+        only_if_newer: Leave a newer champion in place.
+        expected: Compare-and-swap (a push): promote only while the champion is this
+            :func:`champion_state` (None: there is none), the one the blessing was evaluated
+            against. Already ``version`` (a retry that got this far) is no change and no error.
+        fallback: The champion state to compare with when no pointer exists yet (the newest
+            complete version before this one was pushed).
+        operation: What made the change (a DAG run), recorded so that its retry can tell it did.
 
     Raises:
         ModelStoreError: ``version`` is not a complete version of the model.
+        StaleBlessingError: The champion is not ``expected``.
     """
     if version not in versions(model_store, model_name):
         raise ModelStoreError(f"{model_name} has no complete version {version} in {model_store} "
@@ -171,19 +231,28 @@ def set_champion(model_store: str, model_name: str, version: int, by: str, reaso
 
     def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
         before["record"] = current
-        if current is not None and (current["version"] == version or (only_if_newer and current["version"] > version)):
+        served = (current["version"], current.get("generation", 0)) if current is not None else fallback
+        if served is not None and served[0] == version:
+            return None
+        if expected is not ANY and served != expected:
+            raise StaleBlessingError(
+                f"{model_name} v{version} is not promoted: the champion is {describe_state(served)}, while its "
+                f"blessing was evaluated against {describe_state(expected)} (a rollback or another push came in "
+                "between); evaluate again (trigger a new run) to push it")
+        if current is not None and only_if_newer and current["version"] > version:
             return None
         now = _now()
         history = list(current.get("history", [])) if current else []
         if current is not None:
             history.append({k: current[k] for k in ("version", "since", "by", "reason")} | {"until": now})
         return {"model": model_name, "version": version, "since": now, "by": by, "reason": reason,
+                "operation": operation, "generation": (current or {}).get("generation", 0) + 1,
                 "history": history[-HISTORY_LIMIT:]}
 
     record = storage.update_json(champion_uri(model_store, model_name), change)
     previous = before["record"]["version"] if before.get("record") else None
     return ChampionChange(model_name, int(record["version"]), previous, record["version"] == version and
-                          previous != version, record)
+                          previous != version, record, before.get("record"))
 
 
 def rollback_target(model_store: str, model_name: str) -> int:
@@ -281,6 +350,29 @@ def discard_version(model_store: str, model_name: str, version: int) -> None:
     (root / SAVED_MODEL_PB).unlink(missing_ok=True)
     for child in root.iterdir() if root.is_dir() else ():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def undo_promotion(model_store: str, model_name: str, change: ChampionChange) -> bool:
+    """Put the pointer back exactly as it was before ``change`` (its generation too, so a blessing
+    evaluated against that champion is valid again), if nothing changed it since. Returns whether
+    it did; without a previous pointer the pointer is removed."""
+    uri = champion_uri(model_store, model_name)
+    if change.before is None:  # a cold start: no champion again
+        current = read_champion(model_store, model_name)
+        if current is None or current.get("generation") != change.record.get("generation"):
+            return False
+        storage.delete_file(uri)
+        return True
+    undone = {"done": False}
+
+    def back(current: dict[str, Any] | None) -> dict[str, Any] | None:
+        if current is None or current.get("generation") != change.record.get("generation"):
+            return None  # someone else changed it since: theirs stands
+        undone["done"] = True
+        return change.before
+
+    storage.update_json(uri, back)
+    return undone["done"]
 
 
 def restore_champion(model_store: str, model_name: str, previous: int | None, by: str, reason: str) -> None:

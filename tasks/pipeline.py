@@ -475,12 +475,14 @@ def _scratch(ctx: RunContext, step: str) -> Iterator[Path]:
 
 def evaluate_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
     from tasks.evaluate import evaluate_model as evaluate, format_checks
-    from tasks.model_store import champion
+    from tasks.model_store import champion, champion_state
 
     with _step(ctx, "evaluate_model") as tracker:
         baseline = champion(ctx.settings.model_store, ctx.config.model_name)
+        state = champion_state(ctx.settings.model_store, ctx.config.model_name)  # what the push will compare
         blessing = evaluate(model["uri"], examples["uri"], ctx.config.gate, baseline,
-                            ctx.output("evaluation"), ctx.settings.cache_dir, ctx.work_dir("evaluate_model"))
+                            ctx.output("evaluation"), ctx.settings.cache_dir, ctx.work_dir("evaluate_model"),
+                            champion_generation=state[1] if state else None)
         record = blessing.to_dict()
         tracker.log_metrics(blessing.metrics)
         if blessing.baseline:
@@ -550,75 +552,42 @@ def optimize_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[
 
 def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any],
                blessing: Mapping[str, Any], optimized: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Push, check that the pushed version serves, make it champion, register it, prune old versions.
+    """Push, check that the pushed version serves, register it, make it champion, prune old versions.
 
-    The version becomes champion only after it was loaded back from the store and answered its
-    warm-up requests as the model did before the push. With ``TFPIPE_SERVING_URL`` set,
-    TensorFlow Serving must then make it AVAILABLE and answer the same; if it does not, the
-    previous champion is restored. A version that fails a check is removed from the store.
+    A transaction (docs/release.md): the version is claimed by this DAG run, so a retry finishes
+    the same version; it is promoted only if the champion is still the one its blessing was
+    evaluated against (compare-and-swap), after it was loaded back from the store and answered
+    its warm-up requests as the model did before the push, and after its registry version
+    exists. If anything fails once it is champion (``models.config``, TF Serving, the registry
+    alias), the previous champion is restored before the error is raised.
     """
-    from tasks import model_store, serving
-    from tasks.coders import first_records
-    from tasks.evaluate import predict, read_blessing
-    from tasks.ingest import read_manifest, split_files
-    from tasks.push import push_model as push
-    from tasks.train import SAVED_MODEL_DIR
+    from tasks import model_store
+    from tasks.evaluate import read_blessing
 
     with _step(ctx, "push_model") as tracker:
-        settings, name, options = ctx.settings, ctx.config.model_name, ctx.config.push
+        settings, name = ctx.settings, ctx.config.model_name
         # Re-read the published blessing rather than trusting what came through XCom.
         verdict = read_blessing(blessing["uri"])
         if verdict["model_uri"] != model["uri"]:
             raise ValueError(f"blessing {blessing['uri']} is for {verdict['model_uri']}, not {model['uri']}")
-        saved_model = storage.materialize(model["uri"], settings.cache_dir) / SAVED_MODEL_DIR
-        # The first eval examples only: the split may be large.
-        eval_files = split_files(storage.materialize(examples["uri"], settings.cache_dir),
-                                 read_manifest(examples["uri"]), "eval")
-        warmup = first_records(eval_files, options.warmup_requests)
-        expected = predict(saved_model, warmup)  # what the model answers before the push
         owner = f"{ctx.dag_id}/{ctx.run_id}"
-        pushed = push(saved_model, verdict, settings.model_store, name, owner=owner, warmup_records=warmup,
-                      variant_files=_kept_variants(ctx, optimized) if options.publish_variants else [],
-                      work_dir=ctx.work_dir("push_model"))
-        checks: dict[str, Any] = {}
-        try:
-            checks["store"] = serving.check_pushed_model(pushed.uri, expected, settings.cache_dir)
-        except serving.ServingCheckError:
-            model_store.discard_version(settings.model_store, name, pushed.version)
-            raise
-        log.info("v%d loaded back from %s and answered %d warm-up requests as before the push",
-                 pushed.version, pushed.uri, checks["store"]["requests"])
-        change = model_store.set_champion(settings.model_store, name, pushed.version, by=owner, reason="push",
-                                          only_if_newer=True)
-        if change.changed:
-            model_store.write_models_config(settings.model_store, settings.serving_base_path)
-            if settings.serving_url:
-                checks["tf_serving"] = _check_tf_serving(ctx, pushed.version, warmup, expected, change)
-        else:
-            log.warning("v%d is not made champion: v%d, newer, already is", pushed.version, change.version)
-        # The registry version is the MLflow model logged by train_model (pyfunc, signature, input
-        # example); an MLflow server refuses a local path as a source. The store URI is a tag.
-        source = f"runs:/{model['mlflow_run_id']}/model" if model.get("mlflow_run_id") else pushed.uri
-        registry_version = tracker.register_model(
-            name,
-            source,
-            {
-                "store_uri": pushed.uri,
-                "store_version": str(pushed.version),
-                "pipeline": ctx.config.name,
-                "dag_id": ctx.dag_id,
-                "run_id": ctx.run_id,
-                "push_mlflow_run_id": tracker.run_id,
-                "model_uri": model["uri"],
-                "code_version": code_version(),
-                "data_version": _data_version(examples["uri"]),
-            },
-            champion=change.changed,
-            source_run_id=model.get("mlflow_run_id"),
-        )
-        removed = model_store.apply_retention(settings.model_store, name, options.keep_versions)
+        against = verdict.get("evaluated_against")  # None: a cold start
+        evaluated_against = (against["version"], against.get("generation")) if against else None
+        mine = model_store.claimed_by(settings.model_store, name, owner)
+        served = _served_before(settings.model_store, name, mine)
+        if served != evaluated_against and (served is None or served[0] != mine):
+            raise model_store.StaleBlessingError(
+                f"refusing to push {name}: the champion is {model_store.describe_state(served)}, while the blessing "
+                f"of this run was evaluated against {model_store.describe_state(evaluated_against)} (a rollback or "
+                "another push came in between); trigger a new run to evaluate against what serves now")
+        pushed, warmup, expected = _push_files(ctx, examples, model, verdict, optimized, owner)
+        checks = {"store": _check_store(ctx, pushed, expected)}
+        registry_version = _register(ctx, tracker, examples, model, pushed)
+        change = _promote(ctx, pushed, owner, evaluated_against, served, warmup, expected, checks, registry_version)
+        removed = _retention(ctx)
         record = {**pushed.to_dict(), "registry_version": registry_version, "champion": change.version,
-                  "previous_champion": change.previous, "checks": checks, "removed_versions": removed}
+                  "previous_champion": change.previous, "checks": checks, "removed_versions": removed,
+                  "evaluated_against": against}
         tracker.log_params({"pushed_uri": pushed.uri, "pushed_version": pushed.version})
         tracker.log_metrics({"pushed_bytes": pushed.bytes, "pushed_files": pushed.files,
                              "store_check_max_abs_diff": checks["store"]["max_abs_diff"]})
@@ -631,6 +600,115 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
                  f"; removed old versions {removed}" if removed else "")
         _end_pipeline(ctx, tracker, "pushed")
         return record
+
+
+def _served_before(store: str, name: str, mine: int | None) -> tuple[int, int | None] | None:
+    """The champion state as a blessing sees it: the pointer's, else (a store without one yet) the
+    newest complete version other than this run's own."""
+    from tasks import model_store
+
+    if model_store.read_champion(store, name) is not None:
+        return model_store.champion_state(store, name)
+    others = [v for v in model_store.versions(store, name) if v != mine]
+    return (others[-1], None) if others else None
+
+
+def _push_files(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any], verdict: dict[str, Any],
+                optimized: Mapping[str, Any] | None, owner: str):
+    """Copy the model into its claimed version (a retry finishes the same one); returns it with the
+    warm-up records and what the model answers them before the push."""
+    from tasks.coders import first_records
+    from tasks.evaluate import predict
+    from tasks.ingest import read_manifest, split_files
+    from tasks.push import push_model as push
+    from tasks.train import SAVED_MODEL_DIR
+
+    settings, options = ctx.settings, ctx.config.push
+    saved_model = storage.materialize(model["uri"], settings.cache_dir) / SAVED_MODEL_DIR
+    # The first eval examples only: the split may be large.
+    eval_files = split_files(storage.materialize(examples["uri"], settings.cache_dir),
+                             read_manifest(examples["uri"]), "eval")
+    warmup = first_records(eval_files, options.warmup_requests)
+    expected = predict(saved_model, warmup)
+    pushed = push(saved_model, verdict, settings.model_store, ctx.config.model_name, owner=owner,
+                  warmup_records=warmup, variant_files=_kept_variants(ctx, optimized) if options.publish_variants
+                  else [], work_dir=ctx.work_dir("push_model"))
+    return pushed, warmup, expected
+
+
+def _check_store(ctx: RunContext, pushed, expected) -> dict[str, Any]:
+    """Load the version back from the store: it must answer as the model did. A version that
+    does not is removed."""
+    from tasks import model_store, serving
+
+    try:
+        check = serving.check_pushed_model(pushed.uri, expected, ctx.settings.cache_dir)
+    except serving.ServingCheckError:
+        model_store.discard_version(ctx.settings.model_store, ctx.config.model_name, pushed.version)
+        raise
+    log.info("v%d loaded back from %s and answered %d warm-up requests as before the push",
+             pushed.version, pushed.uri, check["requests"])
+    return check
+
+
+def _register(ctx: RunContext, tracker: MlflowTracker, examples: Mapping[str, Any], model: Mapping[str, Any],
+              pushed) -> str:
+    """The version in the MLflow registry (the alias moves only once it is champion); a retry
+    finds the registry version it created before."""
+    from tasks.tracking import registry_version_for
+
+    name = ctx.config.model_name
+    found = registry_version_for(tracker.client, name, pushed.version)
+    if found is not None:
+        return found
+    # The registry version is the MLflow model logged by train_model (pyfunc, signature, input
+    # example); an MLflow server refuses a local path as a source. The store URI is a tag.
+    source = f"runs:/{model['mlflow_run_id']}/model" if model.get("mlflow_run_id") else pushed.uri
+    tags = {"store_uri": pushed.uri, "store_version": str(pushed.version), "pipeline": ctx.config.name,
+            "dag_id": ctx.dag_id, "run_id": ctx.run_id, "push_mlflow_run_id": tracker.run_id,
+            "model_uri": model["uri"], "code_version": code_version(), "data_version": _data_version(examples["uri"])}
+    return tracker.register_model(name, source, tags, champion=False, source_run_id=model.get("mlflow_run_id"))
+
+
+def _promote(ctx: RunContext, pushed, owner: str, evaluated_against, served,
+             warmup, expected, checks: dict[str, Any], registry_version: str):
+    """Champion by compare-and-swap, then ``models.config``, TF Serving and the registry alias;
+    a failure after the swap restores the previous champion before it is raised."""
+    from tasks import model_store, serving
+    from tasks.tracking import move_champion_alias
+
+    settings, name = ctx.settings, ctx.config.model_name
+    change = model_store.set_champion(settings.model_store, name, pushed.version, by=owner, reason="push",
+                                      expected=evaluated_against, fallback=served)
+    try:
+        model_store.write_models_config(settings.model_store, settings.serving_base_path)
+        if settings.serving_url:
+            checks["tf_serving"] = _check_tf_serving(ctx, pushed.version, warmup, expected, change)
+        move_champion_alias(tracking_for(settings).client, name, registry_version, "replaced")
+    except serving.ServingCheckError:
+        raise  # _check_tf_serving restored the previous champion and removed the version
+    except BaseException:
+        if change.changed and model_store.undo_promotion(settings.model_store, name, change):
+            if change.previous is None:  # a store without a pointer serves its newest version: remove it
+                model_store.discard_version(settings.model_store, name, pushed.version)
+            model_store.write_models_config(settings.model_store, settings.serving_base_path)
+            log.error("promoting %s v%d failed: %s is champion again", name, pushed.version,
+                      f"v{change.previous}" if change.previous is not None else "no version")
+        raise
+    return change
+
+
+def _retention(ctx: RunContext) -> list[int]:
+    """Remove old versions; housekeeping that never fails a push that already serves (the next push
+    retries it)."""
+    from tasks import model_store
+
+    try:
+        return model_store.apply_retention(ctx.settings.model_store, ctx.config.model_name,
+                                           ctx.config.push.keep_versions)
+    except Exception as error:  # noqa: BLE001 - the version is champion; old versions can wait
+        log.warning("retention of %s failed and is left to the next push: %s", ctx.config.model_name, error)
+        return []
 
 
 def _kept_variants(ctx: RunContext, optimized: Mapping[str, Any] | None) -> list[Path]:
@@ -653,8 +731,7 @@ def _check_tf_serving(ctx: RunContext, version: int, records: list[bytes], expec
         return serving.check_tf_serving(settings.serving_url, name, version, records, expected,
                                         timeout=ctx.config.push.serving_timeout_seconds)
     except serving.ServingCheckError as error:
-        model_store.restore_champion(settings.model_store, name, change.previous, by=f"{ctx.dag_id}/{ctx.run_id}",
-                                     reason=f"serving check of v{version} failed")
+        model_store.undo_promotion(settings.model_store, name, change)
         model_store.write_models_config(settings.model_store, settings.serving_base_path)
         model_store.discard_version(settings.model_store, name, version)
         restored = f"v{change.previous} is champion again" if change.previous else "no version is champion"
@@ -718,38 +795,74 @@ def experiment_for_model(model_name: str) -> str:
 
 
 def rollback_model(settings: Settings, model_name: str, to_version: int | None = None, by: str = "cli",
-                   serving_timeout: float = 300.0) -> dict[str, Any]:
+                   serving_timeout: float = 300.0, operation: str | None = None) -> dict[str, Any]:
     """Move the champion back (to ``to_version``, else the previous champion) and update serving.
 
-    The store's champion pointer and ``models.config`` change first; with ``TFPIPE_SERVING_URL``
-    set, TensorFlow Serving must then serve the version (checked with its warm-up requests);
-    then the MLflow registry alias follows and the rollback is logged as an MLflow run.
+    Verified like a push: the version's files are checked against its manifest and it answers its
+    warm-up requests before it becomes champion; with ``TFPIPE_SERVING_URL`` set, TensorFlow
+    Serving must then serve it, or the rollback is undone. Then the registry alias follows and
+    the rollback is logged as an MLflow run.
+
+    Args:
+        operation: What asks for the rollback (a DAG run): its retry finishes this rollback
+            rather than stepping back once more.
 
     Raises:
         ModelStoreError: No champion, or the version is not in the store.
+        ServingCheckError: The version does not serve (the champion is what it was).
     """
-    from tasks import model_store, serving
-    from tasks.evaluate import predict
+    from tasks import model_store
 
     store = settings.model_store
     current = model_store.read_champion(store, model_name)
     if current is None:
         raise model_store.ModelStoreError(f"{model_name} has no champion in {store}: nothing to roll back")
-    target = to_version if to_version is not None else model_store.rollback_target(store, model_name)
-    change = model_store.set_champion(store, model_name, target, by=by, reason="rollback")
-    config_uri = model_store.write_models_config(store, settings.serving_base_path)
-    details: dict[str, Any] = {"model_name": model_name, "from_version": change.previous, "to_version": target,
-                               "by": by, "models_config": config_uri, "store": store}
+    retry = operation is not None and current.get("operation") == operation and current.get("reason") == "rollback"
+    target = int(current["version"]) if retry else (
+        to_version if to_version is not None else model_store.rollback_target(store, model_name))
+    if target not in model_store.versions(store, model_name):
+        raise model_store.ModelStoreError(f"{model_name} has no complete version {target} in {store} "
+                                          f"(versions: {model_store.versions(store, model_name) or 'none'})")
+    records, expected = _verified_version(settings, model_name, target)
+    change = model_store.set_champion(store, model_name, target, by=by, reason="rollback", operation=operation)
+    previous = int(current["history"][-1]["version"]) if retry and current.get("history") else change.previous
+    details: dict[str, Any] = {"model_name": model_name, "from_version": previous, "to_version": target, "by": by,
+                               "store": store, "finished_a_retried_rollback": retry}
+    details["models_config"] = model_store.write_models_config(store, settings.serving_base_path)
     if settings.serving_url:
-        local = storage.materialize(artifacts.model_version_uri(store, model_name, target), settings.cache_dir)
-        records = serving.read_warmup_requests(local / serving.WARMUP_FILE)
-        details["tf_serving"] = serving.check_tf_serving(settings.serving_url, model_name, target, records,
-                                                         predict(local, records), timeout=serving_timeout)
+        details["tf_serving"] = _serve_or_undo(settings, model_name, target, records, expected, change,
+                                               serving_timeout)
     tracking = tracking_for(settings)
-    details["mlflow"] = tracking.record_rollback(experiment_for_model(model_name), model_name, change.previous,
+    details["mlflow"] = tracking.record_rollback(experiment_for_model(model_name), model_name, previous,
                                                  target, by, details)
-    log.info("rolled %s back from v%s to v%d", model_name, change.previous, target)
+    log.info("rolled %s back from v%s to v%d", model_name, previous, target)
     return details
+
+
+def _verified_version(settings: Settings, model_name: str, version: int):
+    """A stored version's warm-up requests and answers, once every file matched its manifest and
+    the SavedModel answered them (finite scores) from the store."""
+    from tasks import serving
+    from tasks.evaluate import predict
+
+    local, _ = serving.verify_version(settings.model_store, model_name, version, settings.cache_dir)
+    records = serving.read_warmup_requests(local / serving.WARMUP_FILE)
+    expected = predict(local, records)
+    return records, expected
+
+
+def _serve_or_undo(settings: Settings, model_name: str, version: int, records, expected, change,
+                   timeout: float) -> dict[str, Any]:
+    """TensorFlow Serving must serve ``version`` as the store does; if not, the change is undone."""
+    from tasks import model_store, serving
+
+    try:
+        return serving.check_tf_serving(settings.serving_url, model_name, version, records, expected, timeout=timeout)
+    except serving.ServingCheckError as error:
+        if change.changed:
+            model_store.undo_promotion(settings.model_store, model_name, change)
+            model_store.write_models_config(settings.model_store, settings.serving_base_path)
+        raise serving.ServingCheckError(f"{error}; the rollback to v{version} was undone") from error
 
 
 def end_dag_run(settings: Settings, dag_id: str, run_id: str, state: str) -> str | None:

@@ -8,6 +8,8 @@
 * With the SavedModel go TF Serving's warm-up requests (``assets.extra/``) and the optimized
   variants that were kept (``variants/``).
 * A push that fails part-way removes what it wrote (the claimed number stays used) and raises.
+  Its retry (the same owner, a DAG run) finds its claim and finishes the same version: a
+  version already pushed completely with the same files is kept, a partial one is written again.
 """
 
 from __future__ import annotations
@@ -99,14 +101,20 @@ def push_model(
     try:
         files = {p.relative_to(saved_model_dir).as_posix(): p for p in saved_model_dir.rglob("*") if p.is_file()}
         files.update(_stage_extras(scratch, model_name, list(warmup_records or []), list(variant_files or [])))
-        version = claim_version(model_store, model_name, owner)
+        version = claim_version(model_store, model_name, owner)  # a retry gets its own claim back
         target = artifacts.model_version_uri(model_store, model_name, version)
-        try:
-            manifest = _upload(files, target, scratch, owner)
-        except Exception as error:
+        manifest = _already_pushed(target, files)
+        if manifest is not None:
+            log.info("%s v%d was pushed completely by an earlier try of %s: finishing it", model_name, version, owner)
+        else:
+            _refuse_if_served(model_store, model_name, version)
             _remove_partial(target)
-            raise PushError(f"pushing {model_name} v{version} to {target} failed, nothing of it is served: "
-                            f"{type(error).__name__}: {error}") from error
+            try:
+                manifest = _upload(files, target, scratch, owner)
+            except Exception as error:
+                _remove_partial(target)
+                raise PushError(f"pushing {model_name} v{version} to {target} failed, nothing of it is served: "
+                                f"{type(error).__name__}: {error}") from error
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("pushed %s v%d: %d files, %d bytes, verified", model_name, version, len(manifest["files"]),
@@ -138,6 +146,29 @@ def _upload(files: dict[str, Path], target: str, scratch: Path, owner: str) -> d
         wrong = sorted(set(stored) ^ set(expected) | {r for r in stored if stored[r] != expected.get(r)})
         raise storage.IntegrityError(f"{target} does not list exactly the files pushed: {wrong}")
     return manifest
+
+
+def _already_pushed(target: str, files: dict[str, Path]) -> dict[str, Any] | None:
+    """The manifest of ``target`` when an earlier try pushed exactly these files there completely."""
+    if not storage.exists(storage.join(target, SAVED_MODEL_PB)) or not storage.exists(
+            storage.join(target, MANIFEST_FILE)):
+        return None
+    manifest = json.loads(storage.read_bytes(storage.join(target, MANIFEST_FILE)))
+    listed = storage.list_files(target)
+    if set(manifest["files"]) != set(files) or any(
+            listed.get(rel) != entry["size"] or storage.sha256_file(files[rel]) != entry["sha256"]
+            for rel, entry in manifest["files"].items()):
+        return None
+    return manifest
+
+
+def _refuse_if_served(model_store: str, model_name: str, version: int) -> None:
+    """A version that serves is never rewritten, whoever claimed it."""
+    from tasks.model_store import read_champion
+
+    record = read_champion(model_store, model_name)
+    if record is not None and int(record["version"]) == version:
+        raise PushError(f"{model_name} v{version} is the champion: it is never rewritten")
 
 
 def _remove_partial(target: str) -> None:

@@ -348,12 +348,21 @@ def upload_verified(local: Path, uri: str) -> dict[str, Any]:
     size = local.stat().st_size
     record = {"size": size, "sha256": sha.hexdigest()}
     if not is_s3(uri):
+        # Under a temporary name, checked and flushed, then renamed: a crash never leaves a
+        # torn file under the real name (saved_model.pb's presence means "complete").
         target = local_path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local, target)
-        copied = target.stat().st_size, sha256_file(target)
-        if copied != (size, record["sha256"]):
-            raise IntegrityError(f"{uri}: the copy differs from {local} (size {copied[0]} vs {size})")
+        partial = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
+        try:
+            shutil.copyfile(local, partial)
+            with partial.open("rb") as handle:
+                os.fsync(handle.fileno())
+            copied = partial.stat().st_size, sha256_file(partial)
+            if copied != (size, record["sha256"]):
+                raise IntegrityError(f"{uri}: the copy differs from {local} (size {copied[0]} vs {size})")
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
         return record
     bucket, key = split_s3(uri)
     client = s3_client()

@@ -40,11 +40,23 @@ def _settings(root: Path, **changes) -> Settings:
                     tracking_uri=f"sqlite:///{root / 'mlflow.db'}", **changes)
 
 
-def _push(trained, release, model_name, run_id, settings=None, **overrides):
-    ctx = make_context(release["pipeline"], run_id=run_id, settings=settings or _settings(release["root"]),
+def _bless(trained, release, settings, model_name, run_id):
+    """Evaluate against what serves now, as a run does before it pushes (the push checks it)."""
+    state = model_store.champion_state(settings.model_store, model_name)
+    blessing = evaluate_model(trained["model"].uri, trained["examples"].uri,
+                              GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.0)}),
+                              model_store.champion(settings.model_store, model_name),
+                              str(release["root"] / "evaluations" / model_name / run_id), trained["cache"],
+                              trained["work"], champion_generation=state[1] if state else None)
+    return blessing.to_dict()
+
+
+def _push(trained, release, model_name, run_id, settings=None, blessing=None, **overrides):
+    settings = settings or _settings(release["root"])
+    ctx = make_context(release["pipeline"], run_id=run_id, settings=settings,
                        overrides={"model_name": model_name, **overrides})
-    return push_step(ctx, trained["examples"].to_dict(), trained["model"].to_dict(), release["blessing"],
-                     release["optimized"])
+    blessing = blessing or _bless(trained, release, settings, model_name, run_id)
+    return push_step(ctx, trained["examples"].to_dict(), trained["model"].to_dict(), blessing, release["optimized"])
 
 
 def _client(release):
@@ -290,3 +302,97 @@ def test_serving_check_is_an_mlflow_run_passed_or_failed(trained, release, monke
     failed = client.search_runs([run.info.experiment_id], "tags.`tfpipe.serving_check` = 'failed'")
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
     model_store.write_models_config(settings.model_store)  # leave the store as the other tests expect
+
+
+def _served(release, name):
+    store = Path(_settings(release["root"]).model_store)
+    config = model_store.parse_models_config((store / "models.config").read_text())
+    alias = _client(release).get_model_version_by_alias(name, "champion").tags["store_version"]
+    return model_store.read_champion(str(store), name)["version"], config[name][1], int(alias)
+
+
+def test_a_push_failing_after_the_swap_restores_the_champion_and_its_retry_finishes_the_same_version(
+        trained, release, monkeypatch):
+    from tasks import tracking
+
+    _push(trained, release, "zeta", "run-1")
+    blessing = _bless(trained, release, _settings(release["root"]), "zeta", "run-2")
+    real = tracking.move_champion_alias
+
+    def registry_down(*args, **kwargs):
+        raise ConnectionError("the registry is down")
+
+    monkeypatch.setattr(tracking, "move_champion_alias", registry_down)
+    with pytest.raises(ConnectionError):
+        _push(trained, release, "zeta", "run-2", blessing=blessing)
+    assert _served(release, "zeta") == (1, [1], 1)  # the failed task left no new champion
+    store = _settings(release["root"]).model_store
+    assert model_store.versions(store, "zeta") == [1, 2]  # v2 complete, claimed by run-2, not served
+    monkeypatch.setattr(tracking, "move_champion_alias", real)
+    retried = _push(trained, release, "zeta", "run-2", blessing=blessing)
+    assert retried["version"] == 2 and model_store.versions(store, "zeta") == [1, 2]  # no third version
+    assert _served(release, "zeta") == (2, [2], 2)
+
+
+def test_a_stale_blessing_is_refused_whatever_changed_the_champion(trained, release):
+    from tasks.cli import main
+
+    store = _settings(release["root"]).model_store
+    _push(trained, release, "eta", "run-1")
+    late = _bless(trained, release, _settings(release["root"]), "eta", "run-2")  # evaluated against v1
+    _push(trained, release, "eta", "run-3")  # v2 comes in between
+    with pytest.raises(model_store.StaleBlessingError, match=r"the champion is v2 \(champion change 2\), while the "
+                                                             r"blessing of this run was evaluated against v1"):
+        _push(trained, release, "eta", "run-2", blessing=late)
+    assert model_store.versions(store, "eta") == [1, 2] and _served(release, "eta")[0] == 2  # nothing claimed
+    # A rollback between evaluation and push: the run in flight does not undo it.
+    in_flight = _bless(trained, release, _settings(release["root"]), "eta", "run-4")  # against v2
+    settings = _settings(release["root"])
+    env = {"TFPIPE_HOME": str(settings.home), "TFPIPE_MODEL_STORE": store, "MLFLOW_TRACKING_URI": settings.tracking_uri}
+    import os
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        assert main(["rollback", "eta", "--to", "1"]) == 0
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    with pytest.raises(model_store.StaleBlessingError, match=r"the champion is v1 \(champion change 3\)"):
+        _push(trained, release, "eta", "run-4", blessing=in_flight)
+    assert _served(release, "eta") == (1, [1], 1)
+    # An old run's push cleared and run again does not re-promote the version that was rolled back:
+    # its blessing was evaluated against v1 before the rollback made v1 champion again.
+    old = json.loads((release["root"] / "evaluations" / "eta" / "run-3" / "blessing.json").read_text())
+    with pytest.raises(model_store.StaleBlessingError, match=r"evaluated against v1 \(champion change 1\)"):
+        _push(trained, release, "eta", "run-3", blessing=old)
+    assert _served(release, "eta") == (1, [1], 1)
+
+
+def test_a_retried_rollback_does_not_step_back_twice_and_a_failed_one_is_undone(trained, release, tmp_path):
+    from tasks.pipeline import rollback_model
+
+    for i in range(1, 4):
+        _push(trained, release, "theta", f"run-{i}")
+    settings = _settings(release["root"])
+    store = settings.model_store
+    first = rollback_model(settings, "theta", operation="rollback_model/run-a")
+    assert first["to_version"] == 2 and not first["finished_a_retried_rollback"]
+    again = rollback_model(settings, "theta", operation="rollback_model/run-a")  # Airflow's retry
+    assert again["to_version"] == 2 and again["finished_a_retried_rollback"]
+    assert model_store.read_champion(store, "theta")["version"] == 2
+    assert rollback_model(settings, "theta", operation="rollback_model/run-b")["to_version"] == 1  # a new one steps
+    # TensorFlow Serving that never serves the version: the rollback is undone.
+    before = model_store.read_champion(store, "theta")
+    with model_server(tmp_path / "other.config") as url:
+        with pytest.raises(serving.ServingCheckError, match="the rollback to v3 was undone"):
+            rollback_model(_settings(release["root"], serving_url=url), "theta", to_version=3, serving_timeout=2,
+                           operation="rollback_model/run-c")
+    assert model_store.read_champion(store, "theta") == before
+    assert model_store.parse_models_config((Path(store) / "models.config").read_text())["theta"][1] == [1]
+    # A damaged version is refused before anything changes.
+    data = next((Path(store) / "theta" / "2" / "variables").glob("variables.data-*"))
+    data.write_bytes(bytes(len(data.read_bytes())))
+    with pytest.raises(serving.ServingCheckError, match="differs from the manifest"):
+        rollback_model(settings, "theta", to_version=2, operation="rollback_model/run-d")
+    assert model_store.read_champion(store, "theta") == before
