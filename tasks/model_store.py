@@ -318,10 +318,20 @@ def champions(model_store: str) -> dict[str, int]:
 
 
 def write_models_config(model_store: str, base_path: str | None = None) -> str:
-    """Rewrite ``<store>/models.config`` from the champion pointers; returns its URI."""
+    """Rewrite ``<store>/models.config`` from the champion pointers; returns its URI.
+
+    The pointers are read inside the update (a lock locally, a conditional write on S3), so two
+    writers (pushes of two models, a push and a rollback) cannot leave the config behind a
+    pointer: whoever writes last read every pointer after the other had written its own.
+    """
     uri = storage.join(model_store, MODELS_CONFIG)
-    text = render_models_config(champions(model_store), serving_base_path(model_store, base_path))
-    storage.write_bytes(uri, text.encode())
+    base = serving_base_path(model_store, base_path)
+
+    def render(current: bytes | None) -> bytes | None:
+        text = render_models_config(champions(model_store), base).encode()
+        return None if text == current else text
+
+    storage.update_bytes(uri, render)
     return uri
 
 

@@ -76,13 +76,18 @@ def reset_clients() -> None:
     s3_client.cache_clear()
 
 
-def _s3_keys(uri: str) -> list[tuple[str, int]]:
+def _s3_listing(uri: str) -> list[tuple[str, int, str]]:
+    """(relative key, size, ETag) of every object below ``uri``."""
     bucket, prefix = split_s3(uri)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
-    keys: list[tuple[str, int]] = []
+    keys: list[tuple[str, int, str]] = []
     for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys.extend((item["Key"][len(prefix):], item["Size"]) for item in page.get("Contents", []))
+        keys.extend((item["Key"][len(prefix):], item["Size"], item.get("ETag", "")) for item in page.get("Contents", []))
     return keys
+
+
+def _s3_keys(uri: str) -> list[tuple[str, int]]:
+    return [(key, size) for key, size, _ in _s3_listing(uri)]
 
 
 def exists(uri: str) -> bool:
@@ -300,10 +305,11 @@ def materialize(uri: str, cache_dir: Path) -> Path:
         if not path.exists():
             raise ArtifactNotFoundError(f"{uri} does not exist")
         return path
-    files = _s3_keys(uri)
+    files = _s3_listing(uri)
     if not files:
         raise ArtifactNotFoundError(f"{uri} does not exist or is empty")
-    # Keyed by the listing too, so a republished artifact is fetched again.
+    # Keyed by the listing with every object's ETag (its content's digest), so a republished
+    # artifact is fetched again even when its files kept their names and sizes.
     digest = hashlib.sha256(repr((uri, sorted(files))).encode()).hexdigest()[:16]
     target = cache_dir / digest
     if (target / ".materialized").is_file():
@@ -388,17 +394,17 @@ def upload_verified(local: Path, uri: str) -> dict[str, Any]:
     return record
 
 
-def update_json(uri: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None],
-                attempts: int = 50) -> dict[str, Any] | None:
-    """Read-modify-write one small JSON document without losing a concurrent writer's update.
+def update_bytes(uri: str, change: Callable[[bytes | None], bytes | None], attempts: int = 50) -> bytes | None:
+    """Read-modify-write one small file without losing a concurrent writer's update.
 
-    ``change`` gets the current document (None when absent) and returns the new one (None: leave
-    it as it is). Locally the update holds an exclusive lock on ``<file>.lock``; on S3 it is
-    optimistic: the write is conditional on the ETag that was read (``If-Match``, or
-    ``If-None-Match: *`` when creating), and a lost race reads again.
+    ``change`` gets the current content (None when absent) and returns the new one (None: leave
+    it as it is); it may read other files, whose state is then covered too. Locally the update
+    holds an exclusive lock on ``<file>.lock``; on S3 it is optimistic: the write is conditional
+    on the ETag that was read (``If-Match``, or ``If-None-Match: *`` when creating), and a lost
+    race reads and calls ``change`` again.
 
     Returns:
-        The document as written (or as found, when ``change`` returned None).
+        The content as written (or as found, when ``change`` returned None).
     """
     if not is_s3(uri):
         import fcntl
@@ -408,11 +414,11 @@ def update_json(uri: str, change: Callable[[dict[str, Any] | None], dict[str, An
         with open(path.with_name(path.name + ".lock"), "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                current = json.loads(path.read_text()) if path.is_file() else None
+                current = path.read_bytes() if path.is_file() else None
                 new = change(current)
                 if new is None:
                     return current
-                write_bytes(uri, json.dumps(new, indent=2).encode())
+                write_bytes(uri, new)
                 return new
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -423,7 +429,7 @@ def update_json(uri: str, change: Callable[[dict[str, Any] | None], dict[str, An
     for attempt in range(attempts):
         try:
             response = client.get_object(Bucket=bucket, Key=key)
-            current, condition = json.loads(response["Body"].read()), {"IfMatch": response["ETag"]}
+            current, condition = response["Body"].read(), {"IfMatch": response["ETag"]}
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
                 raise
@@ -432,10 +438,21 @@ def update_json(uri: str, change: Callable[[dict[str, Any] | None], dict[str, An
         if new is None:
             return current
         try:
-            client.put_object(Bucket=bucket, Key=key, Body=json.dumps(new, indent=2).encode(), **condition)
+            client.put_object(Bucket=bucket, Key=key, Body=new, **condition)
             return new
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") not in PRECONDITION_FAILED:
                 raise
             time.sleep(0.05 * (attempt + 1))
     raise RuntimeError(f"{uri}: gave up after {attempts} concurrent updates")
+
+
+def update_json(uri: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+                attempts: int = 50) -> dict[str, Any] | None:
+    """:func:`update_bytes` for one small JSON document."""
+    def as_bytes(current: bytes | None) -> bytes | None:
+        new = change(json.loads(current) if current is not None else None)
+        return json.dumps(new, indent=2).encode() if new is not None else None
+
+    written = update_bytes(uri, as_bytes, attempts)
+    return json.loads(written) if written is not None else None

@@ -70,3 +70,26 @@ def test_a_symbolic_link_in_a_local_store_is_not_followed(tmp_path):
     with pytest.raises(storage.IntegrityError, match="symbolic link"):
         storage.download_dir(str(version), tmp_path / "copy")
     assert not (tmp_path / "copy" / "variables.data").exists()
+
+
+def test_a_same_sized_rewrite_on_s3_is_fetched_again(tmp_path, monkeypatch):
+    import boto3
+
+    from tests.servers import moto_s3
+
+    with moto_s3() as endpoint:
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        storage.reset_clients()
+        try:
+            s3 = boto3.client("s3")
+            s3.create_bucket(Bucket="art")
+            s3.put_object(Bucket="art", Key="run/model/weights", Body=b"first try")
+            assert (storage.materialize("s3://art/run/model", tmp_path / "cache") / "weights").read_bytes() == \
+                b"first try"
+            s3.put_object(Bucket="art", Key="run/model/weights", Body=b"retry!!!!")  # same name, same size
+            assert (storage.materialize("s3://art/run/model", tmp_path / "cache") / "weights").read_bytes() == \
+                b"retry!!!!"
+        finally:
+            storage.reset_clients()

@@ -396,3 +396,59 @@ def test_a_retried_rollback_does_not_step_back_twice_and_a_failed_one_is_undone(
     with pytest.raises(serving.ServingCheckError, match="differs from the manifest"):
         rollback_model(settings, "theta", to_version=2, operation="rollback_model/run-d")
     assert model_store.read_champion(store, "theta") == before
+
+
+def _flip_champions(store: str, name: str, rounds: int) -> None:
+    """A process that keeps moving one model's champion and rewriting models.config."""
+    for i in range(rounds):
+        model_store.set_champion(store, name, 1 + i % 3, by=name, reason="race")
+        model_store.write_models_config(store)
+
+
+def test_models_config_agrees_with_every_pointer_after_processes_race(tmp_path):
+    import multiprocessing
+
+    store = tmp_path / "store"
+    for name in ("a", "b", "c"):
+        _fake_versions(store, name, 3)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_flip_champions, args=(str(store), name, 25 + 7 * i))
+               for i, name in enumerate(("a", "b", "c"))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    served = model_store.parse_models_config((store / "models.config").read_text())
+    assert {name: versions for name, (_, versions) in served.items()} == {
+        name: [model_store.read_champion(str(store), name)["version"]] for name in ("a", "b", "c")}
+
+
+def test_a_models_config_writer_that_read_the_pointers_first_cannot_write_last(tmp_path, monkeypatch):
+    """Forced interleaving: X reads the pointers, Y moves one and rewrites the config, then X writes.
+    X's read and write are one update, so Y's rewrite comes after it and the config is current."""
+    import threading
+
+    store = tmp_path / "store"
+    for name in ("a", "b"):
+        _fake_versions(store, name, 2)
+        model_store.set_champion(str(store), name, 1, by="t", reason="push")
+    real, x_read, y_wrote = model_store.champions, threading.Event(), threading.Event()
+
+    def slow_for_x(where):
+        found = real(where)
+        if threading.current_thread().name == "X":
+            x_read.set()
+            y_wrote.wait(2)  # Y's config write waits for X's update to end, so this times out
+        return found
+
+    monkeypatch.setattr(model_store, "champions", slow_for_x)
+    x = threading.Thread(target=model_store.write_models_config, args=(str(store),), name="X")
+    x.start()
+    assert x_read.wait(10)
+    model_store.set_champion(str(store), "b", 2, by="y", reason="push")
+    model_store.write_models_config(str(store))
+    y_wrote.set()
+    x.join(10)
+    served = model_store.parse_models_config((store / "models.config").read_text())
+    assert served["b"][1] == [2] and served["a"][1] == [1]
