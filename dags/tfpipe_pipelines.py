@@ -156,10 +156,8 @@ def build_dag(pipeline_file: Path):
             from tasks import pipeline as steps
 
             pushed = steps.push_model(_context(source, params, run_id, ds, ti), examples, model, blessing, optimized)
-            outlet_events[asset].extra = {
-                "model_name": pushed["model_name"], "version": pushed["version"], "uri": pushed["uri"],
-                "champion": pushed["champion"], "registry_version": pushed["registry_version"],
-            }
+            keys = ("model_name", "version", "uri", "champion", "registry_version", "pushed")
+            outlet_events[asset].extra = {key: pushed[key] for key in keys if key in pushed}
             return pushed
 
         examples = ingest_examples()

@@ -334,7 +334,10 @@ def format_summary(pipeline: str, run_id: str, durations: dict[str, float], resu
         lines += ["", "optimized variants (latency at batch 1, throughput at a large batch):"]
         lines += [f"  {line}" for line in format_report(optimized["report"]).splitlines()]
     pushed = results.get("push_model")
-    if pushed:
+    if pushed and pushed.get("pushed") is False:
+        lines += ["", "pushed: nothing (gated again against the champion another run promoted meanwhile, "
+                      "the model was not blessed)"]
+    elif pushed:
         lines += ["", f"pushed: version {pushed['version']} at {pushed['uri']} "
                       f"(MLflow registry: {pipeline} v{pushed.get('registry_version')})"]
         if pushed.get("champion") is not None:

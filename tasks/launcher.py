@@ -275,6 +275,10 @@ def run_worker(request_path: Path) -> int:
     tf_config = os.environ.get("TF_CONFIG")
     role = WorkerRole.from_tf_config(tf_config)
     tracking = request.get("tracking") or None
+    if tracking:
+        from tasks.settings import tracking_uri_for_worker
+
+        tracking = {**tracking, "uri": tracking_uri_for_worker(tracking["uri"])}
     if is_server_task(json.loads(tf_config) if tf_config else None):
         return serve_task(tracking)
     with ExitStack() as stack:

@@ -200,6 +200,19 @@ def champion_state(model_store: str, model_name: str) -> tuple[int, int | None] 
     return (done[-1], None) if done else None
 
 
+def rolled_back_since(model_store: str, model_name: str, generation: int | None) -> bool:
+    """Whether a rollback moved the champion after the pointer's ``generation`` (None: any time)."""
+    record = read_champion(model_store, model_name)
+    if record is None:
+        return False
+    for entry in [record, *reversed(record.get("history", []))]:
+        if generation is not None and (entry.get("generation") is None or entry["generation"] <= generation):
+            return False
+        if entry.get("reason") == "rollback":
+            return True
+    return False
+
+
 def describe_state(state: tuple[int, int | None] | None) -> str:
     if state is None:
         return "no champion"
@@ -244,7 +257,8 @@ def set_champion(model_store: str, model_name: str, version: int, by: str, reaso
         now = _now()
         history = list(current.get("history", [])) if current else []
         if current is not None:
-            history.append({k: current[k] for k in ("version", "since", "by", "reason")} | {"until": now})
+            history.append({k: current.get(k) for k in ("version", "since", "by", "reason", "generation")}
+                           | {"until": now})
         return {"model": model_name, "version": version, "since": now, "by": by, "reason": reason,
                 "operation": operation, "generation": (current or {}).get("generation", 0) + 1,
                 "history": history[-HISTORY_LIMIT:]}

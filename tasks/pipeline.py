@@ -20,7 +20,7 @@ from typing import Any
 from tasks import __version__, artifacts, storage
 from tasks.config import STRATEGIES, PipelineConfig, load_pipeline, resolve_pipeline_path
 from tasks.errors import DataError
-from tasks.settings import Settings
+from tasks.settings import Settings, redact
 from tasks.tracking import MlflowTracker, MlflowTracking, RunIdentity, experiment_url, run_url
 
 log = logging.getLogger(__name__)
@@ -435,7 +435,7 @@ def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, sp
         "cache_dir": str(ctx.settings.cache_dir),
         "work_dir": str(work),
         "search_path": [str(Path(ctx.pipeline).parent)],
-        "tracking": {"uri": ctx.settings.tracking_uri, "run_id": tracker.run_id},
+        "tracking": {"uri": redact(ctx.settings.tracking_uri), "run_id": tracker.run_id},
         "checkpoint_uri": mirror,
     }
     tf_config = os.environ.get("TF_CONFIG")
@@ -558,48 +558,116 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
     the same version; it is promoted only if the champion is still the one its blessing was
     evaluated against (compare-and-swap), after it was loaded back from the store and answered
     its warm-up requests as the model did before the push, and after its registry version
-    exists. If anything fails once it is champion (``models.config``, TF Serving, the registry
-    alias), the previous champion is restored before the error is raised.
+    exists. If another push promoted a version meanwhile (concurrent runs, a backfill), the model
+    is gated again against that champion; after a rollback it is refused. If anything fails once
+    it is champion (``models.config``, TF Serving, the registry alias), the previous champion is
+    restored before the error is raised.
     """
-    from tasks import model_store
     from tasks.evaluate import read_blessing
 
     with _step(ctx, "push_model") as tracker:
-        settings, name = ctx.settings, ctx.config.model_name
         # Re-read the published blessing rather than trusting what came through XCom.
         verdict = read_blessing(blessing["uri"])
         if verdict["model_uri"] != model["uri"]:
             raise ValueError(f"blessing {blessing['uri']} is for {verdict['model_uri']}, not {model['uri']}")
         owner = f"{ctx.dag_id}/{ctx.run_id}"
-        against = verdict.get("evaluated_against")  # None: a cold start
-        evaluated_against = (against["version"], against.get("generation")) if against else None
-        mine = model_store.claimed_by(settings.model_store, name, owner)
-        served = _served_before(settings.model_store, name, mine)
-        if served != evaluated_against and (served is None or served[0] != mine):
-            raise model_store.StaleBlessingError(
-                f"refusing to push {name}: the champion is {model_store.describe_state(served)}, while the blessing "
-                f"of this run was evaluated against {model_store.describe_state(evaluated_against)} (a rollback or "
-                "another push came in between); trigger a new run to evaluate against what serves now")
-        pushed, warmup, expected = _push_files(ctx, examples, model, verdict, optimized, owner)
-        checks = {"store": _check_store(ctx, pushed, expected)}
-        registry_version = _register(ctx, tracker, examples, model, pushed)
-        change = _promote(ctx, pushed, owner, evaluated_against, served, warmup, expected, checks, registry_version)
-        removed = _retention(ctx)
-        record = {**pushed.to_dict(), "registry_version": registry_version, "champion": change.version,
-                  "previous_champion": change.previous, "checks": checks, "removed_versions": removed,
-                  "evaluated_against": against}
-        tracker.log_params({"pushed_uri": pushed.uri, "pushed_version": pushed.version})
-        tracker.log_metrics({"pushed_bytes": pushed.bytes, "pushed_files": pushed.files,
-                             "store_check_max_abs_diff": checks["store"]["max_abs_diff"]})
-        tracker.log_dict(record, "push/pushed_model.json")
-        tracker.set_tags({"tfpipe.pushed_uri": pushed.uri, "tfpipe.registry_version": registry_version,
-                          "tfpipe.champion": str(change.version)})
-        tracker.log_headline(pushed=record, mlflow_ui_url=settings.mlflow_ui_url)
-        log.info("pushed %s v%d (%d files, %d bytes, %d warm-up requests); champion: v%d%s", name, pushed.version,
-                 pushed.files, pushed.bytes, pushed.warmup_requests, change.version,
-                 f"; removed old versions {removed}" if removed else "")
-        _end_pipeline(ctx, tracker, "pushed")
-        return record
+        pushed = change = None
+        for _attempt in range(5):  # each lost compare-and-swap gates the model again
+            verdict = _current_blessing(ctx, tracker, examples, model, verdict, owner)
+            if not verdict["blessed"]:
+                return _not_promoted(ctx, tracker, verdict, pushed)
+            if pushed is None:
+                pushed, warmup, expected = _push_files(ctx, examples, model, verdict, optimized, owner)
+                checks = {"store": _check_store(ctx, pushed, expected)}
+                registry_version = _register(ctx, tracker, examples, model, pushed)
+            try:
+                change = _promote(ctx, pushed, owner, _state(verdict), _served_before(
+                    ctx.settings.model_store, ctx.config.model_name, pushed.version), warmup, expected, checks,
+                    registry_version)
+                break
+            except _StaleAfterUpload:
+                continue
+        if change is None:
+            raise RuntimeError(f"{ctx.config.model_name}: the champion kept changing while v{pushed.version} was "
+                               "promoted; try again")
+        return _pushed(ctx, tracker, pushed, change, checks, registry_version, verdict)
+
+
+class _StaleAfterUpload(Exception):
+    """The champion changed between the check and the swap: gate again."""
+
+
+def _state(verdict: Mapping[str, Any]) -> tuple[int, int | None] | None:
+    against = verdict.get("evaluated_against")
+    return (against["version"], against.get("generation")) if against else None
+
+
+def _current_blessing(ctx: RunContext, tracker: MlflowTracker, examples: Mapping[str, Any],
+                      model: Mapping[str, Any], verdict: dict[str, Any], owner: str) -> dict[str, Any]:
+    """The blessing, valid against what serves now: as published when the champion is still the one
+    it measured (or this run's own version, a retry); gated again against a champion another push
+    promoted meanwhile. After a rollback the push is refused: the gate cannot know why it was rolled
+    back, and must not undo it."""
+    from tasks import model_store
+    from tasks.evaluate import evaluate_model, format_checks
+
+    store, name = ctx.settings.model_store, ctx.config.model_name
+    mine = model_store.claimed_by(store, name, owner)
+    served, evaluated = _served_before(store, name, mine), _state(verdict)
+    if served == evaluated or (served is not None and served[0] == mine):
+        return verdict
+    if model_store.rolled_back_since(store, name, evaluated[1] if evaluated else None):
+        raise model_store.StaleBlessingError(
+            f"refusing to push {name}: the champion was rolled back to {model_store.describe_state(served)} after "
+            f"this run's blessing was evaluated against {model_store.describe_state(evaluated)}; trigger a new run to "
+            "evaluate against what serves now")
+    log.warning("the champion of %s is %s, not %s as when this run evaluated: gating the model again", name,
+                model_store.describe_state(served), model_store.describe_state(evaluated))
+    state = model_store.champion_state(store, name)
+    blessing = evaluate_model(model["uri"], examples["uri"], ctx.config.gate, model_store.champion(store, name),
+                              storage.join(ctx.output("evaluation"), f"regated-{state[0] if state else 0}"),
+                              ctx.settings.cache_dir, ctx.work_dir("push_model"),
+                              champion_generation=state[1] if state else None)
+    record = blessing.to_dict()
+    tracker.log_text(format_checks(record), f"push/regated-v{state[0] if state else 0}.txt")
+    log.info("gated again:\n%s", format_checks(record))
+    return record
+
+
+def _not_promoted(ctx: RunContext, tracker: MlflowTracker, verdict: Mapping[str, Any], pushed) -> dict[str, Any]:
+    """Gated again against a newer champion, the model is not blessed: nothing of it stays served."""
+    from tasks import model_store
+
+    if pushed is not None:
+        model_store.discard_version(ctx.settings.model_store, ctx.config.model_name, pushed.version)
+    tracker.set_tags({"tfpipe.pushed": "false"})
+    log.warning("%s is not pushed: gated again against the champion another run promoted meanwhile, it is not "
+                "blessed (%s)", ctx.config.model_name,
+                "; ".join(r for r, c in zip(verdict["reasons"], verdict["checks"]) if c["passed"] is False))
+    _end_pipeline(ctx, tracker, "not_blessed_against_the_new_champion")
+    return {"pushed": False, "model_name": ctx.config.model_name, "reasons": verdict["reasons"]}
+
+
+def _pushed(ctx: RunContext, tracker: MlflowTracker, pushed, change, checks, registry_version: str,
+            verdict: Mapping[str, Any]) -> dict[str, Any]:
+    """Record and log what was pushed (retention included)."""
+    settings, name = ctx.settings, ctx.config.model_name
+    removed = _retention(ctx)
+    record = {**pushed.to_dict(), "pushed": True, "registry_version": registry_version, "champion": change.version,
+              "previous_champion": change.previous, "checks": checks, "removed_versions": removed,
+              "evaluated_against": verdict.get("evaluated_against")}
+    tracker.log_params({"pushed_uri": pushed.uri, "pushed_version": pushed.version})
+    tracker.log_metrics({"pushed_bytes": pushed.bytes, "pushed_files": pushed.files,
+                         "store_check_max_abs_diff": checks["store"]["max_abs_diff"]})
+    tracker.log_dict(record, "push/pushed_model.json")
+    tracker.set_tags({"tfpipe.pushed_uri": pushed.uri, "tfpipe.registry_version": registry_version,
+                      "tfpipe.champion": str(change.version)})
+    tracker.log_headline(pushed=record, mlflow_ui_url=settings.mlflow_ui_url)
+    log.info("pushed %s v%d (%d files, %d bytes, %d warm-up requests); champion: v%d%s", name, pushed.version,
+             pushed.files, pushed.bytes, pushed.warmup_requests, change.version,
+             f"; removed old versions {removed}" if removed else "")
+    _end_pipeline(ctx, tracker, "pushed")
+    return record
 
 
 def _served_before(store: str, name: str, mine: int | None) -> tuple[int, int | None] | None:
@@ -678,8 +746,11 @@ def _promote(ctx: RunContext, pushed, owner: str, evaluated_against, served,
     from tasks.tracking import move_champion_alias
 
     settings, name = ctx.settings, ctx.config.model_name
-    change = model_store.set_champion(settings.model_store, name, pushed.version, by=owner, reason="push",
-                                      expected=evaluated_against, fallback=served)
+    try:
+        change = model_store.set_champion(settings.model_store, name, pushed.version, by=owner, reason="push",
+                                          expected=evaluated_against, fallback=served)
+    except model_store.StaleBlessingError as error:
+        raise _StaleAfterUpload(str(error)) from error
     try:
         model_store.write_models_config(settings.model_store, settings.serving_base_path)
         if settings.serving_url:
@@ -886,7 +957,7 @@ def check_serving(settings: Settings, model_name: str, pushed: Mapping[str, Any]
     from tasks import serving
 
     tracking = tracking_for(settings)
-    params = {"model_name": model_name, "store": settings.model_store, "serving_url": settings.serving_url or "",
+    params = {"model_name": model_name, "store": settings.model_store, "serving_url": redact(settings.serving_url) or "",
               "triggered_by_version": (pushed or {}).get("version", "")}
     tags = {"tfpipe.model_name": model_name, "tfpipe.checked_by": by}
     try:

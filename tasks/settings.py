@@ -96,6 +96,25 @@ class Settings:
         )
 
 
+def redact(uri: str | None) -> str | None:
+    """A URI without the user and password it may carry (``http://user:pw@host`` to
+    ``http://host``): what may be written to files, MLflow and logs. Credentials belong in the
+    environment (``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``, the AWS variables) or in Airflow
+    connections."""
+    if not uri or "@" not in uri.split("/")[2 if "://" in uri else 0]:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    authority, sep, path = rest.partition("/")
+    return f"{scheme}://{authority.rsplit('@', 1)[1]}{sep}{path}"
+
+
+def tracking_uri_for_worker(written: str) -> str:
+    """The tracking URI a worker uses: its environment's when that is the same server (it may
+    carry credentials that files never hold), else the one its request names."""
+    own = os.environ.get("MLFLOW_TRACKING_URI")
+    return own if own and redact(own) == written else written
+
+
 def _server(tracking_uri: str | None) -> str | None:
     return tracking_uri if tracking_uri and tracking_uri.startswith(("http://", "https://")) else None
 

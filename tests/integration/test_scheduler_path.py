@@ -232,12 +232,16 @@ def test_a_conf_outside_a_param_bound_is_rejected(api):
     status, body = api.status_of("POST", "/api/v2/dags/penguins/dagRuns",
                                  {"logical_date": None, "conf": {"epochs": 100000}})
     assert status == 400 and "epochs" in body
+    # A trigger may make the gate stricter, never looser than the YAML's 0.85.
+    status, body = api.status_of("POST", "/api/v2/dags/penguins/dagRuns",
+                                 {"logical_date": None, "conf": {"accuracy_threshold": 0.6}})
+    assert status == 400 and "accuracy_threshold" in body
 
 
 @pytest.fixture(scope="module")
 def triggered(api):
     run = api.call("POST", "/api/v2/dags/penguins/dagRuns",
-                   {"logical_date": None, "conf": {"epochs": 5, "accuracy_threshold": 0.6}})
+                   {"logical_date": None, "conf": {"epochs": 12, "accuracy_threshold": 0.86}})
     return run["dag_run_id"], api.finished("penguins", run["dag_run_id"])
 
 
@@ -253,7 +257,7 @@ def test_triggered_run_with_conf_pushes_and_is_tracked(stack, api, triggered):
     parent = _parent(client, "penguins", run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["airflow.dag_run_state"] == "success"
     # The parent run's headline: the eval metrics, and what was pushed with a link to the registry.
-    assert parent.data.metrics["accuracy"] >= 0.6 and parent.data.tags["tfpipe.blessed"] == "true"
+    assert parent.data.metrics["accuracy"] >= 0.86 and parent.data.tags["tfpipe.blessed"] == "true"
     assert parent.data.tags["tfpipe.pushed_version"] == "1"
     registry = parent.data.tags["tfpipe.registry_url"]
     assert registry.startswith(stack["tracking_uri"] + "/#/models/penguins/versions/")
@@ -261,7 +265,7 @@ def test_triggered_run_with_conf_pushes_and_is_tracked(stack, api, triggered):
     train = client.search_runs([parent.info.experiment_id],
                                f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and "
                                "tags.`airflow.task_id` = 'train_model'")[0]
-    assert train.data.params["train.epochs"] == "5"  # the conf reached the step
+    assert train.data.params["train.epochs"] == "12"  # the conf reached the step
     links = api.call("GET", f"/api/v2/dags/penguins/dagRuns/{quote(run_id, safe='')}/taskInstances/train_model/links")
     assert links["extra_links"]["MLflow run"].endswith(f"/runs/{train.info.run_id}?workflowType=machine_learning")
     assert client.get_model_version_by_alias("penguins", "champion").tags["store_version"] == "1"
@@ -322,7 +326,7 @@ def test_backfill_runs_each_day_on_its_own_partition(stack, api, triggered):
         return len(runs) == 2 and all(r["state"] in ("success", "failed") for r in runs) and runs
 
     runs = api.wait(backfilled, timeout=900)
-    assert [r["state"] for r in runs] == ["success", "success"], [api.task_states("daily", r["dag_run_id"]) for r in runs]
+    assert [r["state"] for r in runs] == ["success", "success"], str([api.task_states("daily", r["dag_run_id"]) for r in runs])
     expected_rows = {DAYS[0]: 200, DAYS[1]: 144}
     for run in runs:
         day = datetime.fromisoformat(run["logical_date"]).astimezone(timezone.utc).date().isoformat()

@@ -334,19 +334,22 @@ def test_a_push_failing_after_the_swap_restores_the_champion_and_its_retry_finis
     assert _served(release, "zeta") == (2, [2], 2)
 
 
-def test_a_stale_blessing_is_refused_whatever_changed_the_champion(trained, release):
+def test_a_stale_blessing_is_gated_again_after_a_push_and_refused_after_a_rollback(trained, release):
     from tasks.cli import main
 
     store = _settings(release["root"]).model_store
     _push(trained, release, "eta", "run-1")
     late = _bless(trained, release, _settings(release["root"]), "eta", "run-2")  # evaluated against v1
-    _push(trained, release, "eta", "run-3")  # v2 comes in between
-    with pytest.raises(model_store.StaleBlessingError, match=r"the champion is v2 \(champion change 2\), while the "
-                                                             r"blessing of this run was evaluated against v1"):
-        _push(trained, release, "eta", "run-2", blessing=late)
-    assert model_store.versions(store, "eta") == [1, 2] and _served(release, "eta")[0] == 2  # nothing claimed
+    _push(trained, release, "eta", "run-3")  # v2 comes in between (a concurrent run, a backfill)
+    regated = _push(trained, release, "eta", "run-2", blessing=late)  # gated again, now against v2
+    assert regated["pushed"] and regated["version"] == 3 and regated["evaluated_against"]["version"] == 2
+    assert _served(release, "eta") == (3, [3], 3)
+    assert model_store.rollback_target(store, "eta") == 2
+    from tasks.pipeline import rollback_model
+
+    rollback_model(_settings(release["root"]), "eta", to_version=2)
     # A rollback between evaluation and push: the run in flight does not undo it.
-    in_flight = _bless(trained, release, _settings(release["root"]), "eta", "run-4")  # against v2
+    in_flight = _bless(trained, release, _settings(release["root"]), "eta", "run-4")  # against v2 (after rollback)
     settings = _settings(release["root"])
     env = {"TFPIPE_HOME": str(settings.home), "TFPIPE_MODEL_STORE": store, "MLFLOW_TRACKING_URI": settings.tracking_uri}
     import os
@@ -358,7 +361,7 @@ def test_a_stale_blessing_is_refused_whatever_changed_the_champion(trained, rele
     finally:
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-    with pytest.raises(model_store.StaleBlessingError, match=r"the champion is v1 \(champion change 3\)"):
+    with pytest.raises(model_store.StaleBlessingError, match=r"rolled back to v1 \(champion change 5\)"):
         _push(trained, release, "eta", "run-4", blessing=in_flight)
     assert _served(release, "eta") == (1, [1], 1)
     # An old run's push cleared and run again does not re-promote the version that was rolled back:
@@ -452,3 +455,14 @@ def test_a_models_config_writer_that_read_the_pointers_first_cannot_write_last(t
     x.join(10)
     served = model_store.parse_models_config((store / "models.config").read_text())
     assert served["b"][1] == [2] and served["a"][1] == [1]
+
+
+def test_gated_again_and_not_blessed_the_model_is_not_pushed(trained, release):
+    store = _settings(release["root"]).model_store
+    _push(trained, release, "iota", "run-1")
+    late = _bless(trained, release, _settings(release["root"]), "iota", "run-2")
+    _push(trained, release, "iota", "run-3")  # v2 promoted meanwhile
+    result = _push(trained, release, "iota", "run-2", blessing=late,
+                   **{"gate.metrics.accuracy.lower_bound": 1.01})  # the pipeline's gate, no model meets it
+    assert result["pushed"] is False and any("FAILED" in reason for reason in result["reasons"])
+    assert model_store.versions(store, "iota") == [1, 2] and _served(release, "iota") == (2, [2], 2)
