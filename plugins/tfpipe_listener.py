@@ -17,16 +17,34 @@ from airflow.listeners import hookimpl
 log = logging.getLogger(__name__)
 
 
-def _end(dag_run, state: str) -> None:
+# The hooks run inside the scheduler's loop: an MLflow server that is down or hung (its client
+# retries for minutes) must not stall scheduling. The update runs on a thread of its own, and
+# the hook waits for it at most this long.
+WAIT_SECONDS = 5.0
+
+
+def _update(dag_id: str, run_id: str, state: str) -> None:
     try:
         from tasks.pipeline import end_dag_run
         from tasks.settings import Settings
 
-        status = end_dag_run(Settings.from_env(), dag_run.dag_id, dag_run.run_id, state)
+        status = end_dag_run(Settings.from_env(), dag_id, run_id, state)
         if status is not None:
-            log.info("MLflow run of %s %s: %s", dag_run.dag_id, dag_run.run_id, status)
+            log.info("MLflow run of %s %s: %s", dag_id, run_id, status)
     except Exception:  # noqa: BLE001 - tracking trouble must never break the scheduler
-        log.exception("could not end the MLflow run of %s %s", dag_run.dag_id, dag_run.run_id)
+        log.warning("could not end the MLflow run of %s %s", dag_id, run_id, exc_info=True)
+
+
+def _end(dag_run, state: str) -> None:
+    import threading
+
+    worker = threading.Thread(target=_update, args=(dag_run.dag_id, dag_run.run_id, state), daemon=True,
+                              name=f"tfpipe-end-{dag_run.run_id}")
+    worker.start()
+    worker.join(WAIT_SECONDS)
+    if worker.is_alive():
+        log.warning("MLflow is slow to answer: the run of %s %s is ended in the background", dag_run.dag_id,
+                    dag_run.run_id)
 
 
 @hookimpl
