@@ -215,7 +215,7 @@ def test_push_updates_the_model_asset_and_the_serving_check_passes(services, ble
                                  .where(AssetEvent.source_run_id == blessed_run.run_id)).all()
         extras = [dict(e.extra) for e in events]
     assert extras == [{"model_name": "penguins", "version": 1, "uri": f"s3://{BUCKET}/model_store/penguins/1",
-                       "champion": 1, "registry_version": "1"}]
+                       "champion": 1, "registry_version": "1", "pushed": True}]
     check = _fresh_dag("serving_check").test()
     assert _states(check) == {"check_serving": "success"}
     client = _client(services)
