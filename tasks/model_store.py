@@ -54,6 +54,7 @@ CHAMPION_FILE = "champion.json"
 MODELS_CONFIG = "models.config"
 MANIFEST_FILE = "tfpipe_manifest.json"
 HISTORY_LIMIT = 200
+HISTORY_KEYS = ("version", "since", "by", "reason", "generation", "operation")
 
 
 class ModelStoreError(RuntimeError):
@@ -71,6 +72,14 @@ ANY = object()
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _in(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
+
+
+def _expired(stamp: str) -> bool:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) > stamp
 
 
 def versions(model_store: str, model_name: str) -> list[int]:
@@ -221,7 +230,8 @@ def describe_state(state: tuple[int, int | None] | None) -> str:
 
 def set_champion(model_store: str, model_name: str, version: int, by: str, reason: str,
                  only_if_newer: bool = False, expected: Any = ANY,
-                 fallback: tuple[int, int | None] | None = None, operation: str | None = None) -> ChampionChange:
+                 fallback: tuple[int, int | None] | None = None, operation: str | None = None,
+                 pending_seconds: float | None = None) -> ChampionChange:
     """Make ``version`` the champion; concurrent updates are serialized (see :func:`storage.update_json`).
 
     Args:
@@ -232,6 +242,8 @@ def set_champion(model_store: str, model_name: str, version: int, by: str, reaso
         fallback: The champion state to compare with when no pointer exists yet (the newest
             complete version before this one was pushed).
         operation: What made the change (a DAG run), recorded so that its retry can tell it did.
+        pending_seconds: A push's promotion is *pending* until :func:`commit_promotion`, at most
+            this long: a promotion whose process died is reverted by :func:`revert_pending`.
 
     Raises:
         ModelStoreError: ``version`` is not a complete version of the model.
@@ -257,11 +269,13 @@ def set_champion(model_store: str, model_name: str, version: int, by: str, reaso
         now = _now()
         history = list(current.get("history", [])) if current else []
         if current is not None:
-            history.append({k: current.get(k) for k in ("version", "since", "by", "reason", "generation")}
-                           | {"until": now})
-        return {"model": model_name, "version": version, "since": now, "by": by, "reason": reason,
-                "operation": operation, "generation": (current or {}).get("generation", 0) + 1,
-                "history": history[-HISTORY_LIMIT:]}
+            history.append({k: current.get(k) for k in HISTORY_KEYS} | {"until": now})
+        record = {"model": model_name, "version": version, "since": now, "by": by, "reason": reason,
+                  "operation": operation, "generation": (current or {}).get("generation", 0) + 1,
+                  "history": history[-HISTORY_LIMIT:]}
+        if pending_seconds is not None:
+            record["pending_until"] = _in(pending_seconds)
+        return record
 
     record = storage.update_json(champion_uri(model_store, model_name), change)
     previous = before["record"]["version"] if before.get("record") else None
@@ -399,12 +413,68 @@ def undo_promotion(model_store: str, model_name: str, change: ChampionChange) ->
     return undone["done"]
 
 
-def restore_champion(model_store: str, model_name: str, previous: int | None, by: str, reason: str) -> None:
-    """Undo a promotion: ``previous`` is champion again, or (a cold start) no version is."""
-    if previous is not None:
-        set_champion(model_store, model_name, previous, by=by, reason=reason)
-        return
-    storage.delete_file(champion_uri(model_store, model_name))
+class PromotionRevertedError(ModelStoreError):
+    """A push's pending promotion was reverted before it was committed (its lease had expired)."""
+
+
+def commit_promotion(model_store: str, model_name: str, version: int, owner: str) -> None:
+    """End a push's pending promotion: ``version`` is champion for good (a committed one: no change).
+
+    Raises:
+        PromotionRevertedError: The promotion is no longer there (reverted, or replaced since).
+    """
+    def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
+        if current is None or int(current["version"]) != version or current.get("by") != owner:
+            raise PromotionRevertedError(
+                f"{model_name} v{version}: its promotion by {owner} was reverted before it was committed (the "
+                f"champion is {describe_state(champion_state(model_store, model_name))})")
+        if "pending_until" not in current:
+            return None
+        return {k: v for k, v in current.items() if k != "pending_until"}
+
+    storage.update_json(champion_uri(model_store, model_name), change)
+
+
+def pending_promotion(model_store: str, model_name: str) -> dict[str, Any] | None:
+    """The champion pointer while a push's promotion of it is not committed, else None."""
+    record = read_champion(model_store, model_name)
+    return record if record is not None and "pending_until" in record else None
+
+
+def revert_pending(model_store: str, model_name: str, operation: str | None = None) -> dict[str, Any] | None:
+    """Put back the champion a push replaced when that push never committed: the push of
+    ``operation`` (its DAG run failed, or it failed itself), else any push whose lease expired
+    (its process died). The pointer returns exactly as it was, generation included; a version
+    promoted in a store that had no pointer is discarded (it would otherwise serve as the newest).
+
+    Returns:
+        The reverted pointer (what was pending), or None when there was nothing to revert.
+    """
+    reverted: dict[str, Any] = {}
+
+    def back(current: dict[str, Any] | None) -> dict[str, Any] | None:
+        reverted.clear()
+        if current is None or "pending_until" not in current:
+            return None
+        if (current.get("by") != operation) if operation is not None else not _expired(current["pending_until"]):
+            return None
+        reverted.update(current)
+        history = list(current.get("history", []))
+        if not history:
+            return None  # a cold start: the pointer is removed below
+        last = history.pop()
+        return {"model": model_name, **{k: last.get(k) for k in HISTORY_KEYS}, "history": history}
+
+    uri = champion_uri(model_store, model_name)
+    written = storage.update_json(uri, back)
+    if reverted and not reverted.get("history"):  # a cold start: no champion again
+        discard_version(model_store, model_name, int(reverted["version"]))
+        storage.delete_file(uri)
+        written = None
+    if reverted:
+        log.warning("%s: the promotion of v%s by %s was not committed; reverted, %s is champion again", model_name,
+                    reverted["version"], reverted.get("by"), f"v{written['version']}" if written else "no version")
+    return dict(reverted) or None
 
 
 def apply_retention(model_store: str, model_name: str, keep: int) -> list[int]:
@@ -483,6 +553,10 @@ def sync_store(model_store: str, local_dir: Path, model_names: list[str] | None 
     served: dict[str, int] = {}
     model_names = model_names or models(model_store)
     for name in model_names:
+        try:
+            revert_pending(model_store, name)  # a push that died before it committed
+        except Exception as error:  # noqa: BLE001 - a read-only mirror still serves what the pointer says
+            log.warning("serving-sync: could not revert an expired promotion of %s: %s", name, error)
         remote = set(versions(model_store, name))
         model_dir = local_dir / name
         model_dir.mkdir(exist_ok=True)

@@ -566,6 +566,7 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
     from tasks.evaluate import read_blessing
 
     with _step(ctx, "push_model") as tracker:
+        recover_store(ctx.settings, ctx.config.model_name)  # a promotion whose process died
         # Re-read the published blessing rather than trusting what came through XCom.
         verdict = read_blessing(blessing["uri"])
         if verdict["model_uri"] != model["uri"]:
@@ -740,33 +741,83 @@ def _register(ctx: RunContext, tracker: MlflowTracker, examples: Mapping[str, An
 
 def _promote(ctx: RunContext, pushed, owner: str, evaluated_against, served,
              warmup, expected, checks: dict[str, Any], registry_version: str):
-    """Champion by compare-and-swap, then ``models.config``, TF Serving and the registry alias;
-    a failure after the swap restores the previous champion before it is raised."""
+    """Champion by compare-and-swap (pending), then ``models.config``, TF Serving and the registry
+    alias, then the commit. A failure before the commit reverts the pending promotion before it is
+    raised; a process that dies leaves it to be reverted (its DAG run's end, or its lease)."""
     from tasks import model_store, serving
     from tasks.tracking import move_champion_alias
 
     settings, name = ctx.settings, ctx.config.model_name
     try:
         change = model_store.set_champion(settings.model_store, name, pushed.version, by=owner, reason="push",
-                                          expected=evaluated_against, fallback=served)
+                                          expected=evaluated_against, fallback=served,
+                                          pending_seconds=promotion_lease(ctx.config.push.serving_timeout_seconds))
     except model_store.StaleBlessingError as error:
         raise _StaleAfterUpload(str(error)) from error
     try:
         model_store.write_models_config(settings.model_store, settings.serving_base_path)
         if settings.serving_url:
-            checks["tf_serving"] = _check_tf_serving(ctx, pushed.version, warmup, expected, change)
+            checks["tf_serving"] = _check_tf_serving(ctx, pushed.version, warmup, expected)
         move_champion_alias(tracking_for(settings).client, name, registry_version, "replaced")
+        model_store.commit_promotion(settings.model_store, name, pushed.version, owner)
     except serving.ServingCheckError:
         raise  # _check_tf_serving restored the previous champion and removed the version
     except BaseException:
-        if change.changed and model_store.undo_promotion(settings.model_store, name, change):
-            if change.previous is None:  # a store without a pointer serves its newest version: remove it
-                model_store.discard_version(settings.model_store, name, pushed.version)
-            model_store.write_models_config(settings.model_store, settings.serving_base_path)
+        if model_store.revert_pending(settings.model_store, name, operation=owner):
             log.error("promoting %s v%d failed: %s is champion again", name, pushed.version,
                       f"v{change.previous}" if change.previous is not None else "no version")
+        align_serving(settings, name)
         raise
     return change
+
+
+def promotion_lease(serving_timeout: float) -> float:
+    """How long a push's promotion may stay uncommitted before another operation reverts it: the
+    TF Serving check plus ample time for the registry."""
+    return serving_timeout + 900.0
+
+
+def recover_store(settings: Settings, model_name: str, operation: str | None = None) -> dict[str, Any] | None:
+    """Revert a promotion that was never committed (``operation``'s, else one whose lease expired),
+    then make ``models.config`` and the registry alias follow the pointer. Every push, rollback,
+    serving check and DAG-run end calls it first. Returns the reverted pointer, or None."""
+    from tasks import model_store
+
+    reverted = model_store.revert_pending(settings.model_store, model_name, operation=operation)
+    if reverted is not None:
+        align_serving(settings, model_name)
+    return reverted
+
+
+def align_serving(settings: Settings, model_name: str) -> None:
+    """``models.config`` and the MLflow alias follow the champion pointer; a registry that cannot be
+    reached is reported and left to the next operation (the pointer and TF Serving already agree)."""
+    from tasks import model_store
+    from tasks.tracking import CHAMPION_ALIAS, move_champion_alias, registry_version_for
+
+    model_store.write_models_config(settings.model_store, settings.serving_base_path)
+    state = model_store.champion_state(settings.model_store, model_name)
+    try:
+        client = tracking_for(settings).client
+        registry = registry_version_for(client, model_name, state[0]) if state else None
+        if registry is not None:
+            move_champion_alias(client, model_name, registry, "reverted")
+        elif state is None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                client.delete_registered_model_alias(model_name, CHAMPION_ALIAS)
+            except MlflowException:
+                pass  # no registered model, or no alias: nothing to remove
+    except Exception as error:  # noqa: BLE001 - the next push, rollback or serving check repairs it
+        log.warning("the MLflow alias %s of %s could not follow the champion (%s): %s; the next push, rollback or "
+                    "serving check sets it", CHAMPION_ALIAS, model_name, describe(state), error)
+
+
+def describe(state) -> str:
+    from tasks import model_store
+
+    return model_store.describe_state(state)
 
 
 def _retention(ctx: RunContext) -> list[int]:
@@ -793,7 +844,7 @@ def _kept_variants(ctx: RunContext, optimized: Mapping[str, Any] | None) -> list
     return [p for p in paths if p.exists()] + [p for p in extras if p.is_file()]
 
 
-def _check_tf_serving(ctx: RunContext, version: int, records: list[bytes], expected, change) -> dict[str, Any]:
+def _check_tf_serving(ctx: RunContext, version: int, records: list[bytes], expected) -> dict[str, Any]:
     """TensorFlow Serving must serve the new champion; if not, the previous one is restored."""
     from tasks import model_store, serving
 
@@ -802,10 +853,12 @@ def _check_tf_serving(ctx: RunContext, version: int, records: list[bytes], expec
         return serving.check_tf_serving(settings.serving_url, name, version, records, expected,
                                         timeout=ctx.config.push.serving_timeout_seconds)
     except serving.ServingCheckError as error:
-        model_store.undo_promotion(settings.model_store, name, change)
-        model_store.write_models_config(settings.model_store, settings.serving_base_path)
+        reverted = model_store.revert_pending(settings.model_store, name, operation=f"{ctx.dag_id}/{ctx.run_id}")
+        align_serving(settings, name)
         model_store.discard_version(settings.model_store, name, version)
-        restored = f"v{change.previous} is champion again" if change.previous else "no version is champion"
+        state = model_store.champion_state(settings.model_store, name)
+        restored = (f"v{state[0]} is champion again" if state else "no version is champion") if reverted else \
+            f"the champion is {describe(state)}"
         raise serving.ServingCheckError(f"{error}; {restored}, v{version} was removed from the store") from error
 
 
@@ -885,6 +938,7 @@ def rollback_model(settings: Settings, model_name: str, to_version: int | None =
     from tasks import model_store
 
     store = settings.model_store
+    recover_store(settings, model_name)
     current = model_store.read_champion(store, model_name)
     if current is None:
         raise model_store.ModelStoreError(f"{model_name} has no champion in {store}: nothing to roll back")
@@ -937,8 +991,18 @@ def _serve_or_undo(settings: Settings, model_name: str, version: int, records, e
 
 
 def end_dag_run(settings: Settings, dag_id: str, run_id: str, state: str) -> str | None:
-    """A DAG run ended (the listener in ``plugins/`` calls this): see
+    """A DAG run ended (the listener in ``plugins/`` calls this). When it did not succeed, a promotion
+    its push left uncommitted (a killed worker) is reverted first. Then see
     :meth:`MlflowTracking.end_pipeline_run`. A DAG that is no pipeline has no MLflow run: None."""
+    if state != "success":
+        from tasks import model_store
+
+        try:
+            for model_name in model_store.models(settings.model_store):
+                recover_store(settings, model_name, operation=f"{dag_id}/{run_id}")
+        except Exception as error:  # noqa: BLE001 - the lease reverts it later; the MLflow run still ends
+            log.warning("could not check %s for a promotion %s/%s left pending: %s", settings.model_store, dag_id,
+                        run_id, error)
     tracking = tracking_for(settings)
     return tracking.end_pipeline_run(dag_id, run_id, state)
 
@@ -956,6 +1020,7 @@ def check_serving(settings: Settings, model_name: str, pushed: Mapping[str, Any]
     """
     from tasks import serving
 
+    recover_store(settings, model_name)
     tracking = tracking_for(settings)
     params = {"model_name": model_name, "store": settings.model_store, "serving_url": redact(settings.serving_url) or "",
               "triggered_by_version": (pushed or {}).get("version", "")}
