@@ -116,13 +116,15 @@ def _try_claim(model_store: str, model_name: str, version: int, owner: str) -> b
     if storage.is_s3(model_store):
         from botocore.exceptions import ClientError
 
+        storage.require_conditional_writes(uri)
         bucket, key = storage.split_s3(uri)
         try:
             storage.s3_client().put_object(Bucket=bucket, Key=key, Body=owner.encode(), IfNoneMatch="*")
             return True
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in storage.PRECONDITION_FAILED:
-                return False
+                # Taken; or ours, when the answer to our own write was lost and the client sent it again.
+                return storage.read_bytes(uri) == owner.encode()
             raise
     if storage.local_path(artifacts.model_version_uri(model_store, model_name, version)).exists():
         return False  # a version pushed before claims were files
@@ -279,6 +281,11 @@ def set_champion(model_store: str, model_name: str, version: int, by: str, reaso
 
     record = storage.update_json(champion_uri(model_store, model_name), change)
     previous = before["record"]["version"] if before.get("record") else None
+    if previous == version and record.get("by") == by and (
+            "pending_until" in record or (operation is not None and record.get("operation") == operation)):
+        # The pointer is already this change's (a retry, or a write whose answer was lost and that
+        # was sent again): what it replaced is its history's last entry.
+        previous = int(record["history"][-1]["version"]) if record.get("history") else None
     return ChampionChange(model_name, int(record["version"]), previous, record["version"] == version and
                           previous != version, record, before.get("record"))
 

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from tasks.errors import UserError
+
 SUCCESS_MARKER = "_SUCCESS"
 # Objects up to this size go up in one PutObject whose SHA-256 S3 checks on receipt; larger
 # ones in parts (each part's checksum checked by S3).
@@ -65,15 +67,75 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 @lru_cache(maxsize=1)
 def s3_client():
-    """A boto3 S3 client; endpoint and credentials come from the standard AWS settings."""
+    """A boto3 S3 client; endpoint, credentials and retries (``AWS_MAX_ATTEMPTS``,
+    ``AWS_RETRY_MODE``) come from the standard AWS settings. A request that gets no answer
+    within ``TFPIPE_S3_TIMEOUT_SECONDS`` (default 60) is retried like a 5xx answer."""
     import boto3
+    from botocore.config import Config
 
-    return boto3.session.Session().client("s3")
+    timeout = float(os.environ.get("TFPIPE_S3_TIMEOUT_SECONDS") or 60)
+    return boto3.session.Session().client("s3", config=Config(connect_timeout=min(timeout, 10.0),
+                                                               read_timeout=timeout))
 
 
 def reset_clients() -> None:
     """Forget cached clients (after the AWS environment changed)."""
     s3_client.cache_clear()
+    _CONDITIONAL_WRITES.clear()
+
+
+class ConditionalWritesError(UserError):
+    """The S3 endpoint ignores conditional writes, on which the model store's safety rests (a
+    retry cannot help: the task fails at once)."""
+
+
+_CONDITIONAL_WRITES: set[tuple[str, str]] = set()
+
+
+def require_conditional_writes(uri: str) -> None:
+    """Refuse an S3 endpoint that ignores conditional writes, once per endpoint and bucket.
+
+    The model store relies on them: a version number is claimed with ``If-None-Match: *`` and
+    the champion pointer and ``models.config`` are rewritten with ``If-Match``. An endpoint that
+    ignores them would let two pushes share a version and a stale writer overwrite the champion.
+    A probe object is written with ``If-None-Match: *`` twice and once with a wrong ``If-Match``;
+    the last two must fail with 412, and the probe is removed.
+
+    Raises:
+        ConditionalWritesError: The endpoint accepted a write it must refuse.
+    """
+    from botocore.exceptions import ClientError
+
+    client = s3_client()
+    bucket, prefix = split_s3(uri)
+    if (client.meta.endpoint_url, bucket) in _CONDITIONAL_WRITES:
+        return
+    probe = "/".join(part for part in (prefix.rstrip("/"), f".tfpipe-probe-{uuid.uuid4().hex}") if part)
+    try:
+        client.put_object(Bucket=bucket, Key=probe, Body=b"probe", IfNoneMatch="*")
+    except ClientError as error:  # the key is new: it exists only if our own write's answer was lost
+        if error.response.get("Error", {}).get("Code") not in PRECONDITION_FAILED:
+            raise
+    accepted = []
+    try:
+        for label, condition in (("If-None-Match: * on an existing object", {"IfNoneMatch": "*"}),
+                                 ("If-Match with another ETag", {"IfMatch": '"00000000000000000000000000000000"'})):
+            try:
+                client.put_object(Bucket=bucket, Key=probe, Body=b"overwritten", **condition)
+                accepted.append(label)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") not in PRECONDITION_FAILED:
+                    raise
+    finally:
+        client.delete_object(Bucket=bucket, Key=probe)
+    if accepted:
+        raise ConditionalWritesError(
+            f"the S3 endpoint {client.meta.endpoint_url} ignores conditional writes: it accepted a PUT with "
+            f"{' and one with '.join(accepted)} on s3://{bucket}/{probe}, where S3 answers 412 Precondition Failed. "
+            "The model store needs them (a version is claimed with If-None-Match, the champion pointer and "
+            "models.config are rewritten with If-Match); without them two pushes could share a version. Use an "
+            "endpoint that honours them (AWS S3, a recent MinIO or Ceph RGW) and no proxy that drops the headers.")
+    _CONDITIONAL_WRITES.add((client.meta.endpoint_url, bucket))
 
 
 def _s3_listing(uri: str) -> list[tuple[str, int, str]]:
@@ -424,6 +486,7 @@ def update_bytes(uri: str, change: Callable[[bytes | None], bytes | None], attem
                 fcntl.flock(lock, fcntl.LOCK_UN)
     from botocore.exceptions import ClientError
 
+    require_conditional_writes(uri)
     bucket, key = split_s3(uri)
     client = s3_client()
     for attempt in range(attempts):

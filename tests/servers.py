@@ -176,24 +176,60 @@ def failing_s3_proxy(endpoint: str, fail_when):
     """An S3 endpoint in front of ``endpoint`` that breaks uploads mid-way: for a ``PUT`` whose
     path ``fail_when(path)`` accepts, it reads part of the body, then drops the connection
     without answering. Everything else is forwarded."""
+    with faulty_s3_proxy(endpoint, lambda method, path: "cut" if method == "PUT" and fail_when(path) else None) as url:
+        yield url
+
+
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+@contextmanager
+def faulty_s3_proxy(endpoint: str, fault, hang_seconds: float = 5.0):
+    """An S3 endpoint in front of ``endpoint`` that misbehaves where ``fault(method, path)`` says:
+
+    * ``"cut"``: read half the request's body, then drop the connection without answering;
+    * ``"503"``: answer ``503 SlowDown`` without forwarding;
+    * ``"hang"``: answer nothing for ``hang_seconds``, then drop the connection;
+    * ``"lose"``: forward the request (the write happens), then drop the connection instead of answering;
+    * ``"ignore-conditions"``: forward without ``If-Match``/``If-None-Match`` (an endpoint that ignores them);
+    * None: forward it.
+    """
     target = urllib.parse.urlparse(endpoint)
 
     class Handler(_QuietHandler):
         protocol_version = "HTTP/1.1"
 
+        def _drop(self):
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+
         def _forward(self):
             length = int(self.headers.get("Content-Length") or 0)
-            if self.command == "PUT" and fail_when(self.path):
+            action = fault(self.command, self.path)
+            if action == "cut":
                 self.rfile.read(length // 2)
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
+                return self._drop()
             body = self.rfile.read(length) if length else None
+            if action == "503":
+                self.send_response(503)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(SLOW_DOWN)))
+                self.end_headers()
+                self.wfile.write(SLOW_DOWN)
+                return
+            if action == "hang":
+                time.sleep(hang_seconds)
+                return self._drop()
+            dropped = ("host", "connection") + (("if-match", "if-none-match") if action == "ignore-conditions" else ())
             conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
             conn.request(self.command, self.path, body=body, headers=headers)
             response = conn.getresponse()
             data = response.read()
+            conn.close()
+            if action == "lose":
+                return self._drop()
             self.send_response(response.status)
             head = self.command == "HEAD"  # no body, but the object's own Content-Length
             for key, value in response.getheaders():
@@ -204,7 +240,6 @@ def failing_s3_proxy(endpoint: str, fail_when):
             self.end_headers()
             if not head:
                 self.wfile.write(data)
-            conn.close()
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
