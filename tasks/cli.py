@@ -259,6 +259,8 @@ def _cmd_serving_sync(args: argparse.Namespace) -> int:
             print(f"[tfpipe] {name}: added versions {added}", flush=True)
         for name, removed in sorted(report.removed.items()):
             print(f"[tfpipe] {name}: removed versions {removed}", flush=True)
+        for name, repaired in sorted(report.repaired.items()):
+            print(f"[tfpipe] {name}: local copies of {repaired} differed from the store, downloaded again", flush=True)
         for name, problems in sorted(report.skipped.items()):
             for problem in problems:
                 print(f"[tfpipe] {name}: NOT synced {problem}", file=sys.stderr, flush=True)

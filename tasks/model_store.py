@@ -124,7 +124,10 @@ def _try_claim(model_store: str, model_name: str, version: int, owner: str) -> b
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in storage.PRECONDITION_FAILED:
                 # Taken; or ours, when the answer to our own write was lost and the client sent it again.
-                return storage.read_bytes(uri) == owner.encode()
+                try:
+                    return storage.read_bytes(uri) == owner.encode()
+                except storage.ArtifactNotFoundError:
+                    return False  # a concurrent writer's claim, not visible yet
             raise
     if storage.local_path(artifacts.model_version_uri(model_store, model_name, version)).exists():
         return False  # a version pushed before claims were files
@@ -258,6 +261,8 @@ def set_champion(model_store: str, model_name: str, version: int, by: str, reaso
 
     def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
         before["record"] = current
+        if current is not None and version in current.get("retiring", []):
+            raise ModelStoreError(f"{model_name} v{version} is being removed by retention; it cannot become champion")
         served = (current["version"], current.get("generation", 0)) if current is not None else fallback
         if served is not None and served[0] == version:
             return None
@@ -275,6 +280,8 @@ def set_champion(model_store: str, model_name: str, version: int, by: str, reaso
         record = {"model": model_name, "version": version, "since": now, "by": by, "reason": reason,
                   "operation": operation, "generation": (current or {}).get("generation", 0) + 1,
                   "history": history[-HISTORY_LIMIT:]}
+        if current is not None and current.get("retiring"):
+            record["retiring"] = current["retiring"]
         if pending_seconds is not None:
             record["pending_until"] = _in(pending_seconds)
         return record
@@ -414,7 +421,7 @@ def undo_promotion(model_store: str, model_name: str, change: ChampionChange) ->
         if current is None or current.get("generation") != change.record.get("generation"):
             return None  # someone else changed it since: theirs stands
         undone["done"] = True
-        return change.before
+        return {**change.before, **({"retiring": current["retiring"]} if current.get("retiring") else {})}
 
     storage.update_json(uri, back)
     return undone["done"]
@@ -470,7 +477,8 @@ def revert_pending(model_store: str, model_name: str, operation: str | None = No
         if not history:
             return None  # a cold start: the pointer is removed below
         last = history.pop()
-        return {"model": model_name, **{k: last.get(k) for k in HISTORY_KEYS}, "history": history}
+        return {"model": model_name, **{k: last.get(k) for k in HISTORY_KEYS}, "history": history,
+                **({"retiring": current["retiring"]} if current.get("retiring") else {})}
 
     uri = champion_uri(model_store, model_name)
     written = storage.update_json(uri, back)
@@ -487,21 +495,40 @@ def revert_pending(model_store: str, model_name: str, operation: str | None = No
 def apply_retention(model_store: str, model_name: str, keep: int) -> list[int]:
     """Remove complete versions older than the champion beyond the newest ``keep``.
 
+    The versions are first marked ``retiring`` in the champion pointer by a conditional update, and
+    :func:`set_champion` refuses a retiring version: a rollback racing with retention either moves
+    the pointer first (retention then keeps its target) or is refused, never served a deleted
+    version. The version a pending promotion would revert to is kept too.
+
     Returns:
         The versions removed.
     """
     if keep < 1:
         raise ValueError("keep must be at least 1")
-    current = champion(model_store, model_name)
-    if current is None or read_champion(model_store, model_name) is None:
-        return []  # no explicit champion yet: nothing is known to be replaced
-    done = versions(model_store, model_name)
-    kept = set(done[-keep:]) | {current[0]}
-    removed = [v for v in done if v not in kept and v < current[0]]
-    for version in removed:
+    chosen: list[int] = []
+
+    def mark(current: dict[str, Any] | None) -> dict[str, Any] | None:
+        chosen.clear()
+        if current is None:
+            return None  # no explicit champion yet: nothing is known to be replaced
+        done = versions(model_store, model_name)
+        kept = set(done[-keep:]) | {int(current["version"])}
+        if "pending_until" in current and current.get("history"):
+            kept.add(int(current["history"][-1]["version"]))
+        chosen.extend(v for v in done if v not in kept and v < int(current["version"]))
+        if not chosen:
+            return None
+        return {**current, "retiring": sorted(set(current.get("retiring", [])) | set(chosen))}
+
+    uri = champion_uri(model_store, model_name)
+    current = storage.update_json(uri, mark) if storage.exists(uri) else None
+    for version in chosen:
         delete_version(model_store, model_name, version)
-        log.info("retention: removed %s v%d (champion v%d, keeping %d)", model_name, version, current[0], keep)
-    return removed
+        log.info("retention: removed %s v%d (champion v%d, keeping %d)", model_name, version, current["version"], keep)
+    if chosen:
+        storage.update_json(uri, lambda record: None if record is None else {
+            **record, "retiring": [v for v in record.get("retiring", []) if v not in chosen]})
+    return list(chosen)
 
 
 def read_manifest(version_uri: str) -> dict[str, Any]:
@@ -526,6 +553,7 @@ class SyncReport:
     added: dict[str, list[int]] = field(default_factory=dict)
     removed: dict[str, list[int]] = field(default_factory=dict)
     skipped: dict[str, list[str]] = field(default_factory=dict)
+    repaired: dict[str, list[int]] = field(default_factory=dict)
     champions: dict[str, int] = field(default_factory=dict)
     config: str = ""
 
@@ -576,6 +604,8 @@ def sync_store(model_store: str, local_dir: Path, model_names: list[str] | None 
                 log.error("serving-sync: %s v%d not synced: %s", name, version, error)
                 report.skipped.setdefault(name, []).append(f"v{version}: {error}")
         current = champion(model_store, name)
+        if current is not None and current[0] not in report.added.get(name, []):
+            _repair_local_copy(model_store, name, current[0], model_dir / str(current[0]), report)
         if current is not None and (model_dir / str(current[0]) / SAVED_MODEL_PB).is_file():
             served[name] = current[0]
         elif current is not None:
@@ -583,7 +613,7 @@ def sync_store(model_store: str, local_dir: Path, model_names: list[str] | None 
                       name, current[0])
     previous = _read_local_config(local_dir)
     for name, (_, old_versions) in previous.items():
-        if name not in served and old_versions:
+        if name not in served and old_versions and (local_dir / name / str(old_versions[0]) / SAVED_MODEL_PB).is_file():
             served[name] = old_versions[0]  # keep serving what was served rather than nothing
     text = render_models_config(served, str(local_dir))
     storage.write_bytes(str(local_dir / MODELS_CONFIG), text.encode())
@@ -598,6 +628,42 @@ def sync_store(model_store: str, local_dir: Path, model_names: list[str] | None 
                 shutil.rmtree(doomed, ignore_errors=True)
                 report.removed.setdefault(name, []).append(int(path.name))
     return report
+
+
+def _local_problems(local: Path, manifest: dict[str, Any]) -> list[str]:
+    """What in a local copy differs from the manifest: changed or missing files, extra files, links."""
+    problems = manifest_mismatches(local, manifest)
+    for path in sorted(local.rglob("*")):
+        rel = path.relative_to(local).as_posix()
+        if path.is_symlink():
+            problems.append(f"{rel} is a symbolic link")
+        elif path.is_file() and rel not in manifest["files"] and rel != MANIFEST_FILE:
+            problems.append(f"{rel} is not in the manifest")
+    return problems
+
+
+def _repair_local_copy(model_store: str, name: str, version: int, local: Path, report: SyncReport) -> None:
+    """The champion's local copy is what TensorFlow Serving loads: it must match the store's
+    manifest on every sync; one that does not is replaced by a fresh, verified download."""
+    if not local.is_dir():
+        return
+    uri = artifacts.model_version_uri(model_store, name, version)
+    try:
+        problems = _local_problems(local, read_manifest(uri))
+    except storage.ArtifactNotFoundError:
+        return  # the store no longer holds it: left to the rest of the sync
+    if not problems:
+        return
+    log.error("serving-sync: the local copy of %s v%d differs from the store (%s): replacing it", name, version,
+              "; ".join(problems[:5]))
+    doomed = local.with_name(f".{local.name}.damaged-{uuid.uuid4().hex[:8]}")
+    os.rename(local, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+    try:
+        _download_version(uri, local)
+        report.repaired.setdefault(name, []).append(version)
+    except (ModelStoreError, storage.ArtifactNotFoundError) as error:
+        report.skipped.setdefault(name, []).append(f"v{version}: {error}")
 
 
 def _read_local_config(local_dir: Path) -> dict[str, tuple[str, list[int]]]:

@@ -98,8 +98,8 @@ def require_conditional_writes(uri: str) -> None:
     The model store relies on them: a version number is claimed with ``If-None-Match: *`` and
     the champion pointer and ``models.config`` are rewritten with ``If-Match``. An endpoint that
     ignores them would let two pushes share a version and a stale writer overwrite the champion.
-    A probe object is written with ``If-None-Match: *`` twice and once with a wrong ``If-Match``;
-    the last two must fail with 412, and the probe is removed.
+    A probe object (a hidden name beside ``uri``) is written with ``If-None-Match: *`` twice and
+    once with a wrong ``If-Match``; the last two must fail with 412, and the probe is removed.
 
     Raises:
         ConditionalWritesError: The endpoint accepted a write it must refuse.
@@ -110,7 +110,8 @@ def require_conditional_writes(uri: str) -> None:
     bucket, prefix = split_s3(uri)
     if (client.meta.endpoint_url, bucket) in _CONDITIONAL_WRITES:
         return
-    probe = "/".join(part for part in (prefix.rstrip("/"), f".tfpipe-probe-{uuid.uuid4().hex}") if part)
+    folder = prefix.rstrip("/").rpartition("/")[0]  # beside the object that is about to be written
+    probe = "/".join(part for part in (folder, f".tfpipe-probe-{uuid.uuid4().hex}") if part)
     try:
         client.put_object(Bucket=bucket, Key=probe, Body=b"probe", IfNoneMatch="*")
     except ClientError as error:  # the key is new: it exists only if our own write's answer was lost
