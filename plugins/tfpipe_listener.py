@@ -23,16 +23,32 @@ log = logging.getLogger(__name__)
 WAIT_SECONDS = 5.0
 
 
-def _update(dag_id: str, run_id: str, state: str) -> None:
-    try:
-        from tasks.pipeline import end_dag_run
-        from tasks.settings import Settings
+# An MLflow server that is down when the DAG run ends is tried again, each wait twice the last (at
+# most a minute), for this long: once it is back, no run of the DAG run stays RUNNING.
+RETRY_SECONDS = 1800.0
 
-        status = end_dag_run(Settings.from_env(), dag_id, run_id, state)
-        if status is not None:
-            log.info("MLflow run of %s %s: %s", dag_id, run_id, status)
-    except Exception:  # noqa: BLE001 - tracking trouble must never break the scheduler
-        log.warning("could not end the MLflow run of %s %s", dag_id, run_id, exc_info=True)
+
+def _update(dag_id: str, run_id: str, state: str) -> None:
+    import time
+
+    deadline, wait = time.monotonic() + RETRY_SECONDS, 1.0
+    while True:
+        try:
+            from tasks.pipeline import end_dag_run
+            from tasks.settings import Settings
+
+            status = end_dag_run(Settings.from_env(), dag_id, run_id, state)
+            if status is not None:
+                log.info("MLflow run of %s %s: %s", dag_id, run_id, status)
+            return
+        except Exception as error:  # noqa: BLE001 - tracking trouble must never break the scheduler
+            if time.monotonic() + wait > deadline:
+                log.warning("gave up ending the MLflow run of %s %s", dag_id, run_id, exc_info=True)
+                return
+            log.warning("could not end the MLflow run of %s %s (%s); trying again in %.0f s", dag_id, run_id,
+                        type(error).__name__, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 60.0)
 
 
 def _end(dag_run, state: str) -> None:

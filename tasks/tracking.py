@@ -601,14 +601,14 @@ class MlflowTracking:
             return None
         parent = found[0]
         self.client.set_tag(parent.info.run_id, TAG_DAG_RUN_STATE, dag_run_state)
+        for child in self.client.search_runs([experiment.experiment_id],
+                                             f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
+                                             "and attributes.status = 'RUNNING'"):
+            self.client.set_terminated(child.info.run_id, status="KILLED")  # its task was killed, or lost MLflow
         if parent.info.status not in ("RUNNING", "SCHEDULED"):
             return parent.info.status
         status = "FINISHED" if dag_run_state == "success" else "FAILED"
         self.client.set_terminated(parent.info.run_id, status=status)
-        for child in self.client.search_runs([experiment.experiment_id],
-                                             f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
-                                             "and attributes.status = 'RUNNING'"):
-            self.client.set_terminated(child.info.run_id, status="KILLED")  # its task was killed
         return status
 
     def pipeline_summary(self, pipeline: str, run_id: str | None = None) -> dict[str, Any] | None:

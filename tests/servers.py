@@ -245,3 +245,56 @@ def faulty_s3_proxy(endpoint: str, fault, hang_seconds: float = 5.0):
 
     with _serve(Handler) as url:
         yield url
+
+
+class Switch:
+    """How :func:`switchable_proxy` treats requests now: ``"up"`` (forwarded), ``"down"`` (the
+    connection is closed at once, as by a server that is gone) or ``"hang"`` (no answer, ever)."""
+
+    def __init__(self) -> None:
+        self.mode = "up"
+        self.url = ""
+
+
+@contextmanager
+def switchable_proxy(target_url: str):
+    """An HTTP proxy in front of ``target_url`` (an MLflow server) that can be taken down or made to
+    hang while a test runs: ``with switchable_proxy(url) as switch: switch.mode = "down"``."""
+    target = urllib.parse.urlparse(target_url)
+    switch = Switch()
+    release = threading.Event()
+
+    class Handler(_QuietHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self):
+            if switch.mode == "hang":
+                release.wait(120)
+            if switch.mode != "up":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            conn.request(self.command, self.path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            conn.close()
+            self.send_response(response.status)
+            for key, value in response.getheaders():
+                if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _forward
+
+    with _serve(Handler) as url:
+        switch.url = url
+        try:
+            yield switch
+        finally:
+            release.set()

@@ -20,11 +20,13 @@ AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_
        "AWS_MAX_ATTEMPTS": "2"}
 
 
-def make_world(services, kind: str, model: dict) -> dict:
+def make_world(services, kind: str, model: dict, tracking_uri: str | None = None) -> dict:
+    """Settings for a local (``kind="local"``) or an S3 store, and MLflow at ``tracking_uri``
+    (default: the suite's server)."""
     root = services["root"]
     store = str(root / "store") if kind == "local" else f"s3://{BUCKET}/store"
     env = {"TFPIPE_HOME": str(root / "home"), "TFPIPE_ARTIFACT_ROOT": str(root / "artifacts"),
-           "TFPIPE_MODEL_STORE": store, "MLFLOW_TRACKING_URI": services["tracking_uri"]}
+           "TFPIPE_MODEL_STORE": store, "MLFLOW_TRACKING_URI": tracking_uri or services["tracking_uri"]}
     return {**services, "env": env, "settings": Settings.from_env(env), "model": model,
             "process_env": {**AWS, "AWS_ENDPOINT_URL": services["endpoint"]}}
 
@@ -78,7 +80,7 @@ def serving_state(world, name: str) -> dict:
     config = model_store.parse_models_config(storage.read_bytes(config_uri).decode()) if storage.exists(
         config_uri) else {}
     try:
-        alias = int(MlflowClient(world["tracking_uri"]).get_model_version_by_alias(name, "champion")
+        alias = int(MlflowClient(world["env"]["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(name, "champion")
                     .tags["store_version"])
     except MlflowException:
         alias = None
