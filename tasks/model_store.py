@@ -466,11 +466,17 @@ def revert_pending(model_store: str, model_name: str, operation: str | None = No
     """
     reverted: dict[str, Any] = {}
 
+    def due(current: dict[str, Any] | None) -> bool:
+        if current is None or "pending_until" not in current:
+            return False
+        return current.get("by") == operation if operation is not None else _expired(current["pending_until"])
+
+    if not due(read_champion(model_store, model_name)):
+        return None  # the common case, read only (a serving-sync mirror may not write)
+
     def back(current: dict[str, Any] | None) -> dict[str, Any] | None:
         reverted.clear()
-        if current is None or "pending_until" not in current:
-            return None
-        if (current.get("by") != operation) if operation is not None else not _expired(current["pending_until"]):
+        if not due(current):
             return None
         reverted.update(current)
         history = list(current.get("history", []))
