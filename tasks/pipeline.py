@@ -793,7 +793,7 @@ def align_serving(settings: Settings, model_name: str) -> None:
     """``models.config`` and the MLflow alias follow the champion pointer; a registry that cannot be
     reached is reported and left to the next operation (the pointer and TF Serving already agree)."""
     from tasks import model_store
-    from tasks.tracking import CHAMPION_ALIAS, move_champion_alias, registry_version_for
+    from tasks.tracking import CHAMPION_ALIAS, move_champion_alias, registry_version_for, remove_champion_alias
 
     model_store.write_models_config(settings.model_store, settings.serving_base_path)
     state = model_store.champion_state(settings.model_store, model_name)
@@ -803,12 +803,7 @@ def align_serving(settings: Settings, model_name: str) -> None:
         if registry is not None:
             move_champion_alias(client, model_name, registry, "reverted")
         elif state is None:
-            from mlflow.exceptions import MlflowException
-
-            try:
-                client.delete_registered_model_alias(model_name, CHAMPION_ALIAS)
-            except MlflowException:
-                pass  # no registered model, or no alias: nothing to remove
+            remove_champion_alias(client, model_name)
     except Exception as error:  # noqa: BLE001 - the next push, rollback or serving check repairs it
         log.warning("the MLflow alias %s of %s could not follow the champion (%s): %s; the next push, rollback or "
                     "serving check sets it", CHAMPION_ALIAS, model_name, describe(state), error)

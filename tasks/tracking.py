@@ -245,6 +245,16 @@ def registry_version_for(client: Any, name: str, store_version: int) -> str | No
     return str(max(int(v.version) for v in found)) if found else None
 
 
+def remove_champion_alias(client: Any, name: str) -> None:
+    """Remove the alias ``champion`` of ``name`` (no champion is served); none there is no error."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_registered_model_alias(name, CHAMPION_ALIAS)
+    except MlflowException:
+        pass  # no registered model, or no alias: nothing to remove
+
+
 def move_champion_alias(client: Any, name: str, version: str, verb: str) -> str | None:
     """Point the alias ``champion`` at ``version``; the version it leaves is tagged
     ``<verb>_as_champion_at`` and ``<verb>_by_version`` (``replaced`` by a push, ``rolled_back``).
