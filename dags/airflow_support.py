@@ -22,10 +22,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.errors import UserError
-
-# XCom keys a task pushes so the Airflow UI can link to its MLflow run (see plugins/).
-MLFLOW_RUN_URL = "mlflow_run_url"
-MLFLOW_EXPERIMENT_URL = "mlflow_experiment_url"
+from tasks.settings import MLFLOW_EXPERIMENT_URL, MLFLOW_RUN_URL  # noqa: F401 - the DAGs push them
 
 DEFAULT_ARGS = {
     "owner": "tfpipe",

@@ -88,7 +88,7 @@ def build_dag(pipeline_file: Path):
             p.default,
             type=p.type,
             description=p.description,
-            **({"minimum": p.minimum} if p.minimum is not None else {}),
+            **({"exclusiveMinimum" if p.exclusive_minimum else "minimum": p.minimum} if p.minimum is not None else {}),
             **({"maximum": p.maximum} if p.maximum is not None else {}),
             **({"enum": list(p.choices)} if p.choices else {}),
             **({"maxLength": MAX_SOURCE_LENGTH} if p.type == "string" and not p.choices else {}),

@@ -19,7 +19,7 @@ import logging
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import BaseOperatorLink
 
-from dags.airflow_support import MLFLOW_EXPERIMENT_URL, MLFLOW_RUN_URL
+from tasks.settings import MLFLOW_EXPERIMENT_URL, MLFLOW_RUN_URL
 from plugins import tfpipe_listener
 
 log = logging.getLogger(__name__)

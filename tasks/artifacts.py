@@ -28,6 +28,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")  # as tasks.config requires of pipeline and model names
 
 STEP_OUTPUTS = ("examples", "statistics", "anomalies", "model", "evaluation", "optimized")
+# The SavedModel signature that serves (TensorFlow Serving's default): the export writes it, the
+# evaluation, the warm-up requests and the serving checks call it.
+SERVING_SIGNATURE = "serving_default"
 
 
 def safe_run_id(run_id: str) -> str:

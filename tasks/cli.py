@@ -249,7 +249,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_serving_sync(args: argparse.Namespace) -> int:
-    from tasks.model_store import sync_store
+    from tasks.release.model_store import sync_store
 
     settings = Settings.from_env()
     source = args.store or settings.model_store

@@ -172,7 +172,8 @@ class TrainConfig(_Frozen):
         "a Keras model from the prepared feature dict to logits. Default: built from schema and statistics.",
     )
     strategy: str = Field(
-        "auto", description="tf.distribute strategy: auto, one_device, mirrored, multi_worker or parameter_server."
+        "auto", description="tf.distribute strategy: auto (mirrored over several GPUs, else one device), one_device, "
+        "mirrored, multi_worker or parameter_server (train.workers processes on this machine, or TF_CONFIG).",
     )
     workers: int = Field(
         2, ge=1, le=64,

@@ -331,7 +331,7 @@ def evaluate_model(
 
     Args:
         champion: ``(version, uri)`` of the model now served, or None on a cold start.
-        champion_generation: The champion pointer's generation (``tasks.model_store``), recorded
+        champion_generation: The champion pointer's generation (``tasks.release.model_store``), recorded
             in the blessing so that the push can tell whether the champion changed meanwhile.
 
     The published folder also holds ``plots/``: confusion matrix and ROC/PR curves (or

@@ -34,19 +34,13 @@ STEPS = (
     "push_model",
 )
 
-# Trigger-form parameters: name -> (dotted config key, JSON-schema type, min, max, description).
-_PARAMS: dict[str, tuple[str, str, float | None, float | None, str]] = {
-    "epochs": ("train.epochs", "integer", 1, 1000, "Passes over the train split."),
-    "batch_size": ("train.batch_size", "integer", 1, 4096, "Global training batch size."),
-    "learning_rate": ("train.learning_rate", "number", 1e-6, 1.0, "Peak learning rate (after warm-up)."),
-    "strategy": ("train.strategy", "string", None, None,
-                 "tf.distribute strategy: auto (mirrored over several GPUs, else one device), one_device, "
-                 "mirrored, multi_worker or parameter_server (train.workers processes on this machine, "
-                 "or TF_CONFIG)."),
-    "data_source": ("data.source", "string", None, None,
-                    "CSV/Parquet URI (path, s3://, package://) among those the pipeline allows "
-                    "(data.trigger_sources); {{ ds }} selects a partition."),
-}
+# Trigger-form parameters: name -> dotted config key. Type, bounds and description come from the
+# config model's field (tasks/config.py), so the form cannot disagree with the config.
+_PARAMS: dict[str, str] = {"epochs": "train.epochs", "batch_size": "train.batch_size",
+                           "learning_rate": "train.learning_rate", "strategy": "train.strategy",
+                           "data_source": "data.source"}
+_SOURCE_HELP = ("CSV/Parquet URI (path, s3://, package://) among those the pipeline allows (data.trigger_sources); "
+                "{{ ds }} selects a partition.")
 _UNIT_METRICS = {"accuracy", "auc", "precision", "recall"}
 
 
@@ -62,23 +56,50 @@ class ParamSpec:
     maximum: float | None
     description: str
     choices: tuple[str, ...] = ()
+    exclusive_minimum: bool = False  # the value must be greater than ``minimum``
+
+
+def _field_schema(key: str) -> tuple[str, float | None, float | None, bool, str]:
+    """JSON-schema type, bounds (and whether the lower one is exclusive) and description of a
+    config field, read from the config model."""
+    import annotated_types
+
+    from tasks.config import PipelineConfig
+
+    model: Any = PipelineConfig
+    *parents, name = key.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    field = model.model_fields[name]
+    low = high = None
+    exclusive = False
+    for rule in field.metadata:
+        if isinstance(rule, annotated_types.Ge):
+            low = rule.ge
+        elif isinstance(rule, annotated_types.Gt):
+            low, exclusive = rule.gt, True
+        elif isinstance(rule, annotated_types.Le):
+            high = rule.le
+    kind = {int: "integer", float: "number"}.get(field.annotation, "string")
+    return kind, low, high, exclusive, field.description or ""
 
 
 def param_specs(config: PipelineConfig) -> list[ParamSpec]:
     """The trigger form of a pipeline: training knobs, the data source and each gate bound."""
     raw = config.model_dump(mode="json")
     specs = []
-    for name, (key, kind, low, high, text) in _PARAMS.items():
+    for name, key in _PARAMS.items():
         value: Any = raw
         for part in key.split("."):
             value = value[part]
+        kind, low, high, exclusive, text = _field_schema(key)
         choices: tuple[str, ...] = ()
         if name == "data_source":
-            value = value[0] if len(value) == 1 else ""
-            text += " Empty: the sources in the pipeline config."
+            value, kind, low, high = value[0] if len(value) == 1 else "", "string", None, None
+            text = _SOURCE_HELP + " Empty: the sources in the pipeline config."
         if name == "strategy":
             choices = STRATEGIES
-        specs.append(ParamSpec(name, key, value, kind, low, high, text, choices))
+        specs.append(ParamSpec(name, key, value, kind, low, high, text, choices, exclusive))
     for metric, bounds in config.gate.metrics.items():
         for bound in ("lower_bound", "upper_bound"):
             value = getattr(bounds, bound)
@@ -475,7 +496,7 @@ def _scratch(ctx: RunContext, step: str) -> Iterator[Path]:
 
 def evaluate_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
     from tasks.evaluate import evaluate_model as evaluate, format_checks
-    from tasks.model_store import champion, champion_state
+    from tasks.release.model_store import champion, champion_state
 
     with _step(ctx, "evaluate_model") as tracker:
         baseline = champion(ctx.settings.model_store, ctx.config.model_name)
@@ -564,6 +585,7 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
     restored before the error is raised.
     """
     from tasks.evaluate import read_blessing
+    from tasks.release import model_store, promotion
 
     with _step(ctx, "push_model") as tracker:
         recover_store(ctx.settings, ctx.config.model_name)  # a promotion whose process died
@@ -582,20 +604,20 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
                 checks = {"store": _check_store(ctx, pushed, expected)}
                 registry_version = _register(ctx, tracker, examples, model, pushed)
             try:
-                change = _promote(ctx, pushed, owner, _state(verdict), _served_before(
-                    ctx.settings.model_store, ctx.config.model_name, pushed.version), warmup, expected, checks,
-                    registry_version)
+                change, served = promotion.promote(
+                    ctx.settings, ctx.config.model_name, pushed.version, owner, registry_for(ctx.settings),
+                    registry_version, _state(verdict), _served_before(ctx.settings.model_store,
+                                                                      ctx.config.model_name, pushed.version),
+                    warmup, expected, ctx.config.push.serving_timeout_seconds)
+                if served is not None:
+                    checks["tf_serving"] = served
                 break
-            except _StaleAfterUpload:
-                continue
+            except model_store.StaleBlessingError:
+                continue  # the champion changed between the check and the swap: gate again
         if change is None:
             raise RuntimeError(f"{ctx.config.model_name}: the champion kept changing while v{pushed.version} was "
                                "promoted; try again")
         return _pushed(ctx, tracker, pushed, change, checks, registry_version, verdict)
-
-
-class _StaleAfterUpload(Exception):
-    """The champion changed between the check and the swap: gate again."""
 
 
 def _state(verdict: Mapping[str, Any]) -> tuple[int, int | None] | None:
@@ -609,7 +631,7 @@ def _current_blessing(ctx: RunContext, tracker: MlflowTracker, examples: Mapping
     it measured (or this run's own version, a retry); gated again against a champion another push
     promoted meanwhile. After a rollback the push is refused: the gate cannot know why it was rolled
     back, and must not undo it."""
-    from tasks import model_store
+    from tasks.release import model_store
     from tasks.evaluate import evaluate_model, format_checks
 
     store, name = ctx.settings.model_store, ctx.config.model_name
@@ -637,7 +659,7 @@ def _current_blessing(ctx: RunContext, tracker: MlflowTracker, examples: Mapping
 
 def _not_promoted(ctx: RunContext, tracker: MlflowTracker, verdict: Mapping[str, Any], pushed) -> dict[str, Any]:
     """Gated again against a newer champion, the model is not blessed: nothing of it stays served."""
-    from tasks import model_store
+    from tasks.release import model_store
 
     if pushed is not None:
         model_store.discard_version(ctx.settings.model_store, ctx.config.model_name, pushed.version)
@@ -674,7 +696,7 @@ def _pushed(ctx: RunContext, tracker: MlflowTracker, pushed, change, checks, reg
 def _served_before(store: str, name: str, mine: int | None) -> tuple[int, int | None] | None:
     """The champion state as a blessing sees it: the pointer's, else (a store without one yet) the
     newest complete version other than this run's own."""
-    from tasks import model_store
+    from tasks.release import model_store
 
     if model_store.read_champion(store, name) is not None:
         return model_store.champion_state(store, name)
@@ -689,7 +711,7 @@ def _push_files(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str
     from tasks.coders import first_records
     from tasks.evaluate import predict
     from tasks.ingest import read_manifest, split_files
-    from tasks.push import push_model as push
+    from tasks.release.push import push_model as push
     from tasks.train import SAVED_MODEL_DIR
 
     settings, options = ctx.settings, ctx.config.push
@@ -708,7 +730,7 @@ def _push_files(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str
 def _check_store(ctx: RunContext, pushed, expected) -> dict[str, Any]:
     """Load the version back from the store: it must answer as the model did. A version that
     does not is removed."""
-    from tasks import model_store, serving
+    from tasks.release import model_store, serving
 
     try:
         check = serving.check_pushed_model(pushed.uri, expected, ctx.settings.cache_dir)
@@ -739,86 +761,24 @@ def _register(ctx: RunContext, tracker: MlflowTracker, examples: Mapping[str, An
     return tracker.register_model(name, source, tags, champion=False, source_run_id=model.get("mlflow_run_id"))
 
 
-def _promote(ctx: RunContext, pushed, owner: str, evaluated_against, served,
-             warmup, expected, checks: dict[str, Any], registry_version: str):
-    """Champion by compare-and-swap (pending), then ``models.config``, TF Serving and the registry
-    alias, then the commit. A failure before the commit reverts the pending promotion before it is
-    raised; a process that dies leaves it to be reverted (its DAG run's end, or its lease)."""
-    from tasks import model_store, serving
-    from tasks.tracking import move_champion_alias
+def registry_for(settings: Settings):
+    """The MLflow Model Registry of ``settings``, as the release uses it."""
+    from tasks.tracking import MlflowRegistry
 
-    settings, name = ctx.settings, ctx.config.model_name
-    try:
-        change = model_store.set_champion(settings.model_store, name, pushed.version, by=owner, reason="push",
-                                          expected=evaluated_against, fallback=served,
-                                          pending_seconds=promotion_lease(ctx.config.push.serving_timeout_seconds))
-    except model_store.StaleBlessingError as error:
-        raise _StaleAfterUpload(str(error)) from error
-    try:
-        model_store.write_models_config(settings.model_store, settings.serving_base_path)
-        if settings.serving_url:
-            checks["tf_serving"] = _check_tf_serving(ctx, pushed.version, warmup, expected)
-        move_champion_alias(tracking_for(settings).client, name, registry_version, "replaced")
-        model_store.commit_promotion(settings.model_store, name, pushed.version, owner)
-    except serving.ServingCheckError:
-        raise  # _check_tf_serving restored the previous champion and removed the version
-    except BaseException:
-        if model_store.revert_pending(settings.model_store, name, operation=owner):
-            log.error("promoting %s v%d failed: %s is champion again", name, pushed.version,
-                      f"v{change.previous}" if change.previous is not None else "no version")
-        align_serving(settings, name)
-        raise
-    return change
-
-
-def promotion_lease(serving_timeout: float) -> float:
-    """How long a push's promotion may stay uncommitted before another operation reverts it: the
-    TF Serving check plus ample time for the registry."""
-    return serving_timeout + 900.0
+    return MlflowRegistry(lambda: tracking_for(settings).client)
 
 
 def recover_store(settings: Settings, model_name: str, operation: str | None = None) -> dict[str, Any] | None:
-    """Revert a promotion that was never committed (``operation``'s, else one whose lease expired),
-    then make ``models.config`` and the registry alias follow the pointer. Every push, rollback,
-    serving check and DAG-run end calls it first. Returns the reverted pointer, or None."""
-    from tasks import model_store
+    """See :func:`tasks.release.promotion.recover`, with this settings' registry."""
+    from tasks.release import promotion
 
-    reverted = model_store.revert_pending(settings.model_store, model_name, operation=operation)
-    if reverted is not None:
-        align_serving(settings, model_name)
-    return reverted
-
-
-def align_serving(settings: Settings, model_name: str) -> None:
-    """``models.config`` and the MLflow alias follow the champion pointer; a registry that cannot be
-    reached is reported and left to the next operation (the pointer and TF Serving already agree)."""
-    from tasks import model_store
-    from tasks.tracking import CHAMPION_ALIAS, move_champion_alias, registry_version_for, remove_champion_alias
-
-    model_store.write_models_config(settings.model_store, settings.serving_base_path)
-    state = model_store.champion_state(settings.model_store, model_name)
-    try:
-        client = tracking_for(settings).client
-        registry = registry_version_for(client, model_name, state[0]) if state else None
-        if registry is not None:
-            move_champion_alias(client, model_name, registry, "reverted")
-        elif state is None:
-            remove_champion_alias(client, model_name)
-    except Exception as error:  # noqa: BLE001 - the next push, rollback or serving check repairs it
-        log.warning("the MLflow alias %s of %s could not follow the champion (%s): %s; the next push, rollback or "
-                    "serving check sets it", CHAMPION_ALIAS, model_name, describe(state), error)
-
-
-def describe(state) -> str:
-    from tasks import model_store
-
-    return model_store.describe_state(state)
+    return promotion.recover(settings, model_name, registry_for(settings), operation)
 
 
 def _retention(ctx: RunContext) -> list[int]:
     """Remove old versions; housekeeping that never fails a push that already serves (the next push
     retries it)."""
-    from tasks import model_store
+    from tasks.release import model_store
 
     try:
         return model_store.apply_retention(ctx.settings.model_store, ctx.config.model_name,
@@ -837,24 +797,6 @@ def _kept_variants(ctx: RunContext, optimized: Mapping[str, Any] | None) -> list
     paths = [local / rows[name]["file"] for name in optimized.get("kept", []) if rows[name].get("file")]
     extras = [local / name for name in ("report.json", "tradeoff.png")]
     return [p for p in paths if p.exists()] + [p for p in extras if p.is_file()]
-
-
-def _check_tf_serving(ctx: RunContext, version: int, records: list[bytes], expected) -> dict[str, Any]:
-    """TensorFlow Serving must serve the new champion; if not, the previous one is restored."""
-    from tasks import model_store, serving
-
-    settings, name = ctx.settings, ctx.config.model_name
-    try:
-        return serving.check_tf_serving(settings.serving_url, name, version, records, expected,
-                                        timeout=ctx.config.push.serving_timeout_seconds)
-    except serving.ServingCheckError as error:
-        reverted = model_store.revert_pending(settings.model_store, name, operation=f"{ctx.dag_id}/{ctx.run_id}")
-        align_serving(settings, name)
-        model_store.discard_version(settings.model_store, name, version)
-        state = model_store.champion_state(settings.model_store, name)
-        restored = (f"v{state[0]} is champion again" if state else "no version is champion") if reverted else \
-            f"the champion is {describe(state)}"
-        raise serving.ServingCheckError(f"{error}; {restored}, v{version} was removed from the store") from error
 
 
 def _data_version(examples_uri: str) -> str:
@@ -915,12 +857,8 @@ def experiment_for_model(model_name: str) -> str:
 
 def rollback_model(settings: Settings, model_name: str, to_version: int | None = None, by: str = "cli",
                    serving_timeout: float = 300.0, operation: str | None = None) -> dict[str, Any]:
-    """Move the champion back (to ``to_version``, else the previous champion) and update serving.
-
-    Verified like a push: the version's files are checked against its manifest and it answers its
-    warm-up requests before it becomes champion; with ``TFPIPE_SERVING_URL`` set, TensorFlow
-    Serving must then serve it, or the rollback is undone. Then the registry alias follows and
-    the rollback is logged as an MLflow run.
+    """Move the champion back (see :func:`tasks.release.promotion.rollback`), then the registry
+    alias follows and the rollback is logged as an MLflow run.
 
     Args:
         operation: What asks for the rollback (a DAG run): its retry finishes this rollback
@@ -930,59 +868,14 @@ def rollback_model(settings: Settings, model_name: str, to_version: int | None =
         ModelStoreError: No champion, or the version is not in the store.
         ServingCheckError: The version does not serve (the champion is what it was).
     """
-    from tasks import model_store
+    from tasks.release import promotion
 
-    store = settings.model_store
-    recover_store(settings, model_name)
-    current = model_store.read_champion(store, model_name)
-    if current is None:
-        raise model_store.ModelStoreError(f"{model_name} has no champion in {store}: nothing to roll back")
-    retry = operation is not None and current.get("operation") == operation and current.get("reason") == "rollback"
-    target = int(current["version"]) if retry else (
-        to_version if to_version is not None else model_store.rollback_target(store, model_name))
-    if target not in model_store.versions(store, model_name):
-        raise model_store.ModelStoreError(f"{model_name} has no complete version {target} in {store} "
-                                          f"(versions: {model_store.versions(store, model_name) or 'none'})")
-    records, expected = _verified_version(settings, model_name, target)
-    change = model_store.set_champion(store, model_name, target, by=by, reason="rollback", operation=operation)
-    previous = int(current["history"][-1]["version"]) if retry and current.get("history") else change.previous
-    details: dict[str, Any] = {"model_name": model_name, "from_version": previous, "to_version": target, "by": by,
-                               "store": store, "finished_a_retried_rollback": retry}
-    details["models_config"] = model_store.write_models_config(store, settings.serving_base_path)
-    if settings.serving_url:
-        details["tf_serving"] = _serve_or_undo(settings, model_name, target, records, expected, change,
-                                               serving_timeout)
-    tracking = tracking_for(settings)
-    details["mlflow"] = tracking.record_rollback(experiment_for_model(model_name), model_name, previous,
-                                                 target, by, details)
-    log.info("rolled %s back from v%s to v%d", model_name, previous, target)
+    details = promotion.rollback(settings, model_name, registry_for(settings), to_version, by, serving_timeout,
+                                 operation)
+    details["mlflow"] = tracking_for(settings).record_rollback(
+        experiment_for_model(model_name), model_name, details["from_version"], details["to_version"], by, details)
+    log.info("rolled %s back from v%s to v%d", model_name, details["from_version"], details["to_version"])
     return details
-
-
-def _verified_version(settings: Settings, model_name: str, version: int):
-    """A stored version's warm-up requests and answers, once every file matched its manifest and
-    the SavedModel answered them (finite scores) from the store."""
-    from tasks import serving
-    from tasks.evaluate import predict
-
-    local, _ = serving.verify_version(settings.model_store, model_name, version, settings.cache_dir)
-    records = serving.read_warmup_requests(local / serving.WARMUP_FILE)
-    expected = predict(local, records)
-    return records, expected
-
-
-def _serve_or_undo(settings: Settings, model_name: str, version: int, records, expected, change,
-                   timeout: float) -> dict[str, Any]:
-    """TensorFlow Serving must serve ``version`` as the store does; if not, the change is undone."""
-    from tasks import model_store, serving
-
-    try:
-        return serving.check_tf_serving(settings.serving_url, model_name, version, records, expected, timeout=timeout)
-    except serving.ServingCheckError as error:
-        if change.changed:
-            model_store.undo_promotion(settings.model_store, model_name, change)
-            model_store.write_models_config(settings.model_store, settings.serving_base_path)
-        raise serving.ServingCheckError(f"{error}; the rollback to v{version} was undone") from error
 
 
 def end_dag_run(settings: Settings, dag_id: str, run_id: str, state: str) -> str | None:
@@ -990,7 +883,7 @@ def end_dag_run(settings: Settings, dag_id: str, run_id: str, state: str) -> str
     its push left uncommitted (a killed worker) is reverted first. Then see
     :meth:`MlflowTracking.end_pipeline_run`. A DAG that is no pipeline has no MLflow run: None."""
     if state != "success":
-        from tasks import model_store
+        from tasks.release import model_store
 
         try:
             for model_name in model_store.models(settings.model_store):
@@ -1004,7 +897,7 @@ def end_dag_run(settings: Settings, dag_id: str, run_id: str, state: str) -> str
 
 def check_serving(settings: Settings, model_name: str, pushed: Mapping[str, Any] | None = None,
                   by: str = "cli", timeout: float = 300.0) -> dict[str, Any]:
-    """Check what serves ``model_name`` (see :func:`tasks.serving.check_serving`) and log the
+    """Check what serves ``model_name`` (see :func:`tasks.release.serving.check_serving`) and log the
     check as an MLflow run (tag ``tfpipe.role=serving_check``), FAILED with the reason when it fails.
 
     Args:
@@ -1013,7 +906,7 @@ def check_serving(settings: Settings, model_name: str, pushed: Mapping[str, Any]
     Raises:
         ServingCheckError: What serves is not what it should be.
     """
-    from tasks import serving
+    from tasks.release import serving
 
     recover_store(settings, model_name)
     tracking = tracking_for(settings)

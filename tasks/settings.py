@@ -31,6 +31,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+# XCom keys a task pushes so the Airflow UI can link to its MLflow run (dags/ push them, plugins/ read them).
+MLFLOW_RUN_URL = "mlflow_run_url"
+MLFLOW_EXPERIMENT_URL = "mlflow_experiment_url"
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # Every variable Settings.from_env reads (a deployment must provide those it needs: docker/compose.yaml).
 ENVIRONMENT = ("TFPIPE_HOME", "TFPIPE_ARTIFACT_ROOT", "TFPIPE_MODEL_STORE", "MLFLOW_TRACKING_URI",

@@ -245,6 +245,30 @@ def registry_version_for(client: Any, name: str, store_version: int) -> str | No
     return str(max(int(v.version) for v in found)) if found else None
 
 
+class MlflowRegistry:
+    """The MLflow Model Registry as :mod:`tasks.release.promotion` uses it (its ``Registry``); the
+    client is made on first use."""
+
+    def __init__(self, client_factory) -> None:
+        self._factory = client_factory
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self._factory()
+        return self._client
+
+    def version_for(self, model_name: str, store_version: int) -> str | None:
+        return registry_version_for(self.client, model_name, store_version)
+
+    def move_alias(self, model_name: str, registry_version: str, verb: str) -> str | None:
+        return move_champion_alias(self.client, model_name, registry_version, verb)
+
+    def remove_alias(self, model_name: str) -> None:
+        remove_champion_alias(self.client, model_name)
+
+
 def remove_champion_alias(client: Any, name: str) -> None:
     """Remove the alias ``champion`` of ``name`` (no champion is served); none there is no error."""
     from mlflow.exceptions import MlflowException

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import storage
+from tasks.artifacts import SERVING_SIGNATURE
 from tasks.config import TrainConfig
 from tasks.ingest import read_manifest, split_files
 from tasks.inputs import InputPipeline, compressed_size, eval_dataset, should_cache
@@ -58,7 +59,6 @@ SAVED_MODEL_DIR = "saved_model"
 MODEL_SPEC_FILE = "model_spec.json"
 HISTORY_FILE = "history.json"
 TENSORBOARD_DIR = "tensorboard"
-SERVING_SIGNATURE = "serving_default"
 FEATURES_SIGNATURE = "predict_features"
 _PROGRESS_SECONDS = 10.0  # a progress line in the task log
 _BAR_SECONDS = 1.0  # a progress record for a terminal's bar

@@ -113,7 +113,7 @@ def model_server(models_config: Path):
     """
     import tensorflow as tf
 
-    from tasks.model_store import parse_models_config
+    from tasks.release.model_store import parse_models_config
 
     loaded: dict[tuple[str, int], object] = {}
     lock = threading.Lock()

@@ -94,7 +94,10 @@ def test_trigger_form_params_are_typed_bounded_and_described(dag):
         param = params.get_param(name)
         assert param.description, name
         assert "type" in param.schema, name
-    assert params.get_param("epochs").schema == {"type": "integer", "minimum": 1, "maximum": 1000}
+    # The form's bounds are the config model's (tasks/config.py), so the two cannot disagree.
+    assert params.get_param("epochs").schema == {"type": "integer", "minimum": 1, "maximum": 10_000}
+    assert params.get_param("batch_size").schema["maximum"] == 65_536
+    assert params.get_param("learning_rate").schema["exclusiveMinimum"] == 0
     assert params.get_param("accuracy_threshold").schema["maximum"] == 1.0
     strategy = params.get_param("strategy")
     assert strategy.schema == {"type": "string", "enum": ["auto", "one_device", "mirrored", "multi_worker",

@@ -86,7 +86,9 @@ def arm(point: str | None) -> None:
         return
     from mlflow import MlflowClient
 
-    from tasks import model_store, storage
+    from tasks import storage
+
+    from tasks.release import model_store
 
     parts = point.split(":")
     name, mid = parts[0], parts[-1] == "mid"

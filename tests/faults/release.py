@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks import model_store, serving, storage
+from tasks import storage
+
+from tasks.release import model_store, serving
 from tasks.config import GateConfig, MetricGate
 from tasks.evaluate import evaluate_model
 from tasks.pipeline import make_context, push_model

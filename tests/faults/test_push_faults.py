@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import model_store, storage
+from tasks import storage
+
+from tasks.release import model_store
 from tasks.pipeline import end_dag_run
 from tests.faults.release import (assert_intact, assert_safe_after_crash, bless, claims, make_world, push,
                                   push_killed, seed, serving_state)
@@ -98,9 +100,9 @@ def test_a_promotion_whose_process_died_is_reverted_by_the_next_push_once_its_le
     assert [h["version"] for h in history] == [1] and history[-1]["generation"] == before["generation"]
 
 
-ERROR_POINTS = {"config": ("tasks.model_store", "write_models_config"),
+ERROR_POINTS = {"config": ("tasks.release.model_store", "write_models_config"),
                 "alias": ("tasks.tracking", "move_champion_alias"),
-                "commit": ("tasks.model_store", "commit_promotion")}
+                "commit": ("tasks.release.model_store", "commit_promotion")}
 
 
 @pytest.mark.parametrize("point", sorted(ERROR_POINTS))

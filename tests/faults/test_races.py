@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tasks import model_store
+from tasks.release import model_store
 from tests.faults.release import ROOT, assert_intact, bless, claims, make_world, push, push_process, seed, serving_state
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -42,7 +42,7 @@ def test_two_pushes_of_one_model_race_to_distinct_versions_and_one_champion(trai
 RETENTION_LOOP = """
 import sys, time
 from pathlib import Path
-from tasks import model_store
+from tasks.release import model_store
 store, name, stop = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 while not stop.exists():
     model_store.apply_retention(store, name, 1)

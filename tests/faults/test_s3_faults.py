@@ -9,7 +9,9 @@ from collections import Counter
 
 import pytest
 
-from tasks import model_store, storage
+from tasks import storage
+
+from tasks.release import model_store
 from tasks.config import GateConfig, MetricGate
 from tasks.evaluate import evaluate_model
 from tasks.pipeline import make_context, push_model

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks import model_store, serving, storage
+from tasks import storage
+
+from tasks.release import model_store, serving
 from tasks.evaluate import eval_data, predict
-from tasks.push import PushError, push_model
+from tasks.release.push import PushError, push_model
 from tasks.train import read_model_spec
 from tests.conftest import run_concurrently
 from tests.servers import failing_s3_proxy, moto_s3

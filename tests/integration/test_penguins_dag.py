@@ -118,8 +118,8 @@ def test_pushed_model_is_in_s3_and_serves(services, blessed_run):
     predicted = serve(examples=tf.constant(records))["predicted_class"].numpy().astype(str)
     assert (predicted == labels).mean() > 0.85
     # What TF Serving needs: warm-up requests in the version, the champion in models.config.
-    from tasks.model_store import parse_models_config, read_champion, read_manifest
-    from tasks.serving import WARMUP_FILE, read_warmup_requests
+    from tasks.release.model_store import parse_models_config, read_champion, read_manifest
+    from tasks.release.serving import WARMUP_FILE, read_warmup_requests
 
     assert len(read_warmup_requests(local / WARMUP_FILE)) == 16
     assert "saved_model.pb" in read_manifest(f"s3://{BUCKET}/model_store/penguins/1")["files"]
@@ -248,7 +248,7 @@ def test_trained_model_is_an_mlflow_model_with_signature_and_input_example(servi
 
 def test_unmet_threshold_pushes_nothing(services, dag, blessed_run):
     from tasks import storage
-    from tasks.model_store import versions
+    from tasks.release.model_store import versions
 
     before = storage.list_files(f"s3://{BUCKET}/model_store/penguins/1")
     dag_run = dag.test(run_conf={"epochs": 1, "learning_rate": 1e-6, "accuracy_threshold": 0.99})
@@ -340,7 +340,7 @@ def test_rollback_dag_moves_the_champion_back(services, dag, blessed_run):
     """A second push (tfpipe run, gate relaxed so that it blesses) becomes champion; the
     rollback_model DAG returns to v1."""
     from tasks import storage
-    from tasks.model_store import parse_models_config, read_champion
+    from tasks.release.model_store import parse_models_config, read_champion
     from tasks.pipeline import make_context, run_pipeline
     from tasks.settings import Settings
 

@@ -246,7 +246,7 @@ def triggered(api):
 
 
 def test_triggered_run_with_conf_pushes_and_is_tracked(stack, api, triggered):
-    from tasks.model_store import champion, read_manifest
+    from tasks.release.model_store import champion, read_manifest
 
     run_id, state = triggered
     assert state == "success", api.task_states("penguins", run_id)

@@ -9,8 +9,8 @@ import pytest
 from tasks.config import GateConfig, MetricGate, load_pipeline
 from tasks.evaluate import evaluate_model, gate_checks, read_blessing
 from tasks.optimize import optimize_model
-from tasks.model_store import champion, claim_version, versions
-from tasks.push import PushError, push_model
+from tasks.release.model_store import champion, claim_version, versions
+from tasks.release.push import PushError, push_model
 from tests.conftest import run_concurrently, write_pipeline
 from tasks.train import FEATURES_SIGNATURE, SERVING_SIGNATURE, read_model_spec, train_model
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks import model_store, serving
+from tasks.release import model_store, serving
 from tasks.config import GateConfig, MetricGate
 from tasks.evaluate import eval_data, evaluate_model, predict
 from tasks.optimize import Measurement, optimize_model
 from tasks.pipeline import make_context, push_model as push_step
-from tasks.push import push_model
+from tasks.release.push import push_model
 from tasks.settings import Settings
 from tasks.train import read_model_spec
 from tests.conftest import run_concurrently, write_pipeline
@@ -214,6 +214,24 @@ def test_retention_keeps_the_champion_and_everything_newer(tmp_path):
     assert model_store.versions(str(store), "m") == [2, 3, 4, 5]
     with pytest.raises(model_store.ModelStoreError, match="no complete version 1"):
         model_store.set_champion(str(store), "m", 1, by="t", reason="rollback")
+
+
+def test_retention_keeps_a_version_a_push_may_still_promote(tmp_path):
+    """Two pushes race: v3 wins, the loser's v2 (never champion, pushed just now) is gated again
+    and may still be promoted, so retention leaves it until the grace period is over."""
+    store = tmp_path / "store"
+    _fake_versions(store, "m", 3)
+    for version in (1, 2):
+        (store / "m" / str(version) / "tfpipe_manifest.json").write_text(
+            json.dumps({"pushed_at": model_store.now(), "files": {}}))
+    model_store.set_champion(str(store), "m", 1, by="seed", reason="push")
+    model_store.set_champion(str(store), "m", 3, by="b", reason="push")
+    assert model_store.apply_retention(str(store), "m", keep=1) == [1]  # v1 was champion: done with
+    assert model_store.versions(str(store), "m") == [2, 3]
+    assert model_store.set_champion(str(store), "m", 2, by="a", reason="push").changed
+    assert model_store.apply_retention(str(store), "m", keep=1, grace_seconds=0) == []  # v3 was champion: newer
+    model_store.set_champion(str(store), "m", 3, by="t", reason="rollback")
+    assert model_store.apply_retention(str(store), "m", keep=1) == [2]  # v2 was champion since
 
 
 def test_a_push_does_not_demote_a_newer_champion(tmp_path):

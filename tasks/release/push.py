@@ -1,4 +1,4 @@
-"""push_model: copy a blessed SavedModel into the model store (see :mod:`tasks.model_store`).
+"""push_model: copy a blessed SavedModel into the model store (see :mod:`tasks.release.model_store`).
 
 * The version number is claimed before any file is written, so two pushes never share one.
 * Every file is uploaded and verified (size and SHA-256; on S3 also checked by S3 on receipt),
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import artifacts, storage
-from tasks.model_store import MANIFEST_FILE, SAVED_MODEL_PB, claim_version
+from tasks.release.model_store import MANIFEST_FILE, SAVED_MODEL_PB, claim_version, now
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _stage_extras(scratch: Path, model_name: str, warmup_records: list[bytes],
     """Files pushed beside the SavedModel's own, by their path in the version."""
     extras: dict[str, Path] = {}
     if warmup_records:
-        from tasks.serving import WARMUP_FILE, write_warmup_requests
+        from tasks.release.serving import WARMUP_FILE, write_warmup_requests
 
         write_warmup_requests(scratch / WARMUP_FILE, model_name, warmup_records)
         extras[WARMUP_FILE] = scratch / WARMUP_FILE
@@ -129,7 +129,7 @@ def push_model(
 
 def _upload(files: dict[str, Path], target: str, scratch: Path, owner: str) -> dict[str, Any]:
     """Upload and verify every file, then the manifest, then ``saved_model.pb``; check the listing."""
-    manifest: dict[str, Any] = {"pushed_by": owner, "files": {}}
+    manifest: dict[str, Any] = {"pushed_by": owner, "pushed_at": now(), "files": {}}
     for rel in sorted(files):
         if rel != SAVED_MODEL_PB:
             manifest["files"][rel] = storage.upload_verified(files[rel], storage.join(target, rel))
@@ -164,7 +164,7 @@ def _already_pushed(target: str, files: dict[str, Path]) -> dict[str, Any] | Non
 
 def _refuse_if_served(model_store: str, model_name: str, version: int) -> None:
     """A version that serves is never rewritten, whoever claimed it."""
-    from tasks.model_store import read_champion
+    from tasks.release.model_store import read_champion
 
     record = read_champion(model_store, model_name)
     if record is not None and int(record["version"]) == version:

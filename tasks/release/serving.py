@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from tasks import storage
+from tasks.artifacts import SERVING_SIGNATURE
 
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
-SERVING_SIGNATURE = "serving_default"
 INPUT_KEY = "examples"
 # Outputs are float32 computed by the same graph; a reload may change the kernels chosen.
 TOLERANCE = 1e-5
@@ -193,7 +193,8 @@ def verify_version(model_store: str, model_name: str, version: int, cache_dir: P
     Raises:
         ServingCheckError: A file is missing or differs in size or SHA-256.
     """
-    from tasks import artifacts, model_store as store
+    from tasks import artifacts
+    from tasks.release import model_store as store
 
     uri = artifacts.model_version_uri(model_store, model_name, version)
     manifest = store.read_manifest(uri)
@@ -223,7 +224,7 @@ def check_serving(model_store: str, model_name: str, cache_dir: Path, serving_ur
     Raises:
         ServingCheckError: Any of these does not hold; the message says which.
     """
-    from tasks import model_store as store
+    from tasks.release import model_store as store
     from tasks.evaluate import predict
 
     started = time.perf_counter()

@@ -24,7 +24,9 @@ TensorFlow Serving which version to serve.
   that file (``--model_config_file_poll_wait_seconds``), loads the new version before it
   unloads the old one.
 * **Retention** keeps the newest ``keep`` versions and the champion; an older version is
-  removed only once a newer one is champion.
+  removed only once a newer one is champion. A version that was never champion is kept for
+  :data:`UNPROMOTED_GRACE_SECONDS` after it was pushed: a concurrent push that lost the
+  compare-and-swap may still promote it once gated again.
 * TensorFlow Serving 2.7 and later cannot read ``s3://``: :func:`sync_store` mirrors a store into
   a local directory, where every version appears complete (renamed into place after its
   checksums were verified) or not at all.
@@ -32,6 +34,7 @@ TensorFlow Serving which version to serve.
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import os
@@ -55,6 +58,8 @@ MODELS_CONFIG = "models.config"
 MANIFEST_FILE = "tfpipe_manifest.json"
 HISTORY_LIMIT = 200
 HISTORY_KEYS = ("version", "since", "by", "reason", "generation", "operation")
+# How long retention keeps a version that was never champion (a push may still promote it).
+UNPROMOTED_GRACE_SECONDS = 24 * 3600
 
 
 class ModelStoreError(RuntimeError):
@@ -70,16 +75,20 @@ class StaleBlessingError(UserError):
 ANY = object()
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+STAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def now() -> str:
+    """The time now, as the store records it (UTC, ISO 8601)."""
+    return time.strftime(STAMP_FORMAT, time.gmtime())
 
 
 def _in(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
+    return time.strftime(STAMP_FORMAT, time.gmtime(time.time() + seconds))
 
 
 def _expired(stamp: str) -> bool:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) > stamp
+    return now() > stamp
 
 
 def versions(model_store: str, model_name: str) -> list[int]:
@@ -273,11 +282,11 @@ def set_champion(model_store: str, model_name: str, version: int, by: str, reaso
                 "between); evaluate again (trigger a new run) to push it")
         if current is not None and only_if_newer and current["version"] > version:
             return None
-        now = _now()
+        stamp = now()
         history = list(current.get("history", [])) if current else []
         if current is not None:
-            history.append({k: current.get(k) for k in HISTORY_KEYS} | {"until": now})
-        record = {"model": model_name, "version": version, "since": now, "by": by, "reason": reason,
+            history.append({k: current.get(k) for k in HISTORY_KEYS} | {"until": stamp})
+        record = {"model": model_name, "version": version, "since": stamp, "by": by, "reason": reason,
                   "operation": operation, "generation": (current or {}).get("generation", 0) + 1,
                   "history": history[-HISTORY_LIMIT:]}
         if current is not None and current.get("retiring"):
@@ -498,13 +507,16 @@ def revert_pending(model_store: str, model_name: str, operation: str | None = No
     return dict(reverted) or None
 
 
-def apply_retention(model_store: str, model_name: str, keep: int) -> list[int]:
+def apply_retention(model_store: str, model_name: str, keep: int,
+                    grace_seconds: float = UNPROMOTED_GRACE_SECONDS) -> list[int]:
     """Remove complete versions older than the champion beyond the newest ``keep``.
 
     The versions are first marked ``retiring`` in the champion pointer by a conditional update, and
     :func:`set_champion` refuses a retiring version: a rollback racing with retention either moves
     the pointer first (retention then keeps its target) or is refused, never served a deleted
-    version. The version a pending promotion would revert to is kept too.
+    version. The version a pending promotion would revert to is kept too, and so is a version that
+    was never champion and was pushed less than ``grace_seconds`` ago: a push that lost the
+    compare-and-swap to a newer version is gated again and may still promote it.
 
     Returns:
         The versions removed.
@@ -512,6 +524,14 @@ def apply_retention(model_store: str, model_name: str, keep: int) -> list[int]:
     if keep < 1:
         raise ValueError("keep must be at least 1")
     chosen: list[int] = []
+    young: dict[int, bool] = {}
+
+    def in_flight(version: int, current: dict[str, Any]) -> bool:
+        if version in {int(h["version"]) for h in current.get("history", [])}:
+            return False  # it was champion once: a push is done with it
+        if version not in young:
+            young[version] = _pushed_within(model_store, model_name, version, grace_seconds)
+        return young[version]
 
     def mark(current: dict[str, Any] | None) -> dict[str, Any] | None:
         chosen.clear()
@@ -521,7 +541,7 @@ def apply_retention(model_store: str, model_name: str, keep: int) -> list[int]:
         kept = set(done[-keep:]) | {int(current["version"])}
         if "pending_until" in current and current.get("history"):
             kept.add(int(current["history"][-1]["version"]))
-        chosen.extend(v for v in done if v not in kept and v < int(current["version"]))
+        chosen.extend(v for v in done if v not in kept and v < int(current["version"]) and not in_flight(v, current))
         if not chosen:
             return None
         return {**current, "retiring": sorted(set(current.get("retiring", [])) | set(chosen))}
@@ -535,6 +555,20 @@ def apply_retention(model_store: str, model_name: str, keep: int) -> list[int]:
         storage.update_json(uri, lambda record: None if record is None else {
             **record, "retiring": [v for v in record.get("retiring", []) if v not in chosen]})
     return list(chosen)
+
+
+def _pushed_within(model_store: str, model_name: str, version: int, seconds: float) -> bool:
+    """Whether the version's manifest says it was pushed less than ``seconds`` ago (a manifest
+    without ``pushed_at``, written before it was recorded, counts as old)."""
+    try:
+        stamp = read_manifest(artifacts.model_version_uri(model_store, model_name, version)).get("pushed_at")
+    except (storage.ArtifactNotFoundError, ValueError, AttributeError):
+        return False
+    try:
+        pushed = calendar.timegm(time.strptime(stamp, STAMP_FORMAT))
+    except (TypeError, ValueError):
+        return False
+    return time.time() - pushed < seconds
 
 
 def read_manifest(version_uri: str) -> dict[str, Any]:
