@@ -42,7 +42,7 @@ test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not integration"
 
 corpus: $(STAMP)
-	$(VENV)/bin/python -m tasks.corpus $(ARGS)
+	$(VENV)/bin/python -m tasks.bench.corpus $(ARGS)
 
 airflow: $(STAMP)
 	$(VENV)/bin/tfpipe airflow standalone

@@ -180,8 +180,9 @@ def model_names() -> list[str]:
     """The models the pipelines push (``dags/pipelines/*.yaml``); a broken config is left out
     (its own DAG shows the error)."""
     from tasks.config import pipelines_by_model
+    from tasks.settings import Settings
 
-    return sorted(pipelines_by_model())
+    return sorted(pipelines_by_model(Settings.from_env().pipelines_dir))
 
 
 def model_asset(model_name: str):

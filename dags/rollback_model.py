@@ -51,7 +51,7 @@ def rollback_model():
     @task(execution_timeout=timedelta(minutes=30))
     @tfpipe_step
     def rollback_model(params=None, run_id=None, ti=None):
-        from tasks.pipeline import rollback_model as rollback
+        from tasks.release_steps import rollback_model as rollback
         from tasks.settings import Settings
 
         export_aws_connection()

@@ -49,7 +49,7 @@ def serving_check():
     @task(execution_timeout=timedelta(minutes=30))
     @tfpipe_step
     def check_serving(run_id=None, triggering_asset_events=None):
-        from tasks.pipeline import check_serving as check
+        from tasks.release_steps import check_serving as check
         from tasks.settings import Settings
 
         export_aws_connection()

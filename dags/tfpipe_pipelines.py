@@ -33,26 +33,26 @@ from airflow.sdk.exceptions import AirflowFailException
 from dags.airflow_support import (DEFAULT_ARGS, MLFLOW_EXPERIMENT_URL, MLFLOW_RUN_URL, export_aws_connection,
                                    model_asset, safe_dag_id, tfpipe_step)
 from tasks.errors import UserError
+from tasks.steps import STEP_TABLE as _STEP_TABLE
+from tasks.settings import Settings
 
-PIPELINES = Path(__file__).resolve().parent / "pipelines"
+# Where the pipeline files are: TFPIPE_PIPELINES_DIR (default: dags/pipelines), bound here at the edge.
+PIPELINES = Settings.from_env().pipelines_dir
 
-# Training and evaluation run long on big data; the rest should be quick.
-TIMEOUTS = {
-    "ingest_examples": timedelta(hours=2),
-    "validate_examples": timedelta(hours=2),
-    "train_model": timedelta(hours=12),
-    "evaluate_model": timedelta(hours=2),
-    "optimize_model": timedelta(hours=2),
-    "push_model": timedelta(minutes=30),
-}
+# The step table (tasks/pipeline.py) gives each task its inputs, timeout and retries.
+STEP_TABLE = {step.name: step for step in _STEP_TABLE}
+
+
+def _task_args(name: str) -> dict:
+    step = STEP_TABLE[name]
+    return {"execution_timeout": step.timeout, **({"retries": step.retries} if step.retries is not None else {})}
 
 
 def _context(pipeline_file: str, params, run_id: str, ds: str, ti):
     """The run's tfpipe context, built at task run time from Airflow's context."""
     from airflow.sdk import get_current_context
 
-    from tasks.pipeline import make_context
-    from tasks.settings import Settings
+    from tasks.context import make_context
 
     export_aws_connection()
     if ds is None:  # manual runs have no logical date: partition by when the run was due
@@ -79,7 +79,7 @@ def _push_links(ti, run: dict) -> None:
 def build_dag(pipeline_file: Path):
     """One DAG per pipeline file; ``dag_id`` is the pipeline's name."""
     from tasks.config import load_pipeline
-    from tasks.pipeline import param_specs
+    from tasks.trigger import param_specs
     from tasks.trigger import MAX_SOURCE_LENGTH
 
     config = load_pipeline(pipeline_file)
@@ -112,28 +112,28 @@ def build_dag(pipeline_file: Path):
         tags=["tfpipe", *config.tags],
     )
     def pipeline():
-        @task(execution_timeout=TIMEOUTS["ingest_examples"])
+        @task(**_task_args("ingest_examples"))
         @tfpipe_step
         def ingest_examples(params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
             return steps.ingest_examples(_context(source, params, run_id, ds, ti))
 
-        @task(execution_timeout=TIMEOUTS["validate_examples"])
+        @task(**_task_args("validate_examples"))
         @tfpipe_step
         def validate_examples(examples, params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
             return steps.validate_examples(_context(source, params, run_id, ds, ti), examples)
 
-        @task(execution_timeout=TIMEOUTS["train_model"])
+        @task(**_task_args("train_model"))
         @tfpipe_step
         def train_model(examples, validation, params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
             return steps.train_model(_context(source, params, run_id, ds, ti), examples, validation)
 
-        @task.short_circuit(execution_timeout=TIMEOUTS["evaluate_model"])
+        @task.short_circuit(**_task_args("evaluate_model"))
         @tfpipe_step
         def evaluate_model(examples, model, params=None, run_id=None, ds=None, ti=None):
             """Returns the blessing when blessed; None (skip optimize and push) otherwise."""
@@ -141,31 +141,30 @@ def build_dag(pipeline_file: Path):
 
             return steps.gate(steps.evaluate_model(_context(source, params, run_id, ds, ti), examples, model))
 
-        @task(execution_timeout=TIMEOUTS["optimize_model"])
+        @task(**_task_args("optimize_model"))
         @tfpipe_step
         def optimize_model(examples, model, blessing, params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
             return steps.optimize_model(_context(source, params, run_id, ds, ti), examples, model, blessing)
 
-        @task(execution_timeout=TIMEOUTS["push_model"], retries=1, outlets=[asset])
+        @task(**_task_args("push_model"), outlets=[asset])
         @tfpipe_step
         def push_model(examples, model, blessing, optimized, params=None, run_id=None, ds=None, ti=None,
                        outlet_events=None):
             """Updates the model's Asset (the serving_check DAG runs on it) with what was pushed."""
-            from tasks import pipeline as steps
+            from tasks.release_steps import push_model as push
 
-            pushed = steps.push_model(_context(source, params, run_id, ds, ti), examples, model, blessing, optimized)
+            pushed = push(_context(source, params, run_id, ds, ti), examples, model, blessing, optimized)
             keys = ("model_name", "version", "uri", "champion", "registry_version", "pushed")
             outlet_events[asset].extra = {key: pushed[key] for key in keys if key in pushed}
             return pushed
 
-        examples = ingest_examples()
-        validation = validate_examples(examples)
-        model = train_model(examples, validation)
-        blessing = evaluate_model(examples, model)
-        optimized = optimize_model(examples, model, blessing)
-        push_model(examples, model, blessing, optimized)
+        tasks = {"ingest_examples": ingest_examples, "validate_examples": validate_examples, "train_model": train_model,
+                 "evaluate_model": evaluate_model, "optimize_model": optimize_model, "push_model": push_model}
+        outputs: dict = {}
+        for step in STEP_TABLE.values():  # wired as the step table says: each task's inputs, in order
+            outputs[step.name] = tasks[step.name](*(outputs[name] for name in step.inputs))
 
     return pipeline()
 

@@ -34,7 +34,7 @@ def _update(dag_id: str, run_id: str, state: str) -> None:
     deadline, wait = time.monotonic() + RETRY_SECONDS, 1.0
     while True:
         try:
-            from tasks.pipeline import end_dag_run
+            from tasks.release_steps import end_dag_run
             from tasks.settings import Settings
 
             status = end_dag_run(Settings.from_env(), dag_id, run_id, state)

@@ -31,6 +31,12 @@ STEP_OUTPUTS = ("examples", "statistics", "anomalies", "model", "evaluation", "o
 # The SavedModel signature that serves (TensorFlow Serving's default): the export writes it, the
 # evaluation, the warm-up requests and the serving checks call it.
 SERVING_SIGNATURE = "serving_default"
+FEATURES_SIGNATURE = "predict_features"  # one rank-1 tensor per raw feature
+# Inside the model artifact (runs/<run>/model/).
+SAVED_MODEL_DIR = "saved_model"
+MODEL_SPEC_FILE = "model_spec.json"
+HISTORY_FILE = "history.json"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def safe_run_id(run_id: str) -> str:

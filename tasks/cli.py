@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tasks.config import ConfigError, load_pipeline, parse_overrides
-from tasks.pipeline import STEPS
+from tasks.steps import STEPS
 from tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +63,8 @@ def _bin(name: str) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tasks.pipeline import make_context, run_pipeline
+    from tasks.context import make_context
+    from tasks.pipeline import run_pipeline
 
     settings = Settings.from_env()
     run_id = args.run_id or f"cli__{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H-%M-%S')}"
@@ -86,10 +87,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from tasks.pipeline import make_context, schema_in_force
+    from tasks.context import make_context
+    from tasks.pipeline import schema_in_force
     from tasks.preflight import check_data, format_findings
 
-    config = load_pipeline(args.pipeline, parse_overrides(args.set or []))
+    config = load_pipeline(args.pipeline, parse_overrides(args.set or []), Settings.from_env().pipelines_dir)
     if args.json:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
         return 0
@@ -111,7 +113,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from tasks.tracking import MlflowTracking
 
     settings = Settings.from_env()
-    name = load_pipeline(args.pipeline).name
+    name = load_pipeline(args.pipeline, pipelines_dir=Settings.from_env().pipelines_dir).name
     tracking = MlflowTracking(settings.tracking_uri, settings.mlflow_artifact_location)
     run = tracking.pipeline_summary(name, args.run_id)
     if run is None:
@@ -145,7 +147,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     from tasks import artifacts, storage
-    from tasks.pipeline import curated_schema_path, make_context
+    from tasks.pipeline import curated_schema_path
+    from tasks.context import make_context
 
     settings = Settings.from_env()
     ctx = make_context(args.pipeline, run_id="schema", settings=settings)
@@ -184,27 +187,31 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from tasks import bench
+    from tasks.bench.common import format_table, write
 
     rows = args.rows or BENCH_ROWS[args.suite]
     if args.suite == "ingest":
-        result = bench.bench_ingest(rows, args.columns, args.repeat, args.format)
+        from tasks.bench.ingest import bench_ingest
+
+        result = bench_ingest(rows, args.columns, args.repeat, args.format)
     elif args.suite == "validate":
-        result = bench.bench_validate(rows, args.columns, args.repeat)
+        from tasks.bench.validate import bench_validate
+
+        result = bench_validate(rows, args.columns, args.repeat)
     elif args.suite == "optimize":
-        from tasks.bench_optimize import bench_optimize
+        from tasks.bench.optimize import bench_optimize
 
         result = bench_optimize(rows, args.columns, args.repeat, throughput_batch=args.batch_size or 1024)
     else:
-        from tasks import bench_training
+        from tasks.bench import training as bench_training
 
         if args.suite == "input":
             result = bench_training.bench_input(rows, args.columns, args.repeat, batch_size=args.batch_size or 1024)
         else:
             result = bench_training.bench_train(rows, args.columns, args.repeat, epochs=args.epochs,
                                                 batch_size=args.batch_size or 16384, autotune=not args.no_autotune)
-    bench.write(result, args.out)
-    table = bench.format_table(result)
+    write(result, args.out)
+    table = format_table(result)
     print(table)
     if args.out:
         print(f"\n[tfpipe] wrote {args.out}")
@@ -222,7 +229,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_tfjob(args: argparse.Namespace) -> int:
     import yaml
 
-    from tasks.launcher import tfjob_manifest
+    from tasks.training.launcher import tfjob_manifest
 
     manifest = tfjob_manifest(args.name, args.image, args.workers, args.request, namespace=args.namespace,
                               cpu=args.cpu, memory=args.memory, gpus=args.gpus,
@@ -232,7 +239,7 @@ def _cmd_tfjob(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from tasks.pipeline import rollback_model
+    from tasks.release_steps import rollback_model
 
     settings = Settings.from_env()
     by = args.by or f"cli:{os.environ.get('USER', 'unknown')}"
@@ -272,7 +279,7 @@ def _cmd_serving_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_serving_check(args: argparse.Namespace) -> int:
-    from tasks.pipeline import check_serving
+    from tasks.release_steps import check_serving
 
     settings = Settings.from_env()
     report = check_serving(settings, args.model, by=f"cli:{os.environ.get('USER', 'unknown')}",
@@ -286,7 +293,7 @@ def _cmd_serving_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_datagen(args: argparse.Namespace) -> int:
-    from tasks.datagen import generate, pipeline_yaml
+    from tasks.bench.datagen import generate, pipeline_yaml
 
     started = time.perf_counter()
     result = generate(args.out, rows=args.rows, columns=args.columns, task=args.task, seed=args.seed,
@@ -373,9 +380,22 @@ def _experiment_link(settings: Settings, pipeline: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfpipe", description="Tabular data to a served TensorFlow model.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _pipeline_commands(sub)
+    _tool_commands(sub)
+    _release_commands(sub)
+    for tool in ("airflow", "mlflow"):
+        p = sub.add_parser(tool, help=f"run {tool} with this project's settings", add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a, tool=tool: _exec(tool, a))
+    return parser
 
+
+
+
+def _pipeline_commands(sub) -> None:
+    """run, check, summary, demo."""
     run = sub.add_parser("run", help="run a pipeline's steps in this process, without Airflow")
-    run.add_argument("pipeline", help="a name under dags/pipelines/ or a path to a YAML file")
+    run.add_argument("pipeline", help="a name in the pipelines directory (TFPIPE_PIPELINES_DIR, default dags/pipelines/) or a path to a YAML file")
     run.add_argument("--until", choices=STEPS, help="stop after this step")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     run.add_argument("--run-id", help="run id (default: cli__<UTC time>)")
@@ -397,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("pipeline", nargs="?", default="penguins")
     demo.set_defaults(func=_cmd_demo)
 
+
+def _tool_commands(sub) -> None:
+    """datagen, bench, tfjob."""
     datagen = sub.add_parser("datagen", help="write synthetic tabular data for benchmarks and tests")
     datagen.add_argument("out", help="output file: .csv or .parquet")
     datagen.add_argument("--rows", type=int, default=1_000_000)
@@ -438,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="parameter_server training: a Chief pod, the workers and this many PS pods")
     tfjob.set_defaults(func=_cmd_tfjob)
 
+
+def _release_commands(sub) -> None:
+    """schema, rollback, serving-sync, serving-check."""
     schema = sub.add_parser("schema", help="print the schema in force, or --curate the recorded one")
     schema.add_argument("pipeline")
     mode = schema.add_mutually_exclusive_group()
@@ -468,12 +494,6 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--serving-timeout", type=float, default=300.0,
                        help="with TFPIPE_SERVING_URL: seconds TF Serving may take to serve it")
     check.set_defaults(func=_cmd_serving_check)
-
-    for tool in ("airflow", "mlflow"):
-        p = sub.add_parser(tool, help=f"run {tool} with this project's settings", add_help=False)
-        p.add_argument("args", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda a, tool=tool: _exec(tool, a))
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """The pipeline config: one frozen, validated object loaded from a pipeline's YAML file.
 
-A pipeline lives in ``dags/pipelines/<name>.yaml``. Overrides (``tfpipe run --set``,
+A pipeline lives in ``<pipelines dir>/<name>.yaml`` (``TFPIPE_PIPELINES_DIR``, default ``dags/pipelines``). Overrides (``tfpipe run --set``,
 Airflow ``Param``s) address fields by dotted path (``train.epochs=5``) and are applied to
 the raw mapping *before* validation, so an override is checked exactly like the file.
 """
@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tasks.errors import UserError
 
-PIPELINES_DIR = Path(__file__).resolve().parent.parent / "dags" / "pipelines"
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "parameter_server")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -518,17 +517,23 @@ class PipelineConfig(_Frozen):
         return self
 
 
-def resolve_pipeline_path(pipeline: str | Path) -> Path:
-    """A pipeline name under ``dags/pipelines/`` or a path to a YAML file."""
+def resolve_pipeline_path(pipeline: str | Path, pipelines_dir: Path | None = None) -> Path:
+    """A path to a YAML file, or a pipeline name looked up in ``pipelines_dir`` (the setting
+    ``TFPIPE_PIPELINES_DIR``, :class:`tasks.settings.Settings`)."""
     candidate = Path(pipeline)
     if candidate.suffix in (".yaml", ".yml"):
         if not candidate.is_file():
             raise ConfigError(f"pipeline file {candidate} does not exist")
         return candidate.resolve()
-    named = PIPELINES_DIR / f"{pipeline}.yaml"
+    if pipelines_dir is None:
+        raise ConfigError(f"{str(pipeline)!r} is not a path to a YAML file, and no pipelines directory is set "
+                          "(TFPIPE_PIPELINES_DIR) to look the name up in")
+    if not _NAME_RE.fullmatch(str(pipeline)):
+        raise ConfigError(f"{str(pipeline)!r} is neither a pipeline name nor a path to a .yaml file")
+    named = pipelines_dir / f"{pipeline}.yaml"
     if not named.is_file():
-        known = ", ".join(sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml"))) or "none"
-        raise ConfigError(f"no pipeline named {pipeline!r} in {PIPELINES_DIR} (known: {known})")
+        known = ", ".join(p.stem for p in discover_pipelines(pipelines_dir)) or "none"
+        raise ConfigError(f"no pipeline named {pipeline!r} in {pipelines_dir} (known: {known})")
     return named
 
 
@@ -587,17 +592,18 @@ def config_from_mapping(raw: Mapping[str, Any], source: str, default_name: str |
         raise ConfigError(_format_validation_error(source, error)) from None
 
 
-def load_pipeline(pipeline: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+def load_pipeline(pipeline: str | Path, overrides: Mapping[str, Any] | None = None,
+                  pipelines_dir: Path | None = None) -> PipelineConfig:
     """Load, override and validate a pipeline config.
 
     Args:
-        pipeline: A name under ``dags/pipelines/`` or a path to a YAML file.
+        pipeline: A path to a YAML file, or a name looked up in ``pipelines_dir``.
         overrides: Dotted keys to values, applied before validation.
 
     Raises:
         ConfigError: The file is missing, is not YAML, or a key is unknown or invalid.
     """
-    path = resolve_pipeline_path(pipeline)
+    path = resolve_pipeline_path(pipeline, pipelines_dir)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
@@ -609,16 +615,16 @@ def load_pipeline(pipeline: str | Path, overrides: Mapping[str, Any] | None = No
     return config_from_mapping(raw, str(path), default_name=path.stem)
 
 
-def discover_pipelines(directory: Path = PIPELINES_DIR) -> list[Path]:
+def discover_pipelines(directory: Path) -> list[Path]:
     """Every pipeline YAML file in ``directory``, sorted by name."""
     return sorted(directory.glob("*.yaml"))
 
 
-def pipelines_by_model(directory: Path = PIPELINES_DIR) -> dict[str, str]:
+def pipelines_by_model(directory: Path | None) -> dict[str, str]:
     """Model name to the name of the pipeline that pushes it; a broken config is skipped (its own
     DAG, or ``tfpipe check``, reports it)."""
-    found = {}
-    for path in discover_pipelines(directory):
+    found: dict[str, str] = {}
+    for path in discover_pipelines(directory) if directory is not None else []:
         try:
             config = load_pipeline(path)
         except ConfigError:

@@ -25,9 +25,10 @@ import numpy as np
 from tasks import storage
 from tasks.config import HIGHER_IS_BETTER, GateConfig, MetricGate
 from tasks.ingest import read_manifest, split_files
-from tasks.model import ModelSpec
+from tasks.training.model import ModelSpec
 from tasks.plots import evaluation_plots, slice_plot
-from tasks.train import SAVED_MODEL_DIR, SERVING_SIGNATURE, read_model_spec
+from tasks.artifacts import SAVED_MODEL_DIR, SERVING_SIGNATURE
+from tasks.training.export import read_model_spec
 
 BLESSING_FILE = "blessing.json"
 METRICS_FILE = "metrics.json"

@@ -42,7 +42,7 @@ from tasks.errors import DataError
 from tasks.labels import LabelPlan, LabelScan, split_stats, stats_record
 from tasks.progress import report
 from tasks.settings import usable_cpus
-from tasks.sources import (ARROW_TYPES, SourceFile, Widen, _Reader, kind_of, label_missing, not_utf8, open_source,
+from tasks.sources import (ARROW_TYPES, SourceFile, Widen, Reader, kind_of, label_missing, not_utf8, open_source,
                            render_sources, resolve_sources)
 from tasks.splitting import BIG_GROUP, Counter, Splitter, plan_cut, split_names, unit_hashes
 
@@ -530,7 +530,7 @@ def _manifest(config, read: _Read, columns, counts, files, declared, widened, la
     }
 
 
-def _make_plan(config: PipelineConfig, reader: _Reader, uri: str, declared: Mapping[str, str],
+def _make_plan(config: PipelineConfig, reader: Reader, uri: str, declared: Mapping[str, str],
                widened: Mapping[str, str]) -> _Plan:
     names = reader.names
     if config.label not in names:
@@ -555,7 +555,7 @@ def _make_plan(config: PipelineConfig, reader: _Reader, uri: str, declared: Mapp
     )
 
 
-def _check_columns(reader: _Reader, uri: str, plan: _Plan, first_uri: str) -> None:
+def _check_columns(reader: Reader, uri: str, plan: _Plan, first_uri: str) -> None:
     names = reader.names
     duplicated = sorted({c for c in names if names.count(c) > 1})
     if duplicated:

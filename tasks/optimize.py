@@ -40,10 +40,11 @@ import numpy as np
 
 from tasks import storage
 from tasks.coders import first_records
-from tasks.config import OPTIMIZE_VARIANTS
+from tasks.config import OPTIMIZE_VARIANTS, PruningConfig
 from tasks.evaluate import compute_metrics, eval_data
-from tasks.model import ModelSpec, parse_spec, tensor_names
-from tasks.train import FEATURES_SIGNATURE, SAVED_MODEL_DIR, read_model_spec
+from tasks.training.model import ModelSpec, parse_spec, tensor_names
+from tasks.artifacts import FEATURES_SIGNATURE, SAVED_MODEL_DIR
+from tasks.training.export import read_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _rows(features: dict[str, np.ndarray], count: int, start: int = 0) -> dict[s
     return {name: values[index] for name, values in features.items()}
 
 
-class _Runner:
+class Runner:
     """Calls one variant on raw feature arrays: ``predict(features) -> outputs``."""
 
     def __init__(self, predict: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
@@ -152,7 +153,7 @@ class _Runner:
         self.fixed = fixed or (lambda _size: predict)
 
 
-def saved_model_runner(saved_model_dir: Path) -> _Runner:
+def saved_model_runner(saved_model_dir: Path) -> Runner:
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(saved_model_dir)).signatures[FEATURES_SIGNATURE]
@@ -162,10 +163,10 @@ def saved_model_runner(saved_model_dir: Path) -> _Runner:
         inputs = {k: tf.constant(v, dtype=dtypes[k]) for k, v in features.items()}
         return {k: v.numpy() for k, v in signature(**inputs).items()}
 
-    return _Runner(predict)
+    return Runner(predict)
 
 
-def tflite_runner(model: bytes, chunk: int = 256) -> _Runner:
+def tflite_runner(model: bytes, chunk: int = 256) -> Runner:
     import tensorflow as tf
 
     def fixed(size: int):
@@ -182,14 +183,14 @@ def tflite_runner(model: bytes, chunk: int = 256) -> _Runner:
                 parts.setdefault(key, []).append(value)
         return {key: np.concatenate(values) for key, values in parts.items()}
 
-    return _Runner(predict, fixed)
+    return Runner(predict, fixed)
 
 
 def run_tflite(model: bytes, features: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, np.ndarray]:
     return tflite_runner(model, batch_size).predict(features)
 
 
-def measure_speed(runner: _Runner, features: dict[str, np.ndarray], how: Measurement) -> dict[str, float]:
+def measure_speed(runner: Runner, features: dict[str, np.ndarray], how: Measurement) -> dict[str, float]:
     """Latency p50/p99 (ms) at batch 1 and throughput (rows/s) at a large batch."""
     single = runner.fixed(1)
     one = _rows(features, 1)
@@ -258,8 +259,9 @@ def prune_model(saved_model_dir: Path, spec: ModelSpec, train_files: list[str], 
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
-    from tasks.inputs import batch_parser
-    from tasks.train import loss_function, serving_module
+    from tasks.training.inputs import batch_parser
+    from tasks.training.optimization import loss_function
+    from tasks.training.export import serving_module
 
     model = build_model(spec)
     tf.train.Checkpoint(model=model).read(str(saved_model_dir / "variables" / "variables")) \
@@ -316,7 +318,7 @@ def optimize_model(
     work_dir: Path,
     variants: tuple[str, ...] = VARIANTS,
     representative_examples: int = 200,
-    pruning: dict[str, Any] | None = None,
+    pruning: PruningConfig | None = None,
     measurement: Measurement = Measurement(),
     build_model: Callable[[ModelSpec], Any] | None = None,
     max_rmse_increase: float = 0.05,
@@ -326,111 +328,131 @@ def optimize_model(
     Args:
         max_accuracy_drop: Classifiers: the accuracy a variant may lose (absolute).
         max_rmse_increase: Regressors: how much larger a variant's RMSE may be, as a share of the original's.
-        pruning: ``target_sparsity``, ``epochs``, ``batch_size``, ``learning_rate``.
+        pruning: ``optimize.pruning`` (its batch size unset: ``train.batch_size``'s default).
         build_model: Builds the (untrained) Keras model of a spec, for pruning; default: the
-            model built from the schema (:func:`tasks.model.build_model`).
+            model built from the schema (:func:`tasks.training.model.build_model`).
     """
-    from tasks import model as model_lib
-
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
     spec = read_model_spec(model_uri)
     saved_model = storage.materialize(model_uri, cache_dir) / SAVED_MODEL_DIR
     records, labels = eval_data(examples_uri, spec, cache_dir)
-    quality = "rmse" if spec.task == "regression" else "accuracy"
-    features = raw_features(spec, records)
-    original_runner = saved_model_runner(saved_model)
-    original = compute_metrics(spec.task, original_runner.predict(features), labels)
-    tolerance = max_rmse_increase if quality == "rmse" else max_accuracy_drop
-    report: dict[str, Any] = {
-        "quality_metric": quality,
-        "quality_drop_unit": "relative" if quality == "rmse" else "absolute",
-        "max_quality_drop": tolerance,
-        "max_accuracy_drop": max_accuracy_drop,
-        "max_rmse_increase": max_rmse_increase,
-        "eval_examples": len(records),
-        "measurement": asdict(measurement),
-        "variants": {"saved_model": {
-            "kind": "saved_model", "file": None, "size_bytes": dir_size(saved_model),
-            "gzip_bytes": gzipped_size(saved_model), quality: original[quality], "quality_drop": 0.0,
-            "size_ratio": 1.0, **measure_speed(original_runner, features, measurement), "kept": True,
-            "reason": "the original",
-        }},
-    }
-    base = report["variants"]["saved_model"]
+    judged = _Judged(spec, raw_features(spec, records), labels, saved_model, measurement, max_accuracy_drop,
+                     max_rmse_increase)
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="optimize-"))
     train_files, train_count = _train_split(examples_uri, cache_dir)
-    calibration = first_records(train_files, representative_examples) if "tflite_int8" in variants else []
-
-    def judge(name: str, kind: str, path: Path, runner: _Runner, extra: dict[str, Any] | None = None) -> None:
-        metrics = compute_metrics(spec.task, runner.predict(features), labels)
-        # For rmse a rise is the loss of quality, relative to the original (the label's unit is
-        # arbitrary); for accuracy a fall, in accuracy points.
-        if quality == "rmse":
-            drop = (metrics[quality] - original[quality]) / max(original[quality], 1e-12)
-        else:
-            drop = original[quality] - metrics[quality]
-        kept = drop <= tolerance + 1e-12
-        row = {"kind": kind, "file": path.name, "size_bytes": dir_size(path), "gzip_bytes": gzipped_size(path),
-               quality: metrics[quality], "quality_drop": drop}
-        row["size_ratio"] = row["size_bytes"] / base["size_bytes"]
-        row.update(measure_speed(runner, features, measurement))
-        row.update(extra or {})
-        row["kept"] = kept
-        setting = "optimize.max_rmse_increase" if quality == "rmse" else "optimize.max_accuracy_drop"
-        row["reason"] = "within tolerance" if kept else f"quality drop {drop:.4f} exceeds {setting} {tolerance:g}"
-        report["variants"][name] = row
-        if not kept:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-    def skip(name: str, reason: str) -> None:
-        log.info("variant %s skipped: %s", name, reason)
-        report["variants"][name] = {"kind": "skipped", "kept": False, "skipped": True, "reason": reason}
-
     try:
-        for variant in TFLITE_VARIANTS:
-            name = f"tflite_{variant}"
-            if name not in variants:
-                continue
-            representative = raw_features(spec, calibration) if variant == "int8" else None
-            tflite = convert_tflite(saved_model, variant, representative)
-            path = scratch / f"model_{variant}.tflite"
-            path.write_bytes(tflite)
-            judge(name, "tflite", path, tflite_runner(tflite),
-                  {"representative_examples": len(calibration)} if representative else None)
+        calibration = first_records(train_files, representative_examples) if "tflite_int8" in variants else []
+        _tflite_variants(judged, saved_model, variants, calibration, scratch)
         if "pruned" in variants:
-            options = {"target_sparsity": 0.5, "epochs": 2, "batch_size": 32, "learning_rate": 1e-3,
-                       **{k: v for k, v in (pruning or {}).items() if v is not None}}
-            path = scratch / "pruned_saved_model"
-            try:
-                sparsity = prune_model(saved_model, spec, train_files, train_count, path, options["target_sparsity"],
-                                       options["epochs"], options["batch_size"], options["learning_rate"],
-                                       build_model or (lambda s: model_lib.build_model(s, 0)))
-                judge("pruned", "saved_model", path, saved_model_runner(path),
-                      {"sparsity": sparsity, "target_sparsity": options["target_sparsity"]})
-            except ValueError as error:
-                skip("pruned", str(error))
+            _pruned_variant(judged, saved_model, train_files, train_count, pruning, build_model, scratch)
         if "tensorrt_fp16" in variants:
-            why = tensorrt_unavailable()
-            if why:
-                skip("tensorrt_fp16", f"TF-TRT needs a GPU and TensorRT: {why}")
-            else:
-                try:
-                    path = convert_tensorrt(saved_model, scratch / "tensorrt_fp16_saved_model")
-                    judge("tensorrt_fp16", "saved_model", path, saved_model_runner(path))
-                except Exception as error:  # noqa: BLE001 - an optional variant never fails the step
-                    log.warning("TF-TRT conversion failed", exc_info=True)
-                    skip("tensorrt_fp16", f"TF-TRT conversion failed: {type(error).__name__}: {error}")
-        (scratch / REPORT_FILE).write_text(json.dumps(report, indent=2))
+            _tensorrt_variant(judged, saved_model, scratch)
+        (scratch / REPORT_FILE).write_text(json.dumps(judged.report, indent=2))
         from tasks.plots import optimization_chart
 
-        optimization_chart(report, scratch / CHART_FILE)
+        optimization_chart(judged.report, scratch / CHART_FILE)
         storage.publish_dir(scratch, output_uri)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return OptimizedArtifact(uri=output_uri, report=report)
+    return OptimizedArtifact(uri=output_uri, report=judged.report)
+
+
+class _Judged:
+    """The report as it is built: the original's row, then each variant's, judged against it on
+    the eval split (kept within the tolerance, else its file removed)."""
+
+    def __init__(self, spec: ModelSpec, features, labels, saved_model: Path, measurement: Measurement,
+                 max_accuracy_drop: float, max_rmse_increase: float) -> None:
+        self.spec, self.features, self.labels, self.measurement = spec, features, labels, measurement
+        self.quality = "rmse" if spec.task == "regression" else "accuracy"
+        self.tolerance = max_rmse_increase if self.quality == "rmse" else max_accuracy_drop
+        runner = saved_model_runner(saved_model)
+        self.original = compute_metrics(spec.task, runner.predict(features), labels)
+        self.base = {
+            "kind": "saved_model", "file": None, "size_bytes": dir_size(saved_model),
+            "gzip_bytes": gzipped_size(saved_model), self.quality: self.original[self.quality], "quality_drop": 0.0,
+            "size_ratio": 1.0, **measure_speed(runner, features, measurement), "kept": True, "reason": "the original",
+        }
+        self.report: dict[str, Any] = {
+            "quality_metric": self.quality,
+            "quality_drop_unit": "relative" if self.quality == "rmse" else "absolute",
+            "max_quality_drop": self.tolerance,
+            "max_accuracy_drop": max_accuracy_drop,
+            "max_rmse_increase": max_rmse_increase,
+            "eval_examples": len(labels),
+            "measurement": asdict(measurement),
+            "variants": {"saved_model": self.base},
+        }
+
+    def judge(self, name: str, kind: str, path: Path, runner: Runner, extra: dict[str, Any] | None = None) -> None:
+        quality, original = self.quality, self.original[self.quality]
+        metrics = compute_metrics(self.spec.task, runner.predict(self.features), self.labels)
+        # For rmse a rise is the loss of quality, relative to the original (the label's unit is
+        # arbitrary); for accuracy a fall, in accuracy points.
+        drop = (metrics[quality] - original) / max(original, 1e-12) if quality == "rmse" else original - metrics[quality]
+        kept = drop <= self.tolerance + 1e-12
+        row = {"kind": kind, "file": path.name, "size_bytes": dir_size(path), "gzip_bytes": gzipped_size(path),
+               quality: metrics[quality], "quality_drop": drop}
+        row["size_ratio"] = row["size_bytes"] / self.base["size_bytes"]
+        row.update(measure_speed(runner, self.features, self.measurement))
+        row.update(extra or {})
+        row["kept"] = kept
+        setting = "optimize.max_rmse_increase" if quality == "rmse" else "optimize.max_accuracy_drop"
+        row["reason"] = "within tolerance" if kept else f"quality drop {drop:.4f} exceeds {setting} {self.tolerance:g}"
+        self.report["variants"][name] = row
+        if not kept:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def skip(self, name: str, reason: str) -> None:
+        log.info("variant %s skipped: %s", name, reason)
+        self.report["variants"][name] = {"kind": "skipped", "kept": False, "skipped": True, "reason": reason}
+
+
+def _tflite_variants(judged: _Judged, saved_model: Path, variants: tuple[str, ...], calibration: list[bytes],
+                     scratch: Path) -> None:
+    for variant in TFLITE_VARIANTS:
+        name = f"tflite_{variant}"
+        if name not in variants:
+            continue
+        representative = raw_features(judged.spec, calibration) if variant == "int8" else None
+        tflite = convert_tflite(saved_model, variant, representative)
+        path = scratch / f"model_{variant}.tflite"
+        path.write_bytes(tflite)
+        judged.judge(name, "tflite", path, tflite_runner(tflite),
+                     {"representative_examples": len(calibration)} if representative else None)
+
+
+def _pruned_variant(judged: _Judged, saved_model: Path, train_files: list[str], train_count: int,
+                    pruning: PruningConfig | None, build_model, scratch: Path) -> None:
+    from tasks.config import TrainConfig
+    from tasks.training import model as model_lib
+
+    pruning = pruning or PruningConfig()
+    path = scratch / "pruned_saved_model"
+    try:
+        sparsity = prune_model(saved_model, judged.spec, train_files, train_count, path, pruning.target_sparsity,
+                               pruning.epochs, pruning.batch_size or TrainConfig.model_fields["batch_size"].default,
+                               pruning.learning_rate, build_model or (lambda s: model_lib.build_model(s, 0)))
+        judged.judge("pruned", "saved_model", path, saved_model_runner(path),
+                     {"sparsity": sparsity, "target_sparsity": pruning.target_sparsity})
+    except ValueError as error:
+        judged.skip("pruned", str(error))
+
+
+def _tensorrt_variant(judged: _Judged, saved_model: Path, scratch: Path) -> None:
+    why = tensorrt_unavailable()
+    if why:
+        judged.skip("tensorrt_fp16", f"TF-TRT needs a GPU and TensorRT: {why}")
+        return
+    try:
+        path = convert_tensorrt(saved_model, scratch / "tensorrt_fp16_saved_model")
+        judged.judge("tensorrt_fp16", "saved_model", path, saved_model_runner(path))
+    except Exception as error:  # noqa: BLE001 - an optional variant never fails the step
+        log.warning("TF-TRT conversion failed", exc_info=True)
+        judged.skip("tensorrt_fp16", f"TF-TRT conversion failed: {type(error).__name__}: {error}")
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -3,6 +3,8 @@
 Library functions never read the environment; they receive a :class:`Settings`.
 
 * ``TFPIPE_HOME``: all local state (default ``<repo>/.tfpipe``).
+* ``TFPIPE_PIPELINES_DIR``: the pipeline YAML files, one DAG each (default ``<repo>/dags/pipelines``
+  in a source checkout, else ``$TFPIPE_HOME/pipelines``).
 * ``TFPIPE_ARTIFACT_ROOT``: pipeline artifacts, a local path or ``s3://`` (default
   ``$TFPIPE_HOME/artifacts``).
 * ``TFPIPE_MODEL_STORE``: the serving model store, a local path or ``s3://`` (default
@@ -37,7 +39,7 @@ MLFLOW_EXPERIMENT_URL = "mlflow_experiment_url"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # Every variable Settings.from_env reads (a deployment must provide those it needs: docker/compose.yaml).
-ENVIRONMENT = ("TFPIPE_HOME", "TFPIPE_ARTIFACT_ROOT", "TFPIPE_MODEL_STORE", "MLFLOW_TRACKING_URI",
+ENVIRONMENT = ("TFPIPE_HOME", "TFPIPE_PIPELINES_DIR", "TFPIPE_ARTIFACT_ROOT", "TFPIPE_MODEL_STORE", "MLFLOW_TRACKING_URI",
                "TFPIPE_SERVING_URL", "TFPIPE_SERVING_BASE_PATH", "TFPIPE_MLFLOW_UI_URL", "AIRFLOW__API__BASE_URL")
 
 
@@ -47,6 +49,13 @@ def default_home() -> Path:
     if (repo / "pyproject.toml").is_file():
         return repo / ".tfpipe"
     return Path.home() / ".tfpipe"
+
+
+def default_pipelines_dir(home: Path) -> Path:
+    """``dags/pipelines`` beside this package when it is there (a checkout, the image), else
+    ``<home>/pipelines``."""
+    shipped = _PACKAGE_DIR.parent / "dags" / "pipelines"
+    return shipped if shipped.is_dir() else home / "pipelines"
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class Settings:
     serving_base_path: str | None = None
     mlflow_ui_url: str = "http://127.0.0.1:5000"
     airflow_url: str | None = None
+    pipelines_dir: Path | None = None  # where pipeline names are looked up (None: only paths to YAML files)
 
     @property
     def mlflow_dir(self) -> Path:
@@ -97,6 +107,7 @@ class Settings:
             mlflow_ui_url=(env.get("TFPIPE_MLFLOW_UI_URL") or _server(env.get("MLFLOW_TRACKING_URI"))
                            or "http://127.0.0.1:5000").rstrip("/"),
             airflow_url=(env.get("AIRFLOW__API__BASE_URL") or "").rstrip("/") or None,
+            pipelines_dir=Path(env.get("TFPIPE_PIPELINES_DIR") or default_pipelines_dir(home)).expanduser().resolve(),
         )
 
 

@@ -150,7 +150,7 @@ def kind_of(arrow_type: pa.DataType) -> str | None:
 # --- reading ---------------------------------------------------------------------------------
 
 @dataclass
-class _Reader:
+class Reader:
     """One open source: its column names and a stream of record batches."""
 
     names: list[str]
@@ -159,7 +159,7 @@ class _Reader:
 
 
 def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: frozenset[str],
-              delimiter: str = ",") -> _Reader:
+              delimiter: str = ",") -> Reader:
     import pyarrow.csv as pacsv
 
     # An int column is read as float64 and cast, so "181.0" (as pandas writes ints with gaps) is 181
@@ -199,7 +199,7 @@ def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: f
                 raise DataError(f"{uri}: cannot read as CSV: {error}") from None
             yield batch
 
-    return _Reader(names, types, batches())
+    return Reader(names, types, batches())
 
 
 def _csv_sample(path: Path, sample_bytes: int = 1 << 20) -> str | None:
@@ -326,7 +326,7 @@ def not_utf8(value: bytes) -> UnicodeDecodeError | None:
     return None
 
 
-def _open_parquet(path: Path, uri: str) -> _Reader:
+def _open_parquet(path: Path, uri: str) -> Reader:
     import pyarrow.parquet as pq
 
     try:
@@ -342,13 +342,13 @@ def _open_parquet(path: Path, uri: str) -> _Reader:
         except (pa.ArrowInvalid, OSError) as error:
             raise DataError(f"{uri}: cannot read as Parquet (truncated?): {error}") from None
 
-    return _Reader(names, {f.name: f.type for f in schema}, batches())
+    return Reader(names, {f.name: f.type for f in schema}, batches())
 
 
 # --- checking and splitting one batch ------------------------------------------------------
 
 def open_source(source: SourceFile, local: Path, data_format: str, kinds: Mapping[str, str | None],
-                declared: frozenset[str], delimiter: str = ",") -> _Reader:
+                declared: frozenset[str], delimiter: str = ",") -> Reader:
     if _format_of(source, data_format) == "parquet":
         return _open_parquet(local, source.uri)
     return _open_csv(local, source.uri, kinds, declared, delimiter)

@@ -13,7 +13,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tasks.config import ConfigError, PipelineConfig
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tasks.config import STRATEGIES, ConfigError, PipelineConfig
 from tasks.errors import DataError
 from tasks.sources import TEMPLATE_VARIABLES, check_template
 
@@ -82,3 +85,109 @@ def check_gate_bound(config: PipelineConfig, key: str, value: Any) -> float:
         raise ConfigError(f"trigger conf: the {metric} gate cannot be set {word} the pipeline's {configured:g} "
                           f"(got {value:g}); a trigger may only make the gate stricter")
     return float(value)
+
+
+# Trigger-form parameters: name -> dotted config key. Type, bounds and description come from the
+# config model's field (tasks/config.py), so the form cannot disagree with the config.
+_PARAMS: dict[str, str] = {"epochs": "train.epochs", "batch_size": "train.batch_size",
+                           "learning_rate": "train.learning_rate", "strategy": "train.strategy",
+                           "data_source": "data.source"}
+
+
+_SOURCE_HELP = ("CSV/Parquet URI (path, s3://, package://) among those the pipeline allows (data.trigger_sources); "
+                "{{ ds }} selects a partition.")
+
+
+_UNIT_METRICS = {"accuracy", "auc", "precision", "recall"}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One field of the Airflow trigger form; the DAG turns it into an ``airflow.sdk.Param``."""
+
+    name: str
+    key: str
+    default: Any
+    type: str
+    minimum: float | None
+    maximum: float | None
+    description: str
+    choices: tuple[str, ...] = ()
+    exclusive_minimum: bool = False  # the value must be greater than ``minimum``
+
+
+def _field_schema(key: str) -> tuple[str, float | None, float | None, bool, str]:
+    """JSON-schema type, bounds (and whether the lower one is exclusive) and description of a
+    config field, read from the config model."""
+    import annotated_types
+
+    from tasks.config import PipelineConfig
+
+    model: Any = PipelineConfig
+    *parents, name = key.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    field = model.model_fields[name]
+    low = high = None
+    exclusive = False
+    for rule in field.metadata:
+        if isinstance(rule, annotated_types.Ge):
+            low = rule.ge
+        elif isinstance(rule, annotated_types.Gt):
+            low, exclusive = rule.gt, True
+        elif isinstance(rule, annotated_types.Le):
+            high = rule.le
+    kind = {int: "integer", float: "number"}.get(field.annotation, "string")
+    return kind, low, high, exclusive, field.description or ""
+
+
+def param_specs(config: PipelineConfig) -> list[ParamSpec]:
+    """The trigger form of a pipeline: training knobs, the data source and each gate bound."""
+    raw = config.model_dump(mode="json")
+    specs = []
+    for name, key in _PARAMS.items():
+        value: Any = raw
+        for part in key.split("."):
+            value = value[part]
+        kind, low, high, exclusive, text = _field_schema(key)
+        choices: tuple[str, ...] = ()
+        if name == "data_source":
+            value, kind, low, high = value[0] if len(value) == 1 else "", "string", None, None
+            text = _SOURCE_HELP + " Empty: the sources in the pipeline config."
+        if name == "strategy":
+            choices = STRATEGIES
+        specs.append(ParamSpec(name, key, value, kind, low, high, text, choices, exclusive))
+    for metric, bounds in config.gate.metrics.items():
+        for bound in ("lower_bound", "upper_bound"):
+            value = getattr(bounds, bound)
+            if value is not None:
+                word = "minimum" if bound == "lower_bound" else "maximum"
+                name = f"{metric}_threshold" if bound == "lower_bound" or bounds.lower_bound is None else f"{metric}_{word}"
+                # A trigger may make the gate stricter, never looser than the YAML's bound.
+                low, high = (value, 1.0 if metric in _UNIT_METRICS else None) if bound == "lower_bound" else (
+                    0.0 if metric in _UNIT_METRICS else None, value)
+                specs.append(ParamSpec(
+                    name, f"gate.metrics.{metric}.{bound}", value, "number", low, high,
+                    f"Gate: the eval {metric} {word} a model needs to be pushed (at least as strict as the "
+                    f"pipeline's {value:g}).",
+                ))
+    return specs
+
+
+def overrides_from_params(config: PipelineConfig, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Airflow params (or ``dag_run.conf``) to dotted config overrides; unknown names are ignored
+    here because Airflow itself holds other params (they were validated by the form)."""
+    if not params:
+        return {}
+    overrides = {}
+    for spec in param_specs(config):
+        if spec.name in params and params[spec.name] is not None:
+            value = params[spec.name]
+            if spec.name == "data_source":
+                if value == "" or [value] == list(config.data.source):
+                    continue
+                value = [check_source(config, value)]
+            elif spec.key.startswith("gate."):
+                value = check_gate_bound(config, spec.key, value)
+            overrides[spec.key] = value
+    return overrides

@@ -474,7 +474,7 @@ def validate_examples(
     label: str,
     cache_dir: Path,
     work_dir: Path,
-    settings: ValidateConfig | None = None,
+    config: ValidateConfig | None = None,
     curated_schema: Path | None = None,
     baseline_uri: str | None = None,
     run_id: str = "",
@@ -495,7 +495,7 @@ def validate_examples(
     Raises:
         DataValidationError: Some split has anomalies against the schema, or a distribution moved.
     """
-    settings = settings or ValidateConfig()
+    config = config or ValidateConfig()
     started = time.perf_counter()
     manifest = read_manifest(examples_uri)
     local_examples = storage.materialize(examples_uri, cache_dir)
@@ -504,11 +504,11 @@ def validate_examples(
     try:
         stats_dir, anomalies_dir = scratch / "statistics", scratch / "anomalies"
         baseline = _read_baseline(baseline_uri, run_id, cache_dir)
-        statistics = _split_statistics(manifest, local_examples, scratch, settings, baseline, stats_dir)
+        statistics = _split_statistics(manifest, local_examples, scratch, config, baseline, stats_dir)
         source, schema = _schema_in_force(statistics["train"], label, curated_schema, recorded_schema_uri)
         (stats_dir / SCHEMA_FILE).write_text(schema_text(schema))
         where = Where(pipeline, source, str(curated_schema or ""))
-        report = _check(statistics, schema, where, settings, baseline)
+        report = _check(statistics, schema, where, config, baseline)
         anomalies_dir.mkdir(parents=True)
         (anomalies_dir / "report.json").write_text(json.dumps(report, indent=2))
         (anomalies_dir / "report.txt").write_text(format_report(report) + "\n")
@@ -533,14 +533,14 @@ def validate_examples(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _split_statistics(manifest, local_examples: Path, scratch: Path, settings: ValidateConfig, baseline,
+def _split_statistics(manifest, local_examples: Path, scratch: Path, config: ValidateConfig, baseline,
                       stats_dir: Path) -> dict[str, Any]:
     """Each split's statistics, written with its two pages into ``stats_dir``."""
     statistics = {}
     for split in manifest["splits"]:
         started = time.perf_counter()
-        statistics[split] = compute_statistics(split_files(local_examples, manifest, split), scratch, settings.engine,
-                                               settings.beam_pipeline_args, manifest["columns"])
+        statistics[split] = compute_statistics(split_files(local_examples, manifest, split), scratch, config.engine,
+                                               config.beam_pipeline_args, manifest["columns"])
         log.info("statistics of %s (%d examples) in %.2fs", split, manifest["splits"][split]["count"],
                  time.perf_counter() - started)
         (stats_dir / split).mkdir(parents=True)
@@ -565,14 +565,14 @@ def _schema_in_force(train_statistics, label: str, curated: Path | None, recorde
     return "inferred", infer_schema(train_statistics, label)
 
 
-def _check(statistics: dict[str, Any], schema, where: Where, settings: ValidateConfig, baseline) -> list[dict]:
+def _check(statistics: dict[str, Any], schema, where: Where, config: ValidateConfig, baseline) -> list[dict]:
     """Every split against the schema, eval against train, train against the last passing run."""
     import tensorflow_data_validation as tfdv
 
     report: list[dict[str, str]] = []
     previous = baseline[1].get("train") if baseline else None
     for split, stats in statistics.items():
-        checked = checked_schema(schema, where.schema_source, settings, statistics["train"],
+        checked = checked_schema(schema, where.schema_source, config, statistics["train"],
                                  stats.datasets[0].num_examples)
         kwargs: dict[str, Any] = {}
         if split == "train" and previous is not None:
@@ -580,15 +580,15 @@ def _check(statistics: dict[str, Any], schema, where: Where, settings: ValidateC
         if split == "train" and "eval" in statistics:
             kwargs["serving_statistics"] = statistics["eval"]
         anomalies = tfdv.validate_statistics(stats, checked, environment=TRAINING, **kwargs)
-        report.extend(schema_rows(split, anomalies, checked, stats, where, settings))
+        report.extend(schema_rows(split, anomalies, checked, stats, where, config))
     for split, stats in statistics.items():
         if split != "train":
             report.extend(distance_rows(split, f"{split} against train", "validation.skew",
-                                        compare(stats, statistics["train"], settings.skew, settings.significance)))
+                                        compare(stats, statistics["train"], config.skew, config.significance)))
     if previous is not None:
         report.extend(distance_rows("train", f"train against the train split of run {baseline[0]}",
                                     "validation.drift",
-                                    compare(statistics["train"], previous, settings.drift, settings.significance)))
+                                    compare(statistics["train"], previous, config.drift, config.significance)))
     return report
 
 

@@ -117,8 +117,8 @@ def trained(tmp_path_factory):
     """A tiny penguins model, trained once per test session: examples, model, and where they live."""
     from tasks.config import load_pipeline
     from tasks.ingest import ingest_examples
-    from tasks.model import model_spec_from
-    from tasks.train import train_model
+    from tasks.training.model import model_spec_from
+    from tasks.training.loop import train_model
     from tasks.validate import load_schema, load_statistics, validate_examples
 
     root = tmp_path_factory.mktemp("trained")

@@ -161,11 +161,12 @@ BROKEN_YAML = ("label: species\ntask: multiclass\ndata: {source: package://palme
                "train: {epoks: 3}\n")
 
 
-def test_a_broken_pipeline_config_is_shown_as_its_own_dag_and_hides_no_other(tmp_path):
+def test_a_broken_pipeline_config_is_shown_as_its_own_dag_and_hides_no_other(tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
     folder = _dags_copy(tmp_path, {"penguins.yaml": (DAGS / "pipelines" / "penguins.yaml").read_text(),
                                    "churn v2.yaml": BROKEN_YAML})
+    monkeypatch.setenv("TFPIPE_PIPELINES_DIR", str(folder / "pipelines"))
     bag = DagBag(dag_folder=str(folder))
     assert bag.import_errors == {}
     assert {"penguins", "churn_v2", "serving_check", "rollback_model"} <= set(bag.dags)
@@ -212,7 +213,7 @@ def test_a_user_error_fails_its_task_at_once_while_other_errors_are_retried(tmp_
     })
     (tmp_path / "a_file").write_text("")
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__CORE__DAGS_FOLDER": str(folder)}
+           "AIRFLOW__CORE__DAGS_FOLDER": str(folder), "TFPIPE_PIPELINES_DIR": str(folder / "pipelines")}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run([sys.executable, "-c", FAILURE_SCRIPT, str(folder), str(tmp_path / "home"),
                            str(tmp_path / "a_file" / "home")], env=env, capture_output=True, text=True, timeout=300)

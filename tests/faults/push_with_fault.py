@@ -111,7 +111,8 @@ def main(argv: list[str]) -> int:
     inputs = json.loads(Path(argv[1]).read_text())
     os.environ.update(inputs.get("process_env") or {})
     arm(argv[2] if len(argv) > 2 else None)
-    from tasks.pipeline import make_context, push_model
+    from tasks.context import make_context
+    from tasks.release_steps import push_model
     from tasks.settings import Settings
 
     settings = Settings.from_env(inputs["env"])

@@ -13,7 +13,8 @@ from tasks import storage
 from tasks.release import model_store, serving
 from tasks.config import GateConfig, MetricGate
 from tasks.evaluate import evaluate_model
-from tasks.pipeline import make_context, push_model
+from tasks.context import make_context
+from tasks.release_steps import push_model
 from tasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

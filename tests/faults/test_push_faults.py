@@ -11,7 +11,7 @@ import pytest
 from tasks import storage
 
 from tasks.release import model_store
-from tasks.pipeline import end_dag_run
+from tasks.release_steps import end_dag_run
 from tests.faults.release import (assert_intact, assert_safe_after_crash, bless, claims, make_world, push,
                                   push_killed, seed, serving_state)
 

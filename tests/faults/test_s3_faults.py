@@ -14,7 +14,8 @@ from tasks import storage
 from tasks.release import model_store
 from tasks.config import GateConfig, MetricGate
 from tasks.evaluate import evaluate_model
-from tasks.pipeline import make_context, push_model
+from tasks.context import make_context
+from tasks.release_steps import push_model
 from tasks.settings import Settings
 from tests.conftest import write_pipeline
 from tests.servers import faulty_s3_proxy, moto_s3

@@ -11,7 +11,7 @@ from tasks import storage
 from tasks.release import model_store, serving
 from tasks.evaluate import eval_data, predict
 from tasks.release.push import PushError, push_model
-from tasks.train import read_model_spec
+from tasks.training.export import read_model_spec
 from tests.conftest import run_concurrently
 from tests.servers import failing_s3_proxy, moto_s3
 

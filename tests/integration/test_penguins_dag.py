@@ -102,7 +102,7 @@ def test_pushed_model_is_in_s3_and_serves(services, blessed_run):
     from tasks import storage
     from tasks.evaluate import eval_data
     from tasks.ingest import read_manifest
-    from tasks.train import read_model_spec
+    from tasks.training.export import read_model_spec
 
     assert storage.exists(f"s3://{BUCKET}/model_store/penguins/1/saved_model.pb")
     local = storage.materialize(f"s3://{BUCKET}/model_store/penguins/1", services["root"] / "download")
@@ -341,7 +341,8 @@ def test_rollback_dag_moves_the_champion_back(services, dag, blessed_run):
     rollback_model DAG returns to v1."""
     from tasks import storage
     from tasks.release.model_store import parse_models_config, read_champion
-    from tasks.pipeline import make_context, run_pipeline
+    from tasks.context import make_context
+    from tasks.pipeline import run_pipeline
     from tasks.settings import Settings
 
     store = os.environ["TFPIPE_MODEL_STORE"]

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from tasks import cli
-from tasks.config import PIPELINES_DIR
+from tasks.settings import Settings
 from tests.conftest import PENGUINS_CSV
 
 FRAME = pd.read_csv(PENGUINS_CSV)
@@ -175,8 +175,9 @@ CASES = {
 def project(tmp_path_factory):
     """The penguins pipeline with its curated schema, after one good run that pushed version 1."""
     root = tmp_path_factory.mktemp("corpus")
-    shutil.copy(PIPELINES_DIR / "penguins.yaml", root / "penguins.yaml")
-    shutil.copy(PIPELINES_DIR / "penguins.schema.pbtxt", root / "penguins.schema.pbtxt")
+    shipped = Settings.from_env({}).pipelines_dir
+    shutil.copy(shipped / "penguins.yaml", root / "penguins.yaml")
+    shutil.copy(shipped / "penguins.schema.pbtxt", root / "penguins.schema.pbtxt")
     saved = {k: os.environ.get(k) for k in ("TFPIPE_HOME", "MLFLOW_TRACKING_URI")}
     os.environ["TFPIPE_HOME"] = str(root / "home")
     os.environ.pop("MLFLOW_TRACKING_URI", None)

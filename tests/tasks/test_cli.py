@@ -119,7 +119,7 @@ def test_columns_with_any_names_run_end_to_end(tmp_path, home, penguins_frame):
     TensorFlow refuses f<i>_..., keeps the rest, and every step through the push works."""
     import tensorflow as tf
 
-    from tasks.model import tensor_name
+    from tasks.training.model import tensor_name
 
     renamed = {"bill_length_mm": "bill length (mm)", "bill_depth_mm": "bill.depth", "flipper_length_mm":
                "flipper-length", "body_mass_g": "Körpermasse", "island": "island", "year": "class"}

@@ -1,12 +1,16 @@
 import pytest
 
 from tasks.config import ConfigError, load_pipeline, parse_overrides
-from tasks.pipeline import make_context, overrides_from_params, param_specs
+from tasks.context import make_context
+from tasks.trigger import overrides_from_params, param_specs
 from tasks.settings import Settings
 
 
+SHIPPED = Settings.from_env({}).pipelines_dir  # dags/pipelines
+
+
 def test_shipped_penguins_pipeline_is_valid():
-    config = load_pipeline("penguins")
+    config = load_pipeline("penguins", pipelines_dir=SHIPPED)
     assert config.name == "penguins"
     assert config.task.value == "multiclass"
     assert config.label == "species"
@@ -49,7 +53,21 @@ def test_missing_required_key_is_named(tmp_path):
 
 def test_unknown_pipeline_lists_known_ones():
     with pytest.raises(ConfigError, match="penguins"):
-        load_pipeline("no_such_pipeline")
+        load_pipeline("no_such_pipeline", pipelines_dir=SHIPPED)
+
+
+def test_pipeline_names_are_looked_up_in_the_pipelines_dir_setting(tmp_path, pipeline_file):
+    """TFPIPE_PIPELINES_DIR moves where names are found; a name is never a path."""
+    settings = Settings.from_env({"TFPIPE_HOME": str(tmp_path / "home"), "TFPIPE_PIPELINES_DIR": str(tmp_path)})
+    assert settings.pipelines_dir == tmp_path.resolve()
+    (tmp_path / "mine.yaml").write_text(pipeline_file.read_text())
+    assert load_pipeline("mine", pipelines_dir=settings.pipelines_dir).name == "mine"
+    with pytest.raises(ConfigError, match="known: mine, tiny"):
+        load_pipeline("penguins", pipelines_dir=settings.pipelines_dir)
+    with pytest.raises(ConfigError, match="neither a pipeline name"):
+        load_pipeline("../mine", pipelines_dir=settings.pipelines_dir)
+    with pytest.raises(ConfigError, match="no pipelines directory"):
+        load_pipeline("mine")
 
 
 def test_malformed_override():

@@ -1,4 +1,4 @@
-"""The real-table corpus (tasks/corpus.py): every table loads from its package and its minimal
+"""The real-table corpus (tasks/bench/corpus.py): every table loads from its package and its minimal
 YAML validates; the small tables run the whole pipeline with that YAML and nothing else."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tasks.config import load_pipeline
-from tasks.corpus import CORPUS, SMALL_ROWS, select, write_entry
+from tasks.bench.corpus import CORPUS, SMALL_ROWS, select, write_entry
 
 # Every small table runs the whole pipeline here (about 15-30 s each on 2 cores, optimize included).
 PIPELINE_ENTRIES = tuple(entry.name for entry in select(small=True))
@@ -44,7 +44,8 @@ def test_table_loads_and_its_minimal_yaml_validates(entry, tmp_path):
 @pytest.mark.corpus
 @pytest.mark.parametrize("name", PIPELINE_ENTRIES)
 def test_minimal_yaml_runs_the_whole_pipeline(name, tmp_path):
-    from tasks.pipeline import make_context, run_pipeline
+    from tasks.context import make_context
+    from tasks.pipeline import run_pipeline
     from tasks.settings import Settings
 
     (entry,) = select([name])

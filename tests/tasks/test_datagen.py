@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.datagen import generate
+from tasks.bench.datagen import generate
 
 
 def _design_matrix(frame: pd.DataFrame) -> np.ndarray:

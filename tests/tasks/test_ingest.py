@@ -102,7 +102,7 @@ def test_text_in_a_declared_numeric_column_names_row_and_value(tmp_path, monkeyp
 
 def test_peak_memory_does_not_grow_with_rows(tmp_path):
     """Ingest N and 4N rows in fresh processes: the peak RSS may grow by at most 20%."""
-    from tasks.datagen import generate
+    from tasks.bench.datagen import generate
 
     script = (
         "import resource, sys; from pathlib import Path\n"

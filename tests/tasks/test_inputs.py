@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.bench import prepare_examples
-from tasks.inputs import InputPipeline, eval_dataset, floor_dataset, in_memory_batches, naive_dataset
+from tasks.bench.common import prepare_examples
+from tasks.training.inputs import InputPipeline, eval_dataset, floor_dataset, in_memory_batches, naive_dataset
 
 
 @pytest.fixture(scope="module")

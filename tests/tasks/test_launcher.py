@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from tasks.cli import main
-from tasks.launcher import expected_tfjob_tf_configs, free_ports, is_server_task, node_id, tf_configs, tfjob_manifest
-from tasks.train import WorkerRole
+from tasks.training.launcher import expected_tfjob_tf_configs, free_ports, is_server_task, node_id, tf_configs, tfjob_manifest
+from tasks.training.distribution import WorkerRole
 
 
 def test_local_tf_configs_share_one_cluster_and_number_the_workers():
@@ -70,7 +70,7 @@ def test_tfjob_runs_the_worker_entry_point_on_every_replica():
     assert worker["replicas"] == 4 and worker["restartPolicy"] == "OnFailure"
     (container,) = worker["template"]["spec"]["containers"]
     assert container["name"] == "tensorflow"  # the operator injects TF_CONFIG into this container
-    assert container["command"] == ["python", "-m", "tasks.launcher", "worker", "s3://bucket/run/request.json"]
+    assert container["command"] == ["python", "-m", "tasks.training.launcher", "worker", "s3://bucket/run/request.json"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "env" not in container  # credentials come from a secret, never the manifest
     configs = expected_tfjob_tf_configs("penguins-train", 4, "ml")
@@ -85,7 +85,7 @@ def test_tfjob_with_parameter_servers_has_a_chief_workers_and_ps():
     assert {k: v["replicas"] for k, v in specs.items()} == {"Chief": 1, "Worker": 3, "PS": 2}
     for kind, spec in specs.items():
         (container,) = spec["template"]["spec"]["containers"]
-        assert container["command"] == ["python", "-m", "tasks.launcher", "worker", "s3://b/r.json"]
+        assert container["command"] == ["python", "-m", "tasks.training.launcher", "worker", "s3://b/r.json"]
         assert container["env"] == [{"name": "GRPC_FAIL_FAST", "value": "use_caller"}]  # no credentials
         assert ("nvidia.com/gpu" in container["resources"]["limits"]) == (kind == "Worker")
         assert spec["restartPolicy"] == "OnFailure"  # a restarted worker pod rejoins the coordinator

@@ -6,13 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.config import GateConfig, MetricGate, load_pipeline
+from tasks.config import GateConfig, MetricGate, PruningConfig, load_pipeline
 from tasks.evaluate import evaluate_model, gate_checks, read_blessing
 from tasks.optimize import optimize_model
 from tasks.release.model_store import champion, claim_version, versions
 from tasks.release.push import PushError, push_model
 from tests.conftest import run_concurrently, write_pipeline
-from tasks.train import FEATURES_SIGNATURE, SERVING_SIGNATURE, read_model_spec, train_model
+from tasks.artifacts import FEATURES_SIGNATURE, SERVING_SIGNATURE
+from tasks.training.export import read_model_spec
+from tasks.training.loop import train_model
 
 
 def test_model_spec_comes_from_schema_and_statistics(trained):
@@ -206,7 +208,7 @@ def optimized(trained):
 
     return optimize_model(trained["model"].uri, trained["examples"].uri, 0.02, str(trained["root"] / "optimized"),
                           trained["cache"], trained["work"], representative_examples=64,
-                          pruning={"target_sparsity": 0.6, "epochs": 2},
+                          pruning=PruningConfig(target_sparsity=0.6, epochs=2),
                           measurement=Measurement(latency_runs=30, throughput_batch=256, throughput_seconds=0.1))
 
 
@@ -395,7 +397,7 @@ def test_evaluation_measures_the_trivial_baseline_on_the_same_examples(trained):
 
 def test_regression_gets_r2_and_its_trivial_baseline_is_the_train_mean():
     from tasks.evaluate import compute_metrics, trivial_outputs
-    from tasks.model import ModelSpec
+    from tasks.training.model import ModelSpec
 
     labels = np.array([1.0, 2.0, 3.0, 4.0])
     metrics = compute_metrics("regression", {"predictions": np.array([1.1, 1.9, 3.2, 3.8])}, labels)

@@ -61,14 +61,14 @@ def test_ingest_reports_rows_as_it_reads(monkeypatch, caplog, tmp_path, penguins
 
 
 def test_training_reports_steps_with_rate_and_eta(monkeypatch, caplog, tmp_path):
-    from tasks import train
-    from tasks.bench import prepare_examples
+    from tasks.training import loop as train
+    from tasks.bench.common import prepare_examples
     from tasks.config import TrainConfig
 
     monkeypatch.setattr(train, "_BAR_SECONDS", -1.0)  # a record per call of the step function
     data = prepare_examples(tmp_path / "data", 2000, columns=6)
     params = TrainConfig(epochs=2, batch_size=64, steps_per_execution=5, tensorboard=False)
-    with caplog.at_level(logging.DEBUG, logger="tasks.train"):
+    with caplog.at_level(logging.DEBUG, logger="tasks.training.loop"):
         train.train_model(data.uri, data.spec, params, str(tmp_path / "model"), tmp_path / "ckpt",
                           tmp_path / "cache", tmp_path / "work")
     reports = [r.progress for r in caplog.records if hasattr(r, "progress")]

@@ -11,10 +11,11 @@ from tasks.release import model_store, serving
 from tasks.config import GateConfig, MetricGate
 from tasks.evaluate import eval_data, evaluate_model, predict
 from tasks.optimize import Measurement, optimize_model
-from tasks.pipeline import make_context, push_model as push_step
+from tasks.context import make_context
+from tasks.release_steps import push_model as push_step
 from tasks.release.push import push_model
 from tasks.settings import Settings
-from tasks.train import read_model_spec
+from tasks.training.export import read_model_spec
 from tests.conftest import run_concurrently, write_pipeline
 from tests.servers import model_server
 
@@ -300,7 +301,7 @@ def test_serving_check_follows_what_serves(release, tmp_path):
 
 
 def test_serving_check_is_an_mlflow_run_passed_or_failed(trained, release, monkeypatch, capsys):
-    from tasks.pipeline import check_serving
+    from tasks.release_steps import check_serving
 
     settings = _settings(release["root"])
     _push(trained, release, "zeta", "run-1")
@@ -363,7 +364,7 @@ def test_a_stale_blessing_is_gated_again_after_a_push_and_refused_after_a_rollba
     assert regated["pushed"] and regated["version"] == 3 and regated["evaluated_against"]["version"] == 2
     assert _served(release, "eta") == (3, [3], 3)
     assert model_store.rollback_target(store, "eta") == 2
-    from tasks.pipeline import rollback_model
+    from tasks.release_steps import rollback_model
 
     rollback_model(_settings(release["root"]), "eta", to_version=2)
     # A rollback between evaluation and push: the run in flight does not undo it.
@@ -391,7 +392,7 @@ def test_a_stale_blessing_is_gated_again_after_a_push_and_refused_after_a_rollba
 
 
 def test_a_retried_rollback_does_not_step_back_twice_and_a_failed_one_is_undone(trained, release, tmp_path):
-    from tasks.pipeline import rollback_model
+    from tasks.release_steps import rollback_model
 
     for i in range(1, 4):
         _push(trained, release, "theta", f"run-{i}")

@@ -79,7 +79,9 @@ def test_a_blessing_without_a_trivial_baseline_still_makes_a_headline(tracking, 
 
 
 def test_evaluate_and_push_steps_write_the_headline(trained, tmp_path):
-    from tasks.pipeline import evaluate_model, make_context, push_model
+    from tasks.pipeline import evaluate_model
+    from tasks.context import make_context
+    from tasks.release_steps import push_model
 
     settings = Settings(home=tmp_path / "home", artifact_root=str(tmp_path / "artifacts"),
                         model_store=str(tmp_path / "store"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -1,6 +1,6 @@
 """The training loop: heads, schedule, tracing, early stopping, distribution, checkpoints and resume.
 
-The distributed cases run as real worker processes (``tasks.launcher``): ``mirrored`` over the
+The distributed cases run as real worker processes (``tasks.training.launcher``): ``mirrored`` over the
 CPU split into two logical devices, and ``multi_worker`` as two processes talking gRPC on
 127.0.0.1. Both must train to the same weights as one device on the same global batch.
 ``parameter_server`` runs a chief, two workers and a parameter server, and must train as
@@ -21,10 +21,12 @@ import numpy as np
 import psutil
 import pytest
 
-from tasks.bench import prepare_examples
+from tasks.bench.common import prepare_examples
 from tasks.config import TrainConfig
-from tasks.launcher import WorkerFailed, core_sets, launch
-from tasks.train import learning_rate_schedule, read_history, train_model
+from tasks.training.launcher import WorkerFailed, core_sets, launch
+from tasks.training.optimization import learning_rate_schedule
+from tasks.training.export import read_history
+from tasks.training.loop import train_model
 from tests.conftest import Recorder, run_concurrently
 
 
@@ -371,7 +373,7 @@ def s3_bucket(monkeypatch):
 
 def test_a_checkpoint_push_runs_beside_training_and_its_failure_is_raised(tmp_path, s3_bucket):
     from tasks import storage
-    from tasks.train import CheckpointMirror
+    from tasks.training.checkpoints import CheckpointMirror
 
     uri = f"{s3_bucket}/churn/runs/r0/checkpoints"
     local = tmp_path / "ckpt"
@@ -394,7 +396,7 @@ def test_a_checkpoint_push_runs_beside_training_and_its_failure_is_raised(tmp_pa
 
 def test_checkpoints_mirrored_to_s3_resume_on_another_machine(binary, tmp_path, s3_bucket):
     from tasks import storage
-    from tasks.train import restore_checkpoints
+    from tasks.training.checkpoints import restore_checkpoints
 
     uri = f"{s3_bucket}/churn/runs/r1/checkpoints"
     params = {"epochs": 2, "batch_size": 64, "checkpoint_every_steps": 25, "early_stopping": {"patience": None}}
@@ -439,7 +441,7 @@ def _launch_catching(request, workers, run_dir, **kwargs):
 
 def _worker_processes():
     me = psutil.Process()
-    return [p for p in me.children(recursive=True) if "tasks.launcher" in " ".join(p.cmdline())]
+    return [p for p in me.children(recursive=True) if "tasks.training.launcher" in " ".join(p.cmdline())]
 
 
 def test_a_failing_worker_reports_its_log(binary, tmp_path):
@@ -478,7 +480,7 @@ def test_training_refuses_a_batch_larger_than_the_train_split(binary, tmp_path):
 
 
 def test_cpu_split_needs_a_fresh_process(binary, tmp_path):
-    from tasks.train import DevicesAlreadyInitialized
+    from tasks.training.distribution import DevicesAlreadyInitialized
 
     import tensorflow as tf
 

@@ -4,7 +4,8 @@ import pytest
 
 from tasks.config import ConfigError, config_from_mapping
 from tasks.errors import DataError
-from tasks.pipeline import make_context, overrides_from_params, param_specs
+from tasks.context import make_context
+from tasks.trigger import overrides_from_params, param_specs
 from tasks.settings import Settings
 from tasks.sources import render_sources
 from tests.conftest import write_pipeline

@@ -23,7 +23,7 @@ def _run(tmp_path, source, run, trained=True, **changes):
     baseline = str(tmp_path / "schema" / "baseline.json")
     result = validate_examples(
         examples.uri, str(tmp_path / run / "statistics"), str(tmp_path / run / "anomalies"),
-        str(recorded), "species", tmp_path / "cache", tmp_path / "work", settings=config.validation,
+        str(recorded), "species", tmp_path / "cache", tmp_path / "work", config=config.validation,
         baseline_uri=baseline, run_id=run, pipeline="tiny",
     )
     if trained:
@@ -133,14 +133,14 @@ def test_skew_between_eval_and_train(tmp_path):
 
 
 def test_beam_engine_computes_the_same_statistics(tmp_path):
-    from tasks.bench import _compare_statistics
+    from tasks.bench.common import compare_statistics
     from tasks.validate import load_statistics
 
     streaming = _run(tmp_path, PENGUINS_CSV, "r1")
     beam = _run(tmp_path, PENGUINS_CSV, "r2", validation={"engine": "beam",
                                                           "beam_pipeline_args": ["--runner=DirectRunner"]})
     for split in ("train", "eval"):
-        assert _compare_statistics(load_statistics(beam.statistics_uri, split, tmp_path / "cache"),
+        assert compare_statistics(load_statistics(beam.statistics_uri, split, tmp_path / "cache"),
                                    load_statistics(streaming.statistics_uri, split, tmp_path / "cache")) == []
 
 
@@ -149,9 +149,9 @@ def test_sharded_statistics_match_tfdv_whatever_thread_reads_which_shard(tmp_pat
     moments as TFDV's in-memory path over the whole split, the same proto on every run, and a
     damaged shard named in the error."""
     from tasks import validate
-    from tasks.bench import _compare_statistics
+    from tasks.bench.common import compare_statistics
     from tasks.config import config_from_mapping
-    from tasks.datagen import generate
+    from tasks.bench.datagen import generate
     from tasks.ingest import read_manifest, split_files
 
     source = tmp_path / "data.parquet"
@@ -168,7 +168,7 @@ def test_sharded_statistics_match_tfdv_whatever_thread_reads_which_shard(tmp_pat
         monkeypatch.setattr(validate, "usable_cpus", lambda threads=threads: threads)
         runs.append(validate.sharded_statistics(files, manifest["columns"], batch_size=700))
     assert runs[0].datasets[0].num_examples == manifest["splits"]["train"]["count"]
-    assert _compare_statistics(runs[0], reference) == []
+    assert compare_statistics(runs[0], reference) == []
     assert runs[0] == runs[1] == runs[2]
 
     damaged = tmp_path / "damaged" / Path(files[1]).name

@@ -3,8 +3,8 @@
 On one machine, :func:`launch` starts N worker processes on 127.0.0.1, each with its own
 ``TF_CONFIG`` (and, when asked, pinned to its own cores), waits for all of them, stops the
 others as soon as one fails and raises with that worker's exit status and the end of its log,
-and returns what the chief wrote. Each worker runs ``python -m tasks.launcher worker
-REQUEST``: the same :func:`tasks.train.train_model` call that a pod runs on Kubernetes,
+and returns what the chief wrote. Each worker runs ``python -m tasks.training.launcher worker
+REQUEST``: the same :func:`tasks.training.loop.train_model` call that a pod runs on Kubernetes,
 where the Kubeflow training operator's ``TFJob`` (see :func:`tfjob_manifest`) sets
 ``TF_CONFIG`` instead.
 
@@ -172,84 +172,16 @@ def launch(
     result_path.unlink(missing_ok=True)
     request_path = run_dir / "request.json"
     request_path.write_text(json.dumps({**request, "result_path": str(result_path)}, indent=2))
-    if parameter_servers:
-        addresses = [f"127.0.0.1:{p}" for p in free_ports(1 + workers + parameter_servers)]
-        configs: list[dict[str, Any] | None] = [
-            *tf_configs(addresses[1:1 + workers], ps=addresses[1 + workers:], chief=addresses[0])]
-    elif workers > 1:
-        configs = [*tf_configs([f"127.0.0.1:{p}" for p in free_ports(workers)])]
-    else:
-        configs = [None]
-    if isinstance(pin_cores, list):
-        if len(pin_cores) != len(configs):
-            raise ValueError(f"pin_cores names {len(pin_cores)} core sets for {len(configs)} processes")
-        cores = pin_cores
-    else:
-        cores = core_sets(len(configs)) if pin_cores else [[] for _ in configs]
-    base_env = {**os.environ, **(env or {})}
-    base_env.pop("TF_CONFIG", None)
-    if parameter_servers:
-        base_env["GRPC_FAIL_FAST"] = "use_caller"  # a lost worker fails its steps at once, so they are re-run
-
-    def start(index: int, config: dict[str, Any] | None, log_path: Path, log_mode: str = "wb") -> subprocess.Popen:
-        task_env = dict(base_env)
-        if config is not None:
-            task_env["TF_CONFIG"] = json.dumps(config)
-        if cores[index]:
-            # Compute threads for the process's cores. Inter-op threads mostly wait (collectives,
-            # tf.data): with as few as the cores, one-core workers stalled for seconds at a time.
-            task_env["TF_NUM_INTRAOP_THREADS"] = str(len(cores[index]))
-            task_env["TF_NUM_INTEROP_THREADS"] = str(max(4, 2 * len(cores[index])))
-        with log_path.open(log_mode) as log_file:
-            return subprocess.Popen(
-                [sys.executable, "-m", "tasks.launcher", "worker", str(request_path)],
-                env=task_env, stdout=log_file, stderr=subprocess.STDOUT,
-                preexec_fn=(lambda c=tuple(cores[index]): os.sched_setaffinity(0, c)) if cores[index] else None,
-            )
-
+    configs = _cluster_configs(workers, parameter_servers)
+    starter = _Starter(request_path, _cores_for(pin_cores, len(configs)), _task_env(env, parameter_servers))
     started: list[WorkerProcess] = []
     try:
         for index, config in enumerate(configs):
             log_path = run_dir / f"{node_id(config)}.log"
-            started.append(WorkerProcess(index, start(index, config, log_path), log_path, config))
-        chief = started[0]
+            started.append(WorkerProcess(index, starter.start(index, config, log_path), log_path, config))
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            codes = [w.process.poll() for w in started]
-            if parameter_servers:
-                if chief.process.returncode == 0:
-                    break  # the servers never exit by themselves
-                lost = [w for w, code in zip(started, codes) if code is not None]
-                for worker in lost:
-                    if worker is not chief and worker.name.startswith("worker-") and worker.restarts < max_restarts:
-                        worker.restarts += 1
-                        log.warning("%s exited with status %s: starting it again (%d of %d)",
-                                    worker.name, worker.process.returncode, worker.restarts, max_restarts)
-                        worker.process = start(worker.index, worker.config, worker.log_path, "ab")
-                        continue
-                    code = worker.process.returncode
-                    _stop(started)
-                    raise WorkerFailed(
-                        f"training task {worker.name} of the parameter-server cluster exited with status {code}"
-                        f"{' (restarted %d times)' % worker.restarts if worker.restarts else ''}; the other tasks "
-                        f"were stopped. End of {worker.log_path}:\n{_tail(worker.log_path)}",
-                        code or 1,
-                    )
-            else:
-                failed = [w for w, code in zip(started, codes) if code not in (None, 0)]
-                if failed:
-                    worker = failed[0]
-                    code = worker.process.returncode
-                    _stop(started)
-                    raise WorkerFailed(
-                        f"training worker {worker.index} of {workers} exited with status {code}; "
-                        f"the other workers were stopped. End of {worker.log_path}:\n{_tail(worker.log_path)}",
-                        code,
-                    )
-                if all(code == 0 for code in codes):
-                    break
+        while not (_cluster_done(started, starter, max_restarts) if parameter_servers else _workers_done(started)):
             if deadline is not None and time.monotonic() > deadline:
-                _stop(started)
                 raise TimeoutError(f"training workers still running after {timeout:.0f} s; stopped")
             time.sleep(poll)
     except BaseException:
@@ -262,13 +194,104 @@ def launch(
     return {**json.loads(result_path.read_text()), **({"worker_restarts": restarts} if restarts else {})}
 
 
+def _cluster_configs(workers: int, parameter_servers: int) -> list[dict[str, Any] | None]:
+    """Each process's ``TF_CONFIG`` (chief first), on free ports of 127.0.0.1; None for a lone process."""
+    if parameter_servers:
+        addresses = [f"127.0.0.1:{p}" for p in free_ports(1 + workers + parameter_servers)]
+        return [*tf_configs(addresses[1:1 + workers], ps=addresses[1 + workers:], chief=addresses[0])]
+    if workers > 1:
+        return [*tf_configs([f"127.0.0.1:{p}" for p in free_ports(workers)])]
+    return [None]
+
+
+def _cores_for(pin_cores: bool | list[list[int]], processes: int) -> list[list[int]]:
+    if isinstance(pin_cores, list):
+        if len(pin_cores) != processes:
+            raise ValueError(f"pin_cores names {len(pin_cores)} core sets for {processes} processes")
+        return pin_cores
+    return core_sets(processes) if pin_cores else [[] for _ in range(processes)]
+
+
+def _task_env(env: Mapping[str, str] | None, parameter_servers: int) -> dict[str, str]:
+    base_env = {**os.environ, **(env or {})}
+    base_env.pop("TF_CONFIG", None)
+    if parameter_servers:
+        base_env["GRPC_FAIL_FAST"] = "use_caller"  # a lost worker fails its steps at once, so they are re-run
+    return base_env
+
+
+@dataclass
+class _Starter:
+    """Starts (and restarts) one task of the cluster: ``python -m tasks.training.launcher worker``."""
+
+    request_path: Path
+    cores: list[list[int]]
+    env: dict[str, str]
+
+    def start(self, index: int, config: dict[str, Any] | None, log_path: Path, log_mode: str = "wb") -> subprocess.Popen:
+        task_env = dict(self.env)
+        if config is not None:
+            task_env["TF_CONFIG"] = json.dumps(config)
+        cores = self.cores[index]
+        if cores:
+            # Compute threads for the process's cores. Inter-op threads mostly wait (collectives,
+            # tf.data): with as few as the cores, one-core workers stalled for seconds at a time.
+            task_env["TF_NUM_INTRAOP_THREADS"] = str(len(cores))
+            task_env["TF_NUM_INTEROP_THREADS"] = str(max(4, 2 * len(cores)))
+        with log_path.open(log_mode) as log_file:
+            return subprocess.Popen(
+                [sys.executable, "-m", "tasks.training.launcher", "worker", str(self.request_path)],
+                env=task_env, stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=(lambda c=tuple(cores): os.sched_setaffinity(0, c)) if cores else None,
+            )
+
+
+def _workers_done(started: list[WorkerProcess]) -> bool:
+    """All workers exited 0; raises at the first that failed."""
+    codes = [w.process.poll() for w in started]
+    failed = [w for w, code in zip(started, codes) if code not in (None, 0)]
+    if failed:
+        worker = failed[0]
+        raise WorkerFailed(
+            f"training worker {worker.index} of {len(started)} exited with status {worker.process.returncode}; "
+            f"the other workers were stopped. End of {worker.log_path}:\n{_tail(worker.log_path)}",
+            worker.process.returncode,
+        )
+    return all(code == 0 for code in codes)
+
+
+def _cluster_done(started: list[WorkerProcess], starter: _Starter, max_restarts: int) -> bool:
+    """A parameter-server cluster: done when the chief exited 0 (the servers never exit by
+    themselves); a lost worker is started again up to ``max_restarts`` times; any other loss raises."""
+    chief = started[0]
+    codes = [w.process.poll() for w in started]
+    if chief.process.returncode == 0:
+        return True
+    for worker in [w for w, code in zip(started, codes) if code is not None]:
+        if worker is not chief and worker.name.startswith("worker-") and worker.restarts < max_restarts:
+            worker.restarts += 1
+            log.warning("%s exited with status %s: starting it again (%d of %d)",
+                        worker.name, worker.process.returncode, worker.restarts, max_restarts)
+            worker.process = starter.start(worker.index, worker.config, worker.log_path, "ab")
+            continue
+        code = worker.process.returncode
+        raise WorkerFailed(
+            f"training task {worker.name} of the parameter-server cluster exited with status {code}"
+            f"{' (restarted %d times)' % worker.restarts if worker.restarts else ''}; the other tasks "
+            f"were stopped. End of {worker.log_path}:\n{_tail(worker.log_path)}",
+            code or 1,
+        )
+    return False
+
+
 def run_worker(request_path: Path) -> int:
     """One worker: train as the request says, the chief writing the result (``TF_CONFIG`` from the environment)."""
     import logging
 
     from tasks.config import TrainConfig
-    from tasks.model import ModelSpec
-    from tasks.train import WorkerRole, train_model
+    from tasks.training.model import ModelSpec
+    from tasks.training.distribution import WorkerRole
+    from tasks.training.loop import train_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     request = json.loads(Path(request_path).read_text())
@@ -356,7 +379,7 @@ def tfjob_manifest(name: str, image: str, workers: int, request_uri: str, *, nam
         container: dict[str, Any] = {
             "name": "tensorflow",  # the container name the operator looks for
             "image": image,
-            "command": ["python", "-m", "tasks.launcher", "worker", request_uri],
+            "command": ["python", "-m", "tasks.training.launcher", "worker", request_uri],
             "ports": [{"name": "tfjob-port", "containerPort": 2222}],
             "envFrom": [{"secretRef": {"name": "tfpipe-env"}}],
             "resources": resources,
@@ -394,7 +417,7 @@ def expected_tfjob_tf_configs(name: str, workers: int, namespace: str = "default
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2 or args[0] != "worker":
-        print("usage: python -m tasks.launcher worker REQUEST.json", file=sys.stderr)
+        print("usage: python -m tasks.training.launcher worker REQUEST.json", file=sys.stderr)
         return 2
     request = args[1]
     if "://" in request:  # a pod reads its request from shared storage

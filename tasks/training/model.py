@@ -11,7 +11,10 @@ from __future__ import annotations
 import keyword
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tasks.config import TrainConfig
 
 _NOT_IN_NAMES = re.compile(r"[^A-Za-z0-9_]+")
 _PLAIN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,119}$")
@@ -233,3 +236,13 @@ def prepare(spec: ModelSpec, parsed: dict[str, Any]) -> dict[str, Any]:
             value = tf.expand_dims(value, -1)
         inputs[f.name] = value if f.categorical else tf.cast(value, tf.float32)
     return inputs
+
+
+def build(spec: ModelSpec, params: TrainConfig, search_path: tuple[str, ...] = ()):
+    """The pipeline's model: ``train.model_fn`` when set, else built from schema and statistics."""
+    if params.model_fn is None:
+        return build_model(spec, params.seed)
+    model = load_model_fn(params.model_fn, search_path)(spec, params.seed)
+    if not callable(model) or not hasattr(model, "trainable_variables"):
+        raise ValueError(f"train.model_fn {params.model_fn!r} must return a Keras model (got {type(model).__name__})")
+    return model

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.bench import _PeakRss, _ratio, prepare_examples, versions
+from tasks.bench.common import PeakRss, prepare_examples, ratio, versions
 
 
 def _numpy_floor(spec, hidden: tuple[int, ...]):
@@ -46,11 +46,12 @@ def bench_optimize(rows: int, columns: int = 20, repeat: int = 3, workdir: Path 
                    throughput_batch: int = 1024, latency_runs: int = 200) -> dict:
     import os
 
-    from tasks.config import TrainConfig
+    from tasks.config import PruningConfig, TrainConfig
     from tasks.evaluate import eval_data
-    from tasks.optimize import (Measurement, _Runner, format_report, measure_speed, optimize_model, raw_features,
+    from tasks.optimize import (Measurement, Runner, format_report, measure_speed, optimize_model, raw_features,
                                 saved_model_runner, tflite_runner)
-    from tasks.train import SAVED_MODEL_DIR, train_model
+    from tasks.artifacts import SAVED_MODEL_DIR
+    from tasks.training.loop import train_model
 
     hidden = (256, 256)
     root = Path(tempfile.mkdtemp(prefix="tfpipe-bench-", dir=workdir))
@@ -62,25 +63,25 @@ def bench_optimize(rows: int, columns: int = 20, repeat: int = 3, workdir: Path 
                             root / "work")
         measurement = Measurement(latency_runs=latency_runs, throughput_batch=throughput_batch)
         optimized = optimize_model(model.uri, data.uri, 0.02, str(root / "optimized"), root / "cache",
-                                   root / "work", pruning={"target_sparsity": 0.8, "epochs": 2, "batch_size": 256},
+                                   root / "work", pruning=PruningConfig(target_sparsity=0.8, epochs=2, batch_size=256),
                                    measurement=measurement)
         report = optimized.report
         records, _ = eval_data(data.uri, data.spec, root / "cache")
         features = raw_features(data.spec, records)
-        runners: dict[str, _Runner] = {"saved_model": saved_model_runner(Path(model.uri) / SAVED_MODEL_DIR)}
+        runners: dict[str, Runner] = {"saved_model": saved_model_runner(Path(model.uri) / SAVED_MODEL_DIR)}
         for name, row in report["variants"].items():
             if name == "saved_model" or row.get("skipped") or not row["kept"]:
                 continue
             path = Path(optimized.uri) / row["file"]
             runners[name] = tflite_runner(path.read_bytes()) if row["kind"] == "tflite" else saved_model_runner(path)
         floor = _numpy_floor(data.spec, hidden)
-        runners["floor"] = _Runner(lambda f: {"logits": floor(f)})
+        runners["floor"] = Runner(lambda f: {"logits": floor(f)})
         answered = {name: len(next(iter(runner.predict(features).values()))) for name, runner in runners.items()}
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in runners}
         peaks = {name: 0 for name in runners}
         for _ in range(repeat):
             for name, runner in runners.items():
-                with _PeakRss() as rss:
+                with PeakRss() as rss:
                     samples[name].append(measure_speed(runner, features, measurement))
                 peaks[name] = max(peaks[name], rss.peak)
         quality = report["quality_metric"]
@@ -106,10 +107,10 @@ def bench_optimize(rows: int, columns: int = 20, repeat: int = 3, workdir: Path 
             "machine": {"cpus": os.cpu_count(), "versions": versions("tensorflow", "tensorflow-model-optimization",
                                                                        "numpy", "tfpipe")},
             "variants": variants,
-            "ratios": {f"{n}/saved_model": _ratio(variants[n]["throughput"], base["throughput"]) for n in names},
-            "latency_ratios": {f"{n}/saved_model": _ratio(variants[n]["latency_p50_ms"], base["latency_p50_ms"])
+            "ratios": {f"{n}/saved_model": ratio(variants[n]["throughput"], base["throughput"]) for n in names},
+            "latency_ratios": {f"{n}/saved_model": ratio(variants[n]["latency_p50_ms"], base["latency_p50_ms"])
                                for n in names},
-            "gzip_size_ratios": {f"{n}/saved_model": _ratio(variants[n]["gzip_bytes"], base["gzip_bytes"])
+            "gzip_size_ratios": {f"{n}/saved_model": ratio(variants[n]["gzip_bytes"], base["gzip_bytes"])
                                  for n in names if "gzip_bytes" in variants[n]},
             "skipped": {n: r["reason"] for n, r in report["variants"].items() if r.get("skipped")},
             "rejected": {n: r["reason"] for n, r in report["variants"].items()

@@ -1,7 +1,7 @@
 """``tfpipe bench input|train``: the training input pipeline and the training loop, measured.
 
 input (one epoch of the train split, batch 1024, parsed into model inputs):
-  ours            tasks.inputs, first epoch: parallel interleave of the GZIP shards in blocks,
+  ours            tasks.training.inputs, first epoch: parallel interleave of the GZIP shards in blocks,
                   tf.io.parse_example per block, block shuffle + windowed permutation,
                   rebatch, prefetch; parallelism and prefetch autotuned (train.autotune)
   ours_cached     the same pipeline in a later epoch: its in-memory cache of parsed blocks
@@ -12,7 +12,7 @@ input (one epoch of the train split, batch 1024, parsed into model inputs):
                   batches of decompressed records already in memory: parsing and nothing else
 
 train (same model, data, global batch, optimizer and schedule):
-  ours            tasks.train: custom tf.GradientTape loop, steps_per_execution, eval and a
+  ours            tasks.training: custom tf.GradientTape loop, steps_per_execution, eval and a
                   checkpoint per epoch
   keras_fit       tf_keras Model.fit on the same tf.data pipeline, with the same validation and
                   checkpoint per epoch (BackupAndRestore)
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.bench import _report, prepare_examples, run_variants
+from tasks.bench.common import prepare_examples, run_variants, suite_report
 
 
 def _count(dataset, steps: int) -> int:
@@ -45,7 +45,7 @@ def _count(dataset, steps: int) -> int:
 
 def bench_input(rows: int, columns: int = 20, repeat: int = 3, batch_size: int = 1024,
                 workdir: Path | None = None) -> dict:
-    from tasks.inputs import InputPipeline, floor_dataset, in_memory_batches, naive_dataset
+    from tasks.training.inputs import InputPipeline, floor_dataset, in_memory_batches, naive_dataset
 
     root = Path(tempfile.mkdtemp(prefix="tfpipe-bench-", dir=workdir))
     try:
@@ -92,7 +92,7 @@ def bench_input(rows: int, columns: int = 20, repeat: int = 3, batch_size: int =
         cached = batches = variants = None
         checks = {f"{name}_examples": row["result"] for name, row in measured.items()}
         assert all(count == examples for count in checks.values()), checks
-        result = _report(
+        result = suite_report(
             "input", {"rows": rows, "columns": columns, "train_examples": examples, "batch_size": batch_size,
                       "repeat": repeat},
             measured, {name: examples for name in measured}, "examples/s",
@@ -116,8 +116,9 @@ def _keras_fit(data, params, checkpoint_dir: Path) -> dict[str, Any]:
     import tensorflow as tf
     import tf_keras as keras
 
-    from tasks.inputs import InputPipeline, eval_dataset
-    from tasks.train import build, learning_rate_schedule, loss_function
+    from tasks.training.inputs import InputPipeline, eval_dataset
+    from tasks.training.model import build
+    from tasks.training.optimization import learning_rate_schedule, loss_function
 
     keras.utils.set_random_seed(params.seed)
     steps = data.counts["train"] // params.batch_size
@@ -146,7 +147,7 @@ def _keras_fit(data, params, checkpoint_dir: Path) -> dict[str, Any]:
 
 
 def _SteadyClock(keras, batch_size: int):  # noqa: N802 - builds a Keras callback class lazily
-    """Times ``Model.fit`` from the end of its first call (which traces), as tasks.train does."""
+    """Times ``Model.fit`` from the end of its first call (which traces), as tasks.training.loop does."""
 
     class SteadyClock(keras.callbacks.Callback):
         def __init__(self):
@@ -175,8 +176,8 @@ def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, 
     import tensorflow as tf
 
     from tasks.config import TrainConfig
-    from tasks.launcher import core_sets, launch
-    from tasks.train import train_model
+    from tasks.training.launcher import core_sets, launch
+    from tasks.training.loop import train_model
 
     root = Path(tempfile.mkdtemp(prefix="tfpipe-bench-", dir=workdir))
     try:
@@ -228,7 +229,7 @@ def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, 
             row["seconds"] = 1.0 / row["result"]["examples_per_second"]
             if "peak_rss_mb" in row["result"]:  # a worker process: the chief's peak, not the launcher's
                 row["peak_rss_mb"] = row["result"]["peak_rss_mb"]
-        result = _report(
+        result = suite_report(
             "train", {"rows": rows, "columns": columns, "train_examples": data.counts["train"], "epochs": epochs,
                       "global_batch_size": batch_size, "hidden_units": [256, 256], "repeat": repeat,
                       "autotune": autotune},

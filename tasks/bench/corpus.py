@@ -6,7 +6,7 @@ its package gives it (no cleaning, no index column) beside a YAML holding only
 ``data.source``, ``label`` and ``task``, then run as ``tfpipe run <yaml>`` runs it, in a fresh
 ``TFPIPE_HOME``. A failure is recorded with its step and the run goes on to the next entry.
 
-    python -m tasks.corpus [NAMES...] [--small] [--out FILE] [--keep DIR] [--list]
+    python -m tasks.bench.corpus [NAMES...] [--small] [--out FILE] [--keep DIR] [--list]
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ def run_entry(entry: Entry, root: Path) -> dict[str, Any]:
     Never raises for a failure of the pipeline: the error and the step it happened in are
     part of the returned record (see :func:`summarize`).
     """
-    from tasks.pipeline import make_context, run_pipeline
+    from tasks.context import make_context
+    from tasks.pipeline import run_pipeline
     from tasks.settings import Settings
 
     folder = root / entry.name
@@ -206,7 +207,7 @@ def run_entry(entry: Entry, root: Path) -> dict[str, Any]:
 
 
 def _failed_step(records: dict[str, Any], stage: str) -> str:
-    from tasks.pipeline import STEPS
+    from tasks.steps import STEPS
 
     if stage == "second run":
         return "the second run (ingest and validate again)"
@@ -282,7 +283,7 @@ def run_corpus(entries: Iterable[Entry], root: Path, keep: bool = False,
 
 
 def _versions() -> dict[str, str]:
-    from tasks.bench import versions
+    from tasks.bench.common import versions
 
     return versions("tensorflow", "tensorflow-data-validation", "tfx-bsl", "apache-beam", "pyarrow", "pandas", "numpy",
                     "mlflow", "scikit-learn", "statsmodels", "vega-datasets", "palmerpenguins", "tfpipe")
@@ -362,7 +363,7 @@ def _describe(entries: Iterable[Entry]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tasks.corpus", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tasks.bench.corpus", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="entries to run (default: all)")
     parser.add_argument("--small", action="store_true", help=f"only the entries under {SMALL_ROWS:,} rows")
     parser.add_argument("--out", help="write the results as JSON (the benchmark contract) to this file")
@@ -376,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         entries = select(args.names, args.small)
     except KeyError as error:
-        print(f"tasks.corpus: {error.args[0]}", file=sys.stderr)
+        print(f"tasks.bench.corpus: {error.args[0]}", file=sys.stderr)
         return 2
     if args.list:
         print(_describe(entries))

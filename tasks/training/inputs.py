@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.model import ModelSpec, parse_spec, prepare
+from tasks.training.model import ModelSpec, parse_spec, prepare
 from tasks.settings import usable_cpus
 
 # Records a reader thread hands over at once, and parsed at once: the first epoch takes about

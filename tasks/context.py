@@ -1,0 +1,152 @@
+"""One run of a pipeline as every step sees it: the config after the trigger form and ``--set``
+overrides, where state lives (:class:`tasks.settings.Settings`), its MLflow child run per step,
+and its scratch folders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from tasks import __version__, artifacts
+from tasks.config import PipelineConfig, load_pipeline, resolve_pipeline_path
+from tasks.settings import Settings
+from tasks.tracking import MlflowTracker, MlflowTracking, RunIdentity, experiment_url, run_url
+from tasks.trigger import overrides_from_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One pipeline run: the config after overrides, where state lives, and who runs it."""
+
+    pipeline: str
+    config: PipelineConfig
+    settings: Settings
+    run_id: str
+    dag_id: str
+    ds: str | None = None
+    try_number: int = 1
+    orchestrator: str = "cli"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    # Told where each step's MLflow run is ({"run_id", "experiment_id", "run_url", "experiment_url"}),
+    # as soon as it exists: the DAG pushes it to XCom for the Airflow UI's links.
+    on_run: Callable[[dict[str, str]], None] | None = None
+
+    @property
+    def identity(self) -> RunIdentity:
+        return RunIdentity(self.config.name, self.run_id, self.dag_id, self.orchestrator, self.settings.airflow_url)
+
+    def output(self, name: str) -> str:
+        return artifacts.output_uri(self.settings.artifact_root, self.config.name, self.run_id, name)
+
+    def work_dir(self, step: str) -> Path:
+        return self.settings.home / "work" / self.config.name / artifacts.safe_run_id(self.run_id) / step
+
+
+def make_context(
+    pipeline: str | Path,
+    run_id: str,
+    settings: Settings,
+    overrides: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+    ds: str | None = None,
+    dag_id: str | None = None,
+    try_number: int = 1,
+    orchestrator: str = "cli",
+    on_run: Callable[[dict[str, str]], None] | None = None,
+) -> RunContext:
+    """Load the pipeline with ``params`` (trigger form) then ``overrides`` (``--set``) applied."""
+    base = load_pipeline(pipeline, pipelines_dir=settings.pipelines_dir)
+    merged = {**overrides_from_params(base, params), **(overrides or {})}
+    config = load_pipeline(pipeline, merged, settings.pipelines_dir) if merged else base
+    return RunContext(
+        pipeline=str(resolve_pipeline_path(pipeline, settings.pipelines_dir)),
+        config=config,
+        settings=settings,
+        run_id=run_id,
+        dag_id=dag_id or config.name,
+        ds=ds,
+        try_number=try_number,
+        orchestrator=orchestrator,
+        overrides=merged,
+        on_run=on_run,
+    )
+
+
+@lru_cache(maxsize=4)
+def _tracking(tracking_uri: str, artifact_location: str | None) -> MlflowTracking:
+    return MlflowTracking(tracking_uri, artifact_location)
+
+
+def tracking_for(settings: Settings) -> MlflowTracking:
+    """The tracking of ``settings``; the embedded SQLite store's folder is created first."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.tracking_uri.startswith("sqlite:"):
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    return _tracking(settings.tracking_uri, settings.mlflow_artifact_location)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The tfpipe version and, in a git checkout, the commit."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+            text=True, timeout=5, check=True,
+        ).stdout.strip()
+        return f"{__version__}+g{sha}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+@contextmanager
+def step_run(ctx: RunContext, name: str) -> Iterator[MlflowTracker]:
+    tracking = tracking_for(ctx.settings)
+    params = {"config": ctx.config.model_dump(mode="json"), "overrides": json.dumps(ctx.overrides),
+              "code_version": code_version()}
+    started = time.perf_counter()
+    with tracking.step_run(ctx.identity, name, ctx.try_number, params=params) as tracker:
+        if ctx.on_run is not None:
+            experiment_id = tracking.experiment_id(ctx.config.name)
+            ctx.on_run({"run_id": tracker.run_id, "experiment_id": experiment_id,
+                        "run_url": run_url(ctx.settings.mlflow_ui_url, experiment_id, tracker.run_id),
+                        "experiment_url": experiment_url(ctx.settings.mlflow_ui_url, experiment_id)})
+        yield tracker
+        tracker.log_metrics({"step_seconds": time.perf_counter() - started})
+
+
+def end_pipeline(ctx: RunContext, tracker: MlflowTracker, outcome: str) -> None:
+    """Mark the parent run FINISHED: this step is the last one the run executes."""
+    tracking = tracking_for(ctx.settings)
+    tracking.client.set_tag(tracker.parent_run_id, "tfpipe.outcome", outcome)
+    tracking.set_parent_status(tracker.parent_run_id, "FINISHED")
+
+
+@contextmanager
+def scratch_dir(ctx: RunContext, step: str) -> Iterator[Path]:
+    import tempfile
+
+    base = ctx.work_dir(step)
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=base, prefix="log-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def data_version(examples_uri: str) -> str:
+    """The digests of the sources the model was trained on, from the examples manifest."""
+    from tasks.ingest import read_manifest
+
+    return ",".join(source["sha256"][:16] for source in read_manifest(examples_uri)["sources"])

@@ -1,0 +1,95 @@
+"""The trained model as it leaves training: a SavedModel with two signatures, the model spec, the
+history and the TensorBoard logs, published together at the model's URI.
+
+* ``serving_default``: ``examples``, a 1-D string tensor of serialized ``tf.Example`` (what
+  TensorFlow Serving's REST and gRPC clients send);
+* ``predict_features``: one rank-1 tensor per raw feature.
+
+Classifiers return ``scores`` and ``classes`` (``[batch, n_classes]``, TensorFlow Serving's
+Classify convention), ``predicted_class`` and ``predicted_class_id``; regressors return
+``predictions``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from tasks import storage
+from tasks.artifacts import (FEATURES_SIGNATURE, HISTORY_FILE, MODEL_SPEC_FILE, SAVED_MODEL_DIR, SERVING_SIGNATURE,
+                             TENSORBOARD_DIR)
+from tasks.training.model import ModelSpec, parse_spec, prepare, raw_input_signature
+
+
+def serving_module(model, spec: ModelSpec):
+    """The exported ``tf.Module`` around a trained model, and its signatures."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.model = model
+    parse = parse_spec(spec, with_label=False)
+    vocabulary = tf.constant(list(spec.label_vocabulary) or ["0", "1"])
+
+    def outputs(logits):
+        if spec.task == "regression":
+            return {"predictions": tf.squeeze(logits, -1)}
+        if spec.task == "binary":
+            positive = tf.squeeze(tf.sigmoid(logits), -1)
+            probabilities = tf.stack([1 - positive, positive], axis=-1)
+        else:
+            probabilities = tf.nn.softmax(logits, axis=-1)
+        class_ids = tf.argmax(probabilities, axis=-1)
+        # "scores"/"classes" per class follow TensorFlow Serving's Classify convention.
+        return {
+            "scores": probabilities,
+            "classes": tf.tile(vocabulary[None, :], [tf.shape(probabilities)[0], 1]),
+            "predicted_class": tf.gather(vocabulary, class_ids),
+            "predicted_class_id": class_ids,
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
+    def serve_examples(examples):
+        return outputs(module.model(prepare(spec, tf.io.parse_example(examples, parse)), training=False))
+
+    @tf.function(input_signature=[raw_input_signature(spec)], autograph=False)
+    def serve_features(features):
+        return outputs(module.model(prepare(spec, features), training=False))
+
+    module.serve_examples = serve_examples
+    module.serve_features = serve_features
+    return module, {SERVING_SIGNATURE: serve_examples, FEATURES_SIGNATURE: serve_features}
+
+
+def export(model, spec: ModelSpec, history: list[dict[str, float]], output_uri: str, checkpoint_dir: Path,
+           work_dir: Path, is_chief: bool) -> None:
+    """Save the SavedModel (every worker: saving is collective) and, from the chief, publish it
+    with the spec, the history and the TensorBoard logs at ``output_uri``."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="train-"))
+    try:
+        module, signatures = serving_module(model, spec)
+        keras.mixed_precision.set_global_policy("float32")
+        tf.saved_model.save(module, str(scratch / SAVED_MODEL_DIR), signatures=signatures)
+        if is_chief:
+            (scratch / MODEL_SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
+            (scratch / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+            board = checkpoint_dir.parent / TENSORBOARD_DIR
+            if board.is_dir():
+                shutil.copytree(board, scratch / TENSORBOARD_DIR)
+            storage.publish_dir(scratch, output_uri)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def read_model_spec(model_uri: str) -> ModelSpec:
+    storage.require_complete(model_uri)
+    return ModelSpec.from_dict(json.loads(storage.read_bytes(storage.join(model_uri, MODEL_SPEC_FILE))))
+
+
+def read_history(model_uri: str) -> list[dict[str, float]]:
+    return json.loads(storage.read_bytes(storage.join(model_uri, HISTORY_FILE)))
