@@ -10,11 +10,12 @@ STAMP := $(VENV)/.tfpipe-synced
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help venv demo test test-fast corpus browser-deps airflow mlflow lock clean
+.PHONY: help venv demo test test-slow test-fast corpus browser-deps airflow mlflow lock clean
 
 help:
 	@echo "make demo     run the penguins pipeline through Airflow and print a summary"
-	@echo "make test     run the whole test suite"
+	@echo "make test     run the test suite but the slow suites (about 25 minutes on 2 cores)"
+	@echo "make test-slow  the slow suites: faults, the real-table corpus, the Airflow scheduler path (about 30)"
 	@echo "make corpus   run real public tables through the whole pipeline with the minimal YAML"
 	@echo "              (ARGS=\"--small\" for those under 2,000 rows, ARGS=\"--out corpus.json\", ARGS=\"--list\")"
 	@echo "make airflow  Airflow standalone on http://127.0.0.1:8080 with this project's DAGs"
@@ -36,7 +37,10 @@ demo: $(STAMP)
 	$(VENV)/bin/tfpipe demo penguins
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -m slow
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not integration"

@@ -19,7 +19,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from tasks import storage
 from tasks.errors import UserError
@@ -27,6 +31,9 @@ from tasks.errors import UserError
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")  # as tasks.config requires of pipeline and model names
 
+# Inside the examples artifact (runs/<run>/examples/): the shards of each split, their counts,
+# the columns and their kinds, the sources' digests and the label's statistics.
+EXAMPLES_MANIFEST = "manifest.json"
 STEP_OUTPUTS = ("examples", "statistics", "anomalies", "model", "evaluation", "optimized")
 # The SavedModel signature that serves (TensorFlow Serving's default): the export writes it, the
 # evaluation, the warm-up requests and the serving checks call it.
@@ -102,3 +109,54 @@ def model_dir_uri(model_store: str, model_name: str) -> str:
 
 def model_version_uri(model_store: str, model_name: str, version: int) -> str:
     return storage.join(model_dir_uri(model_store, model_name), str(checked_version(version)))
+
+
+@dataclass(frozen=True)
+class Examples:
+    """A published examples artifact as a step reads it: the manifest, read once (:meth:`open`),
+    and each split's shards, copied from S3 into the cache at most once."""
+
+    uri: str
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, uri: str) -> Examples:
+        """The artifact at ``uri``; raises :class:`storage.ArtifactNotFoundError` unless completely published."""
+        storage.require_complete(uri)
+        return cls(uri, json.loads(storage.read_bytes(storage.join(uri, EXAMPLES_MANIFEST))))
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """Column name to its kind (``int``, ``float``, ``string``)."""
+        return self.manifest["columns"]
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    def count(self, split: str) -> int:
+        return int(self._split(split)["count"])
+
+    @property
+    def label_stats(self) -> dict[str, Any] | None:
+        return self.manifest.get("label_stats")
+
+    @property
+    def sources(self) -> list[dict[str, Any]]:
+        return self.manifest["sources"]
+
+    def files(self, split: str, cache_dir: Path) -> list[str]:
+        """Local paths of the split's GZIP TFRecord shards."""
+        return split_files(storage.materialize(self.uri, cache_dir), self.manifest, split)
+
+    def _split(self, split: str) -> dict[str, Any]:
+        if split not in self.manifest["splits"]:
+            raise KeyError(f"the examples have no split {split!r} (splits: {sorted(self.manifest['splits'])})")
+        return self.manifest["splits"][split]
+
+
+def split_files(local_examples: Path, manifest: dict[str, Any], split: str) -> list[str]:
+    """The shards of ``split`` in a local copy of an examples artifact."""
+    if split not in manifest["splits"]:
+        raise KeyError(f"the examples have no split {split!r} (splits: {sorted(manifest['splits'])})")
+    return [str(local_examples / rel) for rel in manifest["splits"][split]["files"]]

@@ -147,6 +147,6 @@ def scratch_dir(ctx: RunContext, step: str) -> Iterator[Path]:
 
 def data_version(examples_uri: str) -> str:
     """The digests of the sources the model was trained on, from the examples manifest."""
-    from tasks.ingest import read_manifest
+    from tasks.artifacts import Examples
 
-    return ",".join(source["sha256"][:16] for source in read_manifest(examples_uri)["sources"])
+    return ",".join(source["sha256"][:16] for source in Examples.open(examples_uri).sources)

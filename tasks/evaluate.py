@@ -24,10 +24,9 @@ import numpy as np
 
 from tasks import storage
 from tasks.config import HIGHER_IS_BETTER, GateConfig, MetricGate
-from tasks.ingest import read_manifest, split_files
 from tasks.training.model import ModelSpec
 from tasks.plots import evaluation_plots, slice_plot
-from tasks.artifacts import SAVED_MODEL_DIR, SERVING_SIGNATURE
+from tasks.artifacts import SAVED_MODEL_DIR, SERVING_SIGNATURE, Examples
 from tasks.training.export import read_model_spec
 
 BLESSING_FILE = "blessing.json"
@@ -95,13 +94,12 @@ class Blessing:
         return data
 
 
-def eval_data(examples_uri: str, spec: ModelSpec, cache_dir: Path) -> tuple[list[bytes], np.ndarray]:
-    """Serialized eval examples and their raw labels."""
+def eval_data(examples: Examples | str, spec: ModelSpec, cache_dir: Path) -> tuple[list[bytes], np.ndarray]:
+    """Serialized eval examples and their raw labels (``examples``: the artifact or its URI)."""
     import tensorflow as tf
 
-    manifest = read_manifest(examples_uri)
-    local = storage.materialize(examples_uri, cache_dir)
-    records = [r.numpy() for r in tf.data.TFRecordDataset(split_files(local, manifest, "eval"), compression_type="GZIP")]
+    examples = Examples.open(examples) if isinstance(examples, str) else examples
+    records = [r.numpy() for r in tf.data.TFRecordDataset(examples.files("eval", cache_dir), compression_type="GZIP")]
     dtype = {"string": tf.string, "int": tf.int64, "float": tf.float32}[spec.label_kind]
     labels = tf.io.parse_example(records, {spec.label: tf.io.FixedLenFeature([1], dtype)})[spec.label].numpy()[:, 0]
     if spec.label_kind == "string":
@@ -251,7 +249,7 @@ def gate_checks(gate: GateConfig, metrics: dict[str, float], baseline: dict[str,
     return checks
 
 
-def slice_values(records: list[bytes], examples_uri: str, column: str) -> np.ndarray:
+def slice_values(records: list[bytes], kinds: dict[str, str], column: str) -> np.ndarray:
     """The value of ``column`` in each serialized example, as text (``<missing>`` when absent).
 
     Raises:
@@ -259,7 +257,6 @@ def slice_values(records: list[bytes], examples_uri: str, column: str) -> np.nda
     """
     import tensorflow as tf
 
-    kinds = read_manifest(examples_uri)["columns"]
     if column not in kinds:
         raise ValueError(f"gate.slices: {column!r} is not a column of the examples (columns: {sorted(kinds)})")
     if kinds[column] == "float":
@@ -307,10 +304,10 @@ def trivial_outputs(spec: ModelSpec, label_stats: dict[str, Any] | None,
                      f"with its class shares as scores")
 
 
-def _trivial(spec: ModelSpec, examples_uri: str, labels: np.ndarray,
+def _trivial(spec: ModelSpec, label_stats: dict[str, Any] | None, labels: np.ndarray,
              slices: dict[str, np.ndarray]) -> tuple[dict[str, Any] | None, dict[str, np.ndarray] | None]:
     """The trivial baseline's record (description, metrics, slice metrics) and outputs."""
-    found = trivial_outputs(spec, read_manifest(examples_uri).get("label_stats"), len(labels))
+    found = trivial_outputs(spec, label_stats, len(labels))
     if found is None:
         return None, None
     outputs, description = found
@@ -339,8 +336,9 @@ def evaluate_model(
     residuals), challenger and champion side by side.
     """
     spec = read_model_spec(model_uri)
-    records, labels = eval_data(examples_uri, spec, cache_dir)
-    slices = {item.feature: slice_values(records, examples_uri, item.feature) for item in gate.slices}
+    examples = Examples.open(examples_uri)
+    records, labels = eval_data(examples, spec, cache_dir)
+    slices = {item.feature: slice_values(records, examples.columns, item.feature) for item in gate.slices}
     local_model = storage.materialize(model_uri, cache_dir)
     outputs = {"challenger": predict(local_model / SAVED_MODEL_DIR, records)}
     metrics = compute_metrics(spec.task, outputs["challenger"], labels)
@@ -356,7 +354,7 @@ def evaluate_model(
             "metrics": compute_metrics(spec.task, outputs[f"champion v{version}"], labels),
             "slice_metrics": compute_slice_metrics(spec.task, outputs[f"champion v{version}"], labels, slices),
         }
-    trivial, _ = _trivial(spec, examples_uri, labels, slices)
+    trivial, _ = _trivial(spec, examples.label_stats, labels, slices)
     checks = tuple(gate_checks(gate, metrics, baseline["metrics"] if baseline else None, slice_metrics,
                                baseline["slice_metrics"] if baseline else None, trivial))
     blessed = all(c.passed is not False for c in checks)

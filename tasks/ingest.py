@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks import storage
+from tasks import artifacts, storage
 from tasks.config import PipelineConfig
 from tasks.errors import DataError
 from tasks.labels import LabelPlan, LabelScan, split_stats, stats_record
@@ -46,12 +46,11 @@ from tasks.sources import (ARROW_TYPES, SourceFile, Widen, Reader, kind_of, labe
                            render_sources, resolve_sources)
 from tasks.splitting import BIG_GROUP, Counter, Splitter, plan_cut, split_names, unit_hashes
 
-__all__ = ["DataError", "ExamplesArtifact", "ingest_examples", "kind_of", "read_manifest", "render_sources",
-           "split_files"]
+__all__ = ["DataError", "ExamplesArtifact", "ingest_examples", "kind_of", "read_manifest", "render_sources"]
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
+MANIFEST = artifacts.EXAMPLES_MANIFEST
 COMPRESSION = "GZIP"
 KINDS = ("int", "float", "string")
 _PROGRESS_SECONDS = 10.0
@@ -569,12 +568,5 @@ def _check_columns(reader: Reader, uri: str, plan: _Plan, first_uri: str) -> Non
 
 
 def read_manifest(examples_uri: str) -> dict[str, Any]:
-    """The manifest of a completely published examples artifact."""
-    storage.require_complete(examples_uri)
-    return json.loads(storage.read_bytes(storage.join(examples_uri, MANIFEST)))
-
-
-def split_files(local_examples: Path, manifest: dict[str, Any], split: str) -> list[str]:
-    if split not in manifest["splits"]:
-        raise KeyError(f"the examples have no split {split!r} (splits: {sorted(manifest['splits'])})")
-    return [str(local_examples / rel) for rel in manifest["splits"][split]["files"]]
+    """The manifest of a completely published examples artifact (:class:`tasks.artifacts.Examples`)."""
+    return artifacts.Examples.open(examples_uri).manifest

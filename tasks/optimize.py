@@ -302,11 +302,10 @@ def prune_model(saved_model_dir: Path, spec: ModelSpec, train_files: list[str], 
 
 def _train_split(examples_uri: str, cache_dir: Path) -> tuple[list[str], int]:
     """The train split's local shard files and its example count."""
-    from tasks.ingest import read_manifest, split_files
+    from tasks.artifacts import Examples
 
-    manifest = read_manifest(examples_uri)
-    local = storage.materialize(examples_uri, cache_dir)
-    return split_files(local, manifest, "train"), int(manifest["splits"]["train"]["count"])
+    examples = Examples.open(examples_uri)
+    return examples.files("train", cache_dir), examples.count("train")
 
 
 def optimize_model(

@@ -199,14 +199,12 @@ def _log_model(ctx: RunContext, tracker: MlflowTracker, model_uri: str, examples
     eval split) at ``model/``, beside its spec, history and TensorBoard logs."""
     from importlib import metadata
 
-    from tasks.ingest import read_manifest, split_files
+    from tasks.artifacts import SAVED_MODEL_DIR, Examples
     from tasks.training.inputs import example_frame
-    from tasks.artifacts import SAVED_MODEL_DIR
 
     cache = ctx.settings.cache_dir
     local_model = storage.materialize(model_uri, cache)
-    local_examples = storage.materialize(examples_uri, cache)
-    frame = example_frame(split_files(local_examples, read_manifest(examples_uri), "eval"), spec, rows=5)
+    frame = example_frame(Examples.open(examples_uri).files("eval", cache), spec, rows=5)
     requirements = [f"{name}=={metadata.version(name)}" for name in ("tensorflow", "tf-keras", "pandas", "mlflow")]
     tracker.log_saved_model(local_model / SAVED_MODEL_DIR, {f.name: f.kind for f in spec.features}, frame,
                             "model", requirements)

@@ -157,15 +157,13 @@ def _push_files(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str
     warm-up records and what the model answers them before the push."""
     from tasks.coders import first_records
     from tasks.evaluate import predict
-    from tasks.ingest import read_manifest, split_files
     from tasks.release.push import push_model as push
-    from tasks.artifacts import SAVED_MODEL_DIR
+    from tasks.artifacts import SAVED_MODEL_DIR, Examples
 
     settings, options = ctx.settings, ctx.config.push
     saved_model = storage.materialize(model["uri"], settings.cache_dir) / SAVED_MODEL_DIR
     # The first eval examples only: the split may be large.
-    eval_files = split_files(storage.materialize(examples["uri"], settings.cache_dir),
-                             read_manifest(examples["uri"]), "eval")
+    eval_files = Examples.open(examples["uri"]).files("eval", settings.cache_dir)
     warmup = first_records(eval_files, options.warmup_requests)
     expected = predict(saved_model, warmup)
     pushed = push(saved_model, verdict, settings.model_store, ctx.config.model_name, owner=owner,

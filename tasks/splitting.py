@@ -48,7 +48,7 @@ def row_hashes(batch: pa.RecordBatch, columns: Sequence[str]) -> np.ndarray:
     import pandas as pd
 
     from tasks.coders import values_of
-    from tasks.ingest import kind_of
+    from tasks.sources import kind_of
 
     hashes = np.zeros(batch.num_rows, dtype=np.uint64)
     for name in columns:

@@ -32,7 +32,7 @@ from tasks import storage
 from tasks.anomalies import Where, checked_schema, compare, distance_rows, format_report, schema_rows
 from tasks.config import ValidateConfig
 from tasks.errors import UserError
-from tasks.ingest import read_manifest, split_files
+from tasks.artifacts import Examples, split_files
 from tasks.settings import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -497,14 +497,13 @@ def validate_examples(
     """
     config = config or ValidateConfig()
     started = time.perf_counter()
-    manifest = read_manifest(examples_uri)
-    local_examples = storage.materialize(examples_uri, cache_dir)
+    examples = Examples.open(examples_uri)
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="validate-"))
     try:
         stats_dir, anomalies_dir = scratch / "statistics", scratch / "anomalies"
         baseline = _read_baseline(baseline_uri, run_id, cache_dir)
-        statistics = _split_statistics(manifest, local_examples, scratch, config, baseline, stats_dir)
+        statistics = _split_statistics(examples, cache_dir, scratch, config, baseline, stats_dir)
         source, schema = _schema_in_force(statistics["train"], label, curated_schema, recorded_schema_uri)
         (stats_dir / SCHEMA_FILE).write_text(schema_text(schema))
         where = Where(pipeline, source, str(curated_schema or ""))
@@ -533,15 +532,15 @@ def validate_examples(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _split_statistics(manifest, local_examples: Path, scratch: Path, config: ValidateConfig, baseline,
+def _split_statistics(examples: Examples, cache_dir: Path, scratch: Path, config: ValidateConfig, baseline,
                       stats_dir: Path) -> dict[str, Any]:
     """Each split's statistics, written with its two pages into ``stats_dir``."""
     statistics = {}
-    for split in manifest["splits"]:
+    for split in examples.splits:
         started = time.perf_counter()
-        statistics[split] = compute_statistics(split_files(local_examples, manifest, split), scratch, config.engine,
-                                               config.beam_pipeline_args, manifest["columns"])
-        log.info("statistics of %s (%d examples) in %.2fs", split, manifest["splits"][split]["count"],
+        statistics[split] = compute_statistics(examples.files(split, cache_dir), scratch, config.engine,
+                                               config.beam_pipeline_args, examples.columns)
+        log.info("statistics of %s (%d examples) in %.2fs", split, examples.count(split),
                  time.perf_counter() - started)
         (stats_dir / split).mkdir(parents=True)
         (stats_dir / split / STATS_FILE).write_bytes(statistics[split].SerializeToString())

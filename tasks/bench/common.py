@@ -158,7 +158,8 @@ def prepare_examples(root: Path, rows: int, columns: int = 20, task: str = "bina
     """``tfpipe datagen`` data, ingested and validated by the pipeline's own steps, and its model spec."""
     from tasks.config import config_from_mapping
     from tasks.bench.datagen import generate
-    from tasks.ingest import ingest_examples, read_manifest, split_files
+    from tasks.artifacts import Examples
+    from tasks.ingest import ingest_examples
     from tasks.training.model import model_spec_from
     from tasks.validate import load_schema, load_statistics, validate_examples
 
@@ -177,10 +178,9 @@ def prepare_examples(root: Path, rows: int, columns: int = 20, task: str = "bina
                            load_statistics(validation.statistics_uri, "train", cache),
                            label="label", task=task, features=[c for c in examples.columns if c != "label"],
                            hidden_units=list(hidden_units), embedding_dim=4)
-    manifest = read_manifest(examples.uri)
-    local = Path(examples.uri)
+    opened = Examples.open(examples.uri)
     return PreparedExamples(examples.uri, spec, dict(examples.counts),
-                            {split: split_files(local, manifest, split) for split in manifest["splits"]})
+                            {split: opened.files(split, cache) for split in opened.splits})
 
 
 def compare_statistics(a, b) -> list[str]:

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks import storage
-from tasks.artifacts import SAVED_MODEL_DIR, TENSORBOARD_DIR
+from tasks.artifacts import SAVED_MODEL_DIR, TENSORBOARD_DIR, Examples
 from tasks.config import TrainConfig
-from tasks.ingest import read_manifest, split_files
 from tasks.progress import report
 from tasks.training.checkpoints import CheckpointMirror, LoopState, restore_checkpoints
 from tasks.training.distribution import (WorkerRole, Writer, configure_devices, make_strategy, resolve_strategy,
@@ -155,8 +154,7 @@ def plan_training(examples_uri: str, spec: ModelSpec, params: TrainConfig, role:
     keras.utils.set_random_seed(params.seed)
     if params.deterministic:
         tf.config.experimental.enable_op_determinism()
-    manifest = read_manifest(examples_uri)
-    local_examples = storage.materialize(examples_uri, cache_dir)
+    examples = Examples.open(examples_uri)
     strategy = make_strategy(strategy_name)
     # parameter_server: this chief schedules steps on the workers and evaluates by itself.
     coordinator = (tf.distribute.coordinator.ClusterCoordinator(strategy)
@@ -165,12 +163,12 @@ def plan_training(examples_uri: str, spec: ModelSpec, params: TrainConfig, role:
     # The global batch: fixed, or scaled by the replicas (per-replica batch x replicas).
     replicas = strategy.num_replicas_in_sync
     batch = params.batch_size_per_replica * replicas if params.batch_size_per_replica else params.batch_size
-    train_count = int(manifest["splits"]["train"]["count"])
+    train_count = examples.count("train")
     if train_count // batch < 1:
         raise ValueError(f"the train split has {train_count} examples, fewer than one batch of {batch} (train.batch_size)")
-    train_files = split_files(local_examples, manifest, "train")
+    train_files = examples.files("train", cache_dir)
     compressed = compressed_size(train_files)
-    eval_files = split_files(local_examples, manifest, "eval")
+    eval_files = examples.files("eval", cache_dir)
     # Each worker evaluates its share of the eval split; the sums are added across workers. Its
     # parsed batches are cached too when the train and eval splits both fit.
     eval_ds = eval_dataset(eval_files, spec, max(batch, 256),

@@ -12,7 +12,7 @@ import pytest
 from tests.faults.release import bless, make_world, push, seed, serving_state
 from tests.servers import switchable_proxy
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from tasks.release_steps import end_dag_run
 from tests.faults.release import (assert_intact, assert_safe_after_crash, bless, claims, make_world, push,
                                   push_killed, seed, serving_state)
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
 
 RETRIED = [("local", p) for p in ("upload:last:mid", "swap:mid", "config:mid", "register", "alias", "commit",

@@ -14,7 +14,7 @@ import pytest
 from tasks.release import model_store
 from tests.faults.release import ROOT, assert_intact, bless, claims, make_world, push, push_process, seed, serving_state
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
 
 def _settled(world, name: str, tmp_path) -> int:

@@ -20,7 +20,7 @@ from tasks.settings import Settings
 from tests.conftest import write_pipeline
 from tests.servers import faulty_s3_proxy, moto_s3
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
 
 BUCKET = "tfpipe-s3-faults"
 STORE = f"s3://{BUCKET}/store"

@@ -27,7 +27,7 @@ import yaml
 from tests.conftest import PENGUINS_CSV
 from tests.servers import free_port, mlflow_server, wait_http
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -280,11 +280,17 @@ def test_a_successful_run_logs_no_error_lines(stack, triggered):
 
 
 def test_the_push_triggers_the_serving_check(stack, api, triggered):
+    """Every model's push triggers a check (the daily pipeline's too); the penguins push's is found
+    by the asset event that triggered it."""
+    def triggered_by(run) -> set[str]:
+        path = f"/api/v2/dags/serving_check/dagRuns/{quote(run['dag_run_id'], safe='')}/upstreamAssetEvents"
+        return {str((event.get("extra") or {}).get("model_name")) for event in api.call("GET", path)["asset_events"]}
+
     def checked():
         runs = api.call("GET", "/api/v2/dags/serving_check/dagRuns")["dag_runs"]
-        return [r for r in runs if r["state"] in ("success", "failed")]
+        return [r for r in runs if r["state"] in ("success", "failed") and "penguins" in triggered_by(r)]
 
-    (run,) = api.wait(checked, timeout=600)
+    run = api.wait(checked, timeout=600)[0]
     assert run["run_type"] == "asset_triggered" and run["state"] == "success"
     client = _mlflow(stack)
     experiment = client.get_experiment_by_name("penguins")

@@ -42,6 +42,7 @@ def test_table_loads_and_its_minimal_yaml_validates(entry, tmp_path):
 
 
 @pytest.mark.corpus
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PIPELINE_ENTRIES)
 def test_minimal_yaml_runs_the_whole_pipeline(name, tmp_path):
     from tasks.context import make_context

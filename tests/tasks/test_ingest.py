@@ -35,6 +35,25 @@ def test_csv_becomes_split_gzip_shards_with_manifest(tmp_path, pipeline_file, pe
     assert not list((tmp_path / "work").iterdir())  # scratch removed
 
 
+def test_the_examples_handle_reads_the_manifest_once_and_names_each_splits_shards(tmp_path, pipeline_file):
+    from tasks.artifacts import Examples
+    from tasks.storage import ArtifactNotFoundError
+
+    result = _ingest(tmp_path, load_pipeline(pipeline_file))
+    examples = Examples.open(result.uri)
+    assert sorted(examples.splits) == ["eval", "train"] and examples.count("train") == result.counts["train"]
+    assert examples.columns["island"] == "string" and examples.sources[0]["rows"] == 344
+    files = examples.files("eval", tmp_path / "cache")
+    assert len(files) == 2 and all(str(tmp_path / "examples") in f for f in files)
+    (tmp_path / "examples" / "manifest.json").unlink()  # what the handle read stays as it was
+    assert examples.count("eval") == result.counts["eval"]
+    with pytest.raises(KeyError, match="no split 'test'"):
+        examples.files("test", tmp_path / "cache")
+    (tmp_path / "examples" / "_SUCCESS").unlink()
+    with pytest.raises(ArtifactNotFoundError):
+        Examples.open(result.uri)
+
+
 def test_missing_values_become_absent_features(tmp_path, pipeline_file, penguins_frame):
     result = _ingest(tmp_path, load_pipeline(pipeline_file))
     manifest = read_manifest(result.uri)
