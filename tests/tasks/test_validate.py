@@ -152,7 +152,8 @@ def test_sharded_statistics_match_tfdv_whatever_thread_reads_which_shard(tmp_pat
     from tasks.bench.common import compare_statistics
     from tasks.config import config_from_mapping
     from tasks.bench.datagen import generate
-    from tasks.ingest import read_manifest, split_files
+    from tasks.artifacts import split_files
+    from tasks.ingest import read_manifest
 
     source = tmp_path / "data.parquet"
     generate(source, 6000, columns=8, seed=5)
