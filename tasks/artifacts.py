@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,7 @@ class Examples:
 
     uri: str
     manifest: dict[str, Any]
+    _local: dict[Path, Path] = field(default_factory=dict, compare=False, repr=False)  # cache dir -> local copy
 
     @classmethod
     def open(cls, uri: str) -> Examples:
@@ -146,17 +147,22 @@ class Examples:
         return self.manifest["sources"]
 
     def files(self, split: str, cache_dir: Path) -> list[str]:
-        """Local paths of the split's GZIP TFRecord shards."""
-        return split_files(storage.materialize(self.uri, cache_dir), self.manifest, split)
+        """Local paths of the split's GZIP TFRecord shards (the artifact located, or listed on S3, once)."""
+        if cache_dir not in self._local:
+            self._local[cache_dir] = storage.materialize(self.uri, cache_dir)
+        return split_files(self._local[cache_dir], self.manifest, split)
 
     def _split(self, split: str) -> dict[str, Any]:
-        if split not in self.manifest["splits"]:
-            raise KeyError(f"the examples have no split {split!r} (splits: {sorted(self.manifest['splits'])})")
+        _require_split(self.manifest, split)
         return self.manifest["splits"][split]
 
 
 def split_files(local_examples: Path, manifest: dict[str, Any], split: str) -> list[str]:
     """The shards of ``split`` in a local copy of an examples artifact."""
+    _require_split(manifest, split)
+    return [str(local_examples / rel) for rel in manifest["splits"][split]["files"]]
+
+
+def _require_split(manifest: dict[str, Any], split: str) -> None:
     if split not in manifest["splits"]:
         raise KeyError(f"the examples have no split {split!r} (splits: {sorted(manifest['splits'])})")
-    return [str(local_examples / rel) for rel in manifest["splits"][split]["files"]]
