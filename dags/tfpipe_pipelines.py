@@ -117,21 +117,21 @@ def build_dag(pipeline_file: Path):
         def ingest_examples(params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
-            return steps.ingest_examples(_context(source, params, run_id, ds, ti))
+            return steps.run_step("ingest_examples", _context(source, params, run_id, ds, ti))
 
         @task(**_task_args("validate_examples"))
         @tfpipe_step
         def validate_examples(examples, params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
-            return steps.validate_examples(_context(source, params, run_id, ds, ti), examples)
+            return steps.run_step("validate_examples", _context(source, params, run_id, ds, ti), examples)
 
         @task(**_task_args("train_model"))
         @tfpipe_step
         def train_model(examples, validation, params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
-            return steps.train_model(_context(source, params, run_id, ds, ti), examples, validation)
+            return steps.run_step("train_model", _context(source, params, run_id, ds, ti), examples, validation)
 
         @task.short_circuit(**_task_args("evaluate_model"))
         @tfpipe_step
@@ -139,23 +139,24 @@ def build_dag(pipeline_file: Path):
             """Returns the blessing when blessed; None (skip optimize and push) otherwise."""
             from tasks import pipeline as steps
 
-            return steps.gate(steps.evaluate_model(_context(source, params, run_id, ds, ti), examples, model))
+            return steps.gate(steps.run_step("evaluate_model", _context(source, params, run_id, ds, ti), examples, model))
 
         @task(**_task_args("optimize_model"))
         @tfpipe_step
         def optimize_model(examples, model, blessing, params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
-            return steps.optimize_model(_context(source, params, run_id, ds, ti), examples, model, blessing)
+            return steps.run_step("optimize_model", _context(source, params, run_id, ds, ti), examples, model, blessing)
 
         @task(**_task_args("push_model"), outlets=[asset])
         @tfpipe_step
         def push_model(examples, model, blessing, optimized, params=None, run_id=None, ds=None, ti=None,
                        outlet_events=None):
             """Updates the model's Asset (the serving_check DAG runs on it) with what was pushed."""
-            from tasks.release_steps import push_model as push
+            from tasks import pipeline as steps
 
-            pushed = push(_context(source, params, run_id, ds, ti), examples, model, blessing, optimized)
+            pushed = steps.run_step("push_model", _context(source, params, run_id, ds, ti), examples, model, blessing,
+                                    optimized)
             keys = ("model_name", "version", "uri", "champion", "registry_version", "pushed")
             outlet_events[asset].extra = {key: pushed[key] for key in keys if key in pushed}
             return pushed

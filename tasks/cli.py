@@ -256,7 +256,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_serving_sync(args: argparse.Namespace) -> int:
-    from tasks.release.model_store import sync_store
+    from tasks.release.sync import sync_store
 
     settings = Settings.from_env()
     source = args.store or settings.model_store
@@ -331,17 +331,20 @@ def format_summary(pipeline: str, run_id: str, durations: dict[str, float], resu
             lines.append(f"  {step:<20}{'skipped':>9}")
     evaluation = results.get("evaluate_model")
     if evaluation:
-        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(evaluation["metrics"].items()) if k != "example_count")
-        lines += ["", f"eval metrics: {metrics} ({int(evaluation['metrics'].get('example_count', 0))} examples)"]
+        from tasks.artifacts import Blessing
         from tasks.evaluate import format_checks
 
-        lines += format_checks(evaluation).splitlines()
+        blessing = Blessing.of(evaluation)
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(blessing.metrics.items()) if k != "example_count")
+        lines += ["", f"eval metrics: {metrics} ({int(blessing.metrics.get('example_count', 0))} examples)"]
+        lines += format_checks(blessing).splitlines()
     optimized = results.get("optimize_model")
     if optimized:
+        from tasks.artifacts import OptimizedArtifact
         from tasks.optimize import format_report
 
         lines += ["", "optimized variants (latency at batch 1, throughput at a large batch):"]
-        lines += [f"  {line}" for line in format_report(optimized["report"]).splitlines()]
+        lines += [f"  {line}" for line in format_report(OptimizedArtifact.of(optimized).report).splitlines()]
     pushed = results.get("push_model")
     if pushed and pushed.get("pushed") is False:
         lines += ["", "pushed: nothing (gated again against the champion another run promoted meanwhile, "

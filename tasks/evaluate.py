@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,72 +25,13 @@ from tasks import storage
 from tasks.config import HIGHER_IS_BETTER, GateConfig, MetricGate
 from tasks.training.model import ModelSpec
 from tasks.plots import evaluation_plots, slice_plot
-from tasks.artifacts import SAVED_MODEL_DIR, SERVING_SIGNATURE, Examples
+from tasks.artifacts import (BLESSING_FILE, METRICS_FILE, PLOTS_DIR, SAVED_MODEL_DIR, SERVING_SIGNATURE, Blessing,
+                             Check, Examples)
 from tasks.training.export import read_model_spec
 
-BLESSING_FILE = "blessing.json"
-METRICS_FILE = "metrics.json"
-PLOTS_DIR = "plots"
 _EPSILON = 1e-7
 OVERALL = "(overall)"
 MISSING = "<missing>"
-
-
-@dataclass(frozen=True)
-class Check:
-    metric: str
-    kind: str  # lower_bound, upper_bound, max_decrease, max_increase
-    value: float | None
-    bound: float | None
-    baseline: float | None
-    passed: bool | None  # None: skipped
-    slice: str | None = None  # "column=value"; None: the whole eval split
-    note: str | None = None  # why a check was skipped
-    trivial: float | None = None  # the trivial baseline's value of the metric, where it is known
-
-    def describe(self) -> str:
-        where = f"[{self.slice}] " if self.slice else ""
-        if self.passed is None:
-            return f"{where}{self.metric} {self.kind}: skipped ({self.note or 'no champion to compare with'})"
-        verdict = "passed" if self.passed else "FAILED"
-        if self.kind == "beat_baseline_by":
-            op = ">=" if self.metric in HIGHER_IS_BETTER else "<="
-            return (f"{where}{self.metric} = {self.value:.4f} {op} trivial baseline {self.trivial:.4f} "
-                    f"{'+' if op == '>=' else '-'} {abs(self.bound - self.trivial):.4f}: {verdict}")
-        if self.kind in ("lower_bound", "upper_bound"):
-            op = ">=" if self.kind == "lower_bound" else "<="
-            return f"{where}{self.metric} = {self.value:.4f} {op} {self.bound:.4f}: {verdict}"
-        op = ">=" if self.kind == "max_decrease" else "<="
-        sign = "-" if self.kind == "max_decrease" else "+"
-        return (f"{where}{self.metric} = {self.value:.4f} {op} champion {self.baseline:.4f} {sign} "
-                f"{abs(self.bound - self.baseline):.4f}: {verdict}")
-
-
-@dataclass(frozen=True)
-class Blessing:
-    """The gate's verdict; ``to_dict`` is what moves through XCom."""
-
-    uri: str
-    model_uri: str
-    blessed: bool
-    metrics: dict[str, float]
-    baseline: dict[str, Any] | None
-    checks: tuple[Check, ...]
-    slice_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    # The trivial model's metrics on the same examples: {"description", "metrics", "slice_metrics"}.
-    trivial: dict[str, Any] | None = None
-    # The champion this blessing is valid against ({"version", "generation"}; None: a cold start):
-    # the push promotes only while it still serves.
-    evaluated_against: dict[str, Any] | None = None
-
-    @property
-    def reasons(self) -> list[str]:
-        return [c.describe() for c in self.checks]
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["reasons"] = self.reasons
-        return data
 
 
 def eval_data(examples: Examples | str, spec: ModelSpec, cache_dir: Path) -> tuple[list[bytes], np.ndarray]:
@@ -318,14 +258,15 @@ def _trivial(spec: ModelSpec, label_stats: dict[str, Any] | None, labels: np.nda
 def evaluate_model(
     model_uri: str,
     examples_uri: str,
-    gate: GateConfig,
+    config: GateConfig,
     champion: tuple[int, str] | None,
     output_uri: str,
     cache_dir: Path,
     work_dir: Path,
     champion_generation: int | None = None,
 ) -> Blessing:
-    """Evaluate the candidate (and the champion), apply the gate, publish the blessing.
+    """Evaluate the candidate (and the champion), apply the gate (``config``: the ``gate`` section), publish
+    the blessing.
 
     Args:
         champion: ``(version, uri)`` of the model now served, or None on a cold start.
@@ -338,7 +279,7 @@ def evaluate_model(
     spec = read_model_spec(model_uri)
     examples = Examples.open(examples_uri)
     records, labels = eval_data(examples, spec, cache_dir)
-    slices = {item.feature: slice_values(records, examples.columns, item.feature) for item in gate.slices}
+    slices = {item.feature: slice_values(records, examples.columns, item.feature) for item in config.slices}
     local_model = storage.materialize(model_uri, cache_dir)
     outputs = {"challenger": predict(local_model / SAVED_MODEL_DIR, records)}
     metrics = compute_metrics(spec.task, outputs["challenger"], labels)
@@ -355,7 +296,7 @@ def evaluate_model(
             "slice_metrics": compute_slice_metrics(spec.task, outputs[f"champion v{version}"], labels, slices),
         }
     trivial, _ = _trivial(spec, examples.label_stats, labels, slices)
-    checks = tuple(gate_checks(gate, metrics, baseline["metrics"] if baseline else None, slice_metrics,
+    checks = tuple(gate_checks(config, metrics, baseline["metrics"] if baseline else None, slice_metrics,
                                baseline["slice_metrics"] if baseline else None, trivial))
     blessed = all(c.passed is not False for c in checks)
     against = {"version": champion[0], "generation": champion_generation} if champion is not None else None
@@ -379,13 +320,12 @@ def evaluate_model(
     return blessing
 
 
-def read_blessing(evaluation_uri: str) -> dict[str, Any]:
-    """The published blessing record (what the push re-checks)."""
-    storage.require_complete(evaluation_uri)
-    return json.loads(storage.read_bytes(storage.join(evaluation_uri, BLESSING_FILE)))
+def read_blessing(evaluation_uri: str) -> Blessing:
+    """The published blessing (what the push re-checks)."""
+    return Blessing.read(evaluation_uri)
 
 
-def format_checks(blessing: dict[str, Any]) -> str:
+def format_checks(blessing: Blessing) -> str:
     """The blessing as a table: one row per check (with the trivial baseline's and the champion's
     value of the metric), then the metrics of every slice."""
     from tasks.tables import format_table
@@ -394,18 +334,18 @@ def format_checks(blessing: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:.4f}"
 
     rows = []
-    for check in blessing["checks"]:
-        result = {True: "passed", False: "FAILED", None: f"skipped: {check.get('note') or 'no champion'}"}[check["passed"]]
-        rows.append((check["metric"], check.get("slice") or OVERALL, check["kind"], number(check["value"]),
-                     number(check["bound"]), number(check.get("trivial")), number(check["baseline"]), result))
-    lines = [f"blessing: {'BLESSED' if blessing['blessed'] else 'NOT BLESSED'}"]
-    trivial = blessing.get("trivial")
+    for check in blessing.checks:
+        result = {True: "passed", False: "FAILED", None: f"skipped: {check.note or 'no champion'}"}[check.passed]
+        rows.append((check.metric, check.slice or OVERALL, check.kind, number(check.value), number(check.bound),
+                     number(check.trivial), number(check.baseline), result))
+    lines = [f"blessing: {'BLESSED' if blessing.blessed else 'NOT BLESSED'}"]
+    trivial = blessing.trivial
     if trivial:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(trivial["metrics"].items()) if k != "example_count")
         lines.append(f"trivial baseline ({trivial['description']}): {shown}")
     lines += format_table(("metric", "slice", "check", "value", "bound", "baseline", "champion", "result"), rows,
                           indent=2).splitlines()
-    slices = blessing.get("slice_metrics") or {}
+    slices = blessing.slice_metrics
     if slices:
         names = sorted({k for values in slices.values() for k in values if k != "example_count"})
         table = [(name, str(int(values["example_count"])), *(number(values.get(n)) for n in names))

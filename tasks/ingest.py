@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks import artifacts, storage
+from tasks.artifacts import ExamplesArtifact
 from tasks.config import PipelineConfig
 from tasks.errors import DataError
 from tasks.labels import LabelPlan, LabelScan, split_stats, stats_record
@@ -54,25 +55,7 @@ MANIFEST = artifacts.EXAMPLES_MANIFEST
 COMPRESSION = "GZIP"
 KINDS = ("int", "float", "string")
 _PROGRESS_SECONDS = 10.0
-_BAR_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class ExamplesArtifact:
-    """What ``ingest_examples`` published."""
-
-    uri: str
-    counts: dict[str, int]
-    columns: dict[str, str]
-    label: str
-    rows: int = 0
-    seconds: float = 0.0
-    widened: dict[str, str] = field(default_factory=dict)
-    unlabeled: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+BAR_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -242,7 +225,7 @@ class _Progress:
 
     def tick(self, done: int, index: int, phase: str) -> None:
         now = time.perf_counter()
-        if now - self.last_shown <= _BAR_SECONDS:
+        if now - self.last_shown <= BAR_SECONDS:
             return
         level = logging.INFO if now - self.last_log > _PROGRESS_SECONDS else logging.DEBUG
         self.last_shown, self.last_log = now, (now if level == logging.INFO else self.last_log)

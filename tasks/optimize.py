@@ -40,42 +40,25 @@ import numpy as np
 
 from tasks import storage
 from tasks.coders import first_records
-from tasks.config import OPTIMIZE_VARIANTS, PruningConfig
+from tasks.config import OptimizeConfig, PruningConfig
 from tasks.evaluate import compute_metrics, eval_data
 from tasks.training.model import ModelSpec, parse_spec, tensor_names
-from tasks.artifacts import FEATURES_SIGNATURE, SAVED_MODEL_DIR
+from tasks.artifacts import CHART_FILE, FEATURES_SIGNATURE, REPORT_FILE, SAVED_MODEL_DIR, OptimizedArtifact
 from tasks.training.export import read_model_spec
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "report.json"
-CHART_FILE = "tradeoff.png"
 TFLITE_VARIANTS = ("float32", "float16", "dynamic_range", "int8")
-VARIANTS = OPTIMIZE_VARIANTS
-
-
-@dataclass(frozen=True)
-class OptimizedArtifact:
-    uri: str
-    report: dict[str, Any]
-
-    @property
-    def kept(self) -> list[str]:
-        return [name for name, row in self.report["variants"].items() if row.get("kept")]
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kept"] = self.kept
-        return data
 
 
 @dataclass(frozen=True)
 class Measurement:
     """How a variant is timed: ``latency_runs`` calls at batch 1 (after warm-up), and calls at
-    ``throughput_batch`` rows for at least ``throughput_seconds``."""
+    ``throughput_batch`` rows for at least ``throughput_seconds`` (the first two are the
+    ``optimize`` section's)."""
 
-    latency_runs: int = 200
-    throughput_batch: int = 1024
+    latency_runs: int
+    throughput_batch: int
     throughput_seconds: float = 0.5
 
 
@@ -311,42 +294,38 @@ def _train_split(examples_uri: str, cache_dir: Path) -> tuple[list[str], int]:
 def optimize_model(
     model_uri: str,
     examples_uri: str,
-    max_accuracy_drop: float,
+    config: OptimizeConfig,
     output_uri: str,
     cache_dir: Path,
     work_dir: Path,
-    variants: tuple[str, ...] = VARIANTS,
-    representative_examples: int = 200,
-    pruning: PruningConfig | None = None,
-    measurement: Measurement = Measurement(),
     build_model: Callable[[ModelSpec], Any] | None = None,
-    max_rmse_increase: float = 0.05,
+    throughput_seconds: float = Measurement.throughput_seconds,
 ) -> OptimizedArtifact:
-    """Build, measure and publish the variants; the report compares each with the original.
+    """Build, measure and publish the variants of ``config.variants``; the report compares each
+    with the original, and keeps those within ``config.max_accuracy_drop`` (classifiers) or
+    ``config.max_rmse_increase`` (regressors).
 
     Args:
-        max_accuracy_drop: Classifiers: the accuracy a variant may lose (absolute).
-        max_rmse_increase: Regressors: how much larger a variant's RMSE may be, as a share of the original's.
-        pruning: ``optimize.pruning`` (its batch size unset: ``train.batch_size``'s default).
+        config: The ``optimize`` section (its ``pruning.batch_size`` unset: ``train.batch_size``'s default).
         build_model: Builds the (untrained) Keras model of a spec, for pruning; default: the
             model built from the schema (:func:`tasks.training.model.build_model`).
+        throughput_seconds: How long each variant's throughput is measured, at least.
     """
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        raise ValueError(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
+    variants = tuple(config.variants)
     spec = read_model_spec(model_uri)
     saved_model = storage.materialize(model_uri, cache_dir) / SAVED_MODEL_DIR
     records, labels = eval_data(examples_uri, spec, cache_dir)
-    judged = _Judged(spec, raw_features(spec, records), labels, saved_model, measurement, max_accuracy_drop,
-                     max_rmse_increase)
+    measurement = Measurement(config.latency_runs, config.throughput_batch, throughput_seconds)
+    judged = _Judged(spec, raw_features(spec, records), labels, saved_model, measurement, config.max_accuracy_drop,
+                     config.max_rmse_increase)
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="optimize-"))
     train_files, train_count = _train_split(examples_uri, cache_dir)
     try:
-        calibration = first_records(train_files, representative_examples) if "tflite_int8" in variants else []
+        calibration = first_records(train_files, config.representative_examples) if "tflite_int8" in variants else []
         _tflite_variants(judged, saved_model, variants, calibration, scratch)
         if "pruned" in variants:
-            _pruned_variant(judged, saved_model, train_files, train_count, pruning, build_model, scratch)
+            _pruned_variant(judged, saved_model, train_files, train_count, config.pruning, build_model, scratch)
         if "tensorrt_fp16" in variants:
             _tensorrt_variant(judged, saved_model, scratch)
         (scratch / REPORT_FILE).write_text(json.dumps(judged.report, indent=2))
@@ -425,11 +404,10 @@ def _tflite_variants(judged: _Judged, saved_model: Path, variants: tuple[str, ..
 
 
 def _pruned_variant(judged: _Judged, saved_model: Path, train_files: list[str], train_count: int,
-                    pruning: PruningConfig | None, build_model, scratch: Path) -> None:
+                    pruning: PruningConfig, build_model, scratch: Path) -> None:
     from tasks.config import TrainConfig
     from tasks.training import model as model_lib
 
-    pruning = pruning or PruningConfig()
     path = scratch / "pruned_saved_model"
     try:
         sparsity = prune_model(saved_model, judged.spec, train_files, train_count, path, pruning.target_sparsity,

@@ -1,11 +1,14 @@
 """The pipeline's steps as called by Airflow and by ``tfpipe run``: each opens its MLflow child
-run, calls the step function with explicit arguments, records what it produced, and returns a
-small JSON-able record (URIs, counts, metrics) that moves through XCom. The last step, the push,
-is in :mod:`tasks.release_steps`; :data:`tasks.steps.STEP_TABLE` is the step table.
+run, calls the step function with explicit arguments, records what it produced, and returns its
+typed record (:mod:`tasks.artifacts`: URIs, counts, metrics). :func:`run_step` is how both
+orchestrators call a step: records travel between steps as plain JSON (XCom) and are read back
+typed. The last step, the push, is in :mod:`tasks.release_steps`; :data:`tasks.steps.STEP_TABLE`
+is the step table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import artifacts, storage
+from tasks.artifacts import Blessing, ExamplesArtifact, ModelArtifact, OptimizedArtifact, ValidationArtifact
 from tasks.errors import DataError
 from tasks.context import RunContext, end_pipeline, scratch_dir, step_run, tracking_for
 from tasks.settings import redact
@@ -23,10 +27,14 @@ from tasks.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
 
+# The record each step returns (the push returns a plain summary: nothing reads it as input).
+RECORDS: dict[str, type[artifacts.Record]] = {
+    "ingest_examples": ExamplesArtifact, "validate_examples": ValidationArtifact, "train_model": ModelArtifact,
+    "evaluate_model": Blessing, "optimize_model": OptimizedArtifact,
+}
 
 
-
-def step_function(name: str) -> Callable[..., dict[str, Any]]:
+def step_function(name: str) -> Callable[..., Any]:
     """The function that runs step ``name``: ``fn(ctx, *records of its inputs)``."""
     if name == "push_model":
         from tasks.release_steps import push_model
@@ -34,6 +42,15 @@ def step_function(name: str) -> Callable[..., dict[str, Any]]:
         return push_model
     return {"ingest_examples": ingest_examples, "validate_examples": validate_examples, "train_model": train_model,
             "evaluate_model": evaluate_model, "optimize_model": optimize_model}[name]
+
+
+def run_step(name: str, ctx: RunContext, *inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Run step ``name`` on its inputs as they travel (JSON records, in the step table's order):
+    each is read back as its typed record, and the step's record goes back as JSON."""
+    step = next(step for step in STEP_TABLE if step.name == name)
+    typed = [None if record is None else RECORDS[source].of(record) for source, record in zip(step.inputs, inputs)]
+    result = step_function(name)(ctx, *typed)
+    return result.to_dict() if isinstance(result, artifacts.Record) else result
 
 
 def curated_schema_path(ctx: RunContext) -> Path:
@@ -56,7 +73,7 @@ def schema_in_force(ctx: RunContext) -> tuple[dict[str, str], str, str] | None:
     return None
 
 
-def ingest_examples(ctx: RunContext) -> dict[str, Any]:
+def ingest_examples(ctx: RunContext) -> ExamplesArtifact:
     from tasks.ingest import ingest_examples as ingest, render_sources
 
     with step_run(ctx, "ingest_examples") as tracker:
@@ -76,10 +93,9 @@ def ingest_examples(ctx: RunContext) -> dict[str, Any]:
         if result.warnings:
             tracker.set_tags({"tfpipe.split_warnings": " | ".join(result.warnings)[:5000]})
         log.info("ingested %s examples into %s", result.counts, result.uri)
-        tracker.log_dict(json.loads(storage.read_bytes(storage.join(result.uri, "manifest.json"))),
-                         "examples/manifest.json")
+        tracker.log_dict(artifacts.Examples.open(result.uri).manifest, f"examples/{artifacts.EXAMPLES_MANIFEST}")
         tracker.set_tags({"tfpipe.examples_uri": result.uri})
-        return result.to_dict()
+        return result
 
 
 def _with_schema_hint(ctx: RunContext, error: DataError, schema: tuple[dict[str, str], str, str] | None):
@@ -96,14 +112,15 @@ def _with_schema_hint(ctx: RunContext, error: DataError, schema: tuple[dict[str,
     return DataError(f"{error} (the type of {typed[0]!r} comes from the {source} schema, {location}; {fix})")
 
 
-def validate_examples(ctx: RunContext, examples: Mapping[str, Any]) -> dict[str, Any]:
+def validate_examples(ctx: RunContext, examples: ExamplesArtifact) -> ValidationArtifact:
     from tasks.validate import DataValidationError, format_report, validate_examples as validate
 
+    examples = ExamplesArtifact.of(examples)
     with step_run(ctx, "validate_examples") as tracker:
         recorded = artifacts.recorded_schema_uri(ctx.settings.artifact_root, ctx.config.name)
         try:
             result = validate(
-                examples["uri"], ctx.output("statistics"), ctx.output("anomalies"), recorded,
+                examples.uri, ctx.output("statistics"), ctx.output("anomalies"), recorded,
                 ctx.config.label, ctx.settings.cache_dir, ctx.work_dir("validate_examples"),
                 config=ctx.config.validation, curated_schema=curated_schema_path(ctx),
                 baseline_uri=artifacts.baseline_statistics_uri(ctx.settings.artifact_root, ctx.config.name),
@@ -111,7 +128,7 @@ def validate_examples(ctx: RunContext, examples: Mapping[str, Any]) -> dict[str,
             )
         except DataValidationError as error:
             tracker.log_metrics({"anomalies": len(error.report)})
-            tracker.log_dict(error.report, "anomalies/report.json")
+            tracker.log_dict(error.report, f"anomalies/{artifacts.ANOMALIES_REPORT}")
             tracker.log_text(format_report(error.report), "anomalies/report.txt")
             _log_dir(tracker, ctx.output("statistics"), ctx, "statistics")
             # The error itself carries the report (and Airflow shows it): the log only says where it is kept.
@@ -123,7 +140,7 @@ def validate_examples(ctx: RunContext, examples: Mapping[str, Any]) -> dict[str,
                             "baseline_run": result.baseline_run or ""})
         _log_dir(tracker, result.statistics_uri, ctx, "statistics")
         _log_dir(tracker, result.anomalies_uri, ctx, "anomalies")
-        return result.to_dict()
+        return result
 
 
 def _log_dir(tracker: MlflowTracker, uri: str, ctx: RunContext, artifact_path: str) -> None:
@@ -134,41 +151,42 @@ def _log_dir(tracker: MlflowTracker, uri: str, ctx: RunContext, artifact_path: s
                 tracker.log_artifact(item, artifact_path)
 
 
-def train_model(ctx: RunContext, examples: Mapping[str, Any], validation: Mapping[str, Any]) -> dict[str, Any]:
+def train_model(ctx: RunContext, examples: ExamplesArtifact, validation: ValidationArtifact) -> ModelArtifact:
     from tasks.training.model import model_spec_from
     from tasks.plots import training_curves
     from tasks.artifacts import TENSORBOARD_DIR
     from tasks.training.export import read_history
     from tasks.validate import load_schema, load_statistics
 
+    examples, validation = ExamplesArtifact.of(examples), ValidationArtifact.of(validation)
     with step_run(ctx, "train_model") as tracker:
         cache = ctx.settings.cache_dir
         spec = model_spec_from(
-            load_schema(validation["statistics_uri"], cache),
-            load_statistics(validation["statistics_uri"], "train", cache),
+            load_schema(validation.statistics_uri, cache),
+            load_statistics(validation.statistics_uri, "train", cache),
             label=ctx.config.label,
             task=ctx.config.task.value,
-            features=[c for c in examples["columns"] if c != ctx.config.label],
+            features=[c for c in examples.columns if c != ctx.config.label],
             hidden_units=ctx.config.train.hidden_units,
             embedding_dim=ctx.config.train.embedding_dim,
         )
         tracker.log_params({"train": ctx.config.train.model_dump(mode="json")})
         work = ctx.work_dir("train_model")
         mirror = checkpoint_mirror(ctx)
-        result = _run_training(ctx, tracker, examples["uri"], spec, work)
-        history = read_history(result["uri"])
-        tracker.log_metrics({f"final_{k}": v for k, v in result["final_metrics"].items()})
+        result = _run_training(ctx, tracker, examples.uri, spec, work)
+        history = read_history(result.uri)
+        tracker.log_metrics({f"final_{k}": v for k, v in result.final_metrics.items()})
         tracker.set_tags({
-            "tfpipe.strategy": result["strategy"], "tfpipe.replicas": str(result["replicas"]),
-            "tfpipe.workers": str(result["workers"]), "tfpipe.resumed_from_step": str(result["resumed_from_step"]),
-            "tfpipe.best_epoch": str(result["best_epoch"]), "tfpipe.stopped_early": str(result["stopped_early"]),
+            "tfpipe.strategy": result.strategy, "tfpipe.replicas": str(result.replicas),
+            "tfpipe.workers": str(result.workers), "tfpipe.resumed_from_step": str(result.resumed_from_step),
+            "tfpipe.best_epoch": str(result.best_epoch), "tfpipe.stopped_early": str(result.stopped_early),
             **({"tfpipe.checkpoint_mirror": mirror,
-                "tfpipe.checkpoint_files_mirrored": str(result["checkpoint_files_mirrored"])} if mirror else {}),
+                "tfpipe.checkpoint_files_mirrored": str(result.checkpoint_files_mirrored)} if mirror else {}),
         })
         with scratch_dir(ctx, "train_model") as scratch:
             training_curves(history, scratch / "training_curves.png")
             tracker.log_artifact(scratch / "training_curves.png", "plots")
-        _log_model(ctx, tracker, result["uri"], examples["uri"], spec)
+        _log_model(ctx, tracker, result, examples.uri, spec)
         # The run's model is published: what a retry would resume from is no longer needed.
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
         if mirror:
@@ -176,10 +194,10 @@ def train_model(ctx: RunContext, examples: Mapping[str, Any], validation: Mappin
         shutil.rmtree(work / TENSORBOARD_DIR, ignore_errors=True)
         _record_passing_run(ctx, tracker, validation)
         # Where the MLflow model is (model/ of this run): what the registry version of a push points to.
-        return {**result, "mlflow_run_id": tracker.run_id}
+        return dataclasses.replace(result, mlflow_run_id=tracker.run_id)
 
 
-def _record_passing_run(ctx: RunContext, tracker: MlflowTracker, validation: Mapping[str, Any]) -> None:
+def _record_passing_run(ctx: RunContext, tracker: MlflowTracker, validation: ValidationArtifact) -> None:
     """The data passed validation and trained: its inferred schema is recorded (enforced from now
     on) and its statistics become the next run's drift baseline. Not before: a run that failed in
     training must not leave a schema that the next run, fixed, is then checked against."""
@@ -187,14 +205,14 @@ def _record_passing_run(ctx: RunContext, tracker: MlflowTracker, validation: Map
 
     root, name = ctx.settings.artifact_root, ctx.config.name
     recorded_uri = artifacts.recorded_schema_uri(root, name)
-    if record_passing_run(validation["statistics_uri"], validation["schema_source"], recorded_uri,
+    if record_passing_run(validation.statistics_uri, validation.schema_source, recorded_uri,
                           artifacts.baseline_statistics_uri(root, name), ctx.run_id):
         tracker.set_tags({"tfpipe.recorded_schema": recorded_uri})
         log.info("recorded the inferred schema at %s: later runs are validated against it "
                  "(tfpipe schema %s --reset discards it)", recorded_uri, name)
 
 
-def _log_model(ctx: RunContext, tracker: MlflowTracker, model_uri: str, examples_uri: str, spec) -> None:
+def _log_model(ctx: RunContext, tracker: MlflowTracker, model: ModelArtifact, examples_uri: str, spec) -> None:
     """The model as an MLflow model (pyfunc over the SavedModel, signature, input example from the
     eval split) at ``model/``, beside its spec, history and TensorBoard logs."""
     from importlib import metadata
@@ -203,12 +221,11 @@ def _log_model(ctx: RunContext, tracker: MlflowTracker, model_uri: str, examples
     from tasks.training.inputs import example_frame
 
     cache = ctx.settings.cache_dir
-    local_model = storage.materialize(model_uri, cache)
+    saved_model = model.saved_model(cache)
     frame = example_frame(Examples.open(examples_uri).files("eval", cache), spec, rows=5)
     requirements = [f"{name}=={metadata.version(name)}" for name in ("tensorflow", "tf-keras", "pandas", "mlflow")]
-    tracker.log_saved_model(local_model / SAVED_MODEL_DIR, {f.name: f.kind for f in spec.features}, frame,
-                            "model", requirements)
-    for item in sorted(local_model.iterdir()):
+    tracker.log_saved_model(saved_model, {f.name: f.kind for f in spec.features}, frame, "model", requirements)
+    for item in sorted(saved_model.parent.iterdir()):
         if item.name != SAVED_MODEL_DIR and not item.name.startswith((".", "_")):
             tracker.log_artifact(item, "model")
 
@@ -221,7 +238,7 @@ def checkpoint_mirror(ctx: RunContext) -> str | None:
     return artifacts.checkpoints_uri(ctx.settings.artifact_root, ctx.config.name, ctx.run_id)
 
 
-def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, spec, work: Path) -> dict[str, Any]:
+def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, spec, work: Path) -> ModelArtifact:
     """Train in this process, or in worker processes when the strategy needs them.
 
     ``multi_worker`` without a ``TF_CONFIG`` starts ``train.workers`` local workers
@@ -253,33 +270,35 @@ def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, sp
     tf_config = os.environ.get("TF_CONFIG")
     if params.strategy == "multi_worker" and not tf_config:
         log.info("starting %d training workers on 127.0.0.1", params.workers)
-        return launch(request, params.workers, work / "workers")
+        return ModelArtifact.of(launch(request, params.workers, work / "workers"))
     if params.strategy == "parameter_server" and not tf_config:
         log.info("starting a parameter-server cluster on 127.0.0.1: a chief, %d workers, %d parameter servers",
                  params.workers, params.parameter_servers)
-        return launch(request, params.workers, work / "workers", parameter_servers=params.parameter_servers)
+        return ModelArtifact.of(launch(request, params.workers, work / "workers",
+                                       parameter_servers=params.parameter_servers))
     progress = BatchedProgress(tracker)
     try:
         with system_metrics(ctx.settings.tracking_uri, tracker.run_id, "worker-0"):
             return train(examples_uri, spec, params, request["output_uri"], work / "checkpoints",
                          ctx.settings.cache_dir, work, progress=progress,
                          search_path=tuple(request["search_path"]), tf_config=tf_config,
-                         checkpoint_uri=mirror).to_dict()
+                         checkpoint_uri=mirror)
     except DevicesAlreadyInitialized:
         log.info("TensorFlow already runs in this process: training in a fresh worker process")
-        return launch(request, 1, work / "workers")
+        return ModelArtifact.of(launch(request, 1, work / "workers"))
     finally:
         progress.flush()
 
 
-def evaluate_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
+def evaluate_model(ctx: RunContext, examples: ExamplesArtifact, model: ModelArtifact) -> Blessing:
     from tasks.evaluate import evaluate_model as evaluate, format_checks
     from tasks.release.model_store import champion, champion_state
 
+    examples, model = ExamplesArtifact.of(examples), ModelArtifact.of(model)
     with step_run(ctx, "evaluate_model") as tracker:
         baseline = champion(ctx.settings.model_store, ctx.config.model_name)
         state = champion_state(ctx.settings.model_store, ctx.config.model_name)  # what the push will compare
-        blessing = evaluate(model["uri"], examples["uri"], ctx.config.gate, baseline,
+        blessing = evaluate(model.uri, examples.uri, ctx.config.gate, baseline,
                             ctx.output("evaluation"), ctx.settings.cache_dir, ctx.work_dir("evaluate_model"),
                             champion_generation=state[1] if state else None)
         record = blessing.to_dict()
@@ -295,15 +314,15 @@ def evaluate_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[
             f"slice/{_metric_key(name.replace('=', '/', 1))}/{metric}": value
             for name, values in blessing.slice_metrics.items() for metric, value in values.items()
         })
-        tracker.log_dict(record, "evaluation/blessing.json")
-        tracker.log_text(format_checks(record), "evaluation/blessing.txt")
-        _log_dir(tracker, storage.join(blessing.uri, "plots"), ctx, "plots")
+        tracker.log_dict(record, f"evaluation/{artifacts.BLESSING_FILE}")
+        tracker.log_text(format_checks(blessing), "evaluation/blessing.txt")
+        _log_dir(tracker, storage.join(blessing.uri, artifacts.PLOTS_DIR), ctx, "plots")
         tracker.set_tags({"tfpipe.blessed": str(blessing.blessed).lower()})
         tracker.log_headline(blessing=record)
-        log.info("%s", format_checks(record))
+        log.info("%s", format_checks(blessing))
         if not blessing.blessed:
             end_pipeline(ctx, tracker, "not_blessed")
-        return record
+        return blessing
 
 
 def _metric_key(text: str) -> str:
@@ -318,10 +337,13 @@ def gate(blessing: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(blessing) if blessing.get("blessed") else None
 
 
-def optimize_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any],
-                   blessing: Mapping[str, Any]) -> dict[str, Any]:
-    from tasks.optimize import CHART_FILE, Measurement, format_report, optimize_model as optimize
+def optimize_model(ctx: RunContext, examples: ExamplesArtifact, model: ModelArtifact,
+                   blessing: Blessing) -> OptimizedArtifact:
+    """Optimize a blessed model (``blessing`` orders the step after the gate; its verdict is the push's)."""
+    from tasks.artifacts import CHART_FILE, REPORT_FILE
+    from tasks.optimize import format_report, optimize_model as optimize
 
+    examples, model = ExamplesArtifact.of(examples), ModelArtifact.of(model)
     with step_run(ctx, "optimize_model") as tracker:
         options = ctx.config.optimize
         train = ctx.config.train
@@ -330,30 +352,27 @@ def optimize_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[
             from tasks.training.model import build
 
             builder = lambda spec: build(spec, train, (str(Path(ctx.pipeline).parent),))  # noqa: E731
-        result = optimize(
-            model["uri"], examples["uri"], options.max_accuracy_drop, ctx.output("optimized"),
-            ctx.settings.cache_dir, ctx.work_dir("optimize_model"), variants=tuple(options.variants),
-            representative_examples=options.representative_examples,
-            pruning=options.pruning.model_copy(update={"batch_size": options.pruning.batch_size or train.batch_size}),
-            measurement=Measurement(latency_runs=options.latency_runs, throughput_batch=options.throughput_batch),
-            build_model=builder, max_rmse_increase=options.max_rmse_increase,
-        )
+        # Pruning fine-tunes at the training batch size unless the section says otherwise.
+        pruning = options.pruning.model_copy(update={"batch_size": options.pruning.batch_size or train.batch_size})
+        result = optimize(model.uri, examples.uri, options.model_copy(update={"pruning": pruning}),
+                          ctx.output("optimized"), ctx.settings.cache_dir, ctx.work_dir("optimize_model"),
+                          build_model=builder)
         for variant, row in result.report["variants"].items():
             tracker.log_metrics({f"{variant}.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        tracker.log_dict(result.report, "optimization/report.json")
+        tracker.log_dict(result.report, f"optimization/{REPORT_FILE}")
         tracker.log_text(format_report(result.report), "optimization/report.txt")
         with scratch_dir(ctx, "optimize_model") as scratch:
             storage.download_file(storage.join(result.uri, CHART_FILE), scratch / CHART_FILE)
             tracker.log_artifact(scratch / CHART_FILE, "plots")
         log.info("optimization report:\n%s", format_report(result.report))
-        return result.to_dict()
+        return result
 
 
 def run_pipeline(ctx: RunContext, until: str | None = None, on_step=None) -> dict[str, Any]:
     """Run the steps of :data:`STEP_TABLE` in order in this process (``tfpipe run``); stops after ``until``.
 
     Returns:
-        Step name to its record; a step that did not run is absent. Evaluation that does not
+        Step name to its record, as JSON (as XCom holds it); a step that did not run is absent. Evaluation that does not
         bless the model ends the run before optimize and push, as the DAG's short-circuit does.
     """
     if until is not None and until not in STEPS:
@@ -361,7 +380,7 @@ def run_pipeline(ctx: RunContext, until: str | None = None, on_step=None) -> dic
     results: dict[str, Any] = {}
     for step in STEP_TABLE:
         started = time.perf_counter()
-        results[step.name] = step_function(step.name)(ctx, *(results[name] for name in step.inputs))
+        results[step.name] = run_step(step.name, ctx, *(results[name] for name in step.inputs))
         if on_step is not None:
             on_step(step.name, results[step.name], time.perf_counter() - started)
         if step.name == until:

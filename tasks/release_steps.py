@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks import storage
+from tasks import artifacts, storage
+from tasks.artifacts import Blessing, ExamplesArtifact, ModelArtifact, OptimizedArtifact
 from tasks.context import RunContext, code_version, data_version, end_pipeline, step_run, tracking_for
 from tasks.settings import Settings, redact
 from tasks.tracking import MlflowTracker
@@ -18,8 +19,8 @@ from tasks.tracking import MlflowTracker
 log = logging.getLogger(__name__)
 
 
-def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any],
-               blessing: Mapping[str, Any], optimized: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def push_model(ctx: RunContext, examples: ExamplesArtifact, model: ModelArtifact, blessing: Blessing,
+               optimized: OptimizedArtifact | None = None) -> dict[str, Any]:
     """Push, check that the pushed version serves, register it, make it champion, prune old versions.
 
     A transaction (docs/release.md): the version is claimed by this DAG run, so a retry finishes
@@ -31,20 +32,21 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
     it is champion (``models.config``, TF Serving, the registry alias), the previous champion is
     restored before the error is raised.
     """
-    from tasks.evaluate import read_blessing
     from tasks.release import model_store, promotion
 
+    examples, model, blessing = ExamplesArtifact.of(examples), ModelArtifact.of(model), Blessing.of(blessing)
+    optimized = OptimizedArtifact.of(optimized) if optimized else None
     with step_run(ctx, "push_model") as tracker:
         recover_store(ctx.settings, ctx.config.model_name)  # a promotion whose process died
         # Re-read the published blessing rather than trusting what came through XCom.
-        verdict = read_blessing(blessing["uri"])
-        if verdict["model_uri"] != model["uri"]:
-            raise ValueError(f"blessing {blessing['uri']} is for {verdict['model_uri']}, not {model['uri']}")
+        verdict = Blessing.read(blessing.uri)
+        if verdict.model_uri != model.uri:
+            raise ValueError(f"blessing {blessing.uri} is for {verdict.model_uri}, not {model.uri}")
         owner = f"{ctx.dag_id}/{ctx.run_id}"
         pushed = change = None
         for _attempt in range(5):  # each lost compare-and-swap gates the model again
             verdict = _current_blessing(ctx, tracker, examples, model, verdict, owner)
-            if not verdict["blessed"]:
+            if not verdict.blessed:
                 return _not_promoted(ctx, tracker, verdict, pushed)
             if pushed is None:
                 pushed, warmup, expected = _push_files(ctx, examples, model, verdict, optimized, owner)
@@ -53,7 +55,7 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
             try:
                 change, served = promotion.promote(
                     ctx.settings, ctx.config.model_name, pushed.version, owner, registry_for(ctx.settings),
-                    registry_version, _state(verdict), _served_before(ctx.settings.model_store,
+                    registry_version, verdict.evaluated_state, _served_before(ctx.settings.model_store,
                                                                       ctx.config.model_name, pushed.version),
                     warmup, expected, ctx.config.push.serving_timeout_seconds)
                 if served is not None:
@@ -67,13 +69,8 @@ def push_model(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str,
         return _pushed(ctx, tracker, pushed, change, checks, registry_version, verdict)
 
 
-def _state(verdict: Mapping[str, Any]) -> tuple[int, int | None] | None:
-    against = verdict.get("evaluated_against")
-    return (against["version"], against.get("generation")) if against else None
-
-
-def _current_blessing(ctx: RunContext, tracker: MlflowTracker, examples: Mapping[str, Any],
-                      model: Mapping[str, Any], verdict: dict[str, Any], owner: str) -> dict[str, Any]:
+def _current_blessing(ctx: RunContext, tracker: MlflowTracker, examples: ExamplesArtifact, model: ModelArtifact,
+                      verdict: Blessing, owner: str) -> Blessing:
     """The blessing, valid against what serves now: as published when the champion is still the one
     it measured (or this run's own version, a retry); gated again against a champion another push
     promoted meanwhile. After a rollback the push is refused: the gate cannot know why it was rolled
@@ -83,7 +80,7 @@ def _current_blessing(ctx: RunContext, tracker: MlflowTracker, examples: Mapping
 
     store, name = ctx.settings.model_store, ctx.config.model_name
     mine = model_store.claimed_by(store, name, owner)
-    served, evaluated = _served_before(store, name, mine), _state(verdict)
+    served, evaluated = _served_before(store, name, mine), verdict.evaluated_state
     if served == evaluated or (served is not None and served[0] == mine):
         return verdict
     if model_store.rolled_back_since(store, name, evaluated[1] if evaluated else None):
@@ -94,17 +91,16 @@ def _current_blessing(ctx: RunContext, tracker: MlflowTracker, examples: Mapping
     log.warning("the champion of %s is %s, not %s as when this run evaluated: gating the model again", name,
                 model_store.describe_state(served), model_store.describe_state(evaluated))
     state = model_store.champion_state(store, name)
-    blessing = evaluate_model(model["uri"], examples["uri"], ctx.config.gate, model_store.champion(store, name),
+    blessing = evaluate_model(model.uri, examples.uri, ctx.config.gate, model_store.champion(store, name),
                               storage.join(ctx.output("evaluation"), f"regated-{state[0] if state else 0}"),
                               ctx.settings.cache_dir, ctx.work_dir("push_model"),
                               champion_generation=state[1] if state else None)
-    record = blessing.to_dict()
-    tracker.log_text(format_checks(record), f"push/regated-v{state[0] if state else 0}.txt")
-    log.info("gated again:\n%s", format_checks(record))
-    return record
+    tracker.log_text(format_checks(blessing), f"push/regated-v{state[0] if state else 0}.txt")
+    log.info("gated again:\n%s", format_checks(blessing))
+    return blessing
 
 
-def _not_promoted(ctx: RunContext, tracker: MlflowTracker, verdict: Mapping[str, Any], pushed) -> dict[str, Any]:
+def _not_promoted(ctx: RunContext, tracker: MlflowTracker, verdict: Blessing, pushed) -> dict[str, Any]:
     """Gated again against a newer champion, the model is not blessed: nothing of it stays served."""
     from tasks.release import model_store
 
@@ -113,19 +109,19 @@ def _not_promoted(ctx: RunContext, tracker: MlflowTracker, verdict: Mapping[str,
     tracker.set_tags({"tfpipe.pushed": "false"})
     log.warning("%s is not pushed: gated again against the champion another run promoted meanwhile, it is not "
                 "blessed (%s)", ctx.config.model_name,
-                "; ".join(r for r, c in zip(verdict["reasons"], verdict["checks"]) if c["passed"] is False))
+                "; ".join(verdict.failed_reasons))
     end_pipeline(ctx, tracker, "not_blessed_against_the_new_champion")
-    return {"pushed": False, "model_name": ctx.config.model_name, "reasons": verdict["reasons"]}
+    return {"pushed": False, "model_name": ctx.config.model_name, "reasons": verdict.reasons}
 
 
 def _pushed(ctx: RunContext, tracker: MlflowTracker, pushed, change, checks, registry_version: str,
-            verdict: Mapping[str, Any]) -> dict[str, Any]:
+            verdict: Blessing) -> dict[str, Any]:
     """Record and log what was pushed (retention included)."""
     settings, name = ctx.settings, ctx.config.model_name
     removed = _retention(ctx)
     record = {**pushed.to_dict(), "pushed": True, "registry_version": registry_version, "champion": change.version,
               "previous_champion": change.previous, "checks": checks, "removed_versions": removed,
-              "evaluated_against": verdict.get("evaluated_against")}
+              "evaluated_against": verdict.evaluated_against}
     tracker.log_params({"pushed_uri": pushed.uri, "pushed_version": pushed.version})
     tracker.log_metrics({"pushed_bytes": pushed.bytes, "pushed_files": pushed.files,
                          "store_check_max_abs_diff": checks["store"]["max_abs_diff"]})
@@ -151,19 +147,17 @@ def _served_before(store: str, name: str, mine: int | None) -> tuple[int, int | 
     return (others[-1], None) if others else None
 
 
-def _push_files(ctx: RunContext, examples: Mapping[str, Any], model: Mapping[str, Any], verdict: dict[str, Any],
-                optimized: Mapping[str, Any] | None, owner: str):
+def _push_files(ctx: RunContext, examples: ExamplesArtifact, model: ModelArtifact, verdict: Blessing,
+                optimized: OptimizedArtifact | None, owner: str):
     """Copy the model into its claimed version (a retry finishes the same one); returns it with the
     warm-up records and what the model answers them before the push."""
     from tasks.coders import first_records
     from tasks.evaluate import predict
     from tasks.release.push import push_model as push
-    from tasks.artifacts import SAVED_MODEL_DIR, Examples
-
     settings, options = ctx.settings, ctx.config.push
-    saved_model = storage.materialize(model["uri"], settings.cache_dir) / SAVED_MODEL_DIR
+    saved_model = model.saved_model(settings.cache_dir)
     # The first eval examples only: the split may be large.
-    eval_files = Examples.open(examples["uri"]).files("eval", settings.cache_dir)
+    eval_files = artifacts.Examples.open(examples.uri).files("eval", settings.cache_dir)
     warmup = first_records(eval_files, options.warmup_requests)
     expected = predict(saved_model, warmup)
     pushed = push(saved_model, verdict, settings.model_store, ctx.config.model_name, owner=owner,
@@ -187,7 +181,7 @@ def _check_store(ctx: RunContext, pushed, expected) -> dict[str, Any]:
     return check
 
 
-def _register(ctx: RunContext, tracker: MlflowTracker, examples: Mapping[str, Any], model: Mapping[str, Any],
+def _register(ctx: RunContext, tracker: MlflowTracker, examples: ExamplesArtifact, model: ModelArtifact,
               pushed) -> str:
     """The version in the MLflow registry (the alias moves only once it is champion); a retry
     finds the registry version it created before."""
@@ -199,11 +193,11 @@ def _register(ctx: RunContext, tracker: MlflowTracker, examples: Mapping[str, An
         return found
     # The registry version is the MLflow model logged by train_model (pyfunc, signature, input
     # example); an MLflow server refuses a local path as a source. The store URI is a tag.
-    source = f"runs:/{model['mlflow_run_id']}/model" if model.get("mlflow_run_id") else pushed.uri
+    source = f"runs:/{model.mlflow_run_id}/model" if model.mlflow_run_id else pushed.uri
     tags = {"store_uri": pushed.uri, "store_version": str(pushed.version), "pipeline": ctx.config.name,
             "dag_id": ctx.dag_id, "run_id": ctx.run_id, "push_mlflow_run_id": tracker.run_id,
-            "model_uri": model["uri"], "code_version": code_version(), "data_version": data_version(examples["uri"])}
-    return tracker.register_model(name, source, tags, champion=False, source_run_id=model.get("mlflow_run_id"))
+            "model_uri": model.uri, "code_version": code_version(), "data_version": data_version(examples.uri)}
+    return tracker.register_model(name, source, tags, champion=False, source_run_id=model.mlflow_run_id)
 
 
 def registry_for(settings: Settings):
@@ -233,14 +227,14 @@ def _retention(ctx: RunContext) -> list[int]:
         return []
 
 
-def _kept_variants(ctx: RunContext, optimized: Mapping[str, Any] | None) -> list[Path]:
+def _kept_variants(ctx: RunContext, optimized: OptimizedArtifact | None) -> list[Path]:
     """The optimized variants that were kept, and their report, as local files."""
     if not optimized:
         return []
-    local = storage.materialize(optimized["uri"], ctx.settings.cache_dir)
-    rows = optimized["report"]["variants"]
-    paths = [local / rows[name]["file"] for name in optimized.get("kept", []) if rows[name].get("file")]
-    extras = [local / name for name in ("report.json", "tradeoff.png")]
+    local = storage.materialize(optimized.uri, ctx.settings.cache_dir)
+    rows = optimized.report["variants"]
+    paths = [local / rows[name]["file"] for name in optimized.kept if rows[name].get("file")]
+    extras = [local / name for name in (artifacts.REPORT_FILE, artifacts.CHART_FILE)]
     return [p for p in paths if p.exists()] + [p for p in extras if p.is_file()]
 
 

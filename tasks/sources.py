@@ -23,7 +23,7 @@ from tasks import storage
 from tasks.errors import DataError
 
 ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
-_CSV_BLOCK_BYTES = 4 << 20
+CSV_BLOCK_BYTES = 4 << 20
 _PARQUET_BATCH_ROWS = 65_536
 
 
@@ -170,7 +170,7 @@ def _open_csv(path: Path, uri: str, kinds: Mapping[str, str | None], declared: f
     try:
         reader = pacsv.open_csv(
             str(path),
-            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 column_types=column_types, strings_can_be_null=True, quoted_strings_can_be_null=True
@@ -303,7 +303,7 @@ def _first_row(path: Path, column: str, arrow_type: pa.DataType, bad, delimiter:
     try:
         reader = pacsv.open_csv(
             str(path),
-            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(include_columns=[column], column_types={column: arrow_type}),
         )

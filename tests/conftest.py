@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 import shutil
 import tempfile
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="google")
 
@@ -24,68 +22,12 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.p
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "plugins")
 os.environ.pop("TFPIPE_HOME", None)
 
-PENGUINS_CSV = Path(str(importlib.resources.files("palmerpenguins").joinpath("data", "penguins.csv")))
-
-
-def run_concurrently(fn, count: int) -> list:
-    """``fn(i)`` for i in range(count), each on its own thread, all started before any is joined;
-    the results in completion order. The first error is raised after all have finished."""
-    import threading
-
-    results, errors = [], []
-
-    def run(i):
-        try:
-            results.append(fn(i))
-        except Exception as error:  # noqa: BLE001 - raised below, once all threads are done
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return results
-
-
-class Recorder:
-    """A training ``Progress`` that keeps what it was told (steps with loss and rate, epoch records)."""
-
-    def __init__(self):
-        self.epochs, self.steps = [], []
-
-    def on_steps(self, first_step, losses, learning_rate):
-        self.steps += [(first_step + i, loss, learning_rate) for i, loss in enumerate(losses)]
-
-    def on_epoch(self, epoch, record):
-        self.epochs.append(record)
+from tests.helpers import PENGUINS_CSV, Recorder, write_pipeline  # noqa: E402 - after the environment above
 
 
 @pytest.fixture
 def penguins_frame() -> pd.DataFrame:
     return pd.read_csv(PENGUINS_CSV)
-
-
-def write_pipeline(directory: Path, name: str = "tiny", **changes) -> Path:
-    """A pipeline YAML like penguins', with ``changes`` merged at the top level."""
-    config = {
-        "model_name": name,
-        "data": {"source": str(PENGUINS_CSV), "num_shards": 2},
-        "label": "species",
-        "task": "multiclass",
-        "train": {"epochs": 3, "batch_size": 32, "learning_rate": 0.02},
-        "gate": {"metrics": {"accuracy": {"lower_bound": 0.5, "max_decrease": 0.05}}},
-    }
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture

@@ -113,7 +113,7 @@ def model_server(models_config: Path):
     """
     import tensorflow as tf
 
-    from tasks.release.model_store import parse_models_config
+    from tasks.release.models_config import parse_models_config
 
     loaded: dict[tuple[str, int], object] = {}
     lock = threading.Lock()

@@ -92,7 +92,7 @@ def _compress_floor(chunks: list[bytes], level: int, workers: int) -> int:
 def _decoded(files: list[str]) -> Any:
     import pandas as pd
 
-    from tasks.validate import iter_record_batches
+    from tasks.statistics import iter_record_batches
 
     frames = [b.to_pandas() for b in iter_record_batches(files)]
     frame = pd.concat(frames, ignore_index=True)

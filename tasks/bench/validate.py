@@ -33,7 +33,7 @@ def bench_validate(rows: int, columns: int = 20, repeat: int = 3, workdir: Path 
     from tasks.config import config_from_mapping
     from tasks.bench.datagen import generate
     from tasks.ingest import ingest_examples, read_manifest
-    from tasks.validate import compute_statistics, in_memory_statistics
+    from tasks.statistics import compute_statistics, in_memory_statistics
 
     root = Path(tempfile.mkdtemp(prefix="tfpipe-bench-", dir=workdir))
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from tasks.release import model_store, serving
+from tasks.release import model_store, models_config, serving
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def promote(settings: Settings, model_name: str, version: int, owner: str, regis
                                       pending_seconds=lease_seconds(serving_timeout))
     checked = None
     try:
-        model_store.write_models_config(settings.model_store, settings.serving_base_path)
+        models_config.write_models_config(settings.model_store, settings.serving_base_path)
         if settings.serving_url:
             checked = check_tf_serving(settings, model_name, version, warmup, expected, owner, registry,
                                        serving_timeout)
@@ -101,7 +101,7 @@ def recover(settings: Settings, model_name: str, registry: Registry,
 def align(settings: Settings, model_name: str, registry: Registry) -> None:
     """``models.config`` and the registry alias follow the champion pointer; a registry that cannot
     be reached is reported and left to the next operation (the pointer and TF Serving agree)."""
-    model_store.write_models_config(settings.model_store, settings.serving_base_path)
+    models_config.write_models_config(settings.model_store, settings.serving_base_path)
     state = model_store.champion_state(settings.model_store, model_name)
     try:
         registry_version = registry.version_for(model_name, state[0]) if state else None
@@ -144,7 +144,7 @@ def rollback(settings: Settings, model_name: str, registry: Registry, to_version
     previous = int(current["history"][-1]["version"]) if retry and current.get("history") else change.previous
     details: dict[str, Any] = {"model_name": model_name, "from_version": previous, "to_version": target, "by": by,
                                "store": store, "finished_a_retried_rollback": retry}
-    details["models_config"] = model_store.write_models_config(store, settings.serving_base_path)
+    details["models_config"] = models_config.write_models_config(store, settings.serving_base_path)
     if settings.serving_url:
         details["tf_serving"] = _serve_or_undo(settings, model_name, target, records, expected, change,
                                                serving_timeout)
@@ -169,5 +169,5 @@ def _serve_or_undo(settings: Settings, model_name: str, version: int, records, e
     except serving.ServingCheckError as error:
         if change.changed:
             model_store.undo_promotion(settings.model_store, model_name, change)
-            model_store.write_models_config(settings.model_store, settings.serving_base_path)
+            models_config.write_models_config(settings.model_store, settings.serving_base_path)
         raise serving.ServingCheckError(f"{error}; the rollback to v{version} was undone") from error

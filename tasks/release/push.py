@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from tasks import artifacts, storage
-from tasks.release.model_store import MANIFEST_FILE, SAVED_MODEL_PB, claim_version, now
+from tasks.artifacts import MANIFEST_FILE, SAVED_MODEL_PB, VARIANTS_DIR, WARMUP_FILE, Blessing
+from tasks.release.model_store import claim_version, now
 
 log = logging.getLogger(__name__)
-
-VARIANTS_DIR = "variants"
 
 
 class PushError(RuntimeError):
@@ -55,7 +54,7 @@ def _stage_extras(scratch: Path, model_name: str, warmup_records: list[bytes],
     """Files pushed beside the SavedModel's own, by their path in the version."""
     extras: dict[str, Path] = {}
     if warmup_records:
-        from tasks.release.serving import WARMUP_FILE, write_warmup_requests
+        from tasks.release.serving import write_warmup_requests
 
         write_warmup_requests(scratch / WARMUP_FILE, model_name, warmup_records)
         extras[WARMUP_FILE] = scratch / WARMUP_FILE
@@ -70,7 +69,7 @@ def _stage_extras(scratch: Path, model_name: str, warmup_records: list[bytes],
 
 def push_model(
     saved_model_dir: Path,
-    blessing: dict[str, Any],
+    blessing: Blessing,
     model_store: str,
     model_name: str,
     owner: str,
@@ -89,10 +88,8 @@ def push_model(
         PushError: The blessing is negative, the directory is no SavedModel, or the copy failed
             or could not be verified (what was written of the version is removed).
     """
-    if not blessing.get("blessed"):
-        raise PushError(
-            f"refusing to push {blessing.get('model_uri')}: it is not blessed ({'; '.join(blessing.get('reasons', []))})"
-        )
+    if not blessing.blessed:
+        raise PushError(f"refusing to push {blessing.model_uri}: it is not blessed ({'; '.join(blessing.failed_reasons)})")
     if not (saved_model_dir / SAVED_MODEL_PB).is_file():
         raise PushError(f"{saved_model_dir} is not a SavedModel (no {SAVED_MODEL_PB})")
     if work_dir is not None:

@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 
 from tasks import storage
-from tasks.artifacts import SERVING_SIGNATURE
+from tasks.artifacts import SERVING_SIGNATURE, WARMUP_FILE
 
-WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 INPUT_KEY = "examples"
 # Outputs are float32 computed by the same graph; a reload may change the kernels chosen.
 TOLERANCE = 1e-5
@@ -224,7 +223,7 @@ def check_serving(model_store: str, model_name: str, cache_dir: Path, serving_ur
     Raises:
         ServingCheckError: Any of these does not hold; the message says which.
     """
-    from tasks.release import model_store as store
+    from tasks.release import model_store as store, models_config
     from tasks.evaluate import predict
 
     started = time.perf_counter()
@@ -235,7 +234,7 @@ def check_serving(model_store: str, model_name: str, cache_dir: Path, serving_ur
     config_uri = storage.join(model_store, store.MODELS_CONFIG)
     if not storage.exists(config_uri):
         raise ServingCheckError(f"{config_uri} does not exist: TensorFlow Serving has no config to load")
-    served = store.parse_models_config(storage.read_bytes(config_uri).decode()).get(model_name)
+    served = models_config.parse_models_config(storage.read_bytes(config_uri).decode()).get(model_name)
     if served is None or served[1] != [version]:
         raise ServingCheckError(f"{config_uri} serves {model_name} {served[1] if served else 'not at all'}, "
                                 f"but the champion is v{version}")

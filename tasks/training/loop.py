@@ -23,12 +23,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tasks import storage
-from tasks.artifacts import SAVED_MODEL_DIR, TENSORBOARD_DIR, Examples
+from tasks.artifacts import SAVED_MODEL_DIR, TENSORBOARD_DIR, Examples, ModelArtifact
 from tasks.config import TrainConfig
 from tasks.progress import report
 from tasks.training.checkpoints import CheckpointMirror, LoopState, restore_checkpoints
@@ -43,29 +41,7 @@ from tasks.training.steps import Plan, Steps, train_iterator
 log = logging.getLogger(__name__)
 
 _PROGRESS_SECONDS = 10.0  # a progress line in the task log
-_BAR_SECONDS = 1.0  # a progress record for a terminal's bar
-
-
-@dataclass(frozen=True)
-class ModelArtifact:
-    uri: str
-    saved_model_uri: str
-    epochs: int
-    steps: int
-    resumed_from_step: int
-    final_metrics: dict[str, float]
-    strategy: str
-    replicas: int
-    workers: int = 1
-    best_epoch: int = 0
-    stopped_early: bool = False
-    examples_per_second: float = 0.0
-    traces: dict[str, int] = field(default_factory=dict)
-    mixed_precision: bool = False
-    checkpoint_files_mirrored: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+BAR_SECONDS = 1.0  # a progress record for a terminal's bar
 
 
 class Progress:
@@ -81,7 +57,7 @@ class Progress:
 def train_model(
     examples_uri: str,
     spec: ModelSpec,
-    params: TrainConfig,
+    config: TrainConfig,
     output_uri: str,
     checkpoint_dir: Path,
     cache_dir: Path,
@@ -105,20 +81,20 @@ def train_model(
             ``train.model_fn`` cannot be loaded.
     """
     role = WorkerRole.from_tf_config(tf_config)
-    plan = plan_training(examples_uri, spec, params, role, cache_dir)
+    plan = plan_training(examples_uri, spec, config, role, cache_dir)
     if checkpoint_uri:
         restore_checkpoints(checkpoint_dir, checkpoint_uri)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     writer = Writer(role, checkpoint_dir)
-    model, schedule, optimizer = build_model_and_optimizer(spec, params, plan, search_path)
+    model, schedule, optimizer = build_model_and_optimizer(spec, config, plan, search_path)
     state = LoopState(model, optimizer, checkpoint_dir, writer)
     resumed_from = state.restore()
     mirror = CheckpointMirror(checkpoint_dir, checkpoint_uri) if checkpoint_uri and role.is_chief else None
-    reporter = Reporter(plan, params, schedule, progress, checkpoint_dir.parent / TENSORBOARD_DIR)
-    examples_per_second = run_epochs(plan, params, state, Steps(model, optimizer, spec, params, plan), reporter,
+    reporter = Reporter(plan, config, schedule, progress, checkpoint_dir.parent / TENSORBOARD_DIR)
+    examples_per_second = run_epochs(plan, config, state, Steps(model, optimizer, spec, config, plan), reporter,
                                      mirror, spec)
     reporter.close()
-    restored_best = state.restore_best(params.early_stopping.restore_best)
+    restored_best = state.restore_best(config.early_stopping.restore_best)
     try:
         export(model, spec, state.history, output_uri, checkpoint_dir, work_dir, role.is_chief)
     finally:
@@ -245,7 +221,7 @@ class Reporter:
         if self.progress is not None:
             self.progress.on_steps(first_step, losses, learning_rate)
         now = time.perf_counter()
-        if now - self._last_shown <= _BAR_SECONDS:
+        if now - self._last_shown <= BAR_SECONDS:
             return
         level = logging.INFO if now - self._last_log > _PROGRESS_SECONDS else logging.DEBUG
         batch, total, epochs = self.plan.batch, self.plan.total_steps, self.params.epochs

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tasks import storage
-from tests.conftest import write_pipeline
+from tests.helpers import write_pipeline
 from tests.faults.release import AWS, BUCKET
 from tests.servers import mlflow_server, moto_s3
 

@@ -88,7 +88,7 @@ def arm(point: str | None) -> None:
 
     from tasks import storage
 
-    from tasks.release import model_store
+    from tasks.release import model_store, models_config
 
     parts = point.split(":")
     name, mid = parts[0], parts[-1] == "mid"
@@ -96,12 +96,12 @@ def arm(point: str | None) -> None:
         _arm(storage, "upload_verified", _nth(int(parts[1]), (lambda: _half_written_copy(storage)) if mid else _die))
     elif mid:
         target = {"swap": model_store.CHAMPION_FILE, "config": model_store.MODELS_CONFIG}[name]
-        _arm(model_store, {"swap": "set_champion", "config": "write_models_config"}[name],
+        _arm(*{"swap": (model_store, "set_champion"), "config": (models_config, "write_models_config")}[name],
              _nth(1, lambda: _die_before_rename(target)))
     else:
         target, attribute = {
             "swap": (model_store, "set_champion"), "commit": (model_store, "commit_promotion"),
-            "config": (model_store, "write_models_config"), "retention": (model_store, "apply_retention"),
+            "config": (models_config, "write_models_config"), "retention": (model_store, "apply_retention"),
             "register": (MlflowClient, "create_model_version"), "alias": (MlflowClient, "set_registered_model_alias"),
         }[name]
         _arm(target, attribute, _nth(1, _die))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tasks import storage
 
-from tasks.release import model_store, serving
+from tasks.release import model_store, models_config, serving
 from tasks.config import GateConfig, MetricGate
 from tasks.evaluate import evaluate_model
 from tasks.context import make_context
@@ -80,7 +80,7 @@ def serving_state(world, name: str) -> dict:
     store = world["settings"].model_store
     pointer = model_store.read_champion(store, name)
     config_uri = storage.join(store, model_store.MODELS_CONFIG)
-    config = model_store.parse_models_config(storage.read_bytes(config_uri).decode()) if storage.exists(
+    config = models_config.parse_models_config(storage.read_bytes(config_uri).decode()) if storage.exists(
         config_uri) else {}
     try:
         alias = int(MlflowClient(world["env"]["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(name, "champion")

@@ -41,7 +41,7 @@ def _store_unchanged(world, name: str) -> None:
 
 def test_mlflow_down_mid_push_then_at_the_dag_runs_end_then_back(trained, model, services, mlflow, monkeypatch):
     from plugins import tfpipe_listener
-    from tasks import tracking
+    from tasks.tracking import registry as tracking
 
     world = make_world(services, "local", model, tracking_uri=mlflow.url)
     name = "mlflow-down"

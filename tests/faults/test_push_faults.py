@@ -100,8 +100,8 @@ def test_a_promotion_whose_process_died_is_reverted_by_the_next_push_once_its_le
     assert [h["version"] for h in history] == [1] and history[-1]["generation"] == before["generation"]
 
 
-ERROR_POINTS = {"config": ("tasks.release.model_store", "write_models_config"),
-                "alias": ("tasks.tracking", "move_champion_alias"),
+ERROR_POINTS = {"config": ("tasks.release.models_config", "write_models_config"),
+                "alias": ("tasks.tracking.registry", "move_champion_alias"),
                 "commit": ("tasks.release.model_store", "commit_promotion")}
 
 

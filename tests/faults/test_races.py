@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tasks.release import model_store
+from tasks.release import model_store, sync
 from tests.faults.release import ROOT, assert_intact, bless, claims, make_world, push, push_process, seed, serving_state
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
@@ -80,7 +80,7 @@ def test_push_rollback_retention_and_serving_sync_at_once_leave_one_whole_champi
     assert "Traceback" not in rollback_err and retention.returncode == 0
     champion = _settled(world, name, tmp_path)
     # The mirror, synced once more, serves the champion from a copy that matches its manifest.
-    report = model_store.sync_store(store, mirror, [name])
+    report = sync.sync_store(store, mirror, [name])
     assert report.champions[name] == champion and not report.skipped
     manifest = model_store.read_manifest(f"{store}/{name}/{champion}")
     assert model_store.manifest_mismatches(mirror / name / str(champion), manifest) == []
@@ -90,11 +90,11 @@ def test_serving_sync_replaces_a_local_copy_that_differs_from_its_manifest(train
     world = make_world(services, "local", model)
     store, name, mirror = world["settings"].model_store, "tampered", tmp_path / "mirror"
     seed(trained, world, name)
-    model_store.sync_store(store, mirror, [name])
+    sync.sync_store(store, mirror, [name])
     local = mirror / name / "1"
     (local / "saved_model.pb").write_bytes(b"not the model")  # changed behind the mirror's back
     (local / "assets.extra" / "planted.txt").write_text("x")
-    report = model_store.sync_store(store, mirror, [name])
+    report = sync.sync_store(store, mirror, [name])
     assert report.repaired == {name: [1]} and report.champions == {name: 1}
     assert model_store.manifest_mismatches(local, model_store.read_manifest(f"{store}/{name}/1")) == []
     assert not (local / "assets.extra" / "planted.txt").exists()

@@ -11,13 +11,13 @@ import pytest
 
 from tasks import storage
 
-from tasks.release import model_store
+from tasks.release import model_store, models_config
 from tasks.config import GateConfig, MetricGate
 from tasks.evaluate import evaluate_model
 from tasks.context import make_context
 from tasks.release_steps import push_model
 from tasks.settings import Settings
-from tests.conftest import write_pipeline
+from tests.helpers import write_pipeline
 from tests.servers import faulty_s3_proxy, moto_s3
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
@@ -86,7 +86,7 @@ def _consistent(s3, name: str, version: int, generation: int) -> None:
 
     pointer = model_store.read_champion(STORE, name)
     assert (pointer["version"], pointer["generation"], "pending_until" in pointer) == (version, generation, False)
-    config = model_store.parse_models_config(storage.read_bytes(f"{STORE}/{model_store.MODELS_CONFIG}").decode())
+    config = models_config.parse_models_config(storage.read_bytes(f"{STORE}/{model_store.MODELS_CONFIG}").decode())
     assert config[name][1] == [version]
     alias = MlflowClient(_settings(s3).tracking_uri).get_model_version_by_alias(name, "champion")
     assert alias.tags["store_version"] == str(version)

@@ -8,18 +8,18 @@ import pytest
 
 from tasks import storage
 
-from tasks.release import model_store, serving
+from tasks.release import model_store, models_config, serving
 from tasks.evaluate import eval_data, predict
 from tasks.release.push import PushError, push_model
 from tasks.training.export import read_model_spec
-from tests.conftest import run_concurrently
+from tests.helpers import blessing_for, run_concurrently
 from tests.servers import failing_s3_proxy, moto_s3
 
 pytestmark = pytest.mark.integration
 
 BUCKET = "tfpipe-store"
 STORE = f"s3://{BUCKET}/model_store"
-BLESSED = {"blessed": True, "model_uri": "m", "reasons": []}
+BLESSED = blessing_for("m")
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_serving_sync_mirrors_the_s3_store(s3, model, tmp_path, capsys):
     local = tmp_path / "serving"
     assert main(["serving-sync", str(local), "--store", STORE, "--model", "synced"]) == 0
     assert "synced: added versions [1, 2]" in capsys.readouterr().out
-    assert model_store.parse_models_config((local / "models.config").read_text()) == {
+    assert models_config.parse_models_config((local / "models.config").read_text()) == {
         "synced": (str(local / "synced"), [2])}
     assert storage.sha256_file(local / "synced" / "2" / "saved_model.pb") == \
         model_store.read_manifest(f"{STORE}/synced/2")["files"]["saved_model.pb"]["sha256"]
@@ -111,5 +111,5 @@ def test_serving_sync_mirrors_the_s3_store(s3, model, tmp_path, capsys):
     assert third.version == 3
     assert main(["serving-sync", str(local), "--store", STORE, "--model", "synced"]) == 1
     assert "NOT synced v3" in capsys.readouterr().err
-    assert model_store.parse_models_config((local / "models.config").read_text())["synced"][1] == [1]
+    assert models_config.parse_models_config((local / "models.config").read_text())["synced"][1] == [1]
     assert sorted(p.name for p in (local / "synced").iterdir()) == ["1", "2"]

@@ -118,7 +118,8 @@ def test_pushed_model_is_in_s3_and_serves(services, blessed_run):
     predicted = serve(examples=tf.constant(records))["predicted_class"].numpy().astype(str)
     assert (predicted == labels).mean() > 0.85
     # What TF Serving needs: warm-up requests in the version, the champion in models.config.
-    from tasks.release.model_store import parse_models_config, read_champion, read_manifest
+    from tasks.release.model_store import read_champion, read_manifest
+    from tasks.release.models_config import parse_models_config
     from tasks.release.serving import WARMUP_FILE, read_warmup_requests
 
     assert len(read_warmup_requests(local / WARMUP_FILE)) == 16
@@ -340,7 +341,8 @@ def test_rollback_dag_moves_the_champion_back(services, dag, blessed_run):
     """A second push (tfpipe run, gate relaxed so that it blesses) becomes champion; the
     rollback_model DAG returns to v1."""
     from tasks import storage
-    from tasks.release.model_store import parse_models_config, read_champion
+    from tasks.release.model_store import read_champion
+    from tasks.release.models_config import parse_models_config
     from tasks.context import make_context
     from tasks.pipeline import run_pipeline
     from tasks.settings import Settings

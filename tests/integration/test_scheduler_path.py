@@ -24,7 +24,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from tests.conftest import PENGUINS_CSV
+from tests.helpers import PENGUINS_CSV
 from tests.servers import free_port, mlflow_server, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

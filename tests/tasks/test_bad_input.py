@@ -20,7 +20,7 @@ import pytest
 
 from tasks import cli
 from tasks.settings import Settings
-from tests.conftest import PENGUINS_CSV
+from tests.helpers import PENGUINS_CSV
 
 FRAME = pd.read_csv(PENGUINS_CSV)
 

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from tasks.cli import main
-from tests.conftest import PENGUINS_CSV
+from tests.helpers import PENGUINS_CSV
 
 
 def _minimal(tmp_path, name, source, label, task, **more):

@@ -7,7 +7,7 @@ import pytest
 from tasks.cli import main
 from tasks.settings import Settings
 from tasks.tracking import MlflowTracking
-from tests.conftest import write_pipeline
+from tests.helpers import write_pipeline
 
 
 def test_run_until_a_step_tracks_it_and_stops(tmp_path, home, capsys):

@@ -11,7 +11,7 @@ import pytest
 from tasks.config import ConfigError, load_pipeline
 from tasks.ingest import DataError, ingest_examples, read_manifest
 from tasks.validate import read_split_record_batch
-from tests.conftest import write_pipeline
+from tests.helpers import write_pipeline
 
 
 def _ingest(tmp_path, config, name="examples"):
@@ -96,7 +96,7 @@ def test_csv_and_parquet_give_the_same_examples(tmp_path, penguins_frame):
 
 
 def test_integer_column_with_a_late_fraction_is_widened_to_float(tmp_path, monkeypatch):
-    monkeypatch.setattr("tasks.sources._CSV_BLOCK_BYTES", 64 << 10)  # types are inferred from the first block
+    monkeypatch.setattr("tasks.sources.CSV_BLOCK_BYTES", 64 << 10)  # types are inferred from the first block
     rows = ["label,x,c"] + [f"{i % 2},{i},c{i % 3}" for i in range(60_000)] + ["1,2.5,c1"]
     source = tmp_path / "late.csv"
     source.write_text("\n".join(rows) + "\n")
@@ -107,7 +107,7 @@ def test_integer_column_with_a_late_fraction_is_widened_to_float(tmp_path, monke
 
 
 def test_text_in_a_declared_numeric_column_names_row_and_value(tmp_path, monkeypatch):
-    monkeypatch.setattr("tasks.sources._CSV_BLOCK_BYTES", 64 << 10)
+    monkeypatch.setattr("tasks.sources.CSV_BLOCK_BYTES", 64 << 10)
     rows = ["label,x"] + [f"{i % 2},{i}" for i in range(50_000)] + ["1,twelve"]
     source = tmp_path / "text.csv"
     source.write_text("\n".join(rows) + "\n")

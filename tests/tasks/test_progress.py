@@ -46,9 +46,9 @@ def test_no_bar_when_not_a_terminal():
 def test_ingest_reports_rows_as_it_reads(monkeypatch, caplog, tmp_path, penguins_frame):
     from tasks import ingest
     from tasks.config import load_pipeline
-    from tests.conftest import write_pipeline
+    from tests.helpers import write_pipeline
 
-    monkeypatch.setattr(ingest, "_BAR_SECONDS", -1.0)  # a record per batch
+    monkeypatch.setattr(ingest, "BAR_SECONDS", -1.0)  # a record per batch
     path = tmp_path / "big.csv"
     penguins_frame.sample(20_000, replace=True, random_state=0).to_csv(path, index=False)
     config = load_pipeline(write_pipeline(tmp_path, data={"source": str(path)}))
@@ -65,7 +65,7 @@ def test_training_reports_steps_with_rate_and_eta(monkeypatch, caplog, tmp_path)
     from tasks.bench.common import prepare_examples
     from tasks.config import TrainConfig
 
-    monkeypatch.setattr(train, "_BAR_SECONDS", -1.0)  # a record per call of the step function
+    monkeypatch.setattr(train, "BAR_SECONDS", -1.0)  # a record per call of the step function
     data = prepare_examples(tmp_path / "data", 2000, columns=6)
     params = TrainConfig(epochs=2, batch_size=64, steps_per_execution=5, tensorboard=False)
     with caplog.at_level(logging.DEBUG, logger="tasks.training.loop"):

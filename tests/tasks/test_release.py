@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from tasks.release import model_store, serving
-from tasks.config import GateConfig, MetricGate
+from tasks.release import model_store, models_config, serving, sync
+from tasks.config import GateConfig, MetricGate, OptimizeConfig
 from tasks.evaluate import eval_data, evaluate_model, predict
-from tasks.optimize import Measurement, optimize_model
+from tasks.optimize import optimize_model
 from tasks.context import make_context
 from tasks.release_steps import push_model as push_step
-from tasks.release.push import push_model
+from tasks.release.model_store import claim_version, versions
+from tasks.release.push import PushError, push_model
 from tasks.settings import Settings
 from tasks.training.export import read_model_spec
-from tests.conftest import run_concurrently, write_pipeline
+from tests.helpers import blessing_for, run_concurrently, write_pipeline
 from tests.servers import model_server
 
 
@@ -27,11 +28,11 @@ def release(trained, tmp_path_factory):
     blessing = evaluate_model(trained["model"].uri, trained["examples"].uri,
                               GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.0)}), None,
                               str(root / "evaluation"), trained["cache"], trained["work"])
-    optimized = optimize_model(trained["model"].uri, trained["examples"].uri, 0.05, str(root / "optimized"),
-                               trained["cache"], trained["work"],
-                               measurement=Measurement(latency_runs=10, throughput_batch=64, throughput_seconds=0.05))
+    optimized = optimize_model(trained["model"].uri, trained["examples"].uri,
+                               OptimizeConfig(max_accuracy_drop=0.05, latency_runs=10, throughput_batch=64),
+                               str(root / "optimized"), trained["cache"], trained["work"], throughput_seconds=0.05)
     records, _ = eval_data(trained["examples"].uri, read_model_spec(trained["model"].uri), trained["cache"])
-    return {"root": root, "pipeline": write_pipeline(root, name="tiny"), "blessing": blessing.to_dict(),
+    return {"root": root, "pipeline": write_pipeline(root, name="tiny"), "blessing": blessing,
             "optimized": optimized.to_dict(), "records": records,
             "saved_model": Path(trained["model"].saved_model_uri)}
 
@@ -88,7 +89,7 @@ def test_push_step_verifies_checks_promotes_and_registers(trained, release):
     assert {p.name for p in (version_dir / "variants").iterdir()} == kept | {"report.json", "tradeoff.png"}
     assert "pruned_saved_model" in kept and (version_dir / "variants" / "pruned_saved_model" / "saved_model.pb").is_file()
     # TF Serving serves exactly the champion.
-    assert model_store.parse_models_config((store / "models.config").read_text()) == {
+    assert models_config.parse_models_config((store / "models.config").read_text()) == {
         "alpha": (str(store.resolve() / "alpha"), [1])}
     champion = _client(release).get_model_version_by_alias("alpha", "champion")
     assert champion.tags["store_version"] == "1" and champion.tags["store_uri"] == str(version_dir)
@@ -123,7 +124,7 @@ def test_rollback_moves_champion_serving_config_and_registry_alias(trained, rele
     assert "champion v2 -> v1" in capsys.readouterr().out
     store = str(root / "store")
     assert model_store.champion(store, "gamma")[0] == 1
-    assert model_store.parse_models_config((root / "store" / "models.config").read_text())["gamma"][1] == [1]
+    assert models_config.parse_models_config((root / "store" / "models.config").read_text())["gamma"][1] == [1]
     client = _client(release)
     assert str(client.get_model_version_by_alias("gamma", "champion").version) == first["registry_version"]
     left = client.get_model_version("gamma", second["registry_version"])
@@ -249,9 +250,9 @@ def test_serving_sync_publishes_verified_versions_and_follows_the_store(release,
         pushed = push_model(release["saved_model"], release["blessing"], store, "m", owner=f"p{i}",
                             warmup_records=release["records"][:2])
         model_store.set_champion(store, "m", pushed.version, by="t", reason="push")
-    first = model_store.sync_store(store, local)
+    first = sync.sync_store(store, local)
     assert first.added == {"m": [1, 2, 3]} and first.champions == {"m": 3}
-    assert model_store.parse_models_config((local / "models.config").read_text()) == {"m": (str(local / "m"), [3])}
+    assert models_config.parse_models_config((local / "models.config").read_text()) == {"m": (str(local / "m"), [3])}
     assert sorted(p.name for p in (local / "m").iterdir()) == ["1", "2", "3"]  # no staging folders left
     # The store drops v1 and v2 and gains v4 whose variables were damaged after the push.
     model_store.apply_retention(store, "m", keep=1)
@@ -260,15 +261,15 @@ def test_serving_sync_publishes_verified_versions_and_follows_the_store(release,
     model_store.set_champion(store, "m", pushed.version, by="t", reason="push")
     data = next((Path(pushed.uri) / "variables").glob("variables.data-*"))
     data.write_bytes(data.read_bytes()[::-1])
-    second = model_store.sync_store(store, local)
+    second = sync.sync_store(store, local)
     assert second.removed == {"m": [1, 2]} and "SHA-256" in second.skipped["m"][0]
     assert second.champions == {"m": 3}  # v4 is not there: keep serving v3
     assert sorted(p.name for p in (local / "m").iterdir()) == ["3"]
 
 
 def test_models_config_is_what_tf_serving_parses(tmp_path):
-    text = model_store.render_models_config({"b": 2, "a": 7}, "/models")
-    assert model_store.parse_models_config(text) == {"a": ("/models/a", [7]), "b": ("/models/b", [2])}
+    text = models_config.render_models_config({"b": 2, "a": 7}, "/models")
+    assert models_config.parse_models_config(text) == {"a": ("/models/a", [7]), "b": ("/models/b", [2])}
     assert 'model_platform: "tensorflow"' in text
 
 
@@ -280,7 +281,7 @@ def test_serving_check_follows_what_serves(release, tmp_path):
         model_store.set_champion(store, "m", pushed.version, by="t", reason="push")
     with pytest.raises(serving.ServingCheckError, match="models.config does not exist"):
         serving.check_serving(store, "m", tmp_path / "cache")
-    model_store.write_models_config(store)
+    models_config.write_models_config(store)
     report = serving.check_serving(store, "m", tmp_path / "cache")
     assert (report["version"], report["requests"], report["files"]) == (2, 4, len(model_store.read_manifest(pushed.uri)["files"]))
     with model_server(tmp_path / "store" / "models.config") as url:
@@ -290,7 +291,7 @@ def test_serving_check_follows_what_serves(release, tmp_path):
     model_store.set_champion(store, "m", 1, by="t", reason="rollback")
     with pytest.raises(serving.ServingCheckError, match=r"serves m \[2\], but the champion is v1"):
         serving.check_serving(store, "m", tmp_path / "cache")
-    model_store.write_models_config(store)
+    models_config.write_models_config(store)
     data = next((tmp_path / "store" / "m" / "1" / "variables").glob("variables.data-*"))
     content = data.read_bytes()
     data.write_bytes(content[:-1] + bytes([content[-1] ^ 0xFF]))  # one bit pattern changed, same size
@@ -320,19 +321,19 @@ def test_serving_check_is_an_mlflow_run_passed_or_failed(trained, release, monke
     assert "models.config does not exist" in capsys.readouterr().err
     failed = client.search_runs([run.info.experiment_id], "tags.`tfpipe.serving_check` = 'failed'")
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
-    model_store.write_models_config(settings.model_store)  # leave the store as the other tests expect
+    models_config.write_models_config(settings.model_store)  # leave the store as the other tests expect
 
 
 def _served(release, name):
     store = Path(_settings(release["root"]).model_store)
-    config = model_store.parse_models_config((store / "models.config").read_text())
+    config = models_config.parse_models_config((store / "models.config").read_text())
     alias = _client(release).get_model_version_by_alias(name, "champion").tags["store_version"]
     return model_store.read_champion(str(store), name)["version"], config[name][1], int(alias)
 
 
 def test_a_push_failing_after_the_swap_restores_the_champion_and_its_retry_finishes_the_same_version(
         trained, release, monkeypatch):
-    from tasks import tracking
+    from tasks.tracking import registry as tracking
 
     _push(trained, release, "zeta", "run-1")
     blessing = _bless(trained, release, _settings(release["root"]), "zeta", "run-2")
@@ -411,7 +412,7 @@ def test_a_retried_rollback_does_not_step_back_twice_and_a_failed_one_is_undone(
             rollback_model(_settings(release["root"], serving_url=url), "theta", to_version=3, serving_timeout=2,
                            operation="rollback_model/run-c")
     assert model_store.read_champion(store, "theta") == before
-    assert model_store.parse_models_config((Path(store) / "models.config").read_text())["theta"][1] == [1]
+    assert models_config.parse_models_config((Path(store) / "models.config").read_text())["theta"][1] == [1]
     # A damaged version is refused before anything changes.
     data = next((Path(store) / "theta" / "2" / "variables").glob("variables.data-*"))
     data.write_bytes(bytes(len(data.read_bytes())))
@@ -424,7 +425,7 @@ def _flip_champions(store: str, name: str, rounds: int) -> None:
     """A process that keeps moving one model's champion and rewriting models.config."""
     for i in range(rounds):
         model_store.set_champion(store, name, 1 + i % 3, by=name, reason="race")
-        model_store.write_models_config(store)
+        models_config.write_models_config(store)
 
 
 def test_models_config_agrees_with_every_pointer_after_processes_race(tmp_path):
@@ -441,7 +442,7 @@ def test_models_config_agrees_with_every_pointer_after_processes_race(tmp_path):
     for worker in workers:
         worker.join(120)
         assert worker.exitcode == 0
-    served = model_store.parse_models_config((store / "models.config").read_text())
+    served = models_config.parse_models_config((store / "models.config").read_text())
     assert {name: versions for name, (_, versions) in served.items()} == {
         name: [model_store.read_champion(str(store), name)["version"]] for name in ("a", "b", "c")}
 
@@ -455,7 +456,7 @@ def test_a_models_config_writer_that_read_the_pointers_first_cannot_write_last(t
     for name in ("a", "b"):
         _fake_versions(store, name, 2)
         model_store.set_champion(str(store), name, 1, by="t", reason="push")
-    real, x_read, y_wrote = model_store.champions, threading.Event(), threading.Event()
+    real, x_read, y_wrote = models_config.champions, threading.Event(), threading.Event()
 
     def slow_for_x(where):
         found = real(where)
@@ -464,15 +465,15 @@ def test_a_models_config_writer_that_read_the_pointers_first_cannot_write_last(t
             y_wrote.wait(2)  # Y's config write waits for X's update to end, so this times out
         return found
 
-    monkeypatch.setattr(model_store, "champions", slow_for_x)
-    x = threading.Thread(target=model_store.write_models_config, args=(str(store),), name="X")
+    monkeypatch.setattr(models_config, "champions", slow_for_x)
+    x = threading.Thread(target=models_config.write_models_config, args=(str(store),), name="X")
     x.start()
     assert x_read.wait(10)
     model_store.set_champion(str(store), "b", 2, by="y", reason="push")
-    model_store.write_models_config(str(store))
+    models_config.write_models_config(str(store))
     y_wrote.set()
     x.join(10)
-    served = model_store.parse_models_config((store / "models.config").read_text())
+    served = models_config.parse_models_config((store / "models.config").read_text())
     assert served["b"][1] == [2] and served["a"][1] == [1]
 
 
@@ -485,3 +486,31 @@ def test_gated_again_and_not_blessed_the_model_is_not_pushed(trained, release):
                    **{"gate.metrics.accuracy.lower_bound": 1.01})  # the pipeline's gate, no model meets it
     assert result["pushed"] is False and any("FAILED" in reason for reason in result["reasons"])
     assert model_store.versions(store, "iota") == [1, 2] and _served(release, "iota") == (2, [2], 2)
+
+
+def test_push_versions_increase_and_never_overwrite(trained, tmp_path):
+    store = str(tmp_path / "store")
+    blessing = blessing_for(trained["model"].uri)
+    first = push_model(Path(trained["model"].saved_model_uri), blessing, store, "tiny", owner="a")
+    before = {p: p.read_bytes() for p in Path(first.uri).rglob("*") if p.is_file()}
+    second = push_model(Path(trained["model"].saved_model_uri), blessing, store, "tiny", owner="b")
+    assert (first.version, second.version) == (1, 2)
+    assert versions(store, "tiny") == [1, 2]
+    assert {p: p.read_bytes() for p in Path(first.uri).rglob("*") if p.is_file()} == before
+    assert (Path(second.uri) / "saved_model.pb").is_file()
+
+
+
+def test_push_refuses_an_unblessed_model(trained, tmp_path):
+    store = tmp_path / "store"
+    with pytest.raises(PushError, match="not blessed"):
+        push_model(Path(trained["model"].saved_model_uri),
+                   blessing_for("m", blessed=False), str(store), "tiny", owner="a")
+    assert not store.exists()
+
+
+
+def test_concurrent_claims_get_distinct_versions(tmp_path):
+    store = str(tmp_path / "store")
+    claimed = run_concurrently(lambda i: claim_version(store, "m", f"w{i}"), 8)
+    assert sorted(claimed) == list(range(1, 9))

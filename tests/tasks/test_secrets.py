@@ -2,7 +2,7 @@
 the training request the workers read, the model store."""
 
 from tasks.cli import main
-from tests.conftest import write_pipeline
+from tests.helpers import write_pipeline
 
 SECRETS = {
     "AWS_SECRET_ACCESS_KEY": "sEcReT-aws-key-5f1c",

@@ -9,7 +9,7 @@ from tasks.config import load_pipeline
 from tasks.ingest import DataError, ingest_examples, read_manifest
 from tasks.splitting import apportion
 from tasks.validate import read_split_record_batch
-from tests.conftest import write_pipeline
+from tests.helpers import write_pipeline
 
 
 def _ingest(tmp_path, frame, name="examples", source_name="data.parquet", **changes):

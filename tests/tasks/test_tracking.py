@@ -7,7 +7,7 @@ import pytest
 
 from tasks.settings import Settings
 from tasks.tracking import EXPERIMENT_KIND, MODEL_TRAINING, NOTE, MlflowTracking, RunIdentity
-from tests.conftest import write_pipeline
+from tests.helpers import write_pipeline
 
 
 @pytest.fixture
@@ -88,12 +88,12 @@ def test_evaluate_and_push_steps_write_the_headline(trained, tmp_path):
     ctx = make_context(write_pipeline(tmp_path, name="headline"), run_id="r1", settings=settings)
     examples, model = trained["examples"].to_dict(), trained["model"].to_dict()
     blessing = evaluate_model(ctx, examples, model)
-    assert blessing["blessed"]
+    assert blessing.blessed
     pushed = push_model(ctx, examples, model, blessing)
     tracking = MlflowTracking(settings.tracking_uri)
     parent = _parent(tracking, ctx.identity)
-    assert parent.data.metrics["accuracy"] == pytest.approx(blessing["metrics"]["accuracy"])
-    baseline = (blessing.get("trivial") or {}).get("metrics") or {}
+    assert parent.data.metrics["accuracy"] == pytest.approx(blessing.metrics["accuracy"])
+    baseline = (blessing.trivial or {}).get("metrics") or {}
     assert {k for k in parent.data.metrics if k.startswith("baseline_")} == {f"baseline_{k}" for k in baseline}
     tags = parent.data.tags
     assert tags["tfpipe.blessed"] == "true" and tags["tfpipe.outcome"] == "pushed"

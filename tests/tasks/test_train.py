@@ -21,13 +21,14 @@ import numpy as np
 import psutil
 import pytest
 
+from tasks.artifacts import FEATURES_SIGNATURE, SERVING_SIGNATURE
 from tasks.bench.common import prepare_examples
 from tasks.config import TrainConfig
 from tasks.training.launcher import WorkerFailed, core_sets, launch
 from tasks.training.optimization import learning_rate_schedule
-from tasks.training.export import read_history
+from tasks.training.export import read_history, read_model_spec
 from tasks.training.loop import train_model
-from tests.conftest import Recorder, run_concurrently
+from tests.helpers import Recorder, run_concurrently
 
 
 
@@ -497,3 +498,62 @@ def test_parameter_server_needs_a_cluster_with_ps_tasks(binary, tmp_path):
 def test_workers_are_not_left_running(binary):
     assert os.environ.get("TF_CONFIG") is None
     assert not _worker_processes()
+
+
+def test_model_spec_comes_from_schema_and_statistics(trained):
+    spec = read_model_spec(trained["model"].uri)
+    features = {f.name: f for f in spec.features}
+    assert spec.label_vocabulary == ("Adelie", "Chinstrap", "Gentoo")
+    assert features["island"].vocabulary == ("Biscoe", "Dream", "Torgersen")
+    assert 40 < features["bill_length_mm"].mean < 47 and features["bill_length_mm"].std > 1
+    assert features["year"].kind == "int"
+
+
+
+def test_training_learns_and_checkpoints_every_epoch(trained):
+    epochs = trained["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert epochs[-1]["eval_accuracy"] > 0.8
+    assert trained["model"].strategy == "OneDeviceStrategy"
+    assert (trained["root"] / "ckpt" / "latest" / "checkpoint").is_file()
+    per_epoch = trained["examples"].counts["train"] // 32
+    assert [s[0] for s in trained["steps"]] == list(range(1, 4 * per_epoch + 1))
+    assert trained["model"].steps == 4 * per_epoch
+
+
+
+def test_retry_resumes_from_last_checkpoint(trained):
+    root = trained["root"]
+    config = trained["config"]
+    more = config.train.model_copy(update={"epochs": 6})
+    spec = read_model_spec(trained["model"].uri)
+    resumed = train_model(trained["examples"].uri, spec, more, str(root / "model_resumed"), root / "ckpt",
+                          trained["cache"], trained["work"])
+    per_epoch = trained["examples"].counts["train"] // 32
+    assert resumed.resumed_from_step == 4 * per_epoch
+    assert resumed.steps == 6 * per_epoch
+    assert resumed.epochs == 6
+
+
+
+def test_saved_model_serves_examples_and_raw_features(trained):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(trained["model"].saved_model_uri)
+    assert set(loaded.signatures) == {SERVING_SIGNATURE, FEATURES_SIGNATURE}
+    example = tf.train.Example()
+    for key, value in {"island": b"Biscoe", "sex": b"male"}.items():
+        example.features.feature[key].bytes_list.value.append(value)
+    for key, value in {"bill_length_mm": 50.0, "bill_depth_mm": 15.0}.items():
+        example.features.feature[key].float_list.value.append(value)
+    for key, value in {"flipper_length_mm": 220, "body_mass_g": 5400, "year": 2008}.items():
+        example.features.feature[key].int64_list.value.append(value)  # whole numbers in the CSV: INT
+    by_example = loaded.signatures[SERVING_SIGNATURE](examples=tf.constant([example.SerializeToString()]))
+    by_features = loaded.signatures[FEATURES_SIGNATURE](
+        island=tf.constant(["Biscoe"]), sex=tf.constant(["male"]), bill_length_mm=tf.constant([50.0]),
+        bill_depth_mm=tf.constant([15.0]), flipper_length_mm=tf.constant([220], tf.int64),
+        body_mass_g=tf.constant([5400], tf.int64), year=tf.constant([2008], tf.int64))
+    assert by_example["predicted_class"].numpy()[0] == b"Gentoo"
+    np.testing.assert_allclose(by_example["scores"].numpy(), by_features["scores"].numpy(), rtol=1e-5)
+    assert by_example["classes"].numpy()[0].tolist() == [b"Adelie", b"Chinstrap", b"Gentoo"]

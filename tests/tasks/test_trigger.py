@@ -8,7 +8,7 @@ from tasks.context import make_context
 from tasks.trigger import overrides_from_params, param_specs
 from tasks.settings import Settings
 from tasks.sources import render_sources
-from tests.conftest import write_pipeline
+from tests.helpers import write_pipeline
 
 
 def _config(**data):

@@ -8,7 +8,7 @@ from tasks.config import load_pipeline
 from tasks.ingest import DataError, ingest_examples
 from tasks.validate import (DataValidationError, column_types, load_schema, load_schema_text, record_passing_run,
                             validate_examples)
-from tests.conftest import PENGUINS_CSV, write_pipeline
+from tests.helpers import PENGUINS_CSV, write_pipeline
 
 
 def _run(tmp_path, source, run, trained=True, **changes):
@@ -148,7 +148,7 @@ def test_sharded_statistics_match_tfdv_whatever_thread_reads_which_shard(tmp_pat
     """Shards accumulated on worker threads and merged in file order: the same counts and
     moments as TFDV's in-memory path over the whole split, the same proto on every run, and a
     damaged shard named in the error."""
-    from tasks import validate
+    from tasks import statistics
     from tasks.bench.common import compare_statistics
     from tasks.config import config_from_mapping
     from tasks.bench.datagen import generate
@@ -163,11 +163,11 @@ def test_sharded_statistics_match_tfdv_whatever_thread_reads_which_shard(tmp_pat
     manifest = read_manifest(examples.uri)
     files = split_files(tmp_path / "examples", manifest, "train")
     assert len(files) == 3
-    reference = validate.in_memory_statistics(files)
+    reference = statistics.in_memory_statistics(files)
     runs = []
     for threads in (1, 2, 3):
-        monkeypatch.setattr(validate, "usable_cpus", lambda threads=threads: threads)
-        runs.append(validate.sharded_statistics(files, manifest["columns"], batch_size=700))
+        monkeypatch.setattr(statistics, "usable_cpus", lambda threads=threads: threads)
+        runs.append(statistics.sharded_statistics(files, manifest["columns"], batch_size=700))
     assert runs[0].datasets[0].num_examples == manifest["splits"]["train"]["count"]
     assert compare_statistics(runs[0], reference) == []
     assert runs[0] == runs[1] == runs[2]
@@ -176,7 +176,7 @@ def test_sharded_statistics_match_tfdv_whatever_thread_reads_which_shard(tmp_pat
     damaged.parent.mkdir()
     damaged.write_bytes(Path(files[1]).read_bytes()[:-50])
     with pytest.raises(ValueError, match=f"{damaged.name}: truncated"):
-        validate.sharded_statistics([files[0], str(damaged), files[2]], manifest["columns"], batch_size=700)
+        statistics.sharded_statistics([files[0], str(damaged), files[2]], manifest["columns"], batch_size=700)
 
 
 def _healthy_table(rows=2000, seed=0):

@@ -1,10 +1,5 @@
-"""Experiment tracking: the only module that imports ``mlflow``.
-
-One MLflow *parent* run per pipeline run (one DAG run, or one ``tfpipe run``) in the
-experiment named after the pipeline, and one *child* run per step. The step functions
-themselves know nothing of tracking: ``tasks.pipeline`` wraps each in a child run and
-records what it returned through an :class:`MlflowTracker`.
-"""
+"""A pipeline run in MLflow: its parent run (:class:`MlflowTracking`) and what each step records
+into its child run (:class:`MlflowTracker`)."""
 
 from __future__ import annotations
 
@@ -20,36 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-PARENT_ROLE = "pipeline"
-STEP_ROLE = "step"
-CHAMPION_ALIAS = "champion"
-
-TAG_ROLE = "tfpipe.role"
-TAG_PIPELINE = "tfpipe.pipeline"
-TAG_RUN_KEY = "tfpipe.run_id"
-TAG_DAG_ID = "airflow.dag_id"
-TAG_DAG_RUN_ID = "airflow.run_id"
-TAG_TASK_ID = "airflow.task_id"
-TAG_TRY = "airflow.try_number"
-TAG_DAG_RUN_URL = "airflow.dag_run_url"
-TAG_TASK_URL = "airflow.task_instance_url"
-TAG_DAG_RUN_STATE = "airflow.dag_run_state"
-# The headline of a pipeline run, on its parent run.
-TAG_BLESSED = "tfpipe.blessed"
-TAG_BASELINE = "tfpipe.baseline"
-TAG_PUSHED_VERSION = "tfpipe.pushed_version"
-TAG_PUSHED_URI = "tfpipe.pushed_uri"
-TAG_REGISTRY_VERSION = "tfpipe.registry_version"
-TAG_REGISTRY_URL = "tfpipe.registry_url"
-NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
-# The experiment kind of a training pipeline (MLflow 3). MLflow 3.17's UI reads its own
-# "GenAI | Model training" switch before this tag, so links also ask for the view (below).
-EXPERIMENT_KIND = "mlflow.experimentKind"
-MODEL_TRAINING = "custom_model_development"
-
-
-# The loggers MLflow gives a handler of its own (on stderr) when it is imported.
-MLFLOW_LOGGERS = ("mlflow", "alembic", "sqlalchemy.engine", "huey")
+from tasks.tracking.models import saved_model_pyfunc
+from tasks.tracking.names import (EXPERIMENT_KIND, MLFLOW_LOGGERS, MODEL_TRAINING, NOTE, PARENT_ROLE, STEP_ROLE,
+                                  TAG_BASELINE, TAG_BLESSED, TAG_DAG_ID, TAG_DAG_RUN_ID, TAG_DAG_RUN_STATE,
+                                  TAG_DAG_RUN_URL, TAG_PIPELINE, TAG_PUSHED_URI, TAG_PUSHED_VERSION, TAG_REGISTRY_URL,
+                                  TAG_REGISTRY_VERSION, TAG_ROLE, TAG_RUN_KEY, TAG_TASK_ID, TAG_TASK_URL, TAG_TRY,
+                                  model_version_url)
+from tasks.tracking.registry import move_champion_alias, registry_version_for
 
 
 def log_through_root_logger() -> None:
@@ -67,6 +39,7 @@ def log_through_root_logger() -> None:
         logger.propagate = True
 
 
+
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` to ``{"a.b": 1}``; lists become their JSON text."""
     flat: dict[str, Any] = {}
@@ -81,8 +54,10 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+
 
 
 def _numbers(values: Any) -> dict[str, float]:
@@ -90,6 +65,7 @@ def _numbers(values: Any) -> dict[str, float]:
     if not isinstance(values, Mapping):
         return {}
     return {str(k): v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
 
 
 class MlflowTracker:
@@ -150,13 +126,13 @@ class MlflowTracker:
         import mlflow.pyfunc
         from mlflow.models import infer_signature
 
-        model = _saved_model_pyfunc(dict(feature_kinds))
+        model = saved_model_pyfunc(dict(feature_kinds))
         model.load_context(mlflow.pyfunc.PythonModelContext({"saved_model": str(saved_model_dir)}, None))
         signature = infer_signature(input_example, model.predict(None, input_example))
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / artifact_path.rsplit("/", 1)[-1]
             mlflow.pyfunc.save_model(
-                str(target), python_model=_saved_model_pyfunc(dict(feature_kinds)),
+                str(target), python_model=saved_model_pyfunc(dict(feature_kinds)),
                 artifacts={"saved_model": str(saved_model_dir)}, signature=signature, input_example=input_example,
                 pip_requirements=requirements,
             )
@@ -239,221 +215,6 @@ class MlflowTracker:
         return str(version.version)
 
 
-def registry_version_for(client: Any, name: str, store_version: int) -> str | None:
-    """The registry version of ``name`` whose tag ``store_version`` is ``store_version``."""
-    found = client.search_model_versions(f"name = '{name}' and tag.store_version = '{store_version}'")
-    return str(max(int(v.version) for v in found)) if found else None
-
-
-class MlflowRegistry:
-    """The MLflow Model Registry as :mod:`tasks.release.promotion` uses it (its ``Registry``); the
-    client is made on first use."""
-
-    def __init__(self, client_factory) -> None:
-        self._factory = client_factory
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = self._factory()
-        return self._client
-
-    def version_for(self, model_name: str, store_version: int) -> str | None:
-        return registry_version_for(self.client, model_name, store_version)
-
-    def move_alias(self, model_name: str, registry_version: str, verb: str) -> str | None:
-        return move_champion_alias(self.client, model_name, registry_version, verb)
-
-    def remove_alias(self, model_name: str) -> None:
-        remove_champion_alias(self.client, model_name)
-
-
-def remove_champion_alias(client: Any, name: str) -> None:
-    """Remove the alias ``champion`` of ``name`` (no champion is served); none there is no error."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.delete_registered_model_alias(name, CHAMPION_ALIAS)
-    except MlflowException:
-        pass  # no registered model, or no alias: nothing to remove
-
-
-def move_champion_alias(client: Any, name: str, version: str, verb: str) -> str | None:
-    """Point the alias ``champion`` at ``version``; the version it leaves is tagged
-    ``<verb>_as_champion_at`` and ``<verb>_by_version`` (``replaced`` by a push, ``rolled_back``).
-
-    Returns:
-        The registry version that was champion before, or None.
-    """
-    from mlflow.exceptions import MlflowException
-
-    try:
-        previous = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except MlflowException:
-        previous = None
-    before = str(previous.version) if previous is not None else None
-    if before is not None and before != str(version):
-        client.set_model_version_tag(name, before, f"{verb}_as_champion_at",
-                                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        client.set_model_version_tag(name, before, f"{verb}_by_version", str(version))
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
-    return before
-
-
-def _saved_model_pyfunc(feature_kinds: dict[str, str]):
-    """A ``PythonModel`` over a SavedModel's ``serving_default`` (rows encoded as ``tf.train.Example``).
-
-    Built inside a function so that MLflow pickles the class by value: loading the model needs
-    TensorFlow, pandas and mlflow, not tfpipe.
-    """
-    import mlflow.pyfunc
-
-    class SavedModelPredictor(mlflow.pyfunc.PythonModel):
-        def __init__(self, kinds):
-            self.kinds = kinds
-
-        def load_context(self, context):
-            import tensorflow as tf
-
-            self._serve = tf.saved_model.load(context.artifacts["saved_model"]).signatures["serving_default"]
-
-        def predict(self, context, model_input, params=None):
-            import math
-
-            import pandas as pd
-            import tensorflow as tf
-
-            frame = pd.DataFrame(model_input)
-            missing = sorted(set(self.kinds) - set(frame.columns))
-            if missing:
-                raise ValueError(f"missing feature columns: {missing}")
-            records = []
-            for row in frame.to_dict("records"):
-                example = tf.train.Example()
-                for name, kind in self.kinds.items():
-                    value = row[name]
-                    if value is None or (isinstance(value, float) and math.isnan(value)):
-                        continue  # missing: the model's default (mean, or out of vocabulary)
-                    feature = example.features.feature[name]
-                    if kind == "string":
-                        feature.bytes_list.value.append(str(value).encode())
-                    elif kind == "int":
-                        feature.int64_list.value.append(int(value))
-                    else:
-                        feature.float_list.value.append(float(value))
-                records.append(example.SerializeToString())
-            outputs = self._serve(examples=tf.constant(records, dtype=tf.string))
-            columns = {}
-            for key, tensor in sorted(outputs.items()):
-                value = tensor.numpy()
-                if value.dtype == object:
-                    value = [v.decode() for v in value.ravel()] if value.ndim == 1 else \
-                        [[v.decode() for v in row] for row in value]
-                columns[key] = list(value) if getattr(value, "ndim", 1) > 1 else value
-            return pd.DataFrame(columns)
-
-    return SavedModelPredictor(feature_kinds)
-
-
-class BatchedProgress:
-    """Training progress into MLflow in batches: a ``log_batch`` every few seconds, not a call per step.
-
-    Per step: ``step_loss`` and ``learning_rate`` (MLflow step = global step). Per epoch:
-    ``loss``, ``eval_loss``, ``eval_accuracy``, ``epoch_seconds`` (MLflow step = epoch).
-    """
-
-    def __init__(self, tracker: MlflowTracker, flush_seconds: float = 5.0, max_points: int = 1000) -> None:
-        self.tracker = tracker
-        self.flush_seconds = flush_seconds
-        self.max_points = max_points
-        self.pending: list[Any] = []
-        self.requests = 0
-        self.points = 0
-        self._last_flush = time.monotonic()
-
-    @classmethod
-    @contextmanager
-    def for_run(cls, tracking_uri: str, run_id: str) -> Iterator[BatchedProgress]:
-        from mlflow import MlflowClient
-
-        progress = cls(MlflowTracker(MlflowClient(tracking_uri=tracking_uri), run_id))
-        try:
-            yield progress
-        finally:
-            progress.flush()
-
-    def _add(self, name: str, value: float, step: int) -> None:
-        from mlflow.entities import Metric
-
-        if math.isfinite(value):
-            self.pending.append(Metric(name, float(value), int(time.time() * 1000), int(step)))
-
-    def on_steps(self, first_step: int, losses: list[float], learning_rate: float) -> None:
-        for i, loss in enumerate(losses):
-            self._add("step_loss", loss, first_step + i)
-        self._add("learning_rate", learning_rate, first_step)
-        if len(self.pending) >= self.max_points or time.monotonic() - self._last_flush > self.flush_seconds:
-            self.flush()
-
-    def on_epoch(self, epoch: int, record: Mapping[str, float]) -> None:
-        for key, value in record.items():
-            if key not in ("epoch", "step"):
-                self._add("epoch_seconds" if key == "seconds" else key, value, epoch)
-        self.flush()
-
-    def flush(self) -> None:
-        for start in range(0, len(self.pending), 1000):  # MLflow's limit per log_batch
-            self.tracker.client.log_batch(self.tracker.run_id, metrics=self.pending[start:start + 1000])
-            self.requests += 1
-        self.points += len(self.pending)
-        self.pending = []
-        self._last_flush = time.monotonic()
-
-
-@contextmanager
-def system_metrics(tracking_uri: str, run_id: str, node_id: str, interval: float = 2.0) -> Iterator[None]:
-    """CPU, memory, disk, network (and GPU) usage of this process's machine, logged to ``run_id``
-    as ``system/<node_id>/...`` so the workers of one training stay apart."""
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1,
-                                   node_id=node_id, tracking_uri=tracking_uri)
-    monitor.start()
-    try:
-        yield
-    finally:
-        monitor.finish()
-
-
-def log_benchmark(tracking_uri: str, result: Mapping[str, Any], table: str, artifact_location: str | None = None,
-                  experiment: str = "tfpipe-bench") -> str:
-    """A ``tfpipe bench`` result as an MLflow run of its own: params, throughputs, ratios, the JSON and table."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(
-        experiment, artifact_location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
-    suite = result["suite"]
-    run = client.create_run(experiment_id, run_name=f"bench-{suite}",
-                            tags={"tfpipe.role": "benchmark", "tfpipe.bench_suite": suite})
-    tracker = MlflowTracker(client, run.info.run_id)
-    tracker.log_params({"params": result.get("params", {}), "machine": result.get("machine", {})})
-    metrics = {f"{name}.throughput": row["throughput"] for name, row in result["variants"].items()}
-    metrics |= {f"{name}.peak_rss_mb": row["peak_rss_mb"] for name, row in result["variants"].items()}
-    metrics |= {f"ratio.{name.replace('/', '_over_')}": value for name, value in result.get("ratios", {}).items()}
-    tracker.log_metrics(metrics)
-    # "ours/naive >= 5": True  ->  tag target.ours/naive = "met (>= 5)" (MLflow keys allow no ">=")
-    tracker.set_tags({
-        f"target.{name.partition(' ')[0]}": f"{'met' if ok else 'missed'} ({name.partition(' ')[2]})"
-        for name, ok in result.get("targets", {}).items()
-    })
-    tracker.log_dict(dict(result), f"bench/{suite}.json")
-    tracker.log_text(table, f"bench/{suite}.txt")
-    client.set_terminated(run.info.run_id, status="FINISHED")
-    return run.info.run_id
-
 
 @dataclass(frozen=True)
 class RunIdentity:
@@ -478,26 +239,6 @@ class RunIdentity:
         base = self.dag_run_url()
         return f"{base}/tasks/{quote(task_id, safe='')}" if base else None
 
-
-# MLflow 3.17's UI opens every experiment on its GenAI pages (traces, token usage) unless the
-# URL asks for model training: its "GenAI | Model training" switch is a browser-wide setting
-# that starts on GenAI and overrides the experiment's kind tag. Every link tfpipe gives asks.
-MODEL_TRAINING_VIEW = "workflowType=machine_learning"
-
-
-def run_url(mlflow_ui_url: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI page of a run, in the UI's model-training view."""
-    return f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
-
-
-def experiment_url(mlflow_ui_url: str, experiment_id: str) -> str:
-    """The runs table of an experiment, in the UI's model-training view."""
-    return f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"
-
-
-def model_version_url(mlflow_ui_url: str, name: str, version: str | int) -> str:
-    """The MLflow UI page of a registered model's version."""
-    return f"{mlflow_ui_url.rstrip('/')}/#/models/{quote(name, safe='')}/versions/{version}"
 
 
 class MlflowTracking:
@@ -689,4 +430,3 @@ class MlflowTracking:
             "durations": durations,
             "results": results,
         }
-

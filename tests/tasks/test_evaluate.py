@@ -1,81 +1,23 @@
-"""train, evaluate, optimize and push on one tiny trained model (trained once per module)."""
+"""evaluate_model: metrics, slices, the trivial baseline, the gate and its blessing."""
 
-import json
+from __future__ import annotations
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tasks.config import GateConfig, MetricGate, PruningConfig, load_pipeline
+from tasks.config import GateConfig, MetricGate, load_pipeline
 from tasks.evaluate import evaluate_model, gate_checks, read_blessing
-from tasks.optimize import optimize_model
-from tasks.release.model_store import champion, claim_version, versions
-from tasks.release.push import PushError, push_model
-from tests.conftest import run_concurrently, write_pipeline
-from tasks.artifacts import FEATURES_SIGNATURE, SERVING_SIGNATURE
-from tasks.training.export import read_model_spec
-from tasks.training.loop import train_model
-
-
-def test_model_spec_comes_from_schema_and_statistics(trained):
-    spec = read_model_spec(trained["model"].uri)
-    features = {f.name: f for f in spec.features}
-    assert spec.label_vocabulary == ("Adelie", "Chinstrap", "Gentoo")
-    assert features["island"].vocabulary == ("Biscoe", "Dream", "Torgersen")
-    assert 40 < features["bill_length_mm"].mean < 47 and features["bill_length_mm"].std > 1
-    assert features["year"].kind == "int"
-
-
-def test_training_learns_and_checkpoints_every_epoch(trained):
-    epochs = trained["epochs"]
-    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
-    assert epochs[-1]["loss"] < epochs[0]["loss"]
-    assert epochs[-1]["eval_accuracy"] > 0.8
-    assert trained["model"].strategy == "OneDeviceStrategy"
-    assert (trained["root"] / "ckpt" / "latest" / "checkpoint").is_file()
-    per_epoch = trained["examples"].counts["train"] // 32
-    assert [s[0] for s in trained["steps"]] == list(range(1, 4 * per_epoch + 1))
-    assert trained["model"].steps == 4 * per_epoch
-
-
-def test_retry_resumes_from_last_checkpoint(trained):
-    root = trained["root"]
-    config = trained["config"]
-    more = config.train.model_copy(update={"epochs": 6})
-    spec = read_model_spec(trained["model"].uri)
-    resumed = train_model(trained["examples"].uri, spec, more, str(root / "model_resumed"), root / "ckpt",
-                          trained["cache"], trained["work"])
-    per_epoch = trained["examples"].counts["train"] // 32
-    assert resumed.resumed_from_step == 4 * per_epoch
-    assert resumed.steps == 6 * per_epoch
-    assert resumed.epochs == 6
-
-
-def test_saved_model_serves_examples_and_raw_features(trained):
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(trained["model"].saved_model_uri)
-    assert set(loaded.signatures) == {SERVING_SIGNATURE, FEATURES_SIGNATURE}
-    example = tf.train.Example()
-    for key, value in {"island": b"Biscoe", "sex": b"male"}.items():
-        example.features.feature[key].bytes_list.value.append(value)
-    for key, value in {"bill_length_mm": 50.0, "bill_depth_mm": 15.0}.items():
-        example.features.feature[key].float_list.value.append(value)
-    for key, value in {"flipper_length_mm": 220, "body_mass_g": 5400, "year": 2008}.items():
-        example.features.feature[key].int64_list.value.append(value)  # whole numbers in the CSV: INT
-    by_example = loaded.signatures[SERVING_SIGNATURE](examples=tf.constant([example.SerializeToString()]))
-    by_features = loaded.signatures[FEATURES_SIGNATURE](
-        island=tf.constant(["Biscoe"]), sex=tf.constant(["male"]), bill_length_mm=tf.constant([50.0]),
-        bill_depth_mm=tf.constant([15.0]), flipper_length_mm=tf.constant([220], tf.int64),
-        body_mass_g=tf.constant([5400], tf.int64), year=tf.constant([2008], tf.int64))
-    assert by_example["predicted_class"].numpy()[0] == b"Gentoo"
-    np.testing.assert_allclose(by_example["scores"].numpy(), by_features["scores"].numpy(), rtol=1e-5)
-    assert by_example["classes"].numpy()[0].tolist() == [b"Adelie", b"Chinstrap", b"Gentoo"]
+from tasks.release.model_store import champion
+from tasks.release.push import push_model
+from tests.helpers import write_pipeline
 
 
 def _evaluate(trained, gate, champion_ref, name):
     return evaluate_model(trained["model"].uri, trained["examples"].uri, gate, champion_ref,
                           str(trained["root"] / name), trained["cache"], trained["work"])
+
 
 
 def test_cold_start_blessing_uses_absolute_threshold_only(trained):
@@ -87,7 +29,8 @@ def test_cold_start_blessing_uses_absolute_threshold_only(trained):
     assert blessing.checks[1].passed is None
     assert "skipped" in blessing.reasons[1]
     assert (trained["root"] / "eval_cold" / "BLESSED").is_file()
-    assert read_blessing(blessing.uri)["blessed"] is True
+    assert read_blessing(blessing.uri).blessed is True
+
 
 
 def test_unreachable_threshold_is_not_blessed(trained):
@@ -98,6 +41,7 @@ def test_unreachable_threshold_is_not_blessed(trained):
     assert (trained["root"] / "eval_strict" / "NOT_BLESSED").is_file()
 
 
+
 def test_regression_against_champion_is_blocked():
     gate = GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.5, max_decrease=0.01),
                                "log_loss": MetricGate(max_increase=0.1)})
@@ -105,6 +49,7 @@ def test_regression_against_champion_is_blocked():
     verdicts = {(c.metric, c.kind): c.passed for c in checks}
     assert verdicts == {("accuracy", "lower_bound"): True, ("accuracy", "max_decrease"): False,
                         ("log_loss", "max_increase"): False}
+
 
 
 def test_slices_are_measured_and_gated_per_value(trained):
@@ -125,10 +70,11 @@ def test_slices_are_measured_and_gated_per_value(trained):
     assert weighted == pytest.approx(blessing.metrics["accuracy"])
     sliced = [c for c in blessing.checks if c.slice]
     assert {c.slice for c in sliced} == set(islands) and blessing.blessed
-    table = format_checks(blessing.to_dict())
+    table = format_checks(blessing)
     assert "island=Dream" in table and "champion" in table.splitlines()[2] and "slices:" in table
     assert table.splitlines()[1].startswith("trivial baseline (predicting the train split's majority class")
     assert (Path(blessing.uri) / "plots" / "slices.png").read_bytes().startswith(b"\x89PNG")
+
 
 
 def test_a_failing_slice_blocks_the_blessing_and_a_small_one_is_not_gated(trained):
@@ -150,6 +96,7 @@ def test_a_failing_slice_blocks_the_blessing_and_a_small_one_is_not_gated(traine
     assert "fewer than 10000" in blessing.reasons[-1]
 
 
+
 def test_slicing_by_a_float_or_unknown_column_is_refused(trained):
     from tasks.config import SliceGate
 
@@ -157,6 +104,7 @@ def test_slicing_by_a_float_or_unknown_column_is_refused(trained):
         gate = GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.0)}, slices=[SliceGate(feature=column)])
         with pytest.raises(ValueError, match=message):
             _evaluate(trained, gate, None, f"eval_bad_{column}")
+
 
 
 def test_slice_change_bounds_compare_with_the_champion_on_the_same_slice():
@@ -177,6 +125,7 @@ def test_slice_change_bounds_compare_with_the_champion_on_the_same_slice():
     assert [c.passed for c in cold if c.kind == "max_decrease"] == [None, None]
 
 
+
 def test_a_gate_metric_the_task_has_not_is_a_config_error_and_an_undefined_one_is_skipped(tmp_path):
     from tasks.config import ConfigError
 
@@ -188,10 +137,11 @@ def test_a_gate_metric_the_task_has_not_is_a_config_error_and_an_undefined_one_i
     assert check.passed is None and "auc is not defined on the eval split" in check.describe()
 
 
+
 def test_champion_is_evaluated_on_the_same_examples(trained, tmp_path):
     store = str(tmp_path / "store")
     blessing = _evaluate(trained, GateConfig(metrics={"accuracy": MetricGate(lower_bound=0.0)}), None, "eval_a")
-    push_model(Path(trained["model"].saved_model_uri), blessing.to_dict(), store, "tiny", owner="t")
+    push_model(Path(trained["model"].saved_model_uri), blessing, store, "tiny", owner="t")
     with_champion = _evaluate(trained, GateConfig(metrics={"accuracy": MetricGate(max_decrease=0.0)}),
                               champion(store, "tiny"), "eval_b")
     assert with_champion.baseline["version"] == 1
@@ -201,107 +151,6 @@ def test_champion_is_evaluated_on_the_same_examples(trained, tmp_path):
         png = (Path(with_champion.uri) / "plots" / name).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 5000
 
-
-@pytest.fixture(scope="module")
-def optimized(trained):
-    from tasks.optimize import Measurement
-
-    return optimize_model(trained["model"].uri, trained["examples"].uri, 0.02, str(trained["root"] / "optimized"),
-                          trained["cache"], trained["work"], representative_examples=64,
-                          pruning=PruningConfig(target_sparsity=0.6, epochs=2),
-                          measurement=Measurement(latency_runs=30, throughput_batch=256, throughput_seconds=0.1))
-
-
-def test_optimize_measures_every_variant_against_the_original(trained, optimized):
-    variants = optimized.report["variants"]
-    original = variants["saved_model"]
-    assert list(variants) == ["saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_range",
-                              "tflite_int8", "pruned", "tensorrt_fp16"]
-    for name, row in variants.items():
-        if row.get("skipped"):
-            continue
-        assert row["size_bytes"] > 0 and 0 < row["gzip_bytes"], name
-        assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"], name
-        assert row["throughput_per_second"] > 0, name
-        assert abs(row["accuracy"] - original["accuracy"]) == pytest.approx(abs(row["quality_drop"])), name
-    assert variants["tflite_float32"]["accuracy"] == original["accuracy"]  # the same model, unquantized
-    assert variants["tflite_dynamic_range"]["size_bytes"] < original["size_bytes"]
-    # This model's weights are tiny: float16 saves less than its dequantize ops add, so only quality is checked.
-    assert variants["tflite_float16"]["quality_drop"] <= 0.02
-    assert variants["tflite_int8"]["representative_examples"] == 64
-    assert json.loads((Path(optimized.uri) / "report.json").read_text()) == optimized.report
-    assert (Path(optimized.uri) / "tradeoff.png").read_bytes().startswith(b"\x89PNG")
-    for name in optimized.kept[1:]:
-        assert (Path(optimized.uri) / variants[name]["file"]).exists(), name
-
-
-def test_int8_variant_runs_integer_kernels(optimized):
-    import tensorflow as tf
-
-    model = (Path(optimized.uri) / optimized.report["variants"]["tflite_int8"]["file"]).read_bytes()
-    kinds = {d["dtype"] for d in tf.lite.Interpreter(model_content=model).get_tensor_details()}
-    assert np.int8 in kinds  # quantized weights and activations
-    assert optimized.report["variants"]["tflite_int8"]["quality_drop"] <= 0.02
-
-
-def test_pruned_variant_reaches_its_sparsity_and_serves(trained, optimized):
-    import tensorflow as tf
-
-    row = optimized.report["variants"]["pruned"]
-    assert set(row["sparsity"]) == {"hidden_0", "logits"}
-    assert all(s == pytest.approx(0.6, abs=0.02) for s in row["sparsity"].values())
-    loaded = tf.saved_model.load(str(Path(optimized.uri) / row["file"]))
-    assert set(loaded.signatures) == {SERVING_SIGNATURE, FEATURES_SIGNATURE}
-    kernel = [v for v in loaded.signatures[FEATURES_SIGNATURE].variables if "hidden_0/kernel" in v.name][0].numpy()
-    assert np.mean(kernel == 0) == pytest.approx(0.6, abs=0.02)
-
-
-def test_tensorrt_without_a_gpu_is_a_recorded_skip(optimized):
-    import tensorflow as tf
-
-    row = optimized.report["variants"]["tensorrt_fp16"]
-    if tf.config.list_physical_devices("GPU"):
-        pytest.skip("a GPU is present: the variant is built and measured instead")
-    assert row["skipped"] and not row["kept"] and "no GPU" in row["reason"]
-
-
-def test_a_variant_beyond_the_tolerance_is_rejected_and_not_published(trained, tmp_path):
-    from tasks.optimize import Measurement
-
-    # A tolerance below zero: no variant can pass, not even one as good as the original.
-    result = optimize_model(trained["model"].uri, trained["examples"].uri, -0.5, str(tmp_path / "optimized"),
-                            trained["cache"], trained["work"], variants=("tflite_float32",),
-                            measurement=Measurement(latency_runs=10, throughput_batch=64, throughput_seconds=0.05))
-    row = result.report["variants"]["tflite_float32"]
-    assert not row["kept"] and "exceeds optimize.max_accuracy_drop -0.5" in row["reason"]
-    assert result.kept == ["saved_model"]
-    assert not (tmp_path / "optimized" / row["file"]).exists()
-
-
-def test_push_versions_increase_and_never_overwrite(trained, tmp_path):
-    store = str(tmp_path / "store")
-    blessing = {"blessed": True, "model_uri": trained["model"].uri, "reasons": []}
-    first = push_model(Path(trained["model"].saved_model_uri), blessing, store, "tiny", owner="a")
-    before = {p: p.read_bytes() for p in Path(first.uri).rglob("*") if p.is_file()}
-    second = push_model(Path(trained["model"].saved_model_uri), blessing, store, "tiny", owner="b")
-    assert (first.version, second.version) == (1, 2)
-    assert versions(store, "tiny") == [1, 2]
-    assert {p: p.read_bytes() for p in Path(first.uri).rglob("*") if p.is_file()} == before
-    assert (Path(second.uri) / "saved_model.pb").is_file()
-
-
-def test_push_refuses_an_unblessed_model(trained, tmp_path):
-    store = tmp_path / "store"
-    with pytest.raises(PushError, match="not blessed"):
-        push_model(Path(trained["model"].saved_model_uri),
-                   {"blessed": False, "model_uri": "m", "reasons": ["accuracy FAILED"]}, str(store), "tiny", owner="a")
-    assert not store.exists()
-
-
-def test_concurrent_claims_get_distinct_versions(tmp_path):
-    store = str(tmp_path / "store")
-    claimed = run_concurrently(lambda i: claim_version(store, "m", f"w{i}"), 8)
-    assert sorted(claimed) == list(range(1, 9))
 
 
 def test_classification_metrics_binary_by_hand():
@@ -321,6 +170,7 @@ def test_classification_metrics_binary_by_hand():
     assert metrics["auc"] == pytest.approx(4 / 6)
 
 
+
 def test_classification_metrics_multiclass_macro_and_single_class_eval():
     from tasks.evaluate import compute_metrics
 
@@ -337,6 +187,7 @@ def test_classification_metrics_multiclass_macro_and_single_class_eval():
     assert "auc" not in single and single["recall"] == pytest.approx(1 / 6)  # a: 2/4, b and c: 0
 
 
+
 def test_regression_evaluation_plots_residuals(tmp_path):
     from tasks.plots import evaluation_plots
 
@@ -344,6 +195,7 @@ def test_regression_evaluation_plots_residuals(tmp_path):
     models = {"challenger": {"predictions": labels + 0.1}, "champion v1": {"predictions": labels - 0.5}}
     (path,) = evaluation_plots("regression", models, labels, tmp_path)
     assert path.name == "residuals.png" and path.read_bytes().startswith(b"\x89PNG")
+
 
 
 def test_the_default_gate_fits_the_task_and_asks_to_beat_the_trivial_baseline(tmp_path):
@@ -354,6 +206,7 @@ def test_the_default_gate_fits_the_task_and_asks_to_beat_the_trivial_baseline(tm
         assert config.gate.metrics == default_gate_metrics(task)
         assert all(bounds.beat_baseline_by and bounds.max_decrease for bounds in config.gate.metrics.values())
     assert set(default_gate_metrics("regression")) == {"r2"}  # unitless: no label-unit bound by default
+
 
 
 def test_a_model_below_the_majority_class_rate_is_not_blessed():
@@ -372,10 +225,12 @@ def test_a_model_below_the_majority_class_rate_is_not_blessed():
     assert loss.passed is False and loss.bound == pytest.approx(0.61)
 
 
+
 def default_gate_metrics_for(task):
     from tasks.config import default_gate_metrics
 
     return default_gate_metrics(task)
+
 
 
 def test_evaluation_measures_the_trivial_baseline_on_the_same_examples(trained):
@@ -390,9 +245,10 @@ def test_evaluation_measures_the_trivial_baseline_on_the_same_examples(trained):
     assert 0.3 < trivial["metrics"]["accuracy"] < 0.55 and trivial["metrics"]["auc"] == pytest.approx(0.5)
     check = next(c for c in blessing.checks if c.kind == "beat_baseline_by")
     assert check.trivial == trivial["metrics"]["accuracy"] and check.passed and blessing.blessed
-    assert labels["trivial"]["metrics"] == trivial["metrics"]
-    table = format_checks(blessing.to_dict())
+    assert labels.trivial["metrics"] == trivial["metrics"]
+    table = format_checks(blessing)
     assert "beat_baseline_by" in table and f"{trivial['metrics']['accuracy']:.4f}" in table
+
 
 
 def test_regression_gets_r2_and_its_trivial_baseline_is_the_train_mean():
