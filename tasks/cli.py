@@ -189,8 +189,12 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from tasks.bench.common import format_table, write
 
-    rows = args.rows or BENCH_ROWS[args.suite]
-    if args.suite == "ingest":
+    rows = args.rows or BENCH_ROWS.get(args.suite, 0)
+    if args.suite == "tfx":
+        from tasks.bench.tfx import bench_tfx
+
+        result = bench_tfx(args.repeat, python=args.python, tfx_env=Path(args.tfx_env) if args.tfx_env else None)
+    elif args.suite == "ingest":
         from tasks.bench.ingest import bench_ingest
 
         result = bench_ingest(rows, args.columns, args.repeat, args.format)
@@ -437,7 +441,7 @@ def _tool_commands(sub) -> None:
     datagen.set_defaults(func=_cmd_datagen)
 
     bench = sub.add_parser("bench", help="benchmark a step against its reference and floor (GUIDE section 4)")
-    bench.add_argument("suite", choices=("ingest", "validate", "input", "train", "optimize"))
+    bench.add_argument("suite", choices=("ingest", "validate", "input", "train", "optimize", "tfx"))
     bench.add_argument("--rows", type=int, help=f"generated rows (default: {BENCH_ROWS})")
     bench.add_argument("--columns", type=int, default=20)
     bench.add_argument("--repeat", type=int, default=3, help="interleaved repetitions (median reported)")
@@ -447,6 +451,9 @@ def _tool_commands(sub) -> None:
                        help="batch size (default: input 1024, train 16384 (global), optimize 1024 (throughput))")
     bench.add_argument("--no-autotune", action="store_true",
                        help="train with train.autotune false in every variant: tf.data's autotuner off (train)")
+    bench.add_argument("--python", metavar="PATH", help="tfx: a Python 3.10 or 3.9 for TFX 1.16's environment")
+    bench.add_argument("--tfx-env", metavar="DIR", help="tfx: where TFX's environment is made (default "
+                       "$TFPIPE_HOME/bench/tfx-venv)")
     bench.add_argument("--out", metavar="FILE", help="write the result as JSON")
     bench.add_argument("--no-mlflow", action="store_true", help=f"do not log a run to the {BENCH_EXPERIMENT} experiment")
     bench.set_defaults(func=_cmd_bench)

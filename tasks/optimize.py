@@ -54,8 +54,8 @@ TFLITE_VARIANTS = ("float32", "float16", "dynamic_range", "int8")
 @dataclass(frozen=True)
 class Measurement:
     """How a variant is timed: ``latency_runs`` calls at batch 1 (after warm-up), and calls at
-    ``throughput_batch`` rows for at least ``throughput_seconds`` (the first two are the
-    ``optimize`` section's)."""
+    ``throughput_batch`` rows until the rate is stable, for at most ``throughput_seconds`` (the
+    first two are the ``optimize`` section's)."""
 
     latency_runs: int
     throughput_batch: int
@@ -185,17 +185,30 @@ def measure_speed(runner: Runner, features: dict[str, np.ndarray], how: Measurem
         started = time.perf_counter()
         single(row)
         latencies.append(time.perf_counter() - started)
-    batch = _rows(features, how.throughput_batch)
-    bulk = runner.fixed(how.throughput_batch)
-    bulk(batch)
-    calls, started = 0, time.perf_counter()
-    while calls < 3 or time.perf_counter() - started < how.throughput_seconds:
-        bulk(batch)
-        calls += 1
-    seconds = time.perf_counter() - started
+    calls, seconds = _throughput_calls(runner.fixed(how.throughput_batch), _rows(features, how.throughput_batch),
+                                       how.throughput_seconds)
     return {"latency_p50_ms": float(np.percentile(latencies, 50) * 1e3),
             "latency_p99_ms": float(np.percentile(latencies, 99) * 1e3),
             "throughput_per_second": calls * how.throughput_batch / seconds}
+
+
+def _throughput_calls(bulk, batch, budget: float, window: float = 0.05, tolerance: float = 0.05) -> tuple[int, float]:
+    """Call ``bulk(batch)`` in windows of at least ``window`` seconds until two windows in a row
+    agree on the rate within ``tolerance`` (at least three windows), or ``budget`` seconds ran.
+    Returns the calls and the seconds they took, all windows together."""
+    bulk(batch)  # warm-up
+    calls, seconds, rates = 0, 0.0, []
+    while seconds < budget:
+        count, started = 0, time.perf_counter()
+        while count < 1 or time.perf_counter() - started < window:
+            bulk(batch)
+            count += 1
+        took = time.perf_counter() - started
+        calls, seconds = calls + count, seconds + took
+        rates.append(count / took)
+        if len(rates) >= 3 and abs(rates[-1] - rates[-2]) <= tolerance * rates[-2]:
+            break
+    return calls, seconds
 
 
 def tensorrt_unavailable() -> str | None:
@@ -244,7 +257,7 @@ def prune_model(saved_model_dir: Path, spec: ModelSpec, train_files: list[str], 
 
     from tasks.training.inputs import batch_parser
     from tasks.training.optimization import loss_function
-    from tasks.training.export import serving_module
+    from tasks.training.export import save_serving_model, serving_module
 
     model = build_model(spec)
     tf.train.Checkpoint(model=model).read(str(saved_model_dir / "variables" / "variables")) \
@@ -268,19 +281,44 @@ def prune_model(saved_model_dir: Path, spec: ModelSpec, train_files: list[str], 
         raise ValueError(f"pruning needs a functional or sequential Keras model: {error}") from None
     if not wrapped:
         raise ValueError("the model has no dense layer to prune")
-    per_example = loss_function(spec)
-    pruned.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                   loss=lambda y, logits: tf.reduce_mean(per_example(y, logits)))
     data = tf.data.TFRecordDataset(train_files, "GZIP").shuffle(10_000, seed=0).repeat() \
         .batch(batch_size, drop_remainder=True).map(batch_parser(spec), num_parallel_calls=tf.data.AUTOTUNE) \
         .prefetch(tf.data.AUTOTUNE)
-    pruned.fit(data, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0,
-               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    fine_tune(pruned, data, loss_function(spec), keras.optimizers.Adam(learning_rate), steps_per_epoch, epochs)
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     module, signatures = serving_module(stripped, spec)
-    tf.saved_model.save(module, str(out_dir), signatures=signatures)
+    save_serving_model(module, out_dir, signatures)
     return {layer.name: float(np.mean(layer.kernel.numpy() == 0))
             for layer in stripped.layers if isinstance(layer, keras.layers.Dense)}
+
+
+def fine_tune(pruned, data, per_example, optimizer, steps_per_epoch: int, epochs: int) -> None:
+    """Fine-tune a model wrapped for pruning: what ``fit`` with tfmot's ``UpdatePruningStep`` does
+    (the pruning step starts at 0, each training call advances it and updates the masks on the
+    schedule, each epoch ends by applying them), as a step function traced once without AutoGraph.
+    Keras's ``fit`` converts its own and the wrappers' Python through AutoGraph first: 10x the
+    time of the fine-tuning itself on a small table (docs/benchmarks.md)."""
+    import tensorflow as tf
+    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import collect_prunable_layers
+
+    layers = collect_prunable_layers(pruned)
+    for layer in layers:
+        layer.pruning_step.assign(0)
+
+    @tf.function(autograph=False)
+    def step(features, target):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(per_example(target, pruned(features, training=True)))
+        gradients = tape.gradient(loss, pruned.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, pruned.trainable_variables))
+        return loss
+
+    batches = iter(data)
+    for _epoch in range(epochs):
+        for _ in range(steps_per_epoch):
+            step(*next(batches))
+        for layer in layers:
+            layer.pruning_obj.weight_mask_op()
 
 
 def _train_split(examples_uri: str, cache_dir: Path) -> tuple[list[str], int]:
@@ -309,7 +347,7 @@ def optimize_model(
         config: The ``optimize`` section (its ``pruning.batch_size`` unset: ``train.batch_size``'s default).
         build_model: Builds the (untrained) Keras model of a spec, for pruning; default: the
             model built from the schema (:func:`tasks.training.model.build_model`).
-        throughput_seconds: How long each variant's throughput is measured, at least.
+        throughput_seconds: How long each variant's throughput is measured at most (it stops once stable).
     """
     variants = tuple(config.variants)
     spec = read_model_spec(model_uri)

@@ -133,7 +133,7 @@ def format_table(result: dict) -> str:
     lines.append("")
     for name, ratio in result["ratios"].items():
         lines.append(f"  {name:<40}{ratio:>8.2f}x")
-    for key in ("latency_ratios", "gzip_size_ratios", "stages", "skipped", "rejected", "checks", "targets"):
+    for key in ("time_ratios", "latency_ratios", "gzip_size_ratios", "stages", "skipped", "rejected", "checks", "targets"):
         if result.get(key):
             lines += ["", f"  {key}:"] + [f"    {k}: {v}" for k, v in result[key].items()]
     if "report" in result:  # a suite's own table (optimize: the optimization report)

@@ -62,11 +62,32 @@ def serving_module(model, spec: ModelSpec):
     return module, {SERVING_SIGNATURE: serve_examples, FEATURES_SIGNATURE: serve_features}
 
 
+def save_serving_model(module, path: Path, signatures: dict) -> None:
+    """``tf.saved_model.save`` of a :func:`serving_module`, without Keras's per-layer traces.
+
+    Saved as is, every Keras layer's ``call`` is traced (through AutoGraph) so that Keras could
+    rebuild the layers from the SavedModel alone: most of the export's time, for a model only
+    ever loaded through its signatures (TensorFlow Serving, the evaluation, MLflow's pyfunc).
+    The variables keep their object graph (``model/...``), so a checkpoint read into a model
+    built from the spec still matches (the pruned variant is made so). tf-keras offers the
+    switch only as ``save_traces`` of ``model.save``; its scope is used here, and if it moves,
+    the model is saved with the traces, correct and slower.
+    """
+    import tensorflow as tf
+
+    try:
+        from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
+    except ImportError:  # pragma: no cover - a tf-keras that moved it: save with the traces
+        tf.saved_model.save(module, str(path), signatures=signatures)
+        return
+    with keras_option_scope(save_traces=False, in_tf_saved_model_scope=True):
+        tf.saved_model.save(module, str(path), signatures=signatures)
+
+
 def export(model, spec: ModelSpec, history: list[dict[str, float]], output_uri: str, checkpoint_dir: Path,
            work_dir: Path, is_chief: bool) -> None:
     """Save the SavedModel (every worker: saving is collective) and, from the chief, publish it
     with the spec, the history and the TensorBoard logs at ``output_uri``."""
-    import tensorflow as tf
     import tf_keras as keras
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +95,7 @@ def export(model, spec: ModelSpec, history: list[dict[str, float]], output_uri: 
     try:
         module, signatures = serving_module(model, spec)
         keras.mixed_precision.set_global_policy("float32")
-        tf.saved_model.save(module, str(scratch / SAVED_MODEL_DIR), signatures=signatures)
+        save_serving_model(module, scratch / SAVED_MODEL_DIR, signatures)
         if is_chief:
             (scratch / MODEL_SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
             (scratch / HISTORY_FILE).write_text(json.dumps(history, indent=2))

@@ -64,7 +64,7 @@ def test_push_rollback_retention_and_serving_sync_at_once_leave_one_whole_champi
     push(trained, world, name, "second", bless(trained, world, name, "second"), **{"push.keep_versions": 2})
     blessing = bless(trained, world, name, "run-3")  # against v2
     mirror, stop = tmp_path / "mirror", tmp_path / "stop"
-    sync = _tfpipe(world, "serving-sync", str(mirror), "--model", name, "--interval", "0.2")
+    syncer = _tfpipe(world, "serving-sync", str(mirror), "--model", name, "--interval", "0.2")
     retention = subprocess.Popen([sys.executable, "-c", RETENTION_LOOP, store, name, str(stop)], cwd=ROOT,
                                  stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     pusher = push_process(trained, world, name, "run-3", blessing, tmp_path, **{"push.keep_versions": 2})
@@ -72,8 +72,8 @@ def test_push_rollback_retention_and_serving_sync_at_once_leave_one_whole_champi
     (_, push_err), (_, rollback_err) = pusher.communicate(timeout=600), rollback.communicate(timeout=600)
     stop.touch()
     retention.communicate(timeout=60)
-    sync.terminate()
-    sync.communicate(timeout=60)
+    syncer.terminate()
+    syncer.communicate(timeout=60)
     # Each either did its work or was refused with a reason, never half-way.
     assert pusher.returncode == 0 or "rolled back" in push_err or "being removed" in push_err, push_err[-3000:]
     assert rollback.returncode == 0 or "\ntfpipe: " in "\n" + rollback_err, rollback_err[-3000:]

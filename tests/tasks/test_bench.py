@@ -99,3 +99,40 @@ def test_bench_optimize_contract(tmp_path, capsys):
     assert set(result["ratios"]) == {f"{n}/saved_model" for n in result["variants"] if n != "saved_model"}
     printed = capsys.readouterr().out
     assert "tflite_int8/saved_model" in printed and "quality_drop" not in printed and "p50 ms" in printed
+
+
+def test_bench_tfx_writes_the_tutorial_table_tfx_reads(tmp_path):
+    import pandas as pd
+
+    from tasks.bench.tfx import FEATURES, write_tfx_table
+
+    rows = write_tfx_table(tmp_path / "data")
+    frame = pd.read_csv(tmp_path / "data" / "penguins_processed.csv")
+    assert rows == len(frame) == 342 and list(frame.columns) == ["species", *FEATURES]
+    assert set(frame["species"]) == {0, 1, 2} and not frame.isna().any().any()
+    assert frame[list(FEATURES)].min().min() == 0.0 and frame[list(FEATURES)].max().max() == 1.0
+
+
+def test_bench_tfx_asks_for_a_python_tfx_supports(tmp_path, monkeypatch):
+    import sys
+
+    from tasks.bench.tfx import find_python
+    from tasks.errors import UserError
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no python3.10 or python3.9 on it
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "pyenv"))
+    monkeypatch.delenv("TFPIPE_TFX_PYTHON", raising=False)
+    with pytest.raises(UserError, match="Python 3.10 or 3.9"):
+        find_python(sys.executable)  # this interpreter is 3.11: refused
+
+
+@pytest.mark.slow
+def test_bench_tfx_times_tfpipe_from_a_fresh_home_and_checks_the_push(tmp_path):
+    """The suite without TFX (its environment is big): tfpipe run, timed as a command, must push."""
+    from tasks.bench.common import format_table
+    from tasks.bench.tfx import bench_tfx
+
+    result = bench_tfx(repeat=1, variants=("tfpipe_run",), workdir=tmp_path)
+    row = result["variants"]["tfpipe_run"]
+    assert result["suite"] == "tfx" and row["seconds"] > 0 and row["peak_rss_mb"] > 100
+    assert result["params"]["tfx_rows"] == 342 and "tfpipe_run" in format_table(result)
