@@ -191,7 +191,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     rows = args.rows or BENCH_ROWS.get(args.suite, 0)
     if args.suite == "tfx":
-        from tasks.bench.tfx import bench_tfx
+        from tasks.bench.end_to_end import bench_tfx
 
         result = bench_tfx(args.repeat, python=args.python, tfx_env=Path(args.tfx_env) if args.tfx_env else None)
     elif args.suite == "ingest":

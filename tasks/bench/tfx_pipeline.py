@@ -1,5 +1,5 @@
 """TFX's penguin pipeline, the reference of ``tfpipe bench tfx``: run by TFX's own interpreter, in
-its own environment (``tasks/bench/tfx.py`` makes it), never imported by tfpipe.
+its own environment (``tasks/bench/end_to_end.py`` makes it), never imported by tfpipe.
 
     python tfx_pipeline.py DATA_DIR PIPELINE_ROOT SERVING_DIR
 

@@ -104,7 +104,7 @@ def test_bench_optimize_contract(tmp_path, capsys):
 def test_bench_tfx_writes_the_tutorial_table_tfx_reads(tmp_path):
     import pandas as pd
 
-    from tasks.bench.tfx import FEATURES, write_tfx_table
+    from tasks.bench.end_to_end import FEATURES, write_tfx_table
 
     rows = write_tfx_table(tmp_path / "data")
     frame = pd.read_csv(tmp_path / "data" / "penguins_processed.csv")
@@ -116,7 +116,7 @@ def test_bench_tfx_writes_the_tutorial_table_tfx_reads(tmp_path):
 def test_bench_tfx_asks_for_a_python_tfx_supports(tmp_path, monkeypatch):
     import sys
 
-    from tasks.bench.tfx import find_python
+    from tasks.bench.end_to_end import find_python
     from tasks.errors import UserError
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no python3.10 or python3.9 on it
@@ -130,9 +130,22 @@ def test_bench_tfx_asks_for_a_python_tfx_supports(tmp_path, monkeypatch):
 def test_bench_tfx_times_tfpipe_from_a_fresh_home_and_checks_the_push(tmp_path):
     """The suite without TFX (its environment is big): tfpipe run, timed as a command, must push."""
     from tasks.bench.common import format_table
-    from tasks.bench.tfx import bench_tfx
+    from tasks.bench.end_to_end import bench_tfx
 
     result = bench_tfx(repeat=1, variants=("tfpipe_run",), workdir=tmp_path)
     row = result["variants"]["tfpipe_run"]
     assert result["suite"] == "tfx" and row["seconds"] > 0 and row["peak_rss_mb"] > 100
     assert result["params"]["tfx_rows"] == 342 and "tfpipe_run" in format_table(result)
+
+
+def test_bench_tfx_reports_each_orchestration_against_tfx():
+    from tasks.bench.common import format_table
+    from tasks.bench.end_to_end import tfx_report
+
+    times = {"tfx": [99.9, 98.6, 108.0], "tfpipe_run": [50.8, 54.1, 58.8], "airflow_dags_test": [76.0, 75.0, 82.2]}
+    result = tfx_report(times, {name: 900.0 for name in times}, {"repeat": 3})
+    assert result["variants"]["tfx"]["seconds"] == 99.9 and result["variants"]["tfpipe_run"]["unit"] == "runs/h"
+    assert result["time_ratios"] == {"tfpipe_run/tfx": 0.542, "airflow_dags_test/tfx": 0.761}
+    assert result["ratios"]["tfpipe_run/tfx"] == pytest.approx(99.9 / 54.1, rel=0.01)
+    assert result["targets"] == {"tfpipe_run/tfx <= 0.5": False, "airflow_dags_test/tfx <= 0.75": False}
+    assert "time_ratios" in format_table(result)
