@@ -30,30 +30,9 @@ from pathlib import Path
 
 from tasks.config import ConfigError, load_pipeline, parse_overrides
 from tasks.steps import STEPS
-from tasks.settings import Settings
-
-REPO = Path(__file__).resolve().parent.parent
+from tasks.settings import Settings, airflow_environment
 BENCH_ROWS = {"ingest": 1_000_000, "validate": 1_000_000, "input": 1_000_000, "train": 1_000_000, "optimize": 100_000}
 BENCH_EXPERIMENT = "tfpipe-bench"
-
-
-def airflow_environment(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment under which Airflow runs this project's DAGs and plugins."""
-    env = dict(os.environ if base is None else base)
-    env.setdefault("TFPIPE_HOME", str(settings.home))
-    env.setdefault("AIRFLOW_HOME", str(settings.airflow_home))
-    env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
-    env.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO / "plugins"))
-    env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    env.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
-    env.setdefault("AIRFLOW__API__PORT", "8080")
-    env.setdefault("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}")
-    env.setdefault("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30")
-    env.setdefault("AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT", "120")
-    # `airflow standalone` starts its components as plain `airflow ...` from PATH.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
-    return env
 
 
 def _bin(name: str) -> str:
@@ -395,8 +374,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("args", nargs=argparse.REMAINDER)
         p.set_defaults(func=lambda a, tool=tool: _exec(tool, a))
     return parser
-
-
 
 
 def _pipeline_commands(sub) -> None:

@@ -29,6 +29,7 @@ S3 endpoint and credentials come from the standard AWS variables (``AWS_ENDPOINT
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,3 +142,22 @@ def usable_cpus() -> int:
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:  # platforms without affinity
         return os.cpu_count() or 1
+
+
+def airflow_environment(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment under which Airflow runs this project's DAGs and plugins."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("TFPIPE_HOME", str(settings.home))
+    env.setdefault("AIRFLOW_HOME", str(settings.airflow_home))
+    env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(_PACKAGE_DIR.parent / "dags"))
+    env.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(_PACKAGE_DIR.parent / "plugins"))
+    env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    env.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
+    env.setdefault("AIRFLOW__API__PORT", "8080")
+    env.setdefault("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}")
+    env.setdefault("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30")
+    env.setdefault("AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT", "120")
+    # `airflow standalone` starts its components as plain `airflow ...` from PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    return env

@@ -117,8 +117,7 @@ def _pushed(store: Path) -> bool:
 
 def _runners(tfx_python: Path, root: Path) -> dict:
     """The three variants, each a function of a fresh folder returning its seconds and peak MB."""
-    from tasks.cli import airflow_environment
-    from tasks.settings import Settings
+    from tasks.settings import Settings, airflow_environment
 
     bin_dir = Path(sys.executable).parent
     airflow_home = root / "airflow"
@@ -150,8 +149,7 @@ def _runners(tfx_python: Path, root: Path) -> dict:
 
 def _migrate_airflow(root: Path) -> None:
     """Airflow's metadata database, made before the clock starts (a deployment has one)."""
-    from tasks.cli import airflow_environment
-    from tasks.settings import Settings
+    from tasks.settings import Settings, airflow_environment
 
     env = airflow_environment(Settings.from_env({"TFPIPE_HOME": str(root / "airflow-setup")}),
                               _clean_env(AIRFLOW_HOME=str(root / "airflow")))
