@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -93,7 +94,27 @@ def tracking_for(settings: Settings) -> MlflowTracking:
     settings.home.mkdir(parents=True, exist_ok=True)
     if settings.tracking_uri.startswith("sqlite:"):
         settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+        _new_store_while_loading(settings.tracking_uri)
     return _tracking(settings.tracking_uri, settings.mlflow_artifact_location)
+
+
+def _new_store_while_loading(tracking_uri: str) -> None:
+    """A new embedded store, in a process that has loaded neither MLflow nor TensorFlow yet (the
+    first step of a first run): a second process makes the store (:mod:`tasks.tracking.store`)
+    while this one loads TensorFlow and TFDV, which every later step uses. Each takes a core
+    instead of running one after the other (docs/benchmarks.md). Elsewhere MLflow makes the
+    store at the first connection, as it always does."""
+    from tasks.tracking.store import new_sqlite_store, start_new_store
+
+    if "mlflow" in sys.modules or "tensorflow" in sys.modules or new_sqlite_store(tracking_uri) is None:
+        return
+    pending = start_new_store(tracking_uri)
+    if pending is None:
+        return
+    try:
+        import tensorflow_data_validation  # noqa: F401 - loaded now, while the store is made
+    finally:
+        pending.wait()
 
 
 @lru_cache(maxsize=1)

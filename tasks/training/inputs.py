@@ -50,6 +50,15 @@ def label_transform(spec: ModelSpec) -> Callable[[Any], Any]:
     return lambda y: tf.cast(tf.squeeze(y, -1), tf.int64)
 
 
+def graph_only(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A tf.data function that tf.data traces as it is, without converting it with AutoGraph:
+    these functions have no Python control flow on tensors, and converting them (and the
+    library code they call) cost about a second per pipeline built (docs/benchmarks.md)."""
+    import tensorflow as tf
+
+    return tf.autograph.experimental.do_not_convert(function)
+
+
 def batch_parser(spec: ModelSpec) -> Callable[[Any], Any]:
     """Serialized examples ``[batch]`` to ``(model inputs, target)``."""
     import tensorflow as tf
@@ -57,6 +66,7 @@ def batch_parser(spec: ModelSpec) -> Callable[[Any], Any]:
     parse = parse_spec(spec, with_label=True)
     to_target = label_transform(spec)
 
+    @graph_only
     def parse_batch(serialized):
         parsed = tf.io.parse_example(serialized, parse)
         return prepare(spec, parsed), to_target(parsed[spec.label])
@@ -117,7 +127,7 @@ class InputPipeline:
             files = files.shard(self.num_workers, self.worker_index)
         cycle = max(1, min(-(-len(self.files) // (self.num_workers if self.shard_files else 1)), 8))
         blocks = files.interleave(
-            lambda f: tf.data.TFRecordDataset(f, "GZIP").batch(READ_BLOCK),
+            graph_only(lambda f: tf.data.TFRecordDataset(f, "GZIP").batch(READ_BLOCK)),
             cycle_length=cycle,
             num_parallel_calls=self._parallel if self.autotune else min(self._parallel, cycle),
             deterministic=True,  # the cache and every epoch's shuffle start from the same order
@@ -163,13 +173,13 @@ class InputPipeline:
             self._blocks.shuffle(max(self.shuffle_buffer // READ_BLOCK, 1), seed=seed, reshuffle_each_iteration=False)
             .ragged_batch(window)
             .enumerate()
-            .map(lambda index, block: permute(index, *block), num_parallel_calls=self._parallel,
+            .map(graph_only(lambda index, block: permute(index, *block)), num_parallel_calls=self._parallel,
                  deterministic=True)
         )
         if self.num_workers > 1 and not self.shard_files:
             start = self.worker_index * worker_batch
             dataset = dataset.rebatch(self.batch_size, drop_remainder=True).map(
-                lambda *batch: tf.nest.map_structure(lambda t: t[start:start + worker_batch], batch))
+                graph_only(lambda *batch: tf.nest.map_structure(lambda t: t[start:start + worker_batch], batch)))
         else:
             dataset = dataset.rebatch(worker_batch, drop_remainder=True)
         return dataset.repeat()
@@ -199,6 +209,7 @@ class InputPipeline:
         dropping a distributed iterator cost about a second per epoch here."""
         import tensorflow as tf
 
+        @graph_only
         def one(epoch):
             skip = tf.where(tf.equal(epoch, first), tf.constant(skip_batches, tf.int64), tf.constant(0, tf.int64))
             return self._worker_batches(epoch).skip(skip).take(steps - skip)

@@ -56,6 +56,26 @@ def test_int8_variant_runs_integer_kernels(optimized):
 
 
 
+def test_one_converter_makes_every_variant_as_a_fresh_one_would(trained):
+    """optimize_model loads the SavedModel into one converter for all TFLite variants: each
+    conversion sets every option it reads, so none leaks into the next (int8's calibration
+    into dynamic range, float16's types into float32)."""
+    from tasks.optimize import TFLITE_VARIANTS, convert_tflite, raw_features, tflite_converter
+    from tasks.artifacts import Examples
+    from tasks.coders import first_records
+    from tasks.training.export import read_model_spec
+
+    saved_model = trained["model"].saved_model(trained["cache"])
+    files = Examples.open(trained["examples"].uri).files("train", trained["cache"])
+    representative = raw_features(read_model_spec(trained["model"].uri), first_records(files, 16))
+    shared = tflite_converter(saved_model)
+    order = ("int8", "dynamic_range", "float16", "float32")  # the options a variant sets come first
+    assert sorted(order) == sorted(TFLITE_VARIANTS)
+    for variant in order:
+        calibration = representative if variant == "int8" else None
+        assert convert_tflite(saved_model, variant, calibration, shared) == convert_tflite(saved_model, variant, calibration), variant
+
+
 def test_pruned_variant_reaches_its_sparsity_and_serves(trained, optimized):
     import tensorflow as tf
 

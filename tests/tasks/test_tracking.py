@@ -100,3 +100,59 @@ def test_evaluate_and_push_steps_write_the_headline(trained, tmp_path):
     assert tags["tfpipe.pushed_version"] == "1" and tags["tfpipe.registry_version"] == pushed["registry_version"]
     assert tags["tfpipe.registry_url"] == f"{settings.mlflow_ui_url}/#/models/headline/versions/1"
     assert f"]({tags['tfpipe.registry_url']})" in tags[NOTE]
+
+
+def test_a_store_made_ahead_is_complete_and_never_replaces_one(tmp_path):
+    from mlflow import MlflowClient
+
+    from tasks.tracking.store import make_store, new_sqlite_store, start_new_store
+
+    path = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    assert new_sqlite_store(uri) == path and new_sqlite_store("http://127.0.0.1:5000") is None
+    assert start_new_store("postgresql://mlflow@127.0.0.1/mlflow") is None  # a server's store is never made here
+    assert start_new_store(uri).wait()
+    assert new_sqlite_store(uri) is None and start_new_store(uri) is None
+    client = MlflowClient(tracking_uri=uri)  # opens it as MLflow's own first connection would have made it
+    experiment = client.create_experiment("made-ahead")
+    client.create_registered_model("made-ahead")
+    before = path.read_bytes()
+    assert make_store(path) is False  # one is there by the time it is done: left as it is
+    assert path.read_bytes() == before and client.get_experiment(experiment).name == "made-ahead"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no partial database left
+
+
+def test_a_store_the_second_process_cannot_make_is_made_by_mlflow(tmp_path, caplog):
+    from tasks.tracking.store import start_new_store
+
+    path = tmp_path / ("s" * 245)  # its journal's name fits the file system, its partial twin's does not
+    uri = f"sqlite:///{path}"
+    assert start_new_store(uri).wait() is False
+    assert "failed (MLflow makes it now)" in caplog.text
+    assert MlflowTracking(uri).experiment_id("fallback")
+    assert path.exists() and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_first_run_makes_its_store_while_loading_tensorflow(tmp_path):
+    """In a process that has loaded neither MLflow nor TensorFlow, the first connection to a new
+    embedded store has it made by a second process while TFDV loads; the store is complete."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from tasks.settings import Settings\n"
+        "from tasks.context import tracking_for\n"
+        f"settings = Settings.from_env({{'TFPIPE_HOME': {str(tmp_path / 'home')!r}}})\n"
+        "loaded = 'tensorflow_data_validation' in sys.modules\n"
+        "tracking = tracking_for(settings)\n"
+        "print(json.dumps({'before': loaded, 'after': 'tensorflow_data_validation' in sys.modules,\n"
+        "                  'experiment': tracking.experiment_id('first')}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"before": False, "after": True, "experiment": result["experiment"]} and result["experiment"]
+    assert sorted(p.name for p in (tmp_path / "home" / "mlflow").iterdir()) == ["mlflow.db"]
