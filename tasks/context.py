@@ -99,14 +99,14 @@ def tracking_for(settings: Settings) -> MlflowTracking:
 
 
 def _new_store_while_loading(tracking_uri: str) -> None:
-    """A new embedded store, in a process that has loaded neither MLflow nor TensorFlow yet (the
-    first step of a first run): a second process makes the store (:mod:`tasks.tracking.store`)
-    while this one loads TensorFlow and TFDV, which every later step uses. Each takes a core
-    instead of running one after the other (docs/benchmarks.md). Elsewhere MLflow makes the
-    store at the first connection, as it always does."""
+    """A new embedded store, in a process that has not loaded TensorFlow yet (the first step of a
+    first run, in ``tfpipe run`` or an Airflow task): a second process makes the store
+    (:mod:`tasks.tracking.store`) while this one loads TensorFlow and TFDV, which the later steps
+    use. Each takes a core instead of running one after the other (docs/benchmarks.md). Anywhere
+    else MLflow makes the store at the first connection, as it always does."""
     from tasks.tracking.store import new_sqlite_store, start_new_store
 
-    if "mlflow" in sys.modules or "tensorflow" in sys.modules or new_sqlite_store(tracking_uri) is None:
+    if "tensorflow" in sys.modules or new_sqlite_store(tracking_uri) is None:
         return
     pending = start_new_store(tracking_uri)
     if pending is None:
