@@ -505,5 +505,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The ``tfpipe`` command: :func:`main`, then the process leaves without tearing the
+    interpreter down once TensorFlow is loaded. Destroying TensorFlow's objects one by one took
+    4 s after ``tfpipe run penguins`` (docs/benchmarks.md), with nothing left to save: the exit
+    handlers (logging, MLflow, temporary folders) have run and the streams are flushed first."""
+    code = main()
+    if "tensorflow" in sys.modules:
+        import atexit
+
+        atexit._run_exitfuncs()  # noqa: SLF001 - what the interpreter runs first when it exits
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

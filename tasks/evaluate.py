@@ -47,11 +47,17 @@ def eval_data(examples: Examples | str, spec: ModelSpec, cache_dir: Path) -> tup
     return records, labels
 
 
-def predict(saved_model_dir: Path, records: list[bytes], batch_size: int = 1024) -> dict[str, np.ndarray]:
-    """Run the ``serving_default`` signature over serialized examples."""
+def predict(saved_model_dir: Path, records: list[bytes], batch_size: int = 1024,
+            reuse: bool = False) -> dict[str, np.ndarray]:
+    """Run the ``serving_default`` signature over serialized examples. ``reuse``: a load of the
+    same files earlier in this process may serve (evaluate's challenger, which optimize loads
+    again); checks of what is on disk (the push's) always load it."""
     import tensorflow as tf
 
-    serve = tf.saved_model.load(str(saved_model_dir)).signatures[SERVING_SIGNATURE]
+    from tasks.training.export import load_saved_model
+
+    loaded = load_saved_model(saved_model_dir) if reuse else tf.saved_model.load(str(saved_model_dir))
+    serve = loaded.signatures[SERVING_SIGNATURE]
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(records), batch_size):
         for key, value in serve(examples=tf.constant(records[start:start + batch_size])).items():
@@ -281,7 +287,7 @@ def evaluate_model(
     records, labels = eval_data(examples, spec, cache_dir)
     slices = {item.feature: slice_values(records, examples.columns, item.feature) for item in config.slices}
     local_model = storage.materialize(model_uri, cache_dir)
-    outputs = {"challenger": predict(local_model / SAVED_MODEL_DIR, records)}
+    outputs = {"challenger": predict(local_model / SAVED_MODEL_DIR, records, reuse=True)}
     metrics = compute_metrics(spec.task, outputs["challenger"], labels)
     slice_metrics = compute_slice_metrics(spec.task, outputs["challenger"], labels, slices)
     baseline = None

@@ -148,7 +148,9 @@ class Runner:
 def saved_model_runner(saved_model_dir: Path) -> Runner:
     import tensorflow as tf
 
-    signature = tf.saved_model.load(str(saved_model_dir)).signatures[FEATURES_SIGNATURE]
+    from tasks.training.export import load_saved_model
+
+    signature = load_saved_model(saved_model_dir).signatures[FEATURES_SIGNATURE]
     dtypes = {name: spec.dtype for name, spec in signature.structured_input_signature[1].items()}
 
     def predict(features):

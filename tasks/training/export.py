@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 from tasks import storage
-from tasks.artifacts import (FEATURES_SIGNATURE, HISTORY_FILE, MODEL_SPEC_FILE, SAVED_MODEL_DIR, SERVING_SIGNATURE,
-                             TENSORBOARD_DIR)
+from tasks.artifacts import (FEATURES_SIGNATURE, HISTORY_FILE, MODEL_SPEC_FILE, SAVED_MODEL_DIR, SAVED_MODEL_PB,
+                             SERVING_SIGNATURE, TENSORBOARD_DIR)
 from tasks.training.model import ModelSpec, parse_spec, prepare, raw_input_signature
 
 
@@ -105,6 +106,26 @@ def export(model, spec: ModelSpec, history: list[dict[str, float]], output_uri: 
             storage.publish_dir(scratch, output_uri)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def load_saved_model(saved_model_dir: Path):
+    """``tf.saved_model.load``, once per process for the same files (keyed by the folder and each
+    file's size and change time): where steps share a process (``tfpipe run``, ``airflow dags
+    test``), optimize reuses the trained model evaluate loaded. Callers only read it: its
+    signatures are called, its variables never assigned."""
+    path = Path(saved_model_dir).resolve()
+    files = tuple(sorted((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                         for f in path.rglob("*") if f.is_file()))
+    if not any(name == SAVED_MODEL_PB for name, _, _ in files):
+        raise FileNotFoundError(f"no {SAVED_MODEL_PB} in {path}")
+    return _load_saved_model(str(path), files)
+
+
+@lru_cache(maxsize=2)
+def _load_saved_model(path: str, files: tuple):
+    import tensorflow as tf
+
+    return tf.saved_model.load(path)
 
 
 def read_model_spec(model_uri: str) -> ModelSpec:

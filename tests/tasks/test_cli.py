@@ -192,3 +192,31 @@ def test_airflow_and_mlflow_pass_their_options_through(tmp_path, tool, usage):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert usage in proc.stdout and "unrecognized arguments" not in proc.stderr
+
+
+def test_the_command_leaves_without_teardown_yet_loses_nothing(tmp_path):
+    """``tfpipe`` (tasks.cli:entry) skips the interpreter's teardown once TensorFlow is loaded:
+    its output is complete, its exit code is the command's, and what the exit handlers do
+    (MLflow, temporary folders) is done."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pipeline = write_pipeline(tmp_path, name="leaving")
+    home = tmp_path / "home"
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "run", str(pipeline), "--until", "validate_examples", "--run-id", "r1",
+         "--set", "data.num_shards=1"],
+        env={**os.environ, "TFPIPE_HOME": str(home)}, capture_output=True, text=True, timeout=600,
+        cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "validate_examples done" in done.stdout and done.stdout.rstrip().endswith(str(home / "model_store"))
+    settings = Settings.from_env({"TFPIPE_HOME": str(home)})
+    summary = MlflowTracking(settings.tracking_uri).pipeline_summary("leaving", "r1")
+    assert summary["status"] == "FINISHED" and set(summary["durations"]) == {"ingest_examples", "validate_examples"}
+    failed = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "run", str(pipeline), "--run-id", "r2", "--set", "label=no_such_column"],
+        env={**os.environ, "TFPIPE_HOME": str(home)}, capture_output=True, text=True, timeout=600,
+        cwd=Path(__file__).parents[2])
+    assert failed.returncode != 0 and "no_such_column" in failed.stderr

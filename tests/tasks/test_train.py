@@ -557,3 +557,19 @@ def test_saved_model_serves_examples_and_raw_features(trained):
     assert by_example["predicted_class"].numpy()[0] == b"Gentoo"
     np.testing.assert_allclose(by_example["scores"].numpy(), by_features["scores"].numpy(), rtol=1e-5)
     assert by_example["classes"].numpy()[0].tolist() == [b"Adelie", b"Chinstrap", b"Gentoo"]
+
+
+def test_a_saved_model_is_loaded_once_per_process_until_it_changes(trained, tmp_path):
+    """Evaluate and optimize in one process (tfpipe run) share the trained model's load; a
+    SavedModel whose files changed at the same path (its weights rewritten) is loaded again."""
+    from tasks.training.export import load_saved_model
+
+    copy = tmp_path / "saved_model"
+    shutil.copytree(trained["model"].saved_model(trained["cache"]), copy)
+    first = load_saved_model(copy)
+    assert load_saved_model(copy) is first and set(first.signatures) >= {SERVING_SIGNATURE, FEATURES_SIGNATURE}
+    data = next((copy / "variables").glob("variables.data-*"))
+    stamp = data.stat().st_mtime_ns
+    data.write_bytes(data.read_bytes())  # rewritten in place, same size
+    os.utime(data, ns=(stamp + 1_000_000_000, stamp + 1_000_000_000))
+    assert load_saved_model(copy) is not first
