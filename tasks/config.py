@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Any
 
 import yaml
@@ -47,7 +48,8 @@ class DataConfig(_Frozen):
     """Where the examples come from and how they are split."""
 
     source: list[str] = Field(
-        description="CSV or Parquet URIs (local path, file://, s3:// or package://PKG/PATH); "
+        description="CSV or Parquet URIs (local path, file://, s3://, package://PKG/PATH, or gs://, abfs://, "
+        "https://, hdfs:// through fsspec); "
         "Jinja templated with the run's {{ ds }}, {{ ds_nodash }}, {{ run_id }}; globs allowed."
     )
     format: str = Field("auto", description="csv, parquet, or auto (from the file suffix).")
@@ -92,6 +94,9 @@ class DataConfig(_Frozen):
     def _non_empty(cls, value: list[str]) -> list[str]:
         if not value or any(not v.strip() for v in value):
             raise ValueError("at least one non-empty source URI is required")
+        if any("://" in v and urlparse(v).password is not None for v in value):  # logged as a param: never secrets
+            raise ValueError("credentials do not belong in a source URL; give them to its filesystem "
+                             "(environment or configuration)")
         return value
 
     @field_validator("delimiter")

@@ -1,4 +1,5 @@
-"""Reading the sources: CSV and Parquet files (local, ``s3://`` or ``package://``) as streams of
+"""Reading the sources: CSV and Parquet files (local, ``s3://``, ``package://``, or on a filesystem
+fsspec reaches: ``gs://``, ``abfs://``, ``https://``, ``hdfs://``; :mod:`tasks.filesystems`) as streams of
 Arrow record batches, with errors that name the file, the column, the row and the value.
 
 Column kinds (``int``, ``float``, ``string``) are what a column becomes in a ``tf.train.Example``.
@@ -16,11 +17,14 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pyarrow as pa
 
 from tasks import storage
 from tasks.errors import DataError
+from tasks.filesystems import SCHEMES, is_remote_source, scheme_of
+from tasks.filesystems import matches as remote_matches
 
 ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
 CSV_BLOCK_BYTES = 4 << 20
@@ -111,6 +115,11 @@ def resolve_sources(uris: list[str]) -> list[SourceFile]:
             if not matched:
                 raise DataError(f"data source {uri}: no such object")
             files.extend(SourceFile(m) for m in matched)
+        elif is_remote_source(uri):
+            files.extend(SourceFile(m) for m in remote_matches(uri))
+        elif scheme_of(uri) not in (None, "file"):
+            raise DataError(f"data source {uri}: {scheme_of(uri)}:// is not a source tfpipe reads (local paths, "
+                            f"file://, s3://, package://, or {', '.join(f'{s}://' for s in SCHEMES)})")
         else:
             pattern = str(storage.local_path(uri))
             globbed = any(ch in pattern for ch in "*?[")
@@ -126,7 +135,7 @@ def resolve_sources(uris: list[str]) -> list[SourceFile]:
 def _format_of(source: SourceFile, configured: str) -> str:
     if configured != "auto":
         return configured
-    name = source.uri.lower()
+    name = (urlparse(source.uri).path if scheme_of(source.uri) else source.uri).lower()  # no query string
     if name.endswith((".parquet", ".pq")):
         return "parquet"
     if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".tsv", ".txt")):

@@ -247,10 +247,14 @@ def delete_dir(uri: str) -> None:
 
 def download_file(uri: str, dest: Path) -> Path:
     """Copy one object or file to ``dest`` without holding it in memory."""
+    from tasks.filesystems import download, is_remote_source
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     if is_s3(uri):
         bucket, key = split_s3(uri)
         s3_client().download_file(bucket, key, str(dest))
+    elif is_remote_source(uri):
+        download(uri, dest)
     else:
         shutil.copyfile(local_path(uri), dest)
     return dest

@@ -94,7 +94,7 @@ _PARAMS: dict[str, str] = {"epochs": "train.epochs", "batch_size": "train.batch_
                            "data_source": "data.source"}
 
 
-_SOURCE_HELP = ("CSV/Parquet URI (path, s3://, package://) among those the pipeline allows (data.trigger_sources); "
+_SOURCE_HELP = ("CSV/Parquet URI (path, s3://, gs://, https://, ...) among those the pipeline allows (data.trigger_sources); "
                 "{{ ds }} selects a partition.")
 
 

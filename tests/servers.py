@@ -101,6 +101,20 @@ def _serve(handler: type[BaseHTTPRequestHandler]):
 
 
 @contextmanager
+def http_folder(root: Path):
+    """A folder served over HTTP on 127.0.0.1 (Python's file server, listings included)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format, *args):  # noqa: A002 - the base class's name
+            pass
+
+    with _serve(functools.partial(Quiet, directory=str(root))) as url:
+        yield url
+
+
+@contextmanager
 def model_server(models_config: Path):
     """TensorFlow Serving's REST API (model status and ``:predict``) on 127.0.0.1, over the real
     SavedModels that ``models_config`` points at.

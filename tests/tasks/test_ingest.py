@@ -151,6 +151,40 @@ def test_parquet_and_several_files(tmp_path, penguins_frame):
     assert [s["rows"] for s in read_manifest(result.uri)["sources"]] == [200, 144]
 
 
+def test_sources_over_https_and_other_filesystems_read_through_fsspec(tmp_path, penguins_frame):
+    """A file and a glob served over HTTP give what the same local files give; a filesystem whose
+    package is missing, a scheme tfpipe does not read and a missing file are errors that say so."""
+    from tests.servers import http_folder
+
+    served = tmp_path / "served" / "data"
+    served.mkdir(parents=True)
+    penguins_frame.iloc[:200].to_parquet(served / "a.parquet")
+    penguins_frame.iloc[200:].to_parquet(served / "b.parquet")
+    penguins_frame.to_csv(served / "penguins.csv", index=False)
+    local = _ingest(tmp_path, load_pipeline(write_pipeline(tmp_path, data={"source": str(served / "penguins.csv")})),
+                    "out-local")
+    with http_folder(tmp_path / "served") as url:
+        one = _ingest(tmp_path, load_pipeline(write_pipeline(tmp_path, data={"source": f"{url}/data/penguins.csv"})),
+                      "out-one")
+        globbed = _ingest(tmp_path, load_pipeline(write_pipeline(tmp_path, data={"source": f"{url}/data/*.parquet"})),
+                          "out-glob")
+        with pytest.raises(DataError, match="no such file"):
+            _ingest(tmp_path, load_pipeline(write_pipeline(tmp_path, data={"source": f"{url}/data/gone.csv"})), "x")
+    assert one.counts == local.counts and read_manifest(one.uri)["sources"][0]["uri"] == f"{url}/data/penguins.csv"
+    assert [s["rows"] for s in read_manifest(globbed.uri)["sources"]] == [200, 144]
+    with pytest.raises(DataError, match="gcsfs"):  # Google Cloud Storage's package is not installed here
+        _ingest(tmp_path, load_pipeline(write_pipeline(tmp_path, data={"source": "gs://bucket/penguins.csv"})), "x")
+    with pytest.raises(DataError, match="ftp:// is not a source tfpipe reads"):
+        _ingest(tmp_path, load_pipeline(write_pipeline(tmp_path, data={"source": "ftp://127.0.0.1/p.csv"})), "x")
+    with pytest.raises(ConfigError, match="credentials do not belong") as refused:  # before anything logs the config
+        load_pipeline(write_pipeline(tmp_path, data={"source": "https://u:s3cr3t@127.0.0.1/p.csv"}))
+    assert "s3cr3t" not in str(refused.value)
+    for chained in ("simplecache::https://127.0.0.1/p.csv", "zip://p.csv::https://127.0.0.1/a.zip",
+                    "https://127.0.0.1/p.csv::zip://p.csv"):
+        with pytest.raises(DataError, match="chained URLs|is not a source tfpipe reads"):
+            _ingest(tmp_path, load_pipeline(write_pipeline(tmp_path, data={"source": chained})), "x")
+
+
 def test_source_template_selects_the_partition(tmp_path, penguins_frame):
     from tasks.ingest import render_sources
 

@@ -1,0 +1,77 @@
+"""Data sources on the filesystems fsspec reaches: Google Cloud Storage, Azure, HTTP(S), HDFS.
+
+Local paths, ``file://``, ``s3://`` (boto3, the artifacts' own store) and ``package://`` are
+read as before; a source with one of :data:`SCHEMES` is listed, globbed and fetched by fsspec
+with the filesystem package its scheme needs (``gcsfs``, ``adlfs``; HTTP needs only aiohttp,
+which is installed). Credentials are each package's own (Google's application default
+credentials, Azure's environment or CLI login). Sources are named by a pipeline's YAML, and a
+trigger can only pick among the patterns the YAML allows, so no one else chooses where a worker
+reads from. Chained URLs (``simplecache::...``) are refused: a source names one filesystem.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from tasks.errors import DataError
+
+SCHEMES = ("gs", "gcs", "abfs", "abfss", "az", "adl", "http", "https", "hdfs", "webhdfs")
+_GLOB = "*?["
+
+
+def scheme_of(uri: str) -> str | None:
+    """The scheme of a ``scheme://`` URI, lower-cased; None for a plain path."""
+    return urlparse(uri).scheme.lower() if "://" in uri else None
+
+
+def is_remote_source(uri: str) -> bool:
+    """Whether fsspec reads ``uri`` (its scheme is one of :data:`SCHEMES`)."""
+    return scheme_of(uri) in SCHEMES
+
+
+def _filesystem(uri: str):
+    import fsspec
+
+    if "::" in uri:
+        raise DataError(f"data source {uri}: chained URLs are not supported; name the file itself")
+    if urlparse(uri).password is not None:  # recorded in manifests and MLflow: never a secret's place
+        raise DataError(f"data source {scheme_of(uri)}://{urlparse(uri).hostname}/...: credentials do not belong in "
+                        f"a source URL; give them to the filesystem (its environment or configuration)")
+    try:
+        return fsspec.core.url_to_fs(uri)
+    except ImportError as error:  # the scheme's filesystem package is not installed
+        raise DataError(f"data source {uri}: {error}") from None
+
+
+def _glob_chars(uri: str) -> str:
+    """What globs in ``uri``: over HTTP ``?`` starts the query, so only ``*`` and ``[`` do."""
+    return "*[" if scheme_of(uri) in ("http", "https") else _GLOB
+
+
+def matches(uri: str) -> list[str]:
+    """The files ``uri`` names, as full URIs, sorted: itself, or what its glob matches.
+
+    Raises:
+        DataError: Nothing matches, or the scheme's package is missing.
+    """
+    fs, path = _filesystem(uri)
+    globbed = any(ch in path.split("?", 1)[0] for ch in _glob_chars(uri))
+    try:
+        if globbed:
+            found = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        else:
+            found = [path] if fs.isfile(path) else []
+    except FileNotFoundError:
+        found = []
+    if not found:
+        raise DataError(f"data source {uri}: {'no file matches' if globbed else 'no such file'}")
+    return [p if scheme_of(p) else fs.unstrip_protocol(p) for p in found]
+
+
+def download(uri: str, dest) -> None:
+    """Copy one file to the local path ``dest``, streamed."""
+    fs, path = _filesystem(uri)
+    try:
+        fs.get_file(path, str(dest))
+    except FileNotFoundError:
+        raise DataError(f"data source {uri}: no such file") from None
