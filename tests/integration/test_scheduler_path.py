@@ -325,8 +325,9 @@ def test_a_run_marked_failed_mid_training_ends_its_mlflow_run(stack, api, trigge
 def test_backfill_runs_each_day_on_its_own_partition(stack, api, triggered):
     from tasks.ingest import read_manifest
 
-    subprocess.run([AIRFLOW, "backfill", "create", "--dag-id", "daily", "--from-date", DAYS[0], "--to-date", DAYS[1]],
-                   env=stack["env"], check=True, capture_output=True, timeout=300)
+    created = subprocess.run([AIRFLOW, "backfill", "create", "--dag-id", "daily", "--from-date", DAYS[0],
+                              "--to-date", DAYS[1]], env=stack["env"], capture_output=True, text=True, timeout=300)
+    assert created.returncode == 0, created.stdout[-2000:] + created.stderr[-3000:]
 
     def backfilled():
         runs = [r for r in api.call("GET", "/api/v2/dags/daily/dagRuns")["dag_runs"] if r["run_type"] == "backfill"]
