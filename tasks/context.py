@@ -104,11 +104,11 @@ def _new_store_while_loading(tracking_uri: str) -> None:
     (:mod:`tasks.tracking.store`) while this one loads TensorFlow and TFDV, which the later steps
     use. Each takes a core instead of running one after the other (docs/benchmarks.md). Anywhere
     else MLflow makes the store at the first connection, as it always does."""
-    from tasks.tracking.store import new_sqlite_store, start_new_store
+    from tasks.tracking.store import start_new_store
 
-    if "tensorflow" in sys.modules or new_sqlite_store(tracking_uri) is None:
+    if "tensorflow" in sys.modules:
         return
-    pending = start_new_store(tracking_uri)
+    pending = start_new_store(tracking_uri)  # None: not a new SQLite store
     if pending is None:
         return
     try:

@@ -34,8 +34,9 @@ def _filesystem(uri: str):
 
     if "::" in uri:
         raise DataError(f"data source {uri}: chained URLs are not supported; name the file itself")
-    if urlparse(uri).password is not None:  # recorded in manifests and MLflow: never a secret's place
-        raise DataError(f"data source {scheme_of(uri)}://{urlparse(uri).hostname}/...: credentials do not belong in "
+    parsed = urlparse(uri)
+    if parsed.password is not None:  # recorded in manifests and MLflow: never a secret's place
+        raise DataError(f"data source {parsed.scheme}://{parsed.hostname}/...: credentials do not belong in "
                         f"a source URL; give them to the filesystem (its environment or configuration)")
     try:
         return fsspec.core.url_to_fs(uri)
@@ -43,9 +44,12 @@ def _filesystem(uri: str):
         raise DataError(f"data source {uri}: {error}") from None
 
 
-def _glob_chars(uri: str) -> str:
-    """What globs in ``uri``: over HTTP ``?`` starts the query, so only ``*`` and ``[`` do."""
-    return "*[" if scheme_of(uri) in ("http", "https") else _GLOB
+def _globbed(uri: str, path: str) -> bool:
+    """Whether ``path`` (``uri``'s, as fsspec names it) is a glob: over HTTP ``?`` starts the
+    query, so only ``*`` and ``[`` before it glob."""
+    if scheme_of(uri) in ("http", "https"):
+        return any(ch in path.split("?", 1)[0] for ch in "*[")
+    return any(ch in path for ch in _GLOB)
 
 
 def matches(uri: str) -> list[str]:
@@ -55,7 +59,7 @@ def matches(uri: str) -> list[str]:
         DataError: Nothing matches, or the scheme's package is missing.
     """
     fs, path = _filesystem(uri)
-    globbed = any(ch in path.split("?", 1)[0] for ch in _glob_chars(uri))
+    globbed = _globbed(uri, path)
     try:
         if globbed:
             found = sorted(p for p in fs.glob(path) if fs.isfile(p))
