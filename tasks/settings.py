@@ -144,6 +144,29 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+# SQLite lets one writer in at a time and makes the others wait 5 s by default; a scheduler busy
+# on a loaded machine holds the lock longer, and `airflow backfill create` beside it then failed
+# with "database is locked". Airflow reads this by import path ([database] sql_alchemy_connect_args).
+SQLITE_CONNECT_ARGS = {"timeout": 60}
+
+
+def _metadata_is_sqlite(env: Mapping[str, str]) -> bool:
+    """Whether Airflow's metadata database is SQLite, its default, as far as the environment and
+    ``$AIRFLOW_HOME/airflow.cfg`` say (a connection given by command or secret is taken as not)."""
+    if any(env.get(f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN{suffix}") for suffix in ("_CMD", "_SECRET")):
+        return False
+    conn = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+    if conn is None and env.get("AIRFLOW_HOME"):
+        import configparser
+
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read(Path(env["AIRFLOW_HOME"]) / "airflow.cfg")
+        if parser.has_option("database", "sql_alchemy_conn_cmd") or parser.has_option("database", "sql_alchemy_conn_secret"):
+            return False
+        conn = parser.get("database", "sql_alchemy_conn", fallback=None)
+    return conn is None or conn.startswith("sqlite")
+
+
 def airflow_environment(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment under which Airflow runs this project's DAGs and plugins."""
     env = dict(os.environ if base is None else base)
@@ -157,6 +180,8 @@ def airflow_environment(settings: Settings, base: dict[str, str] | None = None) 
     env.setdefault("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{env['AIRFLOW__API__PORT']}")
     env.setdefault("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "30")
     env.setdefault("AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT", "120")
+    if _metadata_is_sqlite(env):
+        env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "tasks.settings.SQLITE_CONNECT_ARGS")
     # `airflow standalone` starts its components as plain `airflow ...` from PATH.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)

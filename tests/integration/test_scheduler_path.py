@@ -132,6 +132,7 @@ def stack(tmp_path_factory):
             "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "tasks.settings.SQLITE_CONNECT_ARGS",
             "MLFLOW_TRACKING_URI": tracking_uri,
             "TFPIPE_MLFLOW_UI_URL": tracking_uri,
             "TFPIPE_HOME": str(root / "home"),

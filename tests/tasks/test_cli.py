@@ -194,6 +194,30 @@ def test_airflow_and_mlflow_pass_their_options_through(tmp_path, tool, usage):
     assert usage in proc.stdout and "unrecognized arguments" not in proc.stderr
 
 
+def test_airflow_waits_for_a_busy_sqlite_database_and_leaves_other_databases_alone(tmp_path):
+    """On SQLite (Airflow's default) Airflow's connections wait 60 s for a writer instead of
+    failing with "database is locked" after 5 s; a PostgreSQL connection gets no SQLite option."""
+    import os
+    import subprocess
+    import sys
+
+    from tasks.settings import airflow_environment
+
+    settings = Settings.from_env({"TFPIPE_HOME": str(tmp_path / "home")})
+    env = airflow_environment(settings, {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")})
+    probe = ("from airflow import settings\n"
+             "with settings.engine.connect() as c: print(c.exec_driver_sql('PRAGMA busy_timeout').scalar())")
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == "60000"
+    postgres = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://airflow@127.0.0.1/airflow"}
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS" not in airflow_environment(settings, postgres)
+    home = tmp_path / "airflow-home"
+    home.mkdir()
+    (home / "airflow.cfg").write_text("[database]\nsql_alchemy_conn = postgresql://airflow@db/airflow\n")
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS" not in airflow_environment(settings, {"AIRFLOW_HOME": str(home)})
+
+
 def test_the_command_leaves_without_teardown_yet_loses_nothing(tmp_path):
     """``tfpipe`` (tasks.cli:entry) skips the interpreter's teardown once TensorFlow is loaded:
     its output is complete, its exit code is the command's, and what the exit handlers do
