@@ -7,21 +7,25 @@ UV_VERSION := 0.13.9
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 STAMP := $(VENV)/.tfpipe-synced
+PRODUCTION_STAMP := $(VENV)/.tfpipe-production-synced
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help venv demo test test-slow test-fast corpus browser-deps airflow mlflow lock clean
+.PHONY: help venv demo test test-slow test-production test-fast corpus browser-deps production-deps airflow mlflow lock clean
 
 help:
 	@echo "make demo     run the penguins pipeline through Airflow and print a summary"
 	@echo "make test     run the test suite but the slow suites (about 25 minutes on 2 cores)"
 	@echo "make test-slow  the slow suites: faults, the real-table corpus, the Airflow scheduler path (about 30)"
+	@echo "make test-production  the production profile started natively: PostgreSQL, Redis, Celery with"
+	@echo "              two workers, FAB auth, an MLflow server, S3 (installs the production extra; about 15)"
 	@echo "make corpus   run real public tables through the whole pipeline with the minimal YAML"
 	@echo "              (ARGS=\"--small\" for those under 2,000 rows, ARGS=\"--out corpus.json\", ARGS=\"--list\")"
 	@echo "make airflow  Airflow standalone on http://127.0.0.1:8080 with this project's DAGs"
 	@echo "make mlflow   MLflow UI on http://127.0.0.1:5000 over the embedded store"
 	@echo "make lock     re-resolve uv.lock after editing pyproject.toml"
 	@echo "make browser-deps  Debian's Chromium, for the browser tests (apt; sudo when not root)"
+	@echo "make production-deps  Debian's PostgreSQL and Redis, for make test-production (apt)"
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -29,6 +33,13 @@ help:
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --python "$(PYTHON)"
+	@rm -f $(PRODUCTION_STAMP)
+	@touch $@
+
+# The same environment with the production extra (Celery, FAB, Amazon providers; psycopg2).
+$(PRODUCTION_STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --extra production --python "$(PYTHON)"
+	@rm -f $(STAMP)
 	@touch $@
 
 venv: $(STAMP)
@@ -37,10 +48,13 @@ demo: $(STAMP)
 	$(VENV)/bin/tfpipe demo penguins
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -m "not slow"
+	$(VENV)/bin/python -m pytest -m "not slow and not production"
 
 test-slow: $(STAMP)
-	$(VENV)/bin/python -m pytest -m slow
+	$(VENV)/bin/python -m pytest -m "slow and not production"
+
+test-production: $(PRODUCTION_STAMP) production-deps
+	$(VENV)/bin/python -m pytest -m production
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not integration"
@@ -61,6 +75,12 @@ browser-deps:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
 	@chromium --version
+
+production-deps:
+	@command -v redis-server >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+		--no-install-recommends postgresql redis-server; }
+	@redis-server --version
 
 lock: | $(UV)
 	$(UV) lock --python "$(PYTHON)"

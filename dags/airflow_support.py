@@ -152,28 +152,50 @@ def safe_dag_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:250] or "_"
 
 
-def export_aws_connection() -> None:
-    """Bind the ``aws_default`` connection to the standard AWS variables when those are unset.
+def export_aws_connection(conn_id: str = "aws_default") -> None:
+    """Bind the AWS connection ``conn_id`` to the standard AWS variables when those are unset, for
+    tfpipe's S3 clients and the processes a task starts (training workers).
 
-    Runs inside a task only (never while parsing), so the DAG processor makes no look-ups.
+    With the Amazon provider installed (the ``production`` extra), its hook reads the connection
+    as the provider's own operators do: keys, a session token, a profile, or a role to assume
+    (whose temporary credentials are taken when the task starts, so the role's session must
+    outlast the task), and the endpoint and region. Without it, the connection's login, password
+    and the ``endpoint_url`` and ``region_name`` of its extra. Runs inside a task only (never
+    while parsing), so the DAG processor makes no look-ups.
     """
     if os.environ.get("AWS_ACCESS_KEY_ID"):
         return
     from airflow.sdk import Connection
 
     try:
-        conn = Connection.get("aws_default")
+        conn = Connection.get(conn_id)
     except Exception:  # noqa: BLE001 - an absent connection leaves boto3's own chain
         return
-    extra = conn.extra_dejson or {}
-    for key, value in (
-        ("AWS_ACCESS_KEY_ID", conn.login),
-        ("AWS_SECRET_ACCESS_KEY", conn.password),
-        ("AWS_ENDPOINT_URL", extra.get("endpoint_url")),
-        ("AWS_DEFAULT_REGION", extra.get("region_name")),
-    ):
+    try:
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsGenericHook
+    except ImportError:
+        extra = conn.extra_dejson or {}
+        values = {"AWS_ACCESS_KEY_ID": conn.login, "AWS_SECRET_ACCESS_KEY": conn.password,
+                  "AWS_ENDPOINT_URL": extra.get("endpoint_url"), "AWS_DEFAULT_REGION": extra.get("region_name")}
+    else:
+        values = _aws_from_hook(AwsGenericHook(aws_conn_id=conn_id, client_type="s3"))
+    for key, value in values.items():
         if value:
             os.environ.setdefault(key, value)
+
+
+def _aws_from_hook(hook) -> dict[str, str | None]:
+    """The credentials, S3 endpoint and region the Amazon provider's hook resolves."""
+    session = hook.get_session()
+    credentials = session.get_credentials()
+    frozen = credentials.get_frozen_credentials() if credentials is not None else None
+    return {
+        "AWS_ACCESS_KEY_ID": frozen and frozen.access_key,
+        "AWS_SECRET_ACCESS_KEY": frozen and frozen.secret_key,
+        "AWS_SESSION_TOKEN": frozen and frozen.token,
+        "AWS_ENDPOINT_URL": hook.conn_config.get_service_endpoint_url("s3"),
+        "AWS_DEFAULT_REGION": session.region_name or hook.conn_config.region_name,
+    }
 
 
 def model_names() -> list[str]:
