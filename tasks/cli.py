@@ -7,7 +7,8 @@ so ``tfpipe --help`` and config errors answer at once.
     tfpipe demo                            run the penguins DAG through Airflow, then summarize
     tfpipe datagen OUT [--rows N] ...      synthetic tabular data (CSV or Parquet)
     tfpipe bench ingest|validate|input|train|optimize [--rows N] [--out FILE]   benchmarks (ours, reference, floor)
-    tfpipe tfjob --name N --image I --request URI   a Kubeflow TFJob for distributed training as pods
+    tfpipe train-job --name N --image I --request URI   an Indexed Job + headless Service: training as pods
+    tfpipe tfjob --name N --image I --request URI   the same as a Kubeflow TFJob (training operator v1)
     tfpipe schema PIPELINE [--curate|--reset]  the schema in force; --curate copies the recorded one beside the
                                            config; --reset discards it (and the drift baseline)
     tfpipe rollback MODEL [--to VERSION]   move the champion back and update the serving config
@@ -221,6 +222,22 @@ def _cmd_tfjob(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_job(args: argparse.Namespace) -> int:
+    import yaml
+
+    from tasks.training.kubernetes import job_manifests
+
+    try:
+        manifests = job_manifests(args.name, args.image, args.workers, args.request, namespace=args.namespace,
+                                  cpu=args.cpu, memory=args.memory, gpus=args.gpus,
+                                  parameter_servers=args.parameter_servers)
+    except ValueError as error:
+        print(f"[tfpipe] {error}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump_all(manifests, sort_keys=False), end="")
+    return 0
+
+
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from tasks.release_steps import rollback_model
 
@@ -403,7 +420,7 @@ def _pipeline_commands(sub) -> None:
 
 
 def _tool_commands(sub) -> None:
-    """datagen, bench, tfjob."""
+    """datagen, bench, train-job, tfjob."""
     datagen = sub.add_parser("datagen", help="write synthetic tabular data for benchmarks and tests")
     datagen.add_argument("out", help="output file: .csv or .parquet")
     datagen.add_argument("--rows", type=int, default=1_000_000)
@@ -435,18 +452,27 @@ def _tool_commands(sub) -> None:
     bench.add_argument("--no-mlflow", action="store_true", help=f"do not log a run to the {BENCH_EXPERIMENT} experiment")
     bench.set_defaults(func=_cmd_bench)
 
-    tfjob = sub.add_parser("tfjob", help="print a Kubeflow TFJob that runs multi-worker training as pods")
-    tfjob.add_argument("--name", required=True, help="job name (pods are <name>-worker-<i>)")
-    tfjob.add_argument("--image", required=True, help="the tfpipe image (docker/)")
-    tfjob.add_argument("--workers", type=int, default=2)
-    tfjob.add_argument("--request", required=True, help="the training request JSON on shared storage (s3://...)")
-    tfjob.add_argument("--namespace", default="default")
-    tfjob.add_argument("--cpu", default="4")
-    tfjob.add_argument("--memory", default="16Gi")
-    tfjob.add_argument("--gpus", type=int, default=0, help="GPUs per worker")
-    tfjob.add_argument("--parameter-servers", type=int, default=0,
-                       help="parameter_server training: a Chief pod, the workers and this many PS pods")
+    job = sub.add_parser("train-job", help="print the Indexed Job and headless Service that run multi-worker "
+                                           "training as pods (kubectl apply -f -)")
+    _training_job_arguments(job, "pods are <name>-<index>")
+    job.set_defaults(func=_cmd_train_job)
+    tfjob = sub.add_parser("tfjob", help="print a Kubeflow TFJob (training operator v1) that runs multi-worker "
+                                         "training as pods")
+    _training_job_arguments(tfjob, "pods are <name>-worker-<i>")
     tfjob.set_defaults(func=_cmd_tfjob)
+
+
+def _training_job_arguments(parser, pods: str) -> None:
+    parser.add_argument("--name", required=True, help=f"job name ({pods})")
+    parser.add_argument("--image", required=True, help="the tfpipe worker image (docker/Dockerfile)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--request", required=True, help="the training request JSON on shared storage (s3://...)")
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--cpu", default="4")
+    parser.add_argument("--memory", default="16Gi")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs per worker")
+    parser.add_argument("--parameter-servers", type=int, default=0,
+                        help="parameter_server training: a chief, the workers and this many parameter servers")
 
 
 def _release_commands(sub) -> None:

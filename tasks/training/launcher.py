@@ -420,6 +420,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m tasks.training.launcher worker REQUEST.json", file=sys.stderr)
         return 2
     request = args[1]
+    if "TF_CONFIG" not in os.environ:  # a pod of an Indexed Job derives it from its index
+        from tasks.training.kubernetes import tf_config_for_pod
+
+        derived = tf_config_for_pod(os.environ)
+        if derived is not None:
+            os.environ["TF_CONFIG"] = json.dumps(derived)
     if "://" in request:  # a pod reads its request from shared storage
         from tasks import storage
 
