@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -262,18 +264,42 @@ def one_batch(batches):
 
 
 
-def beam_statistics(files: list[str], beam_args: list[str], scratch: Path, options=None):
-    """``tfdv.generate_statistics_from_tfrecord`` with the given Beam pipeline options."""
+def beam_statistics(location: str, output: str, beam_args: list[str], options=None):
+    """TFDV's statistics as a Beam pipeline, run by the runner ``beam_args`` name.
+
+    ``location`` (a glob of GZIP TFRecord shards) and ``output`` (the statistics file the
+    pipeline writes) may be object-store URIs (``s3://``), read and written by the runner's own
+    workers through Beam's file systems, so a runner on other machines (Flink, Spark,
+    Dataflow) can run it. The result is read back here. This is
+    ``tfdv.generate_statistics_from_tfrecord`` without its local-only steps (``tf.io.gfile``,
+    which has no ``s3://`` without tensorflow-io). With ``AWS_ENDPOINT_URL`` set and no
+    ``--s3_endpoint_url`` given, the pipeline gets that endpoint; credentials are never put in
+    the pipeline's options (the runner's workers take them from their own environment).
+    """
+    import apache_beam as beam
     import tensorflow_data_validation as tfdv
     from apache_beam.options.pipeline_options import PipelineOptions
+    from tensorflow_data_validation.utils import stats_util
+    from tfx_bsl.public import tfxio
 
-    pattern = str(Path(files[0]).parent / "*.tfrecord.gz")
-    return tfdv.generate_statistics_from_tfrecord(
-        data_location=pattern,
-        output_path=str(scratch / "beam_stats.tfrecord"),
-        pipeline_options=PipelineOptions(beam_args or []),
-        **({"stats_options": options} if options is not None else {}),
-    )
+    options = options if options is not None else stats_options()
+    args = list(beam_args or [])
+    if location.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL") and \
+            not any(a.startswith("--s3_endpoint_url") for a in args):
+        args.append(f"--s3_endpoint_url={os.environ['AWS_ENDPOINT_URL']}")
+    source = tfxio.TFExampleRecord(file_pattern=location, telemetry_descriptors=["tfpipe", "statistics"])
+    with beam.Pipeline(options=PipelineOptions(args)) as pipeline:
+        _ = (pipeline
+             | "ReadExamples" >> source.BeamSource(options.desired_batch_size)
+             | "GenerateStatistics" >> tfdv.GenerateStatistics(options)
+             | "WriteStatistics" >> tfdv.WriteStatisticsToTFRecord(output))
+    if not output.startswith("s3://"):
+        return stats_util.load_stats_tfrecord(output)
+    from tasks import storage
+
+    with tempfile.TemporaryDirectory(prefix="tfpipe-beam-") as folder:
+        local = storage.download_file(output, Path(folder) / "statistics.tfrecord")
+        return stats_util.load_stats_tfrecord(str(local))
 
 
 
@@ -307,5 +333,6 @@ def compute_statistics(files: list[str], scratch: Path, engine: str = "auto", be
     if engine == "in_memory":
         return in_memory_statistics(files, options)
     if engine == "beam":
-        return beam_statistics(files, beam_args or [], scratch, options)
+        return beam_statistics(str(Path(files[0]).parent / "*.tfrecord.gz"), str(scratch / "beam_stats.tfrecord"),
+                               beam_args or [], options)
     raise ValueError(f"unknown statistics engine {engine!r}")

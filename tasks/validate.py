@@ -200,7 +200,7 @@ def validate_examples(
     try:
         stats_dir, anomalies_dir = scratch / "statistics", scratch / "anomalies"
         baseline = _read_baseline(baseline_uri, run_id, cache_dir)
-        statistics = _split_statistics(examples, cache_dir, scratch, config, baseline, stats_dir)
+        statistics = _split_statistics(examples, cache_dir, scratch, config, baseline, stats_dir, statistics_uri)
         source, schema = _schema_in_force(statistics["train"], label, curated_schema, recorded_schema_uri)
         (stats_dir / SCHEMA_FILE).write_text(schema_text(schema))
         where = Where(pipeline, source, str(curated_schema or ""))
@@ -229,14 +229,33 @@ def validate_examples(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _remote_beam_statistics(examples: Examples, split: str, config: ValidateConfig, statistics_uri: str):
+    """Beam's statistics of examples on S3: the runner's workers read the shards and write the
+    result on S3 themselves (beside the statistics artifact, removed once read back)."""
+    from tasks.statistics import beam_statistics
+
+    folders = {rel.rsplit("/", 1)[0] for rel in examples.manifest["splits"][split]["files"]}
+    if len(folders) != 1:
+        raise ValueError(f"the {split} shards of {examples.uri} are not in one folder: {sorted(folders)}")
+    output = storage.join(statistics_uri.rstrip("/") + ".beam", split)
+    try:
+        return beam_statistics(storage.join(examples.uri, folders.pop(), "*.tfrecord.gz"),
+                               storage.join(output, "statistics.tfrecord"), config.beam_pipeline_args)
+    finally:
+        storage.delete_dir(output)
+
+
 def _split_statistics(examples: Examples, cache_dir: Path, scratch: Path, config: ValidateConfig, baseline,
-                      stats_dir: Path) -> dict[str, Any]:
+                      stats_dir: Path, statistics_uri: str) -> dict[str, Any]:
     """Each split's statistics, written with its two pages into ``stats_dir``."""
     statistics = {}
     for split in examples.splits:
         started = time.perf_counter()
-        statistics[split] = compute_statistics(examples.files(split, cache_dir), scratch, config.engine,
-                                               config.beam_pipeline_args, examples.columns)
+        if config.engine == "beam" and storage.is_s3(examples.uri):
+            statistics[split] = _remote_beam_statistics(examples, split, config, statistics_uri)
+        else:
+            statistics[split] = compute_statistics(examples.files(split, cache_dir), scratch, config.engine,
+                                                   config.beam_pipeline_args, examples.columns)
         log.info("statistics of %s (%d examples) in %.2fs", split, examples.count(split),
                  time.perf_counter() - started)
         (stats_dir / split).mkdir(parents=True)
