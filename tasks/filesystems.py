@@ -1,9 +1,10 @@
 """Data sources on the filesystems fsspec reaches: Google Cloud Storage, Azure, HTTP(S), HDFS.
 
-Local paths, ``file://``, ``s3://`` (boto3, the artifacts' own store) and ``package://`` are
-read as before; a source with one of :data:`SCHEMES` is listed, globbed and fetched by fsspec
-with the filesystem package its scheme needs (``gcsfs``, ``adlfs``; HTTP needs only aiohttp,
-which is installed). Credentials are each package's own (Google's application default
+Local paths, ``file://`` and ``package://`` are read as files. A source with one of
+:data:`SCHEMES` is listed, globbed and fetched by fsspec with the filesystem package its scheme
+needs (``gcsfs``, ``adlfs``; HTTP needs only aiohttp, which is installed). ``s3://`` sources are
+listed and globbed by fsspec too (``s3fs``, installed, which reads the standard AWS variables
+as boto3 does) and fetched with boto3, like the artifacts. Credentials are each package's own (Google's application default
 credentials, Azure's environment or CLI login). Sources are named by a pipeline's YAML, and a
 trigger can only pick among the patterns the YAML allows, so no one else chooses where a worker
 reads from. Chained URLs (``simplecache::...``) are refused: a source names one filesystem.
@@ -39,7 +40,7 @@ def _filesystem(uri: str):
         raise DataError(f"data source {parsed.scheme}://{parsed.hostname}/...: credentials do not belong in "
                         f"a source URL; give them to the filesystem (its environment or configuration)")
     try:
-        return fsspec.core.url_to_fs(uri)
+        return fsspec.core.url_to_fs(uri, **(_s3_options() if parsed.scheme == "s3" else {}))
     except ImportError as error:  # the scheme's filesystem package is not installed
         raise DataError(f"data source {uri}: {error}") from None
 
@@ -50,6 +51,14 @@ def _globbed(uri: str, path: str) -> bool:
     if scheme_of(uri) in ("http", "https"):
         return any(ch in path.split("?", 1)[0] for ch in "*[")
     return any(ch in path for ch in _GLOB)
+
+
+def _s3_options() -> dict:
+    """s3fs with the endpoint boto3 would use (``AWS_ENDPOINT_URL``), uncached listings."""
+    import os
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    return {"use_listings_cache": False, **({"endpoint_url": endpoint} if endpoint else {})}
 
 
 def matches(uri: str) -> list[str]:

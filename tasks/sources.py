@@ -9,7 +9,6 @@ starts over with the column as float.
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import importlib.resources
 import re
@@ -103,18 +102,8 @@ def resolve_sources(uris: list[str]) -> list[SourceFile]:
     for uri in uris:
         if uri.startswith("package://"):
             files.append(SourceFile(uri, _package_file(uri)))
-        elif storage.is_s3(uri):
-            bucket, key = storage.split_s3(uri)
-            if any(ch in key for ch in "*?["):
-                base = key[: min(key.find(ch) for ch in "*?[" if ch in key)].rsplit("/", 1)[0]
-                base_uri = f"s3://{bucket}/{base}"
-                names = [f"{base_uri}/{k}" for k in storage.list_files(base_uri)]
-                matched = sorted(u for u in names if fnmatch.fnmatchcase(u, uri))
-            else:
-                matched = [uri] if storage.exists(uri) else []
-            if not matched:
-                raise DataError(f"data source {uri}: no such object")
-            files.extend(SourceFile(m) for m in matched)
+        elif storage.is_s3(uri):  # listed and globbed by s3fs; fetched by boto3 with the artifacts' retries
+            files.extend(SourceFile(m) for m in remote_matches(uri))
         elif is_remote_source(uri):
             files.extend(SourceFile(m) for m in remote_matches(uri))
         elif scheme_of(uri) not in (None, "file"):

@@ -331,3 +331,32 @@ def test_a_value_past_the_csv_modules_field_limit_is_read(tmp_path, penguins_fra
     frame.to_csv(tmp_path / "long.csv", index=False)
     result = _ingest(tmp_path, load_pipeline(write_pipeline(tmp_path, data={"source": str(tmp_path / "long.csv")})))
     assert result.rows == len(frame)
+
+
+def test_s3_sources_are_globbed_by_fsspec_like_local_ones(tmp_path, monkeypatch):
+    """s3fs lists and globs S3 sources: ``*`` stays within one folder, ``?`` and ``[...]`` glob,
+    and a pattern that matches nothing names itself."""
+    import boto3
+
+    from tasks import storage
+    from tasks.sources import resolve_sources
+    from tests.servers import moto_s3
+
+    with moto_s3() as endpoint:
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        storage.reset_clients()
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="lake")
+        for key in ("t/a1.csv", "t/a2.csv", "t/b1.csv", "t/sub/a3.csv", "t/a1.parquet"):
+            s3.put_object(Bucket="lake", Key=key, Body=b"x,y\n1,2\n")
+        uris = lambda pattern: [s.uri for s in resolve_sources([pattern])]  # noqa: E731
+        assert uris("s3://lake/t/*.csv") == ["s3://lake/t/a1.csv", "s3://lake/t/a2.csv", "s3://lake/t/b1.csv"]
+        assert uris("s3://lake/t/a?.csv") == ["s3://lake/t/a1.csv", "s3://lake/t/a2.csv"]
+        assert uris("s3://lake/t/[b]*") == ["s3://lake/t/b1.csv"]
+        assert uris("s3://lake/t/sub/a3.csv") == ["s3://lake/t/sub/a3.csv"]
+        for missing in ("s3://lake/t/*.json", "s3://lake/t/none.csv"):
+            with pytest.raises(DataError, match=re.escape(missing)):
+                resolve_sources([missing])
+        storage.reset_clients()
