@@ -23,6 +23,8 @@ threshold (see the form). Config file: `dags/pipelines/{name}.yaml`.
 
 from __future__ import annotations
 
+import os
+
 import shlex
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -45,7 +47,20 @@ STEP_TABLE = {step.name: step for step in _STEP_TABLE}
 
 def _task_args(name: str) -> dict:
     step = STEP_TABLE[name]
-    return {"execution_timeout": step.timeout, **({"retries": step.retries} if step.retries is not None else {})}
+    args = {"execution_timeout": step.timeout, **({"retries": step.retries} if step.retries is not None else {})}
+    return {**args, **(_training_placement() if name == "train_model" else {})}
+
+
+def _training_placement() -> dict:
+    """Where training runs, as the deployment (never a trigger) says: ``TFPIPE_TRAIN_QUEUE``, the
+    Celery queue of the GPU workers; ``TFPIPE_TRAIN_POD_TEMPLATE``, the KubernetesExecutor's pod
+    template for training (GPU requests), a file on the scheduler (docs/production.md)."""
+    placement: dict = {}
+    if os.environ.get("TFPIPE_TRAIN_QUEUE"):
+        placement["queue"] = os.environ["TFPIPE_TRAIN_QUEUE"]
+    if os.environ.get("TFPIPE_TRAIN_POD_TEMPLATE"):
+        placement["executor_config"] = {"pod_template_file": os.environ["TFPIPE_TRAIN_POD_TEMPLATE"]}
+    return placement
 
 
 def _context(pipeline_file: str, params, run_id: str, ds: str, ti):

@@ -25,6 +25,10 @@ BaseHook.get_connection = classmethod(refuse)
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=sys.argv[1])
 heavy = [m for m in ("tensorflow", "tensorflow_data_validation", "mlflow", "boto3", "apache_beam") if m in sys.modules]
+# With the production extra, Airflow itself loads the Amazon provider's S3 asset handler (and so
+# boto3) when a DAG declares an asset; that is Airflow's import, not one of tfpipe's.
+if "airflow.providers.amazon.aws.assets.s3" in sys.modules:
+    heavy.remove("boto3")
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": sorted(bag.dags),
                   "heavy": heavy, "lookups": len(lookups)}))
 """
@@ -283,3 +287,21 @@ def test_mlflow_logs_through_the_root_logger_at_its_own_level():
     assert mlflow_logger.getEffectiveLevel() == logging.INFO
     for name in MLFLOW_LOGGERS:
         assert logging.getLogger(name).handlers == [] and logging.getLogger(name).propagate, name
+
+
+def test_training_goes_where_the_deployment_says(tmp_path, monkeypatch):
+    """TFPIPE_TRAIN_QUEUE (Celery's GPU workers) and TFPIPE_TRAIN_POD_TEMPLATE (the
+    KubernetesExecutor's GPU pod) place train_model only; unset, nothing is placed."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    template = REPO / "docker" / "kubernetes" / "gpu-pod-template.yaml"
+    monkeypatch.setenv("TFPIPE_TRAIN_QUEUE", "gpu")
+    monkeypatch.setenv("TFPIPE_TRAIN_POD_TEMPLATE", str(template))
+    placed = DagBag(dag_folder=str(DAGS)).dags["penguins"].task_dict
+    assert placed["train_model"].queue == "gpu"
+    assert placed["train_model"].executor_config == {"pod_template_file": str(template)}
+    assert placed["ingest_examples"].queue != "gpu" and not placed["ingest_examples"].executor_config
+    monkeypatch.delenv("TFPIPE_TRAIN_QUEUE")
+    monkeypatch.delenv("TFPIPE_TRAIN_POD_TEMPLATE")
+    plain = DagBag(dag_folder=str(DAGS)).dags["penguins"].task_dict["train_model"]
+    assert plain.queue != "gpu" and not plain.executor_config

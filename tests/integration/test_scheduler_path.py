@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from tests.airflow_api import Api
+from tests.browser import SHOTS, chromium
 from tests.helpers import PENGUINS_CSV
 from tests.servers import free_port, mlflow_server, wait_http
 
@@ -303,26 +304,10 @@ def test_backfill_runs_each_day_on_its_own_partition(stack, api, triggered):
 
 # --- the two UIs, in a browser ---------------------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = REPO / "test-artifacts" / "browser"
-# Debian's Chromium as root, headless, and quiet on a machine with no internet.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                 "--disable-background-networking", "--disable-component-update"]
-
-
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (make browser-deps)")
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 def test_airflow_ui_shows_the_dag_its_docs_trigger_form_and_mlflow_links(stack, api, triggered, browser):

@@ -49,6 +49,7 @@ class Profile:
     s3_endpoint: str
     s3_credentials: dict[str, str]
     serving_dir: Path
+    password: str  # the FAB admin's
     envs: dict[str, dict[str, str]]  # service -> its environment
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -201,4 +202,4 @@ def production_profile(root: Path):
         serving_dir = root / "serving"
         stack.enter_context(_service("serving-sync", [str(BIN / "tfpipe"), "serving-sync", str(serving_dir),
                                                       "--interval", "2"], envs["serving-sync"], logs, processes))
-        yield Profile(root, api, tracking_uri, endpoint, credentials, serving_dir, envs, processes)
+        yield Profile(root, api, tracking_uri, endpoint, credentials, serving_dir, password, envs, processes)

@@ -166,3 +166,31 @@ def test_successful_tasks_log_no_error_lines(profile, api, killed_and_retried):
         errors += [f"{ti['task_id']}: {line.get('event')}" for line in content
                    if isinstance(line, dict) and str(line.get("level", "")).lower() in ("error", "critical", "exception")]
     assert not errors, "\n".join(errors)
+
+
+def test_the_ui_signs_in_with_fab_and_offers_the_aws_connection_form(profile, api):
+    """The FAB sign-in page, the connection the profile added (type aws), and the Amazon
+    provider's form for a new one, in Debian's Chromium."""
+    from tests.browser import SHOTS, chromium
+
+    base = profile.api.base
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(base + "/")
+        page.wait_for_url("**/auth/login/**")
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", profile.password)
+        page.keyboard.press("Enter")
+        page.wait_for_url(lambda url: "/auth/login" not in url)
+        page.goto(base + "/connections")
+        page.get_by_text("aws_default").wait_for()
+        page.screenshot(path=str(SHOTS / "production-connections.png"))
+        page.get_by_role("button", name="Add Connection").click()
+        form = page.get_by_role("dialog")
+        form.get_by_role("combobox").first.click()
+        page.keyboard.type("Amazon Web Services")
+        page.keyboard.press("Enter")
+        form.get_by_text("AWS Secret Access Key").wait_for()
+        assert "AWS Access Key ID" in form.inner_text()
+        page.screenshot(path=str(SHOTS / "production-aws-connection-form.png"))
+        page.close()
