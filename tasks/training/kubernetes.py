@@ -114,7 +114,7 @@ def job_manifests(name: str, image: str, workers: int, request_uri: str, *, name
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
         "spec": {"clusterIP": "None", "selector": {"tfpipe/training-job": name},
                  "publishNotReadyAddresses": True,  # peers resolve each other before they are ready
                  "ports": [{"name": "grpc", "port": PORT, "targetPort": PORT}]},
@@ -126,7 +126,7 @@ def job_manifests(name: str, image: str, workers: int, request_uri: str, *, name
         "backoffLimit": backoff_limit,
         "ttlSecondsAfterFinished": 86400,
         "template": {
-            "metadata": {"labels": labels},
+            "metadata": {"labels": dict(labels)},  # copies: shared objects would print as YAML anchors
             "spec": {
                 "subdomain": name,
                 "restartPolicy": "OnFailure",

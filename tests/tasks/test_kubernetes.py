@@ -119,3 +119,11 @@ def test_tfpipe_train_job_prints_both_manifests(capsys):
         kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
     assert main(["train-job", "--name", "Bad_Name", "--image", "tfpipe:1", "--request", "s3://b/r.json"]) == 2
     assert "DNS label" in capsys.readouterr().err
+
+
+def test_the_printed_manifests_are_plain_yaml():
+    """No anchors or aliases (shared objects): what kubectl gets is what a person reads."""
+    import yaml
+
+    text = yaml.safe_dump_all(job_manifests("t", "tfpipe:1", 2, "s3://b/r.json"), sort_keys=False)
+    assert "&id" not in text and "*id" not in text
