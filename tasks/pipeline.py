@@ -93,9 +93,16 @@ def ingest_examples(ctx: RunContext) -> ExamplesArtifact:
         if result.warnings:
             tracker.set_tags({"tfpipe.split_warnings": " | ".join(result.warnings)[:5000]})
         log.info("ingested %s examples into %s", result.counts, result.uri)
-        tracker.log_dict(artifacts.Examples.open(result.uri).manifest, f"examples/{artifacts.EXAMPLES_MANIFEST}")
+        manifest = artifacts.Examples.open(result.uri).manifest
+        tracker.log_dict(manifest, f"examples/{artifacts.EXAMPLES_MANIFEST}")
+        tracker.log_dataset(manifest, ctx.config.name, "source", on_parent=True)
         tracker.set_tags({"tfpipe.examples_uri": result.uri})
         return result
+
+
+def _log_examples(tracker: MlflowTracker, ctx: RunContext, examples_uri: str, context: str) -> None:
+    """The examples a step reads, as its MLflow run's dataset input (tasks/tracking/datasets.py)."""
+    tracker.log_dataset(artifacts.Examples.open(examples_uri).manifest, ctx.config.name, context)
 
 
 def _with_schema_hint(ctx: RunContext, error: DataError, schema: tuple[dict[str, str], str, str] | None):
@@ -117,6 +124,7 @@ def validate_examples(ctx: RunContext, examples: ExamplesArtifact) -> Validation
 
     examples = ExamplesArtifact.of(examples)
     with step_run(ctx, "validate_examples") as tracker:
+        _log_examples(tracker, ctx, examples.uri, "validation")
         recorded = artifacts.recorded_schema_uri(ctx.settings.artifact_root, ctx.config.name)
         try:
             result = validate(
@@ -160,6 +168,7 @@ def train_model(ctx: RunContext, examples: ExamplesArtifact, validation: Validat
 
     examples, validation = ExamplesArtifact.of(examples), ValidationArtifact.of(validation)
     with step_run(ctx, "train_model") as tracker:
+        _log_examples(tracker, ctx, examples.uri, "training")
         cache = ctx.settings.cache_dir
         spec = model_spec_from(
             load_schema(validation.statistics_uri, cache),
@@ -296,6 +305,7 @@ def evaluate_model(ctx: RunContext, examples: ExamplesArtifact, model: ModelArti
 
     examples, model = ExamplesArtifact.of(examples), ModelArtifact.of(model)
     with step_run(ctx, "evaluate_model") as tracker:
+        _log_examples(tracker, ctx, examples.uri, "evaluation")
         baseline = champion(ctx.settings.model_store, ctx.config.model_name)
         state = champion_state(ctx.settings.model_store, ctx.config.model_name)  # what the push will compare
         blessing = evaluate(model.uri, examples.uri, ctx.config.gate, baseline,

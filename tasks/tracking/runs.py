@@ -108,6 +108,14 @@ class MlflowTracker:
         else:
             self.client.log_artifact(self.run_id, str(local_path), artifact_path)
 
+    def log_dataset(self, manifest: Mapping[str, Any], name: str, context: str, on_parent: bool = False) -> None:
+        """The examples this run reads, as an MLflow dataset input (and the parent run's too)."""
+        from tasks.tracking.datasets import dataset_input
+
+        entry = dataset_input(manifest, name, context)
+        for run_id in (self.run_id, *([self.parent_run_id] if on_parent and self.parent_run_id else [])):
+            self.client.log_inputs(run_id, datasets=[entry])
+
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, data, artifact_file)
 

@@ -28,6 +28,41 @@ def test_run_until_a_step_tracks_it_and_stops(tmp_path, home, capsys):
     assert parent.data.tags["tfpipe.outcome"] == "stopped_after_validate_examples"
 
 
+def test_the_data_each_run_reads_is_an_mlflow_dataset_input(tmp_path, home, capsys):
+    """Ingest logs the sources (and so does the parent run), validate the examples it checks;
+    the same data has the same digest in every run, changed data another."""
+    import json
+
+    from tests.helpers import PENGUINS_CSV
+
+    pipeline = write_pipeline(tmp_path, name="lineage")
+    changed = tmp_path / "changed.csv"
+    changed.write_text(PENGUINS_CSV.read_text().replace("39.1", "39.2", 1))
+    for run, extra in (("r1", []), ("r2", []), ("r3", ["--set", f"data.source={changed}"])):
+        assert main(["run", str(pipeline), "--until", "validate_examples", "--run-id", run, *extra]) == 0, \
+            capsys.readouterr().err
+    settings = Settings.from_env()
+    tracking = MlflowTracking(settings.tracking_uri)
+    digests = {}
+    for run in ("r1", "r2", "r3"):
+        summary = tracking.pipeline_summary("lineage", run)
+        parent = tracking.client.get_run(summary["parent_run_id"])
+        children = tracking.client.search_runs([parent.info.experiment_id],
+                                               f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        inputs = {c.data.tags["airflow.task_id"]: c.inputs.dataset_inputs for c in children}
+        for step, context in (("ingest_examples", "source"), ("validate_examples", "validation")):
+            (entry,) = inputs[step]
+            assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == context
+        (entry,) = parent.inputs.dataset_inputs
+        dataset = entry.dataset
+        assert dataset.name == "lineage" and dataset.source_type == "local"
+        assert json.loads(dataset.profile)["num_rows"] == 344
+        columns = {c["name"]: c["type"] for c in json.loads(dataset.schema)["mlflow_colspec"]}
+        assert columns["bill_length_mm"] == "double" and columns["species"] == "string"
+        digests[run] = dataset.digest
+    assert digests["r1"] == digests["r2"] != digests["r3"]
+
+
 def test_failing_step_exits_nonzero_with_its_error(tmp_path, home, capsys):
     pipeline = write_pipeline(tmp_path, name="clifail", data={"source": str(tmp_path / "missing.csv")})
     assert main(["run", str(pipeline), "--run-id", "r1"]) == 1
