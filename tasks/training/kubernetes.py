@@ -7,7 +7,7 @@ REQUEST_URI``). Kubernetes gives each pod of an Indexed Job its completion index
 (``JOB_COMPLETION_INDEX``) and, the Job's ``subdomain`` being a headless Service, a stable name
 ``<job>-<index>.<service>.<namespace>.svc``. The manifest lists the cluster's addresses in
 ``TFPIPE_TRAIN_CLUSTER``, so each pod derives its own ``TF_CONFIG`` from its index
-(:func:`tf_config_for_pod`): the same ``TF_CONFIG``s as :func:`tasks.training.launcher.tf_configs`
+(:func:`tf_config_for_pod`): the same ``TF_CONFIG``s as :func:`tasks.training.cluster.tf_configs`
 gives local processes.
 
 * ``multi_worker``: pod ``i`` is worker ``i`` (worker 0 the chief); the Job succeeds when every
@@ -28,7 +28,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from tasks.training.launcher import tf_configs
+from tasks.training.cluster import tf_configs
 
 PORT = 2222
 CLUSTER_ENV = "TFPIPE_TRAIN_CLUSTER"

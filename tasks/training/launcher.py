@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.training.cluster import tf_configs
+
 RESULT_FILE = "result.json"
 
 log = logging.getLogger(__name__)
@@ -55,26 +57,6 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.bind((host, 0))
             sockets.append(sock)
         return [s.getsockname()[1] for s in sockets]
-
-
-def tf_configs(addresses: Sequence[str], ps: Sequence[str] = (), chief: str | None = None) -> list[dict[str, Any]]:
-    """One ``TF_CONFIG`` per task of one cluster, chief first, then the workers, then ``ps``.
-
-    Without ``ps``: the workers of a ``multi_worker`` cluster (worker 0 is the chief). With
-    ``ps``: a ``parameter_server`` cluster, whose ``chief`` (the coordinator) is required.
-    """
-    if not addresses:
-        raise ValueError("a cluster needs at least one worker address")
-    if ps and not chief:
-        raise ValueError("a parameter-server cluster needs a chief (the coordinator)")
-    every = [*([chief] if chief else []), *addresses, *ps]
-    if len(set(every)) != len(every):
-        raise ValueError(f"task addresses must be distinct: {every}")
-    cluster: dict[str, list[str]] = {**({"chief": [chief]} if chief else {}), "worker": list(addresses)}
-    if ps:
-        cluster["ps"] = list(ps)
-    return [{"cluster": cluster, "task": {"type": kind, "index": i}}
-            for kind in ("chief", "worker", "ps") for i in range(len(cluster.get(kind, [])))]
 
 
 def node_id(tf_config: Mapping[str, Any] | None) -> str:

@@ -14,7 +14,8 @@ import kubernetes_validate
 import pytest
 
 from tasks.training.kubernetes import CLUSTER_ENV, INDEX_ENV, cluster_layout, job_manifests, tf_config_for_pod
-from tasks.training.launcher import free_ports, tf_configs
+from tasks.training.cluster import tf_configs
+from tasks.training.launcher import free_ports
 
 KUBERNETES = "1.33"  # successPolicy is GA from 1.33
 

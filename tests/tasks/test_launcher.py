@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from tasks.cli import main
-from tasks.training.launcher import expected_tfjob_tf_configs, free_ports, is_server_task, node_id, tf_configs, tfjob_manifest
+from tasks.training.cluster import tf_configs
+from tasks.training.launcher import expected_tfjob_tf_configs, free_ports, is_server_task, node_id, tfjob_manifest
 from tasks.training.distribution import WorkerRole
 
 
