@@ -1,17 +1,18 @@
-"""Data sources on the filesystems fsspec reaches: Google Cloud Storage, Azure, HTTP(S), HDFS.
+"""Data sources on the filesystems fsspec reaches: S3, Google Cloud Storage, Azure, HTTP(S), HDFS.
 
 Local paths, ``file://`` and ``package://`` are read as files. A source with one of
 :data:`SCHEMES` is listed, globbed and fetched by fsspec with the filesystem package its scheme
 needs (``gcsfs``, ``adlfs``; HTTP needs only aiohttp, which is installed). ``s3://`` sources are
 listed and globbed by fsspec too (``s3fs``, installed, which reads the standard AWS variables
-as boto3 does) and fetched with boto3, like the artifacts. Credentials are each package's own (Google's application default
-credentials, Azure's environment or CLI login). Sources are named by a pipeline's YAML, and a
+as boto3 does) and fetched with boto3, like the artifacts. Credentials are each package's own
+(Google's application default credentials, Azure's environment or CLI login). Sources are named by a pipeline's YAML, and a
 trigger can only pick among the patterns the YAML allows, so no one else chooses where a worker
 reads from. Chained URLs (``simplecache::...``) are refused: a source names one filesystem.
 """
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlparse
 
 from tasks.errors import DataError
@@ -55,8 +56,6 @@ def _globbed(uri: str, path: str) -> bool:
 
 def _s3_options() -> dict:
     """s3fs with the endpoint boto3 would use (``AWS_ENDPOINT_URL``), uncached listings."""
-    import os
-
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     return {"use_listings_cache": False, **({"endpoint_url": endpoint} if endpoint else {})}
 

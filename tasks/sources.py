@@ -102,9 +102,7 @@ def resolve_sources(uris: list[str]) -> list[SourceFile]:
     for uri in uris:
         if uri.startswith("package://"):
             files.append(SourceFile(uri, _package_file(uri)))
-        elif storage.is_s3(uri):  # listed and globbed by s3fs; fetched by boto3 with the artifacts' retries
-            files.extend(SourceFile(m) for m in remote_matches(uri))
-        elif is_remote_source(uri):
+        elif storage.is_s3(uri) or is_remote_source(uri):  # listed and globbed by fsspec (tasks/filesystems.py)
             files.extend(SourceFile(m) for m in remote_matches(uri))
         elif scheme_of(uri) not in (None, "file"):
             raise DataError(f"data source {uri}: {scheme_of(uri)}:// is not a source tfpipe reads (local paths, "
