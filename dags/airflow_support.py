@@ -22,7 +22,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from tasks.errors import UserError
-from tasks.settings import MLFLOW_EXPERIMENT_URL, MLFLOW_RUN_URL  # noqa: F401 - the DAGs push them
+from tasks.settings import MLFLOW_EXPERIMENT_URL, MLFLOW_RUN_URL, Settings
 
 DEFAULT_ARGS = {
     "owner": "tfpipe",
@@ -212,3 +212,31 @@ def model_asset(model_name: str):
     from airflow.sdk import Asset
 
     return Asset(name=f"{model_name}_model", uri=f"tfpipe://models/{model_name}")
+
+
+def run_context(pipeline_file: str, params, run_id: str, ds: str | None, ti):
+    """The run's tfpipe context, built at task run time from Airflow's context."""
+    from airflow.sdk import get_current_context
+
+    from tasks.context import make_context
+
+    export_aws_connection()
+    if ds is None:  # manual runs have no logical date: partition by when the run was due
+        ds = get_current_context()["dag_run"].run_after.date().isoformat()
+    return make_context(
+        pipeline_file,
+        run_id=run_id,
+        settings=Settings.from_env(),
+        params=dict(params or {}),
+        ds=ds,
+        dag_id=ti.dag_id,
+        try_number=ti.try_number,
+        orchestrator="airflow",
+        on_run=lambda run: _push_links(ti, run),
+    )
+
+
+def _push_links(ti, run: dict) -> None:
+    """Where this task's MLflow run is, for the "MLflow run" and "MLflow experiment" links (plugins/)."""
+    ti.xcom_push(key=MLFLOW_RUN_URL, value=run["run_url"])
+    ti.xcom_push(key=MLFLOW_EXPERIMENT_URL, value=run["experiment_url"])

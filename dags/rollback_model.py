@@ -13,7 +13,10 @@ in the model store: by default the previous champion, or the version you name.
    `rolled_back_as_champion_at` / `rolled_back_by_version`, and the rollback is an MLflow run
    (tag `tfpipe.role=rollback`) in the pipeline's experiment.
 
-The same from a shell: `tfpipe rollback <model> [--to VERSION]`.
+4. The rollback is an event in the model's audit trail: who triggered it, from which version to
+   which, and the reason given (`tfpipe history <model>`, and a registry version tag `audit.*`).
+
+The same from a shell: `tfpipe rollback <model> [--to VERSION] [--reason TEXT]`.
 """
 
 from __future__ import annotations
@@ -44,20 +47,24 @@ MODELS = model_names()
                        description="The model (folder in the model store, registered model in MLflow)."),
         "to_version": Param(None, type=["null", "integer"], minimum=1,
                             description="Store version to serve. Empty: the previous champion."),
+        "reason": Param("", type="string", maxLength=500,
+                        description="Why: recorded in the audit trail (tfpipe history MODEL) and the registry."),
     },
     tags=["tfpipe", "release"],
 )
 def rollback_model():
     @task(execution_timeout=timedelta(minutes=30))
     @tfpipe_step
-    def rollback_model(params=None, run_id=None, ti=None):
+    def rollback_model(params=None, run_id=None, ti=None, dag_run=None):
         from tasks.release_steps import rollback_model as rollback
         from tasks.settings import Settings
 
         export_aws_connection()
         # The DAG run is the operation: a retry finishes this rollback instead of stepping back again.
+        user = getattr(dag_run, "triggering_user_name", None)
         return rollback(Settings.from_env(), params["model"], params.get("to_version"),
-                        by=f"airflow:{ti.dag_id}/{run_id}", operation=f"{ti.dag_id}/{run_id}")
+                        by=f"airflow:{user or 'scheduler'} ({ti.dag_id}/{run_id})", operation=f"{ti.dag_id}/{run_id}",
+                        reason=params.get("reason") or "rollback from the Airflow UI")
 
     rollback_model()
 

@@ -15,6 +15,10 @@ child run under the DAG run's parent run (experiment **{name}**):
 | `optimize_model` | TFLite float32, float16, dynamic-range and int8, a pruned model, TF-TRT on a GPU: size, latency, throughput and accuracy of each against the original | `optimized` |
 | `push_model` | `<model_store>/{model_name}/<version>/` (checksums verified, warm-up requests, `saved_model.pb` last), loaded back and checked, then champion in `models.config` and the MLflow registry alias `champion`; updates the Asset `{model_name}_model`, which runs the `serving_check` DAG | `pushed_model` |
 
+With `push.approval: required`, the task `approve_release` waits between `optimize_model` and
+`push_model` for a reviewer to approve or reject the model (with a reason) in the Airflow UI.
+Every champion change and decision is in `tfpipe history {model_name}`.
+
 A bad champion is undone with the `rollback_model` DAG (or `tfpipe rollback {model_name}`).
 
 Trigger with a config to override the training knobs, the data source or the gate
@@ -32,8 +36,7 @@ from pathlib import Path
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from dags.airflow_support import (DEFAULT_ARGS, MLFLOW_EXPERIMENT_URL, MLFLOW_RUN_URL, export_aws_connection,
-                                   model_asset, safe_dag_id, tfpipe_step)
+from dags.airflow_support import DEFAULT_ARGS, model_asset, run_context, safe_dag_id, tfpipe_step
 from tasks.errors import UserError
 from tasks.steps import STEP_TABLE as _STEP_TABLE
 from tasks.settings import Settings
@@ -61,34 +64,6 @@ def _training_placement() -> dict:
     if os.environ.get("TFPIPE_TRAIN_POD_TEMPLATE"):
         placement["executor_config"] = {"pod_template_file": os.environ["TFPIPE_TRAIN_POD_TEMPLATE"]}
     return placement
-
-
-def _context(pipeline_file: str, params, run_id: str, ds: str, ti):
-    """The run's tfpipe context, built at task run time from Airflow's context."""
-    from airflow.sdk import get_current_context
-
-    from tasks.context import make_context
-
-    export_aws_connection()
-    if ds is None:  # manual runs have no logical date: partition by when the run was due
-        ds = get_current_context()["dag_run"].run_after.date().isoformat()
-    return make_context(
-        pipeline_file,
-        run_id=run_id,
-        settings=Settings.from_env(),
-        params=dict(params or {}),
-        ds=ds,
-        dag_id=ti.dag_id,
-        try_number=ti.try_number,
-        orchestrator="airflow",
-        on_run=lambda run: _push_links(ti, run),
-    )
-
-
-def _push_links(ti, run: dict) -> None:
-    """Where this task's MLflow run is, for the "MLflow run" and "MLflow experiment" links (plugins/)."""
-    ti.xcom_push(key=MLFLOW_RUN_URL, value=run["run_url"])
-    ti.xcom_push(key=MLFLOW_EXPERIMENT_URL, value=run["experiment_url"])
 
 
 def build_dag(pipeline_file: Path):
@@ -132,21 +107,21 @@ def build_dag(pipeline_file: Path):
         def ingest_examples(params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
-            return steps.run_step("ingest_examples", _context(source, params, run_id, ds, ti))
+            return steps.run_step("ingest_examples", run_context(source, params, run_id, ds, ti))
 
         @task(**_task_args("validate_examples"))
         @tfpipe_step
         def validate_examples(examples, params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
-            return steps.run_step("validate_examples", _context(source, params, run_id, ds, ti), examples)
+            return steps.run_step("validate_examples", run_context(source, params, run_id, ds, ti), examples)
 
         @task(**_task_args("train_model"))
         @tfpipe_step
         def train_model(examples, validation, params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
-            return steps.run_step("train_model", _context(source, params, run_id, ds, ti), examples, validation)
+            return steps.run_step("train_model", run_context(source, params, run_id, ds, ti), examples, validation)
 
         @task.short_circuit(**_task_args("evaluate_model"))
         @tfpipe_step
@@ -154,14 +129,14 @@ def build_dag(pipeline_file: Path):
             """Returns the blessing when blessed; None (skip optimize and push) otherwise."""
             from tasks import pipeline as steps
 
-            return steps.gate(steps.run_step("evaluate_model", _context(source, params, run_id, ds, ti), examples, model))
+            return steps.gate(steps.run_step("evaluate_model", run_context(source, params, run_id, ds, ti), examples, model))
 
         @task(**_task_args("optimize_model"))
         @tfpipe_step
         def optimize_model(examples, model, blessing, params=None, run_id=None, ds=None, ti=None):
             from tasks import pipeline as steps
 
-            return steps.run_step("optimize_model", _context(source, params, run_id, ds, ti), examples, model, blessing)
+            return steps.run_step("optimize_model", run_context(source, params, run_id, ds, ti), examples, model, blessing)
 
         @task(**_task_args("push_model"), outlets=[asset])
         @tfpipe_step
@@ -170,7 +145,7 @@ def build_dag(pipeline_file: Path):
             """Updates the model's Asset (the serving_check DAG runs on it) with what was pushed."""
             from tasks import pipeline as steps
 
-            pushed = steps.run_step("push_model", _context(source, params, run_id, ds, ti), examples, model, blessing,
+            pushed = steps.run_step("push_model", run_context(source, params, run_id, ds, ti), examples, model, blessing,
                                     optimized)
             keys = ("model_name", "version", "uri", "champion", "registry_version", "pushed")
             outlet_events[asset].extra = {key: pushed[key] for key in keys if key in pushed}
@@ -181,6 +156,12 @@ def build_dag(pipeline_file: Path):
         outputs: dict = {}
         for step in STEP_TABLE.values():  # wired as the step table says: each task's inputs, in order
             outputs[step.name] = tasks[step.name](*(outputs[name] for name in step.inputs))
+        if config.push.approval == "required":  # a reviewer decides between optimize and push
+            from dags.approval import ReleaseApproval
+
+            approval = ReleaseApproval(pipeline_file=source, model_name=config.model_name,
+                                       timeout_hours=config.push.approval_timeout_hours)
+            outputs["optimize_model"] >> approval >> outputs["push_model"]
 
     return pipeline()
 

@@ -11,7 +11,8 @@ so ``tfpipe --help`` and config errors answer at once.
     tfpipe tfjob --name N --image I --request URI   the same as a Kubeflow TFJob (training operator v1)
     tfpipe schema PIPELINE [--curate|--reset]  the schema in force; --curate copies the recorded one beside the
                                            config; --reset discards it (and the drift baseline)
-    tfpipe rollback MODEL [--to VERSION]   move the champion back and update the serving config
+    tfpipe rollback MODEL [--to VERSION] [--reason TEXT]   move the champion back and update the serving config
+    tfpipe history MODEL [--version N]     every champion change and approval of a model: who, when, why
     tfpipe serving-sync DIR [--interval S] mirror the model store into DIR for TensorFlow Serving
     tfpipe serving-check MODEL             check what serves a model (champion, config, files, answers)
     tfpipe airflow ARGS...                 the airflow command with this project's settings
@@ -243,7 +244,8 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     by = args.by or f"cli:{os.environ.get('USER', 'unknown')}"
-    done = rollback_model(settings, args.model, args.to, by=by, serving_timeout=args.serving_timeout)
+    done = rollback_model(settings, args.model, args.to, by=by, serving_timeout=args.serving_timeout,
+                          reason=args.reason or "rollback")
     print(f"[tfpipe] {args.model}: champion v{done['from_version']} -> v{done['to_version']} in {settings.model_store}")
     print(f"[tfpipe] serving config: {done['models_config']}")
     if "tf_serving" in done:
@@ -252,6 +254,16 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     alias = (f"alias champion -> registry v{mlflow['registry_version']}" if mlflow["registry_version"]
              else "no registry version carries this store version; alias unchanged")
     print(f"[tfpipe] MLflow: {alias}; logged as run {mlflow['run_id']}")
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from tasks.artifacts import checked_name
+    from tasks.release import audit
+
+    settings = Settings.from_env()
+    events = audit.history(settings.model_store, checked_name(args.model, "model name"), args.version)
+    print(json.dumps(events, indent=2) if args.json else audit.format_history(args.model, events))
     return 0
 
 
@@ -346,7 +358,12 @@ def format_summary(pipeline: str, run_id: str, durations: dict[str, float], resu
         lines += ["", "optimized variants (latency at batch 1, throughput at a large batch):"]
         lines += [f"  {line}" for line in format_report(OptimizedArtifact.of(optimized).report).splitlines()]
     pushed = results.get("push_model")
-    if pushed and pushed.get("pushed") is False:
+    if pushed and pushed.get("approval") == "missing":
+        lines += ["", f"pushed: nothing: {pushed['reasons'][0]}"]
+    elif pushed and pushed.get("identical_to") is not None:
+        lines += ["", f"pushed: nothing: the weights equal those of the champion v{pushed['identical_to']}, which "
+                      "keeps serving (push.skip_identical)"]
+    elif pushed and pushed.get("pushed") is False:
         lines += ["", "pushed: nothing (gated again against the champion another run promoted meanwhile, "
                       "the model was not blessed)"]
     elif pushed:
@@ -476,7 +493,7 @@ def _training_job_arguments(parser, pods: str) -> None:
 
 
 def _release_commands(sub) -> None:
-    """schema, rollback, serving-sync, serving-check."""
+    """schema, rollback, history, serving-sync, serving-check."""
     schema = sub.add_parser("schema", help="print the schema in force, or --curate the recorded one")
     schema.add_argument("pipeline")
     mode = schema.add_mutually_exclusive_group()
@@ -493,7 +510,14 @@ def _release_commands(sub) -> None:
     rollback.add_argument("--by", help="who rolls back, recorded in the store and MLflow (default: cli:$USER)")
     rollback.add_argument("--serving-timeout", type=float, default=300.0,
                           help="with TFPIPE_SERVING_URL: seconds TF Serving may take to serve it")
+    rollback.add_argument("--reason", help="why, recorded in the audit trail (tfpipe history MODEL)")
     rollback.set_defaults(func=_cmd_rollback)
+
+    history = sub.add_parser("history", help="a model's audit trail: every champion change and approval, oldest first")
+    history.add_argument("model")
+    history.add_argument("--version", type=int, help="only the events that moved to or from this store version")
+    history.add_argument("--json", action="store_true", help="the events as JSON")
+    history.set_defaults(func=_cmd_history)
 
     sync = sub.add_parser("serving-sync", help="mirror the model store into a local directory for TF Serving")
     sync.add_argument("directory", help="local directory TensorFlow Serving reads (its models.config is written there)")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from urllib.parse import urlparse
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -379,6 +379,18 @@ class PushConfig(_Frozen):
     serving_timeout_seconds: float = Field(
         300, gt=0, le=86_400,
         description="With TFPIPE_SERVING_URL set: how long TF Serving may take to make a pushed version AVAILABLE.",
+    )
+    skip_identical: bool = Field(
+        True, description="A model whose weights equal the champion's (the same data and config retrained "
+        "deterministically) is not pushed as a new version; the run says which version it equals.",
+    )
+    approval: Literal["none", "required"] = Field(
+        "none", description="required: a reviewer approves or rejects each blessed model in the Airflow UI (task "
+        "approve_release) before it is pushed; a rejection is recorded with its reason and nothing is served.",
+    )
+    approval_timeout_hours: float = Field(
+        72, gt=0, le=24 * 365,
+        description="With approval required: how long a model waits for a reviewer; unanswered, it is rejected.",
     )
 
 

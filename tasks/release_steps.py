@@ -43,13 +43,20 @@ def push_model(ctx: RunContext, examples: ExamplesArtifact, model: ModelArtifact
         if verdict.model_uri != model.uri:
             raise ValueError(f"blessing {blessing.uri} is for {verdict.model_uri}, not {model.uri}")
         owner = f"{ctx.dag_id}/{ctx.run_id}"
+        refused = _approval_missing(ctx, owner)
+        if refused is not None:
+            return _not_approved(ctx, tracker, refused)
+        digest = _weights_digest(ctx, model)
+        same = _identical_champion(ctx, digest, owner) if ctx.config.push.skip_identical else None
+        if same is not None:
+            return _identical(ctx, tracker, same, digest)
         pushed = change = None
         for _attempt in range(5):  # each lost compare-and-swap gates the model again
             verdict = _current_blessing(ctx, tracker, examples, model, verdict, owner)
             if not verdict.blessed:
                 return _not_promoted(ctx, tracker, verdict, pushed)
             if pushed is None:
-                pushed, warmup, expected = _push_files(ctx, examples, model, verdict, optimized, owner)
+                pushed, warmup, expected = _push_files(ctx, examples, model, verdict, optimized, owner, digest)
                 checks = {"store": _check_store(ctx, pushed, expected)}
                 registry_version = _register(ctx, tracker, examples, model, pushed)
             try:
@@ -57,7 +64,9 @@ def push_model(ctx: RunContext, examples: ExamplesArtifact, model: ModelArtifact
                     ctx.settings, ctx.config.model_name, pushed.version, owner, registry_for(ctx.settings),
                     registry_version, verdict.evaluated_state, _served_before(ctx.settings.model_store,
                                                                       ctx.config.model_name, pushed.version),
-                    warmup, expected, ctx.config.push.serving_timeout_seconds)
+                    warmup, expected, ctx.config.push.serving_timeout_seconds, _why(verdict),
+                    {"registry_version": registry_version, "mlflow_run_id": tracker.run_id, "blessing": verdict.uri,
+                     "metrics": verdict.metrics, "weights_sha256": digest})
                 if served is not None:
                     checks["tf_serving"] = served
                 break
@@ -66,7 +75,75 @@ def push_model(ctx: RunContext, examples: ExamplesArtifact, model: ModelArtifact
         if change is None:
             raise RuntimeError(f"{ctx.config.model_name}: the champion kept changing while v{pushed.version} was "
                                "promoted; try again")
-        return _pushed(ctx, tracker, pushed, change, checks, registry_version, verdict)
+        record = _pushed(ctx, tracker, pushed, change, checks, registry_version, verdict)
+        record["model_card"] = _model_card(ctx, tracker, examples, model, verdict, optimized, record)
+        end_pipeline(ctx, tracker, "pushed")
+        return record
+
+
+def _approval_missing(ctx: RunContext, owner: str) -> str | None:
+    """Why the model may not be pushed for want of a reviewer's approval (``push.approval:
+    required``), or None. The decision is read from the audit trail, not from the task that asked."""
+    from tasks.release.approval import approval_of
+
+    if ctx.config.push.approval != "required":
+        return None
+    decision = approval_of(ctx.settings.model_store, ctx.config.model_name, owner)
+    if decision is None:
+        return ("push.approval is required and no reviewer approved this run's model (approve it in the Airflow UI, "
+                "task approve_release)")
+    if decision["event"] != "approved":
+        return f"the reviewer {decision['by']} rejected this run's model: {decision.get('reason')}"
+    return None
+
+
+def _not_approved(ctx: RunContext, tracker: MlflowTracker, why: str) -> dict[str, Any]:
+    tracker.set_tags({"tfpipe.pushed": "false", "tfpipe.approval": why[:5000]})
+    log.warning("%s is not pushed: %s", ctx.config.model_name, why)
+    end_pipeline(ctx, tracker, "not_approved")
+    return {"pushed": False, "model_name": ctx.config.model_name, "reasons": [why], "approval": "missing"}
+
+
+def _weights_digest(ctx: RunContext, model: ModelArtifact) -> str:
+    from tasks.release.push import weights_digest
+
+    return weights_digest(model.saved_model(ctx.settings.cache_dir))
+
+
+def _identical_champion(ctx: RunContext, digest: str, owner: str) -> int | None:
+    """The champion's version when its weights are ``digest`` (and it is not this run's own push,
+    retried), else None."""
+    from tasks.release import model_store
+
+    store, name = ctx.settings.model_store, ctx.config.model_name
+    served = model_store.champion(store, name)
+    if served is None or model_store.claimed_by(store, name, owner) == served[0]:
+        return None
+    try:
+        recorded = model_store.read_manifest(served[1]).get("weights_sha256")
+    except (storage.ArtifactNotFoundError, ValueError):
+        return None
+    return served[0] if recorded == digest else None
+
+
+def _identical(ctx: RunContext, tracker: MlflowTracker, version: int, digest: str) -> dict[str, Any]:
+    """The model's weights are the champion's: no new version (``push.skip_identical``)."""
+    name = ctx.config.model_name
+    tracker.set_tags({"tfpipe.pushed": "false", "tfpipe.identical_to_version": str(version)})
+    tracker.log_params({"weights_sha256": digest})
+    log.info("%s is not pushed: its weights are those of the champion v%d (SHA-256 %s...), which keeps serving; "
+             "push.skip_identical: false pushes it anyway", name, version, digest[:12])
+    end_pipeline(ctx, tracker, "identical_to_champion")
+    return {"pushed": False, "model_name": name, "identical_to": version, "weights_sha256": digest,
+            "reasons": [f"its weights equal those of the champion v{version}"]}
+
+
+def _why(verdict: Blessing) -> str:
+    """The audit trail's reason for a push's promotion."""
+    against = verdict.evaluated_against
+    passed = sum(1 for c in verdict.checks if c.passed)
+    return (f"blessed against v{against['version']}" if against else "blessed (no champion before)") + \
+        f": {passed} check(s) passed"
 
 
 def _current_blessing(ctx: RunContext, tracker: MlflowTracker, examples: ExamplesArtifact, model: ModelArtifact,
@@ -132,8 +209,21 @@ def _pushed(ctx: RunContext, tracker: MlflowTracker, pushed, change, checks, reg
     log.info("pushed %s v%d (%d files, %d bytes, %d warm-up requests); champion: v%d%s", name, pushed.version,
              pushed.files, pushed.bytes, pushed.warmup_requests, change.version,
              f"; removed old versions {removed}" if removed else "")
-    end_pipeline(ctx, tracker, "pushed")
     return record
+
+
+def _model_card(ctx: RunContext, tracker: MlflowTracker, examples: ExamplesArtifact, model: ModelArtifact,
+                verdict: Blessing, optimized: OptimizedArtifact | None, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The version's model card (:mod:`tasks.release_card`); the version serves already, so a card
+    that cannot be written is reported, not raised."""
+    from tasks.release_card import card_facts, write_model_card
+
+    try:
+        return write_model_card(ctx, tracker, card_facts(ctx, tracker, examples, model, verdict, optimized, record))
+    except Exception as error:  # noqa: BLE001 - the push is committed; the card can be written again
+        log.warning("the model card of %s v%s could not be written: %s: %s", ctx.config.model_name,
+                    record.get("version"), type(error).__name__, error)
+        return None
 
 
 def _served_before(store: str, name: str, mine: int | None) -> tuple[int, int | None] | None:
@@ -148,7 +238,7 @@ def _served_before(store: str, name: str, mine: int | None) -> tuple[int, int | 
 
 
 def _push_files(ctx: RunContext, examples: ExamplesArtifact, model: ModelArtifact, verdict: Blessing,
-                optimized: OptimizedArtifact | None, owner: str):
+                optimized: OptimizedArtifact | None, owner: str, digest: str):
     """Copy the model into its claimed version (a retry finishes the same one); returns it with the
     warm-up records and what the model answers them before the push."""
     from tasks.coders import first_records
@@ -162,7 +252,7 @@ def _push_files(ctx: RunContext, examples: ExamplesArtifact, model: ModelArtifac
     expected = predict(saved_model, warmup)
     pushed = push(saved_model, verdict, settings.model_store, ctx.config.model_name, owner=owner,
                   warmup_records=warmup, variant_files=_kept_variants(ctx, optimized) if options.publish_variants
-                  else [], work_dir=ctx.work_dir("push_model"))
+                  else [], work_dir=ctx.work_dir("push_model"), weights_sha256=digest)
     return pushed, warmup, expected
 
 
@@ -246,13 +336,15 @@ def experiment_for_model(settings: Settings, model_name: str) -> str:
 
 
 def rollback_model(settings: Settings, model_name: str, to_version: int | None = None, by: str = "cli",
-                   serving_timeout: float = 300.0, operation: str | None = None) -> dict[str, Any]:
+                   serving_timeout: float = 300.0, operation: str | None = None,
+                   reason: str = "rollback") -> dict[str, Any]:
     """Move the champion back (see :func:`tasks.release.promotion.rollback`), then the registry
     alias follows and the rollback is logged as an MLflow run.
 
     Args:
         operation: What asks for the rollback (a DAG run): its retry finishes this rollback
             rather than stepping back once more.
+        reason: Why, for the audit trail.
 
     Raises:
         ModelStoreError: No champion, or the version is not in the store.
@@ -261,7 +353,7 @@ def rollback_model(settings: Settings, model_name: str, to_version: int | None =
     from tasks.release import promotion
 
     details = promotion.rollback(settings, model_name, registry_for(settings), to_version, by, serving_timeout,
-                                 operation)
+                                 operation, reason)
     details["mlflow"] = tracking_for(settings).record_rollback(
         experiment_for_model(settings, model_name), model_name, details["from_version"], details["to_version"], by, details)
     log.info("rolled %s back from v%s to v%d", model_name, details["from_version"], details["to_version"])

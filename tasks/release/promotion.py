@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from tasks.release import model_store, models_config, serving
+from tasks.release import audit, model_store, models_config, serving
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ class Registry(Protocol):
 
     def remove_alias(self, model_name: str) -> None: ...
 
+    def record_event(self, model_name: str, entry: dict[str, Any]) -> None: ...
+
 
 def lease_seconds(serving_timeout: float) -> float:
     """How long a push's promotion may stay uncommitted before another operation reverts it: the
@@ -36,10 +38,11 @@ def lease_seconds(serving_timeout: float) -> float:
 
 def promote(settings: Settings, model_name: str, version: int, owner: str, registry: Registry,
             registry_version: str, evaluated_against, served, warmup: list[bytes], expected,
-            serving_timeout: float) -> tuple[model_store.ChampionChange, dict[str, Any] | None]:
+            serving_timeout: float, reason: str = "push",
+            details: dict[str, Any] | None = None) -> tuple[model_store.ChampionChange, dict[str, Any] | None]:
     """Make ``version`` champion by compare-and-swap (pending), then ``models.config``, TF Serving
-    and the registry alias follow, then the promotion commits. A failure before the commit reverts
-    it before it is raised.
+    and the registry alias follow, then the promotion commits and is recorded in the audit trail
+    (``reason``, ``details``). A failure before the commit reverts it before it is raised.
 
     Returns:
         What the swap did, and TF Serving's check (None without ``TFPIPE_SERVING_URL``).
@@ -61,13 +64,37 @@ def promote(settings: Settings, model_name: str, version: int, owner: str, regis
         model_store.commit_promotion(settings.model_store, model_name, version, owner)
     except serving.ServingCheckError:
         raise  # check_tf_serving reverted the promotion and removed the version
-    except BaseException:
-        if model_store.revert_pending(settings.model_store, model_name, operation=owner):
+    except BaseException as error:
+        if revert(settings, model_name, owner, f"the push failed before it committed: {type(error).__name__}"):
             log.error("promoting %s v%d failed: %s is champion again", model_name, version,
                       f"v{change.previous}" if change.previous is not None else "no version")
         align(settings, model_name, registry)
         raise
+    entry = audit.record(settings.model_store, model_name, "promoted", owner, change.previous, version, reason,
+                         operation=owner, details=details)
+    _tag_event(registry, model_name, entry)
     return change, checked
+
+
+def _tag_event(registry: Registry, model_name: str, entry: dict[str, Any]) -> None:
+    """The audit event on the registry versions too; the trail in the store is the record, so a
+    registry that cannot be reached is only reported."""
+    try:
+        registry.record_event(model_name, entry)
+    except Exception as error:  # noqa: BLE001 - the store's trail holds the event
+        log.warning("the audit event %s of %s could not be tagged in the registry: %s", entry["event"], model_name,
+                    error)
+
+
+def revert(settings: Settings, model_name: str, operation: str | None, why: str) -> dict[str, Any] | None:
+    """:func:`model_store.revert_pending`, recorded in the audit trail when it reverted something."""
+    reverted = model_store.revert_pending(settings.model_store, model_name, operation=operation)
+    if reverted is not None:
+        state = model_store.champion_state(settings.model_store, model_name)
+        audit.record(settings.model_store, model_name, "reverted", operation or "the promotion's lease expiry",
+                     int(reverted["version"]), state[0] if state else None, why,
+                     details={"pending_by": reverted.get("by")})
+    return reverted
 
 
 def check_tf_serving(settings: Settings, model_name: str, version: int, records: list[bytes], expected,
@@ -78,7 +105,7 @@ def check_tf_serving(settings: Settings, model_name: str, version: int, records:
         return serving.check_tf_serving(settings.serving_url, model_name, version, records, expected,
                                         timeout=timeout)
     except serving.ServingCheckError as error:
-        reverted = model_store.revert_pending(settings.model_store, model_name, operation=owner)
+        reverted = revert(settings, model_name, owner, f"TensorFlow Serving did not serve v{version}")
         align(settings, model_name, registry)
         model_store.discard_version(settings.model_store, model_name, version)
         state = model_store.champion_state(settings.model_store, model_name)
@@ -92,7 +119,8 @@ def recover(settings: Settings, model_name: str, registry: Registry,
     """Revert a promotion that was never committed (``operation``'s, else one whose lease expired),
     then make ``models.config`` and the registry alias follow the pointer. Every push, rollback,
     serving check and DAG-run end calls it first. Returns the reverted pointer, or None."""
-    reverted = model_store.revert_pending(settings.model_store, model_name, operation=operation)
+    why = "its DAG run ended without committing it" if operation else "its lease expired (its process died)"
+    reverted = revert(settings, model_name, operation, why)
     if reverted is not None:
         align(settings, model_name, registry)
     return reverted
@@ -115,7 +143,8 @@ def align(settings: Settings, model_name: str, registry: Registry) -> None:
 
 
 def rollback(settings: Settings, model_name: str, registry: Registry, to_version: int | None = None,
-             by: str = "cli", serving_timeout: float = 300.0, operation: str | None = None) -> dict[str, Any]:
+             by: str = "cli", serving_timeout: float = 300.0, operation: str | None = None,
+             reason: str = "rollback") -> dict[str, Any]:
     """Move the champion back (to ``to_version``, else the previous champion) and update serving;
     the registry alias is left to the caller, who records the rollback.
 
@@ -148,6 +177,9 @@ def rollback(settings: Settings, model_name: str, registry: Registry, to_version
     if settings.serving_url:
         details["tf_serving"] = _serve_or_undo(settings, model_name, target, records, expected, change,
                                                serving_timeout)
+    details["audit"] = audit.record(store, model_name, "rolled_back", by, previous, target, reason,
+                                    operation=operation)
+    _tag_event(registry, model_name, details["audit"])
     return details
 
 

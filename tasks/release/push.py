@@ -42,6 +42,7 @@ class PushedModel:
     bytes: int
     warmup_requests: int = 0
     variants: tuple[str, ...] = ()
+    weights_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -76,6 +77,7 @@ def push_model(
     warmup_records: list[bytes] | None = None,
     variant_files: list[Path] | None = None,
     work_dir: Path | None = None,
+    weights_sha256: str | None = None,
 ) -> PushedModel:
     """Push a local SavedModel directory after re-checking its blessing.
 
@@ -83,6 +85,7 @@ def push_model(
         warmup_records: Serialized examples written as TF Serving warm-up requests.
         variant_files: Optimized variants (files, or SavedModel directories) to publish with the
             model under ``variants/``.
+        weights_sha256: The model's :func:`weights_digest`, recorded in the manifest.
 
     Raises:
         PushError: The blessing is negative, the directory is no SavedModel, or the copy failed
@@ -107,7 +110,7 @@ def push_model(
             _refuse_if_served(model_store, model_name, version)
             _remove_partial(target)
             try:
-                manifest = _upload(files, target, scratch, owner)
+                manifest = _upload(files, target, scratch, owner, weights_sha256)
             except Exception as error:
                 _remove_partial(target)
                 raise PushError(f"pushing {model_name} v{version} to {target} failed, nothing of it is served: "
@@ -121,12 +124,36 @@ def push_model(
         bytes=sum(f["size"] for f in manifest["files"].values()),
         warmup_requests=len(warmup_records or []),
         variants=tuple(sorted({rel.split("/")[1] for rel in files if rel.startswith(f"{VARIANTS_DIR}/")})),
+        weights_sha256=manifest.get("weights_sha256"),
     )
 
 
-def _upload(files: dict[str, Path], target: str, scratch: Path, owner: str) -> dict[str, Any]:
+def weights_digest(saved_model_dir: Path) -> str:
+    """SHA-256 of a SavedModel's weights: every variable's name, dtype, shape and values, in name
+    order. Equal digests are equal weights, whatever the files' bytes (the object graph, a save
+    counter) say."""
+    import hashlib
+
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(saved_model_dir / "variables" / "variables"))
+    digest = hashlib.sha256()
+    dtypes = reader.get_variable_to_dtype_map()
+    for name in sorted(reader.get_variable_to_shape_map()):
+        if name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH") or "save_counter" in name:
+            continue
+        value = reader.get_tensor(name)
+        digest.update(f"{name}|{dtypes[name].name}|{list(getattr(value, 'shape', ()))}|".encode())
+        digest.update(value.tobytes() if hasattr(value, "tobytes") else repr(value).encode())
+    return digest.hexdigest()
+
+
+def _upload(files: dict[str, Path], target: str, scratch: Path, owner: str,
+            weights_sha256: str | None = None) -> dict[str, Any]:
     """Upload and verify every file, then the manifest, then ``saved_model.pb``; check the listing."""
     manifest: dict[str, Any] = {"pushed_by": owner, "pushed_at": now(), "files": {}}
+    if weights_sha256:
+        manifest["weights_sha256"] = weights_sha256
     for rel in sorted(files):
         if rel != SAVED_MODEL_PB:
             manifest["files"][rel] = storage.upload_verified(files[rel], storage.join(target, rel))

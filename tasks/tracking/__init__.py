@@ -14,11 +14,11 @@ uses is imported here.
 """
 
 from tasks.tracking.metrics import BatchedProgress, log_benchmark, system_metrics
-from tasks.tracking.names import (EXPERIMENT_KIND, MLFLOW_LOGGERS, MODEL_TRAINING, NOTE, experiment_url,
-                                  model_version_url, run_url)
+from tasks.tracking.names import (EXPERIMENT_KIND, MLFLOW_LOGGERS, MODEL_TRAINING, NOTE, artifact_url,
+                                  experiment_url, model_version_url, run_url)
 from tasks.tracking.registry import MlflowRegistry, registry_version_for
 from tasks.tracking.runs import MlflowTracker, MlflowTracking, RunIdentity, flatten, log_through_root_logger
 
-__all__ = ["BatchedProgress", "EXPERIMENT_KIND", "MLFLOW_LOGGERS", "MODEL_TRAINING", "MlflowRegistry", "MlflowTracker",
+__all__ = ["artifact_url", "BatchedProgress", "EXPERIMENT_KIND", "MLFLOW_LOGGERS", "MODEL_TRAINING", "MlflowRegistry", "MlflowTracker",
            "MlflowTracking", "NOTE", "RunIdentity", "experiment_url", "flatten", "log_benchmark",
            "log_through_root_logger", "model_version_url", "registry_version_for", "run_url", "system_metrics"]

@@ -64,3 +64,9 @@ def experiment_url(mlflow_ui_url: str, experiment_id: str) -> str:
 def model_version_url(mlflow_ui_url: str, name: str, version: str | int) -> str:
     """The MLflow UI page of a registered model's version."""
     return f"{mlflow_ui_url.rstrip('/')}/#/models/{quote(name, safe='')}/versions/{version}"
+
+
+def artifact_url(mlflow_ui_url: str, experiment_id: str, run_id: str, path: str) -> str:
+    """The MLflow UI page of one artifact of a run (the artifacts tab, the file open)."""
+    return (f"{mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/"
+            f"{quote(path, safe='/')}?{MODEL_TRAINING_VIEW}")

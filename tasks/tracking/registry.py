@@ -39,6 +39,11 @@ class MlflowRegistry:
     def remove_alias(self, model_name: str) -> None:
         remove_champion_alias(self.client, model_name)
 
+    def record_event(self, model_name: str, entry: dict[str, Any]) -> None:
+        """An audit event (:mod:`tasks.release.audit`) as a tag of the registry versions it moved
+        between."""
+        tag_audit_event(self.client, model_name, entry)
+
 
 
 def remove_champion_alias(client: Any, name: str) -> None:
@@ -72,3 +77,20 @@ def move_champion_alias(client: Any, name: str, version: str, verb: str) -> str 
         client.set_model_version_tag(name, before, f"{verb}_by_version", str(version))
     client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version))
     return before
+
+
+def tag_audit_event(client: Any, name: str, entry: dict[str, Any]) -> list[str]:
+    """Tag the registry versions of ``entry``'s from and to store versions with it: the key
+    ``audit.<time>.<event>``, the value one line (who, from which version to which, why).
+    Returns the registry versions tagged."""
+    from tasks.release.audit import describe
+
+    stamp = "".join(ch for ch in entry["at"] if ch.isdigit())
+    key = f"audit.{stamp}.{entry['event']}"
+    tagged = []
+    for store_version in {entry.get("from_version"), entry.get("to_version")} - {None}:
+        registry_version = registry_version_for(client, name, int(store_version))
+        if registry_version is not None:
+            client.set_model_version_tag(name, registry_version, key, describe(entry)[:5000])
+            tagged.append(registry_version)
+    return sorted(tagged)

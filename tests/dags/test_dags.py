@@ -305,3 +305,24 @@ def test_training_goes_where_the_deployment_says(tmp_path, monkeypatch):
     monkeypatch.delenv("TFPIPE_TRAIN_POD_TEMPLATE")
     plain = DagBag(dag_folder=str(DAGS)).dags["penguins"].task_dict["train_model"]
     assert plain.queue != "gpu" and not plain.executor_config
+
+
+def test_a_pipeline_that_requires_approval_asks_a_reviewer_between_optimize_and_push(tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    penguins = (DAGS / "pipelines" / "penguins.yaml").read_text()
+    gated = penguins.replace("model_name: penguins", "model_name: gated") + \
+        "push: {approval: required, approval_timeout_hours: 2}\n"
+    assert "model_name: gated" in gated
+    folder = _dags_copy(tmp_path, {"penguins.yaml": penguins, "gated.yaml": gated})
+    monkeypatch.setenv("TFPIPE_PIPELINES_DIR", str(folder / "pipelines"))
+    bag = DagBag(dag_folder=str(folder))
+    assert bag.import_errors == {}
+    tasks = bag.dags["gated"].task_dict
+    approval = tasks["approve_release"]
+    assert isinstance(approval, ApprovalOperator) and approval.options == ["Approve", "Reject"]
+    assert approval.upstream_task_ids == {"optimize_model"} and "approve_release" in tasks["push_model"].upstream_task_ids
+    assert approval.defaults == ["Reject"] and approval.response_timeout.total_seconds() == 2 * 3600
+    assert set(approval.params) == {"reason"}
+    assert "approve_release" not in bag.dags["penguins"].task_dict  # without the key nothing changes

@@ -23,7 +23,7 @@ def services(tmp_path_factory):
         storage.s3_client().create_bucket(Bucket=BUCKET)
         try:
             yield {"root": root, "tracking_uri": tracking_uri, "endpoint": endpoint,
-                   "pipeline": write_pipeline(root, name="tiny", push={"keep_versions": 1})}
+                   "pipeline": write_pipeline(root, name="tiny", push={"keep_versions": 1, "skip_identical": False})}
         finally:
             os.environ.clear()
             os.environ.update(saved)

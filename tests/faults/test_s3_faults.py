@@ -37,7 +37,7 @@ def s3(tmp_path_factory):
         storage.reset_clients()
         storage.s3_client().create_bucket(Bucket=BUCKET)
         try:
-            yield {"endpoint": endpoint, "root": root, "pipeline": write_pipeline(root, name="tiny")}
+            yield {"endpoint": endpoint, "root": root, "pipeline": write_pipeline(root, name="tiny", push={"skip_identical": False})}
         finally:
             os.environ.clear()
             os.environ.update(saved)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -56,6 +57,11 @@ def _write_daily_pipeline(dags: Path, data: Path) -> None:
               "validation": {"drift": {"categorical_linf": None, "numeric_ks": None, "numeric_jsd": None}},
               "gate": {"metrics": {"accuracy": {"lower_bound": 0.0}}}, **QUICK}
     (dags / "pipelines" / "daily.yaml").write_text(yaml.safe_dump(config))
+    # A pipeline whose models a reviewer approves before they are pushed.
+    gated = {**penguins, "model_name": "gated", "schedule": None, "train": {"epochs": 3},
+             "gate": {"metrics": {"accuracy": {"lower_bound": 0.5}}},
+             "push": {"approval": "required", "approval_timeout_hours": 1}, **QUICK}
+    (dags / "pipelines" / "gated.yaml").write_text(yaml.safe_dump(gated))
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +135,7 @@ def stack(tmp_path_factory):
 def paused_at_start(stack) -> dict[str, bool]:
     """Each DAG's paused state as the dag-processor created it, before anything is unpaused."""
     api = stack["api"]
-    wanted = {"penguins", "daily", "rollback_model", "serving_check"}
+    wanted = {"penguins", "daily", "gated", "rollback_model", "serving_check"}
     dags = api.wait(lambda: (found := api.call("GET", "/api/v2/dags")["dags"])
                     and wanted <= {d["dag_id"] for d in found} and found, timeout=300)
     return {d["dag_id"]: d["is_paused"] for d in dags}
@@ -138,7 +144,7 @@ def paused_at_start(stack) -> dict[str, bool]:
 @pytest.fixture(scope="module")
 def api(stack, paused_at_start):
     api = stack["api"]
-    for dag_id in ("penguins", "daily"):  # serving_check starts unpaused by itself
+    for dag_id in ("penguins", "daily", "gated"):  # serving_check starts unpaused by itself
         api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
     return api
 
@@ -162,7 +168,8 @@ def test_dags_are_listed_without_import_errors(api):
 
 
 def test_pipelines_start_paused_and_the_release_dags_unpaused(paused_at_start):
-    assert paused_at_start == {"penguins": True, "daily": True, "serving_check": False, "rollback_model": False}
+    assert paused_at_start == {"penguins": True, "daily": True, "gated": True, "serving_check": False,
+                               "rollback_model": False}
 
 
 def _error_lines(logs: Path) -> list[str]:
@@ -381,3 +388,75 @@ def test_mlflow_ui_shows_the_run_tree_and_the_statistics_page(stack, triggered, 
     assert "bill_length_mm" in preview.locator("body").inner_text()
     page.screenshot(path=str(SHOTS / "mlflow-statistics-page.png"))
     page.close()
+
+
+def _awaiting_review(api, dag_id: str, run_id: str) -> dict | None:
+    """The approval request of a run once its approve_release task waits for an answer."""
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/approve_release/-1/hitlDetails"
+    try:
+        detail = api.call("GET", path)
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None  # the task has not asked yet
+        raise
+    return None if detail.get("response_received") else {**detail, "path": path}
+
+
+def _screenshot_review(stack, run_id: str, subject: str) -> None:
+    """What the reviewer sees in the Airflow UI (with Debian's Chromium, when it is installed)."""
+    from tests.browser import CHROMIUM
+
+    if not CHROMIUM.exists():
+        return
+    base = stack["api"].base
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(base + "/")
+        page.get_by_label("Username").fill("admin")
+        page.get_by_label("Password").fill(stack["password"])
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(base + "/")
+        page.goto(f"{base}/dags/gated/runs/{quote(run_id, safe='')}/tasks/approve_release/required_actions")
+        page.get_by_text(subject).first.wait_for()
+        page.get_by_role("button", name="Approve").first.wait_for()
+        page.screenshot(path=str(SHOTS / "airflow-approval.png"), full_page=True)
+        page.close()
+
+
+def test_a_reviewer_approves_one_release_and_rejects_another_through_the_rest_api(stack, api):
+    from tasks.release import audit, model_store
+
+    store, client = str(stack["root"] / "store"), _mlflow(stack)
+    decisions = {}
+    for answer, reason in (("Approve", "metrics as expected"), ("Reject", "wait for the new labels")):
+        run_id = api.call("POST", "/api/v2/dags/gated/dagRuns", {"logical_date": None})["dag_run_id"]
+        request = api.wait(lambda: _awaiting_review(api, "gated", run_id), timeout=900, poll=5)
+        # The reviewer reads the blessing and where to look further, and answers with a reason.
+        assert request["subject"].startswith("Release gated: push the model of run")
+        assert "| accuracy | (overall) | lower_bound |" in request["body"] and "MLflow evaluate_model run" in request["body"]
+        assert "tfpipe.pushed_version" not in _parent(client, "gated", run_id).data.tags  # nothing pushed while waiting
+        if answer == "Approve":
+            _screenshot_review(stack, run_id, request["subject"])
+        api.call("PATCH", request["path"], {"chosen_options": [answer], "params_input": {"reason": reason}})
+        assert api.finished("gated", run_id) == "success"
+        decisions[answer] = (run_id, api.task_states("gated", run_id))
+        errors = _error_lines(_run_logs(stack, "gated", run_id))
+        assert not errors, "error-level lines in the task logs:\n" + "\n".join(errors)
+    approved_run, states = decisions["Approve"]
+    assert states["approve_release"] == states["push_model"] == "success"
+    rejected_run, states = decisions["Reject"]
+    assert states["approve_release"] == "success" and states["push_model"] == "skipped"
+    # Only the approved model serves; both decisions are in the audit trail with who and why.
+    assert model_store.versions(store, "gated") == [1] and model_store.champion(store, "gated")[0] == 1
+    events = [(e["event"], e["by"], e["reason"], e["operation"]) for e in audit.history(store, "gated")]
+    assert events[0] == ("approved", "admin", "metrics as expected", f"gated/{approved_run}")
+    assert events[1][:2] == ("promoted", f"gated/{approved_run}")
+    assert events[2] == ("rejected", "admin", "wait for the new labels", f"gated/{rejected_run}")
+    rejected = _parent(client, "gated", rejected_run).data.tags
+    assert rejected["tfpipe.outcome"] == "rejected" and "wait for the new labels" in rejected["tfpipe.approval"]
+    # The model card of the approved version names its approval.
+    version = client.get_model_version_by_alias("gated", "champion")
+    import mlflow.artifacts
+
+    card = mlflow.artifacts.load_text(version.tags["model_card"].replace(".html", ".md"))
+    assert "approved by admin" in card and "metrics as expected" in card

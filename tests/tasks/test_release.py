@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.release import model_store, models_config, serving, sync
+from tasks.release import audit, model_store, models_config, serving, sync
 from tasks.config import GateConfig, MetricGate, OptimizeConfig
 from tasks.evaluate import eval_data, evaluate_model, predict
 from tasks.optimize import optimize_model
@@ -55,8 +55,9 @@ def _bless(trained, release, settings, model_name, run_id):
 
 def _push(trained, release, model_name, run_id, settings=None, blessing=None, **overrides):
     settings = settings or _settings(release["root"])
+    # These tests push one trained model many times: as new versions, unless a test says otherwise.
     ctx = make_context(release["pipeline"], run_id=run_id, settings=settings,
-                       overrides={"model_name": model_name, **overrides})
+                       overrides={"model_name": model_name, "push.skip_identical": False, **overrides})
     blessing = blessing or _bless(trained, release, settings, model_name, run_id)
     return push_step(ctx, trained["examples"].to_dict(), trained["model"].to_dict(), blessing, release["optimized"])
 
@@ -94,6 +95,35 @@ def test_push_step_verifies_checks_promotes_and_registers(trained, release):
     champion = _client(release).get_model_version_by_alias("alpha", "champion")
     assert champion.tags["store_version"] == "1" and champion.tags["store_uri"] == str(version_dir)
     assert champion.tags["code_version"] and champion.tags["data_version"]
+    _assert_model_card(release, record, champion)
+
+
+def _assert_model_card(release, record, registry_version):
+    """The version's model card: logged to the push run (Markdown and HTML), linked and summarized
+    by the registry version's description."""
+    import mlflow.artifacts
+
+    assert registry_version.tags["model_card"] == record["model_card"]["uri"]
+    assert "accuracy" in registry_version.description and "Model card: http" in registry_version.description
+    card = mlflow.artifacts.load_text(record["model_card"]["uri"].replace(".html", ".md"))
+    for heading in ("## Data", "## Model and training", "## Evaluation", "## Blessing", "## Optimized variants",
+                    "## Approval", "## Known limits", "## Champion history of this version"):
+        assert heading in card
+    trivial = release["blessing"].trivial["description"]
+    assert trivial in card and "BLESSED" in card and "promoted" in card and record["weights_sha256"] in card
+    assert "bill_length_mm" in card and "tflite_int8" in card and "Adelie 30, Chinstrap 14, Gentoo 25" in card
+    page = mlflow.artifacts.load_text(record["model_card"]["uri"])
+    assert page.startswith("<!doctype html>") and "<script" not in page and "<h2>Known limits</h2>" in page
+
+
+def test_a_model_card_escapes_what_the_data_says():
+    from tasks.release.model_card import Bullets, Section, Table, to_html, to_markdown
+
+    hostile = "<script>alert(1)</script>|x"
+    sections = [Section("Data", [hostile, Table(("feature",), [(hostile,)]), Bullets([hostile])])]
+    page = to_html("card", sections)
+    assert "<script>" not in page and page.count("&lt;script&gt;") == 3
+    assert "\\|x" in to_markdown("card", sections)  # a cell cannot open another column
 
 
 def test_new_champion_replaces_the_old_which_retention_removes_later(trained, release):
@@ -120,7 +150,7 @@ def test_rollback_moves_champion_serving_config_and_registry_alias(trained, rele
     monkeypatch.delenv("TFPIPE_SERVING_URL", raising=False)
     first = _push(trained, release, "gamma", "run-1")
     second = _push(trained, release, "gamma", "run-2")
-    assert main(["rollback", "gamma", "--by", "tester"]) == 0
+    assert main(["rollback", "gamma", "--by", "tester", "--reason", "v2 mislabels Gentoo"]) == 0
     assert "champion v2 -> v1" in capsys.readouterr().out
     store = str(root / "store")
     assert model_store.champion(store, "gamma")[0] == 1
@@ -133,6 +163,23 @@ def test_rollback_moves_champion_serving_config_and_registry_alias(trained, rele
     assert len(runs) == 1 and runs[0].data.params["to_store_version"] == "1"
     # The next push is champion again; the gate compares with what is served, v1.
     assert _push(trained, release, "gamma", "run-3")["champion"] == 3
+    # Every champion change is in the audit trail: who, when, from which version to which, why.
+    events = [(e["event"], e["from_version"], e["to_version"], e["by"]) for e in audit.history(store, "gamma")]
+    assert events == [("promoted", None, 1, "tiny/run-1"), ("promoted", 1, 2, "tiny/run-2"),
+                      ("rolled_back", 2, 1, "tester"), ("promoted", 1, 3, "tiny/run-3")]
+    assert audit.history(store, "gamma")[2]["reason"] == "v2 mislabels Gentoo"
+    assert audit.history(store, "gamma")[1]["details"]["registry_version"] == second["registry_version"]
+    assert main(["history", "gamma", "--version", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "promoted" in table and "rolled_back" in table and "v2 mislabels Gentoo" in table and "v3" not in table
+    # ... and tags of the registry versions it moved between, which the MLflow UI shows.
+    left = client.get_model_version("gamma", second["registry_version"])
+    audit_tags = {k.rsplit(".", 1)[-1]: v for k, v in left.tags.items() if k.startswith("audit.")}
+    assert set(audit_tags) == {"promoted", "rolled_back"} and "by tester: v2 mislabels Gentoo" in audit_tags["rolled_back"]
+    # The trail outlives the versions: retention removes v1 and v2, not their history.
+    assert model_store.apply_retention(store, "gamma", keep=1) == [1, 2]
+    assert len(audit.history(store, "gamma", version=1)) == 4
+    assert main(["history", "../gamma"]) == 1
     # Bad requests are refused with what is there.
     assert main(["rollback", "gamma", "--to", "99"]) == 1
     assert "no complete version 99" in capsys.readouterr().err
@@ -182,6 +229,39 @@ def test_tf_serving_that_does_not_serve_restores_the_previous_champion(trained, 
     assert model_store.read_champion(store, "epsilon")["version"] == 1
     assert (root / "store" / "models.config").read_text() == config_before
     assert _client(release).get_model_version_by_alias("epsilon", "champion").tags["store_version"] == "1"
+    reverted = audit.history(store, "epsilon")[-1]
+    assert (reverted["event"], reverted["from_version"], reverted["to_version"]) == ("reverted", 2, 1)
+    assert "did not serve v2" in reverted["reason"]
+
+
+def test_a_model_identical_to_the_champion_is_not_pushed_again(trained, release):
+    from tasks.release.push import weights_digest
+
+    first = _push(trained, release, "zeta", "run-1", **{"push.skip_identical": True})
+    store = _settings(release["root"]).model_store
+    digest = weights_digest(release["saved_model"])
+    assert model_store.read_manifest(first["uri"])["weights_sha256"] == digest == first["weights_sha256"]
+    again = _push(trained, release, "zeta", "run-2", **{"push.skip_identical": True})
+    assert again["pushed"] is False and again["identical_to"] == 1
+    assert model_store.versions(store, "zeta") == [1] and model_store._claimed(store, "zeta") == {1}
+    assert [e["to_version"] for e in audit.history(store, "zeta")] == [1]
+    # The first run's retry is not "identical to itself": it finishes its push.
+    assert _push(trained, release, "zeta", "run-1", **{"push.skip_identical": True})["version"] == 1
+
+
+def test_the_weights_digest_is_of_the_values_not_the_files(tmp_path):
+    import tensorflow as tf
+
+    from tasks.release.push import weights_digest
+
+    module = tf.Module()
+    module.kernel = tf.Variable([[0.5, -1.0], [2.0, 0.25]])
+    module.bias = tf.Variable([0.0, 1.0])
+    tf.saved_model.save(module, str(tmp_path / "a"))
+    tf.saved_model.save(module, str(tmp_path / "b"))  # saved twice: another save, the same weights
+    module.bias.assign([0.0, 1.0 + 1e-6])
+    tf.saved_model.save(module, str(tmp_path / "c"))
+    assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b") != weights_digest(tmp_path / "c")
 
 
 def test_concurrent_pushes_get_their_own_versions_and_the_newest_is_champion(release, tmp_path):
@@ -514,3 +594,34 @@ def test_concurrent_claims_get_distinct_versions(tmp_path):
     store = str(tmp_path / "store")
     claimed = run_concurrently(lambda i: claim_version(store, "m", f"w{i}"), 8)
     assert sorted(claimed) == list(range(1, 9))
+
+
+def test_with_approval_required_only_an_approved_run_pushes(trained, release):
+    from tasks.release.approval import record_decision, review_body
+
+    store = _settings(release["root"]).model_store
+    required = {"push.approval": "required"}
+    waiting = _push(trained, release, "reviewed", "review-1", **required)
+    assert waiting["pushed"] is False and "no reviewer approved" in waiting["reasons"][0]
+    record_decision(store, "reviewed", False, "reviewer-b", "wait for the new labels", "tiny/review-1")
+    rejected = _push(trained, release, "reviewed", "review-1", **required)
+    assert rejected["pushed"] is False and "reviewer-b rejected" in rejected["reasons"][0]
+    assert model_store.versions(store, "reviewed") == [] and model_store._claimed(store, "reviewed") == set()
+    # Another run's approval is not this run's.
+    record_decision(store, "reviewed", True, "reviewer-a", "fine", "tiny/review-2")
+    assert _push(trained, release, "reviewed", "review-1", **required)["pushed"] is False
+    record_decision(store, "reviewed", True, "reviewer-a", "looks right", "tiny/review-1")
+    pushed = _push(trained, release, "reviewed", "review-1", **required)
+    assert pushed["version"] == 1 and pushed["model_card"] is not None
+    assert [e["event"] for e in audit.history(store, "reviewed")] == ["rejected", "approved", "approved", "promoted"]
+    import mlflow.artifacts
+
+    card = mlflow.artifacts.load_text(pushed["model_card"]["uri"].replace(".html", ".md"))
+    assert "approved by reviewer-a" in card and "looks right" in card
+    # What the reviewer reads: the checks and metrics, with what the data says kept out of the markup.
+    blessing = release["blessing"]
+    body = review_body("reviewed", blessing, 1, {"MLflow run": "http://127.0.0.1:5000/#/x"})
+    assert "| accuracy | (overall) | lower_bound |" in body and "the champion **v1**" in body
+    assert "- MLflow run: http://127.0.0.1:5000/#/x" in body
+    hostile = review_body("eta|<b>", blessing, None, {})
+    assert "eta\\|\\<b\\>" in hostile and "no champion" in hostile
