@@ -269,7 +269,8 @@ class ModelArtifact(Record):
     traces: dict[str, int] = field(default_factory=dict)
     mixed_precision: bool = False
     checkpoint_files_mirrored: int = 0
-    mlflow_run_id: str | None = None  # the run that logged it as an MLflow model (model/): what a push registers
+    mlflow_run_id: str | None = None  # the run that logged it as an MLflow model
+    mlflow_model_id: str | None = None  # that MLflow 3 logged model: what a push registers, what metrics link to
 
     def saved_model(self, cache_dir: Path) -> Path:
         """A local copy of the SavedModel (the model folder copied from S3 at most once per cache)."""

@@ -23,7 +23,7 @@ from tasks.errors import DataError
 from tasks.context import RunContext, end_pipeline, scratch_dir, step_run, tracking_for
 from tasks.settings import redact
 from tasks.steps import STEP_TABLE, STEPS
-from tasks.tracking import MlflowTracker
+from tasks.tracking import MlflowTracker, flatten
 
 log = logging.getLogger(__name__)
 
@@ -195,15 +195,15 @@ def train_model(ctx: RunContext, examples: ExamplesArtifact, validation: Validat
         with scratch_dir(ctx, "train_model") as scratch:
             training_curves(history, scratch / "training_curves.png")
             tracker.log_artifact(scratch / "training_curves.png", "plots")
-        _log_model(ctx, tracker, result, examples.uri, spec)
+        model_id = _log_model(ctx, tracker, result, examples.uri, spec)
         # The run's model is published: what a retry would resume from is no longer needed.
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
         if mirror:
             storage.delete_dir(mirror)
         shutil.rmtree(work / TENSORBOARD_DIR, ignore_errors=True)
         _record_passing_run(ctx, tracker, validation)
-        # Where the MLflow model is (model/ of this run): what the registry version of a push points to.
-        return dataclasses.replace(result, mlflow_run_id=tracker.run_id)
+        # The MLflow logged model: what the registry version of a push points to, what metrics link to.
+        return dataclasses.replace(result, mlflow_run_id=tracker.run_id, mlflow_model_id=model_id)
 
 
 def _record_passing_run(ctx: RunContext, tracker: MlflowTracker, validation: ValidationArtifact) -> None:
@@ -221,9 +221,10 @@ def _record_passing_run(ctx: RunContext, tracker: MlflowTracker, validation: Val
                  "(tfpipe schema %s --reset discards it)", recorded_uri, name)
 
 
-def _log_model(ctx: RunContext, tracker: MlflowTracker, model: ModelArtifact, examples_uri: str, spec) -> None:
-    """The model as an MLflow model (pyfunc over the SavedModel, signature, input example from the
-    eval split) at ``model/``, beside its spec, history and TensorBoard logs."""
+def _log_model(ctx: RunContext, tracker: MlflowTracker, model: ModelArtifact, examples_uri: str, spec) -> str:
+    """The model as an MLflow 3 logged model (pyfunc over the SavedModel, signature, input example
+    from the eval split, the training settings as its params); its spec, history and TensorBoard
+    logs as the run's artifacts at ``model/``. Returns the model ID."""
     from importlib import metadata
 
     from tasks.artifacts import SAVED_MODEL_DIR, Examples
@@ -233,10 +234,15 @@ def _log_model(ctx: RunContext, tracker: MlflowTracker, model: ModelArtifact, ex
     saved_model = model.saved_model(cache)
     frame = example_frame(Examples.open(examples_uri).files("eval", cache), spec, rows=5)
     requirements = [f"{name}=={metadata.version(name)}" for name in ("tensorflow", "tf-keras", "pandas", "mlflow")]
-    tracker.log_saved_model(saved_model, {f.name: f.kind for f in spec.features}, frame, "model", requirements)
+    params = flatten({"train": ctx.config.train.model_dump(mode="json")})
+    tags = {"tfpipe.pipeline": ctx.config.name, "tfpipe.run_id": ctx.run_id, "tfpipe.model_uri": model.uri,
+            "tfpipe.task": str(getattr(ctx.config.task, "value", ctx.config.task)), "tfpipe.label": ctx.config.label}
+    model_id = tracker.log_saved_model(saved_model, {f.name: f.kind for f in spec.features}, frame,
+                                       ctx.config.model_name, requirements, params=params, tags=tags)
     for item in sorted(saved_model.parent.iterdir()):
         if item.name != SAVED_MODEL_DIR and not item.name.startswith((".", "_")):
             tracker.log_artifact(item, "model")
+    return model_id
 
 
 def checkpoint_mirror(ctx: RunContext) -> str | None:
@@ -312,7 +318,8 @@ def evaluate_model(ctx: RunContext, examples: ExamplesArtifact, model: ModelArti
                             ctx.output("evaluation"), ctx.settings.cache_dir, ctx.work_dir("evaluate_model"),
                             champion_generation=state[1] if state else None)
         record = blessing.to_dict()
-        tracker.log_metrics(blessing.metrics)
+        tracker.log_model_input(model.mlflow_model_id)
+        tracker.log_model_metrics(model.mlflow_model_id, blessing.metrics, _dataset_of(ctx, examples.uri))
         if blessing.baseline:
             tracker.log_metrics({f"champion_{k}": v for k, v in blessing.baseline["metrics"].items()})
         if blessing.trivial:
@@ -333,6 +340,13 @@ def evaluate_model(ctx: RunContext, examples: ExamplesArtifact, model: ModelArti
         if not blessing.blessed:
             end_pipeline(ctx, tracker, "not_blessed")
         return blessing
+
+
+def _dataset_of(ctx: RunContext, examples_uri: str) -> dict[str, str]:
+    """The MLflow dataset (name, digest) of the examples, as their dataset input names it."""
+    from tasks.tracking.datasets import data_digest
+
+    return {"name": ctx.config.name, "digest": data_digest(artifacts.Examples.open(examples_uri).manifest)}
 
 
 def _metric_key(text: str) -> str:
@@ -367,8 +381,10 @@ def optimize_model(ctx: RunContext, examples: ExamplesArtifact, model: ModelArti
         result = optimize(model.uri, examples.uri, options.model_copy(update={"pruning": pruning}),
                           ctx.output("optimized"), ctx.settings.cache_dir, ctx.work_dir("optimize_model"),
                           build_model=builder)
-        for variant, row in result.report["variants"].items():
-            tracker.log_metrics({f"{variant}.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        tracker.log_model_input(model.mlflow_model_id)
+        for variant, row in result.report["variants"].items():  # each variant's figures, linked to the model
+            tracker.log_model_metrics(model.mlflow_model_id, {
+                f"{variant}.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         tracker.log_dict(result.report, f"optimization/{REPORT_FILE}")
         tracker.log_text(format_report(result.report), "optimization/report.txt")
         with scratch_dir(ctx, "optimize_model") as scratch:

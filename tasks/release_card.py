@@ -44,6 +44,7 @@ def card_facts(ctx: RunContext, tracker: MlflowTracker, examples: ExamplesArtifa
     return {
         "model_name": name, "version": version, "registry_version": pushed.get("registry_version"),
         "store_uri": pushed["uri"], "weights_sha256": pushed.get("weights_sha256"),
+        "mlflow_model_id": model.mlflow_model_id,
         "pushed_at": promoted["at"] if promoted else "-", "by": f"{ctx.dag_id}/{ctx.run_id}",
         "pipeline": ctx.config.name, "task": getattr(ctx.config.task, "value", ctx.config.task), "label": ctx.config.label,
         "code_version": code_version(), "data_version": data_version(examples.uri),

@@ -281,13 +281,16 @@ def _register(ctx: RunContext, tracker: MlflowTracker, examples: ExamplesArtifac
     found = registry_version_for(tracker.client, name, pushed.version)
     if found is not None:
         return found
-    # The registry version is the MLflow model logged by train_model (pyfunc, signature, input
+    # The registry version is the MLflow logged model of train_model (pyfunc, signature, input
     # example); an MLflow server refuses a local path as a source. The store URI is a tag.
-    source = f"runs:/{model.mlflow_run_id}/model" if model.mlflow_run_id else pushed.uri
+    source = (f"models:/{model.mlflow_model_id}" if model.mlflow_model_id
+              else f"runs:/{model.mlflow_run_id}/model" if model.mlflow_run_id else pushed.uri)
     tags = {"store_uri": pushed.uri, "store_version": str(pushed.version), "pipeline": ctx.config.name,
             "dag_id": ctx.dag_id, "run_id": ctx.run_id, "push_mlflow_run_id": tracker.run_id,
             "model_uri": model.uri, "code_version": code_version(), "data_version": data_version(examples.uri)}
-    return tracker.register_model(name, source, tags, champion=False, source_run_id=model.mlflow_run_id)
+    tracker.log_model_input(model.mlflow_model_id)
+    return tracker.register_model(name, source, tags, champion=False, source_run_id=model.mlflow_run_id,
+                                  model_id=model.mlflow_model_id)
 
 
 def registry_for(settings: Settings):

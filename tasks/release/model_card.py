@@ -223,6 +223,7 @@ def build_card(facts: dict[str, Any]) -> tuple[str, list[Section]]:
         f"A {facts['task']} model of `{facts['label']}`, trained by pipeline `{facts['pipeline']}` and pushed "
         f"{facts['pushed_at']} by {facts['by']}.",
         Table(("", ""), [("model store", facts["store_uri"]), ("registry version", facts.get("registry_version")),
+                         ("MLflow logged model", facts.get("mlflow_model_id")),
                          ("weights SHA-256", facts.get("weights_sha256")), ("code version", facts.get("code_version")),
                          ("data version", facts.get("data_version")), *sorted((facts.get("links") or {}).items())])])
     training = Section("Model and training", [Table(("", ""), [

@@ -123,28 +123,66 @@ class MlflowTracker:
         self.client.log_text(self.run_id, text, artifact_file)
 
     def log_saved_model(self, saved_model_dir: Path, feature_kinds: Mapping[str, str], input_example: Any,
-                        artifact_path: str = "model", requirements: list[str] | None = None) -> None:
-        """The SavedModel as an MLflow pyfunc model, with its signature and an input example.
+                        name: str = "model", requirements: list[str] | None = None,
+                        params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None) -> str:
+        """The SavedModel as an MLflow 3 logged model (a pyfunc with its signature and an input
+        example), output of this run; returns its model ID.
 
-        ``mlflow.pyfunc.load_model(...).predict(frame)`` takes a DataFrame of raw feature
-        columns (``feature_kinds``: int, float or string; missing values allowed) and returns
-        the ``serving_default`` outputs. The signature is inferred from ``input_example`` (a
-        DataFrame) and the model's own predictions for it.
+        ``mlflow.pyfunc.load_model(f"models:/{model_id}").predict(frame)`` takes a DataFrame of raw
+        feature columns (``feature_kinds``: int, float or string; missing values allowed) and
+        returns the ``serving_default`` outputs. The signature is inferred from ``input_example``
+        (a DataFrame) and the model's own predictions for it. A model whose upload fails is
+        marked FAILED.
         """
         import mlflow.pyfunc
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         from mlflow.models import infer_signature
 
         model = saved_model_pyfunc(dict(feature_kinds))
         model.load_context(mlflow.pyfunc.PythonModelContext({"saved_model": str(saved_model_dir)}, None))
         signature = infer_signature(input_example, model.predict(None, input_example))
-        with tempfile.TemporaryDirectory() as tmp:
-            target = Path(tmp) / artifact_path.rsplit("/", 1)[-1]
-            mlflow.pyfunc.save_model(
-                str(target), python_model=saved_model_pyfunc(dict(feature_kinds)),
-                artifacts={"saved_model": str(saved_model_dir)}, signature=signature, input_example=input_example,
-                pip_requirements=requirements,
-            )
-            self.client.log_artifacts(self.run_id, str(target), artifact_path)
+        experiment_id = self.client.get_run(self.run_id).info.experiment_id
+        logged = self.client.create_logged_model(
+            experiment_id, name=name, source_run_id=self.run_id, model_type="tensorflow-savedmodel",
+            params={k: str(v)[:6000] for k, v in (params or {}).items()}, tags={k: str(v) for k, v in (tags or {}).items()})
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                target = Path(tmp) / name
+                mlflow.pyfunc.save_model(
+                    str(target), python_model=saved_model_pyfunc(dict(feature_kinds)),
+                    artifacts={"saved_model": str(saved_model_dir)}, signature=signature,
+                    input_example=input_example, pip_requirements=requirements,
+                )
+                self.client.log_model_artifacts(logged.model_id, str(target))
+        except BaseException:
+            self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        return logged.model_id
+
+    def log_model_input(self, model_id: str | None) -> None:
+        """This run reads the logged model ``model_id`` (the MLflow UI's Models column and lineage)."""
+        from mlflow.entities import LoggedModelInput
+
+        if model_id:
+            self.client.log_inputs(self.run_id, models=[LoggedModelInput(model_id)])
+
+    def log_model_metrics(self, model_id: str | None, metrics: Mapping[str, float],
+                          dataset: Mapping[str, str] | None = None) -> None:
+        """Metrics of the logged model ``model_id``, logged on this run and linked to the model (and to
+        the dataset they were measured on: ``{"name", "digest"}``): its page in the MLflow UI lists them."""
+        from mlflow.entities import Metric
+
+        if not model_id:
+            self.log_metrics(metrics)
+            return
+        now = int(time.time() * 1000)
+        named = dict(dataset or {})
+        items = [Metric(k, v, now, 0, model_id=model_id, dataset_name=named.get("name"),
+                        dataset_digest=named.get("digest")) for k, v in _finite(metrics).items()]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -200,10 +238,12 @@ class MlflowTracker:
         self.set_tags(tags)
 
     def register_model(self, name: str, source: str, tags: Mapping[str, str], champion: bool = True,
-                       source_run_id: str | None = None) -> str:
+                       source_run_id: str | None = None, model_id: str | None = None) -> str:
         """Register ``source`` as a new version of ``name``; with ``champion``, move the alias to it.
 
-        ``source_run_id``: the run that logged ``source`` (``runs:/<id>/...``); default this run.
+        ``source_run_id``: the run that logged ``source``; default this run. ``model_id``: the
+        logged model it is (``models:/<id>``), which then lists the version (tag
+        ``mlflow.modelVersions``, as MLflow's own ``register_model`` does).
 
         The previous champion keeps tags recording when and by which version it was replaced,
         so the history of what served in production stays readable in the registry.
@@ -215,13 +255,41 @@ class MlflowTracker:
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = self.client.create_model_version(
-            name, source, run_id=source_run_id or self.run_id, tags={k: str(v) for k, v in tags.items()}
-        )
+        with _global_tracking_uri(self.client.tracking_uri):  # the registry resolves models:/<id> through it
+            version = self.client.create_model_version(
+                name, source, run_id=source_run_id or self.run_id, tags={k: str(v) for k, v in tags.items()},
+                model_id=model_id,
+            )
+        if model_id:
+            from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+            listed = json.loads(self.client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+            listed.append({"name": name, "version": version.version})  # as MLflow's own register_model lists it
+            self.client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
         if champion:
             move_champion_alias(self.client, name, str(version.version), "replaced")
         return str(version.version)
 
+
+
+@contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to ``uri`` for a while: an embedded registry store
+    looks a logged model up through it, not through the client that asked. Its environment
+    variable, which MLflow sets with it for subprocesses, is put back as it was."""
+    import os
+
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @dataclass(frozen=True)

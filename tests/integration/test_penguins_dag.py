@@ -141,8 +141,7 @@ def test_mlflow_run_tree_holds_every_artifact(services, blessed_run):
         "validate_examples": ["statistics/schema.pbtxt", "statistics/train/FeatureStats.pb",
                               "statistics/train/statistics.html", "statistics/train/overview.html",
                               "anomalies/report.txt"],
-        "train_model": ["plots/training_curves.png", "model/MLmodel", "model/artifacts/saved_model/saved_model.pb",
-                        "model/model_spec.json", "model/input_example.json"],
+        "train_model": ["plots/training_curves.png", "model/model_spec.json", "model/history.json"],
         "evaluate_model": ["evaluation/blessing.json", "plots/confusion_matrix.png", "plots/roc_pr_curves.png"],
         "optimize_model": ["optimization/report.json", "plots/tradeoff.png"],
         "push_model": ["push/pushed_model.json"],
@@ -231,8 +230,15 @@ def test_trained_model_is_an_mlflow_model_with_signature_and_input_example(servi
 
     client = _client(services)
     _, children = _children(client, blessed_run.run_id)
-    local = mlflow.artifacts.download_artifacts(run_id=children["train_model"].info.run_id, artifact_path="model",
+    # The run's output is an MLflow 3 logged model, whose artifacts are the pyfunc model.
+    (output,) = client.get_run(children["train_model"].info.run_id).outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)
+    from mlflow.entities import LoggedModelStatus
+
+    assert logged.status == LoggedModelStatus.READY
+    local = mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location,
                                                 tracking_uri=services["tracking_uri"])
+    assert (Path(local) / "artifacts" / "saved_model" / "saved_model.pb").is_file()
     model = mlflow.pyfunc.load_model(local)
     inputs = {spec["name"]: spec["type"] for spec in model.metadata.get_input_schema().to_dict()}
     assert inputs == {"island": "string", "bill_length_mm": "double", "bill_depth_mm": "double",

@@ -63,6 +63,48 @@ def test_the_data_each_run_reads_is_an_mlflow_dataset_input(tmp_path, home, caps
     assert digests["r1"] == digests["r2"] != digests["r3"]
 
 
+def test_the_model_is_an_mlflow_logged_model_with_its_metrics_versions_and_card(tmp_path, home, capsys):
+    """MLflow 3 natively: train_model's output is a logged model (pyfunc, params); evaluate's
+    metrics are linked to it and to the eval data; evaluate, optimize and push read it; the
+    registry version comes from it and has the model card."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.entities import LoggedModelStatus
+
+    from tests.helpers import PENGUINS_CSV
+
+    pipeline = write_pipeline(tmp_path, name="native", optimize={"variants": ["tflite_float32"]})
+    assert main(["run", str(pipeline), "--run-id", "r1", "--set", "train.epochs=2"]) == 0, capsys.readouterr().err
+    tracking = MlflowTracking(Settings.from_env().tracking_uri)
+    client = tracking.client
+    parent = client.get_run(tracking.pipeline_summary("native", "r1")["parent_run_id"])
+    children = {c.data.tags["airflow.task_id"]: c for c in client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    (output,) = children["train_model"].outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert model.status == LoggedModelStatus.READY and model.source_run_id == children["train_model"].info.run_id
+    assert model.params["train.epochs"] == "2" and model.tags["tfpipe.pipeline"] == "native"
+    for step in ("evaluate_model", "optimize_model", "push_model"):
+        run = client.get_run(children[step].info.run_id)  # search results leave model inputs out
+        assert [m.model_id for m in run.inputs.model_inputs] == [model.model_id], step
+    linked = {m.key: m for m in model.metrics}
+    (dataset,) = children["evaluate_model"].inputs.dataset_inputs
+    assert linked["accuracy"].value == children["evaluate_model"].data.metrics["accuracy"]
+    assert linked["accuracy"].dataset_digest == dataset.dataset.digest
+    assert "tflite_float32.size_bytes" in linked
+    version = client.get_model_version_by_alias("native", "champion")
+    assert version.source == f"models:/{model.model_id}" and version.run_id == model.source_run_id
+    assert json.loads(client.get_logged_model(model.model_id).tags["mlflow.modelVersions"]) == [
+        {"name": "native", "version": version.version}]
+    card = mlflow.artifacts.load_text(version.tags["model_card"].replace(".html", ".md"))
+    assert model.model_id in card and "Model card: native v1" in card
+    loaded = mlflow.pyfunc.load_model(client.get_model_version_download_uri("native", version.version))
+    frame = pd.read_csv(PENGUINS_CSV).drop(columns="species").head(3)
+    frame = frame.astype({c: "float64" for c in frame.select_dtypes("number").columns})  # the signature's doubles
+    assert len(loaded.predict(frame)["predicted_class"]) == 3
+
+
 def test_failing_step_exits_nonzero_with_its_error(tmp_path, home, capsys):
     pipeline = write_pipeline(tmp_path, name="clifail", data={"source": str(tmp_path / "missing.csv")})
     assert main(["run", str(pipeline), "--run-id", "r1"]) == 1
