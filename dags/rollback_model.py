@@ -63,7 +63,8 @@ def rollback_model():
         # The DAG run is the operation: a retry finishes this rollback instead of stepping back again.
         user = getattr(dag_run, "triggering_user_name", None)
         return rollback(Settings.from_env(), params["model"], params.get("to_version"),
-                        by=f"airflow:{user or 'scheduler'} ({ti.dag_id}/{run_id})", operation=f"{ti.dag_id}/{run_id}",
+                        by=f"airflow:{ti.dag_id}/{run_id}" + (f" by {user}" if user else ""),
+                        operation=f"{ti.dag_id}/{run_id}",
                         reason=params.get("reason") or "rollback from the Airflow UI")
 
     rollback_model()

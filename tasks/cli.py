@@ -46,6 +46,7 @@ def _bin(name: str) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tasks.context import make_context
     from tasks.pipeline import run_pipeline
+    from tasks.reuse import reused_from
 
     settings = Settings.from_env()
     run_id = args.run_id or f"cli__{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H-%M-%S')}"
@@ -59,7 +60,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         durations[name] = seconds
         if bar is not None:
             bar.clear()
-        print(f"[tfpipe] {name} done in {seconds:.1f}s", flush=True)
+        reused = reused_from(ctx.run_id, name)
+        print(f"[tfpipe] {name} " + (f"reused from run {reused} (its inputs, config and code are unchanged)"
+                                     if reused else f"done in {seconds:.1f}s"), flush=True)
 
     print(f"[tfpipe] pipeline {ctx.config.name}, run {run_id}", flush=True)
     results = run_pipeline(ctx, until=args.until, on_step=on_step)
@@ -128,7 +131,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     from tasks import artifacts, storage
-    from tasks.pipeline import curated_schema_path
+    from tasks.context import curated_schema_path
     from tasks.context import make_context
 
     settings = Settings.from_env()

@@ -482,6 +482,11 @@ class PipelineConfig(_Frozen):
     gate: GateConfig = GateConfig()
     optimize: OptimizeConfig = OptimizeConfig()
     push: PushConfig = PushConfig()
+    cache: bool = Field(
+        False, description="Reuse an earlier run's result for a step whose inputs, config and code are unchanged "
+        "(ingest to optimize; see tasks/cache.py). Off by default: a key cannot see everything a step depends on, "
+        "and a reused model is not a new sample of a non-deterministic training.",
+    )
     tags: list[str] = Field(default_factory=list)
 
     @field_validator("name", "model_name")

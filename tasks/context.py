@@ -54,6 +54,12 @@ class RunContext:
         return self.settings.home / "work" / self.config.name / artifacts.safe_run_id(self.run_id) / step
 
 
+def curated_schema_path(ctx: RunContext) -> Path:
+    """Where a pipeline's curated schema lives: ``validation.schema_file`` or ``<name>.schema.pbtxt``."""
+    base = Path(ctx.pipeline).parent
+    return base / (ctx.config.validation.schema_file or f"{Path(ctx.pipeline).stem}.schema.pbtxt")
+
+
 def make_context(
     pipeline: str | Path,
     run_id: str,

@@ -87,3 +87,13 @@ def download(uri: str, dest) -> None:
         fs.get_file(path, str(dest))
     except FileNotFoundError:
         raise DataError(f"data source {uri}: no such file") from None
+
+
+def fingerprint(uri: str) -> str:
+    """What identifies a remote file's contents without reading them: the store's ETag (or MD5)
+    with its size and modification time, as fsspec reports them."""
+    fs, path = _filesystem(uri)
+    info = fs.info(path)
+    tag = next((str(info[k]) for k in ("ETag", "etag", "md5Hash", "md5", "checksum") if info.get(k)), "")
+    when = next((str(info[k]) for k in ("LastModified", "mtime", "updated", "last_modified") if info.get(k)), "")
+    return f"{tag}:{info.get('size')}:{when}"

@@ -20,7 +20,7 @@ from typing import Any
 from tasks import artifacts, storage
 from tasks.artifacts import Blessing, ExamplesArtifact, ModelArtifact, OptimizedArtifact, ValidationArtifact
 from tasks.errors import DataError
-from tasks.context import RunContext, end_pipeline, scratch_dir, step_run, tracking_for
+from tasks.context import RunContext, curated_schema_path, end_pipeline, scratch_dir, step_run, tracking_for
 from tasks.settings import redact
 from tasks.steps import STEP_TABLE, STEPS
 from tasks.tracking import MlflowTracker, flatten
@@ -47,16 +47,17 @@ def step_function(name: str) -> Callable[..., Any]:
 def run_step(name: str, ctx: RunContext, *inputs: Mapping[str, Any] | None) -> dict[str, Any]:
     """Run step ``name`` on its inputs as they travel (JSON records, in the step table's order):
     each is read back as its typed record, and the step's record goes back as JSON."""
+    from tasks.reuse import run_cached
+
     step = next(step for step in STEP_TABLE if step.name == name)
     typed = [None if record is None else RECORDS[source].of(record) for source, record in zip(step.inputs, inputs)]
-    result = step_function(name)(ctx, *typed)
-    return result.to_dict() if isinstance(result, artifacts.Record) else result
 
+    def compute(run_ctx: RunContext) -> dict[str, Any]:
+        result = step_function(name)(run_ctx, *typed)
+        return result.to_dict() if isinstance(result, artifacts.Record) else result
 
-def curated_schema_path(ctx: RunContext) -> Path:
-    """Where a pipeline's curated schema lives: ``validation.schema_file`` or ``<name>.schema.pbtxt``."""
-    base = Path(ctx.pipeline).parent
-    return base / (ctx.config.validation.schema_file or f"{Path(ctx.pipeline).stem}.schema.pbtxt")
+    # With ``cache: true`` a step whose inputs are unchanged reuses an earlier run's record (tasks/cache.py).
+    return run_cached(name, ctx, tuple(inputs), compute)
 
 
 def schema_in_force(ctx: RunContext) -> tuple[dict[str, str], str, str] | None:

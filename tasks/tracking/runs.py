@@ -135,7 +135,7 @@ class MlflowTracker:
         marked FAILED.
         """
         import mlflow.pyfunc
-        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.entities import LoggedModelStatus
         from mlflow.models import infer_signature
 
         model = saved_model_pyfunc(dict(feature_kinds))
@@ -158,8 +158,14 @@ class MlflowTracker:
             self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
             raise
         self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-        self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        self.log_model_output(logged.model_id)
         return logged.model_id
+
+    def log_model_output(self, model_id: str) -> None:
+        """This run made (or, reused, stands for) the logged model ``model_id``."""
+        from mlflow.entities import LoggedModelOutput
+
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model_id, step=0)])
 
     def log_model_input(self, model_id: str | None) -> None:
         """This run reads the logged model ``model_id`` (the MLflow UI's Models column and lineage)."""

@@ -105,6 +105,46 @@ def test_the_model_is_an_mlflow_logged_model_with_its_metrics_versions_and_card(
     assert len(loaded.predict(frame)["predicted_class"]) == 3
 
 
+def test_with_cache_on_unchanged_steps_are_reused_and_changed_ones_run(tmp_path, home, capsys):
+    """cache: true. A second run of unchanged data, config and code reuses ingest, train and
+    optimize (validate and evaluate run again: the first run recorded the schema and pushed the
+    champion they read) and pushes nothing (the weights are the champion's); a third reuses every
+    step. A changed setting runs the steps that read it; an artifact that is gone is not reused."""
+    import shutil
+
+    def run(run_id: str, *extra: str) -> str:
+        assert main(["run", str(pipeline), "--run-id", run_id, *extra]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    pipeline = write_pipeline(tmp_path, name="cached", cache=True, train={"epochs": 2, "deterministic": True},
+                              optimize={"variants": ["tflite_float32"]})
+    assert "pushed: version 1" in run("r1")
+    second = run("r2")
+    for step in ("ingest_examples", "train_model", "optimize_model"):
+        assert f"[tfpipe] {step} reused from run r1" in second, step
+    assert "[tfpipe] validate_examples done" in second and "[tfpipe] evaluate_model done" in second
+    assert "the weights equal those of the champion v1" in second
+    third = run("r3")
+    assert all(f"[tfpipe] {step} reused from run" in third for step in
+               ("ingest_examples", "validate_examples", "train_model", "evaluate_model", "optimize_model"))
+    # The reused runs say so in MLflow, with the lineage a computed one logs.
+    tracking = MlflowTracking(Settings.from_env().tracking_uri)
+    parent = tracking.client.get_run(tracking.pipeline_summary("cached", "r3")["parent_run_id"])
+    children = {c.data.tags["airflow.task_id"]: c for c in tracking.client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    train = tracking.client.get_run(children["train_model"].info.run_id)
+    assert train.data.tags["tfpipe.reused_from_run"] == "r1" and train.data.tags["tfpipe.cache_key"]
+    first_model = tracking.client.search_logged_models([parent.info.experiment_id])[-1].model_id
+    assert [o.model_id for o in train.outputs.model_outputs] == [first_model]
+    assert train.inputs.dataset_inputs and parent.data.tags["tfpipe.blessed"] == "true"
+    # A changed setting: the steps that read it run, the others are reused.
+    changed = run("r4", "--set", "train.epochs=3")
+    assert "[tfpipe] ingest_examples reused from run r1" in changed and "[tfpipe] train_model done" in changed
+    # A record whose artifacts are gone is not reused.
+    shutil.rmtree(home / "artifacts" / "cached" / "runs" / "r1" / "examples")
+    assert "[tfpipe] ingest_examples done" in run("r5", "--until", "ingest_examples")
+
+
 def test_failing_step_exits_nonzero_with_its_error(tmp_path, home, capsys):
     pipeline = write_pipeline(tmp_path, name="clifail", data={"source": str(tmp_path / "missing.csv")})
     assert main(["run", str(pipeline), "--run-id", "r1"]) == 1
