@@ -3,6 +3,7 @@ so ``tfpipe --help`` and config errors answer at once.
 
     tfpipe run PIPELINE [--until STEP] [--set key=value ...] [--run-id ID]
     tfpipe check PIPELINE                  check a pipeline's config and a sample of its data
+    tfpipe rerun PIPELINE RUN_ID [--anyway]  run a past run again; say whether data, code and model are the same
     tfpipe summary PIPELINE [--run-id ID]  what a pipeline run did (from MLflow)
     tfpipe demo                            run the penguins DAG through Airflow, then summarize
     tfpipe datagen OUT [--rows N] ...      synthetic tabular data (CSV or Parquet)
@@ -67,6 +68,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"[tfpipe] pipeline {ctx.config.name}, run {run_id}", flush=True)
     results = run_pipeline(ctx, until=args.until, on_step=on_step)
     print(format_summary(ctx.config.name, run_id, durations, results, settings))
+    return 0
+
+
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    from tasks import rerun
+    from tasks.pipeline import run_pipeline
+
+    settings = Settings.from_env()
+    new_run_id = args.run_id or f"rerun__{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H-%M-%S')}"
+    ctx, entry, changed = rerun.prepare(settings, args.pipeline, args.run, new_run_id, anyway=args.anyway)
+    print(f"[tfpipe] re-running {args.pipeline} run {args.run} as {new_run_id}", flush=True)
+    results = run_pipeline(ctx, until=args.until)
+    report = rerun.compare(settings, entry, results)
+    print(rerun.format_report(args.run, new_run_id, report, changed))
     return 0
 
 
@@ -434,6 +449,15 @@ def _pipeline_commands(sub) -> None:
     summary.add_argument("--run-id", help="default: the latest run")
     summary.set_defaults(func=_cmd_summary)
 
+    again = sub.add_parser("rerun", help="run a past run again from what it recorded; report whether its data, "
+                                         "code, config and model are the same")
+    again.add_argument("pipeline", help="the pipeline's name")
+    again.add_argument("run", help="the run id to re-run (a DAG run id, or a tfpipe run's --run-id)")
+    again.add_argument("--run-id", help="the new run's id (default: rerun__<time>)")
+    again.add_argument("--until", choices=STEPS, help="stop after this step")
+    again.add_argument("--anyway", action="store_true",
+                       help="run even when the pipeline file no longer resolves to the recorded config")
+    again.set_defaults(func=_cmd_rerun)
     demo = sub.add_parser("demo", help="run a pipeline DAG once through Airflow and summarize it")
     demo.add_argument("pipeline", nargs="?", default="penguins")
     demo.set_defaults(func=_cmd_demo)

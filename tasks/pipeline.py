@@ -57,7 +57,18 @@ def run_step(name: str, ctx: RunContext, *inputs: Mapping[str, Any] | None) -> d
         return result.to_dict() if isinstance(result, artifacts.Record) else result
 
     # With ``cache: true`` a step whose inputs are unchanged reuses an earlier run's record (tasks/cache.py).
-    return run_cached(name, ctx, tuple(inputs), compute)
+    record = run_cached(name, ctx, tuple(inputs), compute)
+    if name == "ingest_examples":  # the data is known: what re-running this run needs (tasks/rerun.py)
+        _record_for_rerun(ctx, record)
+    return record
+
+
+def _record_for_rerun(ctx: RunContext, examples: dict[str, Any]) -> None:
+    from tasks.rerun import RERUN_FILE, record
+
+    entry = record(ctx, examples)
+    tracking = tracking_for(ctx.settings)
+    tracking.client.log_dict(tracking.parent_run_id(ctx.identity), entry, RERUN_FILE)
 
 
 def schema_in_force(ctx: RunContext) -> tuple[dict[str, str], str, str] | None:

@@ -145,6 +145,38 @@ def test_with_cache_on_unchanged_steps_are_reused_and_changed_ones_run(tmp_path,
     assert "[tfpipe] ingest_examples done" in run("r5", "--until", "ingest_examples")
 
 
+def test_a_run_records_what_rerunning_it_needs_and_reruns_to_the_same_model(tmp_path, home, capsys):
+    """rerun.json: the resolved config and its overrides, code, lock file and data digests; tfpipe
+    rerun runs it again and reports what is the same (deterministic training: the same weights)."""
+    import hashlib
+
+    from tests.helpers import PENGUINS_CSV
+
+    pipeline = write_pipeline(tmp_path, name="again", train={"epochs": 2, "deterministic": True})
+    assert main(["run", str(pipeline), "--run-id", "r1", "--until", "train_model",
+                 "--set", "train.learning_rate=0.03"]) == 0, capsys.readouterr().err
+    record = json.loads((home / "artifacts" / "again" / "runs" / "r1" / "rerun.json").read_text())
+    assert record["overrides"] == {"train.learning_rate": 0.03} and record["config"]["train"]["learning_rate"] == 0.03
+    assert record["data"] == [{"uri": str(PENGUINS_CSV), "rows": 344,
+                               "sha256": hashlib.sha256(PENGUINS_CSV.read_bytes()).hexdigest()}]
+    assert record["code"]["digest"] and record["code"]["lock_sha256"] and record["pipeline_file"] == str(pipeline)
+    tracking = MlflowTracking(Settings.from_env().tracking_uri)
+    parent = tracking.pipeline_summary("again", "r1")["parent_run_id"]
+    assert "rerun.json" in {a.path for a in tracking.client.list_artifacts(parent)}
+    capsys.readouterr()
+    assert main(["rerun", "again", "r1", "--run-id", "r2", "--until", "train_model"]) == 0, capsys.readouterr().err
+    report = capsys.readouterr().out
+    for line in ("config: the same", "code:   the same", "lock:   the same", "data:   the same",
+                 "model:  weights the same"):
+        assert line in report, report
+    # A pipeline file that resolves differently now is named, not silently run.
+    pipeline.write_text(pipeline.read_text().replace("epochs: 2", "epochs: 3"))
+    assert main(["rerun", "again", "r1", "--until", "ingest_examples"]) == 1
+    assert "different: train.epochs" in capsys.readouterr().err
+    assert main(["rerun", "again", "never-ran"]) == 1
+    assert "recorded nothing to re-run it from" in capsys.readouterr().err
+
+
 def test_failing_step_exits_nonzero_with_its_error(tmp_path, home, capsys):
     pipeline = write_pipeline(tmp_path, name="clifail", data={"source": str(tmp_path / "missing.csv")})
     assert main(["run", str(pipeline), "--run-id", "r1"]) == 1
