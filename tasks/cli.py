@@ -82,6 +82,9 @@ def _cmd_rerun(args: argparse.Namespace) -> int:
     results = run_pipeline(ctx, until=args.until)
     report = rerun.compare(settings, entry, results)
     print(rerun.format_report(args.run, new_run_id, report, changed))
+    hint = rerun.trigger_hint(entry)
+    if hint:
+        print(f"  again {hint}")
     return 0
 
 

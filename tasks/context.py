@@ -39,6 +39,7 @@ class RunContext:
     try_number: int = 1
     orchestrator: str = "cli"
     overrides: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # the trigger form's values (a DAG run's conf)
     # Told where each step's MLflow run is ({"run_id", "experiment_id", "run_url", "experiment_url"}),
     # as soon as it exists: the DAG pushes it to XCom for the Airflow UI's links.
     on_run: Callable[[dict[str, str]], None] | None = None
@@ -86,6 +87,7 @@ def make_context(
         try_number=try_number,
         orchestrator=orchestrator,
         overrides=merged,
+        params=dict(params or {}),
         on_run=on_run,
     )
 

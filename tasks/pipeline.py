@@ -402,6 +402,12 @@ def optimize_model(ctx: RunContext, examples: ExamplesArtifact, model: ModelArti
         with scratch_dir(ctx, "optimize_model") as scratch:
             storage.download_file(storage.join(result.uri, CHART_FILE), scratch / CHART_FILE)
             tracker.log_artifact(scratch / CHART_FILE, "plots")
+        # The variants that were kept, with their report, beside the model they were made from.
+        local = storage.materialize(result.uri, ctx.settings.cache_dir)
+        rows = result.report["variants"]
+        kept = [local / rows[name]["file"] for name in result.kept if rows[name].get("file")]
+        tracker.log_model_files(model.mlflow_model_id, [p for p in kept if p.exists()] + [local / REPORT_FILE],
+                                "variants")
         log.info("optimization report:\n%s", format_report(result.report))
         return result
 

@@ -5,7 +5,8 @@ again and says what is still the same.
 ``rerun.json``), written once ingest has read the data:
 
 * the pipeline file, and the config as the run resolved it (YAML, trigger params, ``--set``),
-  with the overrides that made it;
+  with the overrides that made it and a DAG run's trigger conf (triggering the DAG with it again
+  resolves the same config, as long as the pipeline file is unchanged);
 * the code: tfpipe's version (and git commit), a digest of its source files and the installed
   TensorFlow, TFDV and MLflow versions (:func:`tasks.cache.code_digest`), the lock file's SHA-256,
   and the image the run ran in when the deployment says (``TFPIPE_IMAGE``);
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,7 @@ def record(ctx: RunContext, examples: dict[str, Any]) -> dict[str, Any]:
     entry = {
         "pipeline": ctx.config.name, "pipeline_file": ctx.pipeline, "run_id": ctx.run_id, "dag_id": ctx.dag_id,
         "ds": ctx.ds, "orchestrator": ctx.orchestrator, "overrides": dict(ctx.overrides),
+        "conf": json.loads(json.dumps(ctx.params, default=str)),
         "config": ctx.config.model_dump(mode="json"),
         "code": {"version": code_version(), "digest": code_digest(), "lock_sha256": lock_digest(),
                  "image": os.environ.get("TFPIPE_IMAGE") or None},
@@ -128,6 +131,13 @@ def _same_weights(settings: Settings, entry: dict[str, Any], model: dict[str, An
         before = None  # the first run's model is gone (or never trained)
     after = weights_digest(artifacts.ModelArtifact.of(model).saved_model(settings.cache_dir))
     return before == after if before else None, before, after
+
+
+def trigger_hint(entry: dict[str, Any]) -> str | None:
+    """How to run a DAG run again through Airflow: its DAG with the same conf."""
+    if entry.get("orchestrator") != "airflow":
+        return None
+    return f"through Airflow: airflow dags trigger {shlex.quote(entry['dag_id'])} --conf {shlex.quote(json.dumps(entry.get('conf') or {}))}"
 
 
 def format_report(run_id: str, new_run_id: str, report: dict[str, Any], changed: list[str]) -> str:

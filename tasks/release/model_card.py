@@ -12,6 +12,7 @@ Markdown's table syntax.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,7 @@ def to_markdown(title: str, sections: list[Section]) -> str:
     return "\n".join(lines)
 
 
+_CODE = re.compile(r"`([^`<>]+)`")
 _STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}"
           "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
           "text-align:left}th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}"
@@ -81,15 +83,15 @@ def to_html(title: str, sections: list[Section]) -> str:
         parts.append(f"<h2>{esc(section.title)}</h2>")
         for block in section.blocks:
             if isinstance(block, Table):
-                head = "".join(f"<th>{esc(h)}</th>" for h in block.headers)
+                head = "".join(f"<th>{esc(h)}</th>" for h in block.headers) if any(block.headers) else ""
                 body = "".join("<tr>" + "".join(
                     f"<td class='n'>{esc(_number(v))}</td>" if isinstance(v, (int, float)) and not isinstance(v, bool)
                     else f"<td>{esc(_number(v))}</td>" for v in row) + "</tr>" for row in block.rows)
-                parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+                parts.append(f"<table>{f'<thead><tr>{head}</tr></thead>' if head else ''}<tbody>{body}</tbody></table>")
             elif isinstance(block, Bullets):
                 parts.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in block.items) + "</ul>")
-            else:
-                parts.append(f"<p>{esc(block)}</p>")
+            else:  # `name` spans as code, once escaped
+                parts.append("<p>" + _CODE.sub(r"<code>\1</code>", esc(block)) + "</p>")
     parts.append("</body></html>")
     return "".join(parts)
 

@@ -161,6 +161,18 @@ class MlflowTracker:
         self.log_model_output(logged.model_id)
         return logged.model_id
 
+    def log_model_files(self, model_id: str | None, paths: list[Path], artifact_path: str) -> None:
+        """Files or folders (an optimized variant) as artifacts of the logged model ``model_id``, under
+        ``artifact_path``: its page in the MLflow UI lists them with it."""
+        if not model_id or not paths:
+            return
+        import shutil
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in paths:
+                (shutil.copytree if path.is_dir() else shutil.copy2)(path, Path(tmp) / path.name)
+            self.client.log_model_artifacts(model_id, tmp, artifact_path)
+
     def log_model_output(self, model_id: str) -> None:
         """This run made (or, reused, stands for) the logged model ``model_id``."""
         from mlflow.entities import LoggedModelOutput

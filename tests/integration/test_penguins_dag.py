@@ -114,6 +114,10 @@ def test_pushed_model_is_in_s3_and_serves(services, blessed_run):
     # Training mirrored its checkpoints beside the run (a retry elsewhere resumes) and removed them once published.
     assert "model" in storage.list_dir(f"{run_root}/{run_dir}")
     assert "checkpoints" not in storage.list_dir(f"{run_root}/{run_dir}")
+    # What re-running the DAG run needs, with the conf that triggers it again.
+    rerun = json.loads(storage.read_bytes(f"{run_root}/{run_dir}/rerun.json"))
+    assert rerun["orchestrator"] == "airflow" and rerun["dag_id"] == "penguins" and rerun["data"][0]["sha256"]
+    assert rerun["conf"]["epochs"] == rerun["config"]["train"]["epochs"]
     records, labels = eval_data(examples_uri, read_model_spec(f"{run_root}/{run_dir}/model"), services["root"] / "c")
     predicted = serve(examples=tf.constant(records))["predicted_class"].numpy().astype(str)
     assert (predicted == labels).mean() > 0.85

@@ -93,6 +93,9 @@ def test_the_model_is_an_mlflow_logged_model_with_its_metrics_versions_and_card(
     assert linked["accuracy"].value == children["evaluate_model"].data.metrics["accuracy"]
     assert linked["accuracy"].dataset_digest == dataset.dataset.digest
     assert "tflite_float32.size_bytes" in linked
+    # The kept variants are artifacts of the model they were made from.
+    variants = {f.path for f in client.list_logged_model_artifacts(model.model_id, "variants")}
+    assert {"variants/model_float32.tflite", "variants/report.json"} <= variants
     version = client.get_model_version_by_alias("native", "champion")
     assert version.source == f"models:/{model.model_id}" and version.run_id == model.source_run_id
     assert json.loads(client.get_logged_model(model.model_id).tags["mlflow.modelVersions"]) == [
