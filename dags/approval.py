@@ -2,7 +2,7 @@
 human-in-the-loop approval between ``optimize_model`` and ``push_model``.
 
 The reviewer sees the blessing (every check against the trivial baseline and the champion), the
-metrics side by side and links to the MLflow runs, and answers in the Airflow UI (or through the
+metrics side by side and links to the candidate's model card and the MLflow runs, and answers in the Airflow UI (or through the
 REST API, ``PATCH .../taskInstances/approve_release/-1/hitlDetails``) with Approve or Reject and a
 reason. The decision goes to the model's audit trail (``tfpipe history MODEL``) and to MLflow;
 a rejection skips ``push_model``, so nothing of the model is served. The push itself also reads the
@@ -51,12 +51,13 @@ class ReleaseApproval(ApprovalOperator):
         from tasks.release_review import review_request
 
         ti = context["ti"]
-        blessing = ti.xcom_pull(task_ids="evaluate_model")
+        records = {step: ti.xcom_pull(task_ids=step)
+                   for step in ("ingest_examples", "train_model", "evaluate_model", "optimize_model")}
         links = {label: url for label, url in (
             ("MLflow evaluate_model run (plots, metrics)", ti.xcom_pull(task_ids="evaluate_model", key=MLFLOW_RUN_URL)),
             ("MLflow optimize_model run (variants)", ti.xcom_pull(task_ids="optimize_model", key=MLFLOW_RUN_URL)),
         ) if url}
-        self.subject, self.body = review_request(self._ctx(context), blessing, links)
+        self.subject, self.body = review_request(self._ctx(context), records, links)
         return super().execute(context)
 
     def execute_complete(self, context, event: dict[str, Any]) -> Any:

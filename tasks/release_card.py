@@ -38,14 +38,15 @@ def card_facts(ctx: RunContext, tracker: MlflowTracker, examples: ExamplesArtifa
     from tasks.release.approval import approval_of
     from tasks.training.export import read_model_spec
 
-    name, version = ctx.config.model_name, int(pushed["version"])
-    history = audit.history(ctx.settings.model_store, name, version)
+    name = ctx.config.model_name
+    version = int(pushed["version"]) if pushed.get("version") is not None else None  # None: a candidate
+    history = audit.history(ctx.settings.model_store, name, version) if version is not None else []
     promoted = next((e for e in reversed(history) if e["event"] == "promoted" and e["to_version"] == version), None)
     return {
         "model_name": name, "version": version, "registry_version": pushed.get("registry_version"),
         "store_uri": pushed["uri"], "weights_sha256": pushed.get("weights_sha256"),
         "mlflow_model_id": model.mlflow_model_id,
-        "pushed_at": promoted["at"] if promoted else "-", "by": f"{ctx.dag_id}/{ctx.run_id}",
+        "pushed_at": promoted["at"] if promoted else "-", "by": f"{ctx.dag_id}/{ctx.run_id}", "run_id": ctx.run_id,
         "pipeline": ctx.config.name, "task": getattr(ctx.config.task, "value", ctx.config.task), "label": ctx.config.label,
         "code_version": code_version(), "data_version": data_version(examples.uri),
         "manifest": Examples.open(examples.uri).manifest, "statistics": _statistics(ctx),
@@ -90,3 +91,25 @@ def write_model_card(ctx: RunContext, tracker: MlflowTracker, facts: dict[str, A
     tracker.set_tags({"tfpipe.model_card": card_uri})
     log.info("model card of %s v%s: %s", facts["model_name"], facts["version"], url or card_uri)
     return {"uri": card_uri, "url": url}
+
+
+def write_candidate_card(ctx: RunContext, examples: ExamplesArtifact, model: ModelArtifact, blessing: Blessing,
+                         optimized: OptimizedArtifact | None) -> str | None:
+    """The card of a blessed model a reviewer is asked about (not pushed yet), on the pipeline run
+    in MLflow; returns its page in the MLflow UI (None without a UI address)."""
+    from tasks.context import tracking_for
+    from tasks.release.model_card import render
+    from tasks.tracking import artifact_url
+
+    tracking = tracking_for(ctx.settings)
+    parent = tracking.parent_run_id(ctx.identity)
+    tracker = MlflowTracker(tracking.client, parent, parent)
+    facts = card_facts(ctx, tracker, examples, model, blessing, optimized,
+                       {"version": None, "uri": f"{model.uri} (not pushed: awaiting approval)"})
+    markdown, page = render(facts)
+    tracker.log_text(markdown, f"{CARD_DIR}/candidate.md")
+    tracker.log_text(page, f"{CARD_DIR}/candidate.html")
+    if not ctx.settings.mlflow_ui_url:
+        return None
+    experiment = tracking.client.get_run(parent).info.experiment_id
+    return artifact_url(ctx.settings.mlflow_ui_url, experiment, parent, f"{CARD_DIR}/candidate.html")

@@ -44,8 +44,7 @@ def review_body(model_name: str, blessing: Blessing, champion: int | None, links
               for m, v in sorted(blessing.metrics.items()) if m != "example_count"]
     if links:
         lines += ["", *(f"- {label}: {url}" for label, url in links.items())]
-    lines += ["", "Approve to push and serve it; Reject (give a reason) to keep what serves now. The model card is "
-              "written with the version when it is pushed."]
+    lines += ["", "Approve to push and serve it; Reject (give a reason) to keep what serves now."]
     return "\n".join(lines)
 
 

@@ -220,7 +220,8 @@ def feature_statistics(data: bytes) -> list[dict[str, Any]]:
 def build_card(facts: dict[str, Any]) -> tuple[str, list[Section]]:
     """The card's title and sections from a push's records (see ``tasks.release_steps``)."""
     model = facts["model"]
-    title = f"Model card: {facts['model_name']} v{facts['version']}"
+    title = (f"Model card: {facts['model_name']} v{facts['version']}" if facts.get("version") is not None else
+             f"Model card: {facts['model_name']}, the candidate of run {facts.get('run_id')} (awaiting approval)")
     summary = Section("Summary", [
         f"A {facts['task']} model of `{facts['label']}`, trained by pipeline `{facts['pipeline']}` and pushed "
         f"{facts['pushed_at']} by {facts['by']}.",

@@ -434,6 +434,7 @@ def test_a_reviewer_approves_one_release_and_rejects_another_through_the_rest_ap
         # The reviewer reads the blessing and where to look further, and answers with a reason.
         assert ask["subject"].startswith("Release gated: push the model of run")
         assert "| accuracy | (overall) | lower_bound |" in ask["body"] and "MLflow evaluate_model run" in ask["body"]
+        assert "- Model card (candidate): " + stack["tracking_uri"] in ask["body"]
         assert "tfpipe.pushed_version" not in _parent(client, "gated", run_id).data.tags  # nothing pushed while waiting
         if answer == "Approve" and browser is not None:
             _screenshot_review(stack, browser, run_id, ask["subject"])

@@ -618,10 +618,32 @@ def test_with_approval_required_only_an_approved_run_pushes(trained, release):
 
     card = mlflow.artifacts.load_text(pushed["model_card"]["uri"].replace(".html", ".md"))
     assert "approved by reviewer-a" in card and "looks right" in card
-    # What the reviewer reads: the checks and metrics, with what the data says kept out of the markup.
+    # What the reviewer reads: the checks, the metrics and the candidate's model card.
+    from tasks.release_review import review_request
+
+    ctx = make_context(release["pipeline"], run_id="review-3", settings=_settings(release["root"]),
+                       overrides={"model_name": "reviewed"})
+    subject, asked = review_request(ctx, {"ingest_examples": trained["examples"].to_dict(),
+                                          "train_model": trained["model"].to_dict(),
+                                          "evaluate_model": release["blessing"].to_dict(),
+                                          "optimize_model": release["optimized"]}, {})
+    assert subject == "Release reviewed: push the model of run review-3?" and "the champion **v1**" in asked
+    assert "- Model card (candidate): http://127.0.0.1:5000/#/experiments/" in asked
+    candidate = mlflow.artifacts.load_text(
+        _client(release).get_run(_parent_id(release, "review-3")).info.artifact_uri + "/model_card/candidate.md")
+    assert "the candidate of run review-3 (awaiting approval)" in candidate and "## Known limits" in candidate
+    # What the data says is kept out of the markup.
     blessing = release["blessing"]
     body = review_body("reviewed", blessing, 1, {"MLflow run": "http://127.0.0.1:5000/#/x"})
     assert "| accuracy | (overall) | lower_bound |" in body and "the champion **v1**" in body
     assert "- MLflow run: http://127.0.0.1:5000/#/x" in body
     hostile = review_body("eta|<b>", blessing, None, {})
     assert "eta\\|\\<b\\>" in hostile and "no champion" in hostile
+
+
+def _parent_id(release, run_id: str) -> str:
+    client = _client(release)
+    experiment = client.get_experiment_by_name("tiny")
+    (parent,) = client.search_runs([experiment.experiment_id],
+                                   f"tags.`tfpipe.role` = 'pipeline' and tags.`tfpipe.run_id` = '{run_id}'")
+    return parent.info.run_id
