@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tasks import __version__, artifacts
+from tasks import __version__, artifacts, heap
 from tasks.config import PipelineConfig, load_pipeline, resolve_pipeline_path
 from tasks.settings import Settings
 from tasks.tracking import MlflowTracker, MlflowTracking, RunIdentity, experiment_url, run_url
@@ -103,6 +103,7 @@ def tracking_for(settings: Settings) -> MlflowTracking:
     if settings.tracking_uri.startswith("sqlite:"):
         settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
         _new_store_while_loading(settings.tracking_uri)
+    heap.load("mlflow")
     return _tracking(settings.tracking_uri, settings.mlflow_artifact_location)
 
 
@@ -120,7 +121,7 @@ def _new_store_while_loading(tracking_uri: str) -> None:
     if pending is None:
         return
     try:
-        import tensorflow_data_validation  # noqa: F401 - loaded now, while the store is made
+        heap.load("tensorflow_data_validation")  # loaded now, while the store is made
     finally:
         pending.wait()
 

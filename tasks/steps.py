@@ -20,20 +20,25 @@ class Step:
     does: str
     gates: bool = False  # an unblessed record ends the run (the DAG's short-circuit)
     retries: int | None = None  # None: the DAG's default (DEFAULT_ARGS)
+    loads: tuple[str, ...] = ()  # the heavy libraries it uses, loaded first (tasks/heap.py)
 
 
 # Training and evaluation run long on big data; the rest should be quick.
 STEP_TABLE = (
-    Step("ingest_examples", (), timedelta(hours=2), "CSV/Parquet to TFRecord shards per split"),
+    Step("ingest_examples", (), timedelta(hours=2), "CSV/Parquet to TFRecord shards per split",
+         loads=("pyarrow",)),
     Step("validate_examples", ("ingest_examples",), timedelta(hours=2),
-         "TFDV statistics, schema, anomalies and drift"),
+         "TFDV statistics, schema, anomalies and drift", loads=("tensorflow_data_validation",)),
     Step("train_model", ("ingest_examples", "validate_examples"), timedelta(hours=12),
-         "the tf.GradientTape loop under tf.distribute, exported as a SavedModel"),
+         "the tf.GradientTape loop under tf.distribute, exported as a SavedModel", loads=("tensorflow",)),
     Step("evaluate_model", ("ingest_examples", "train_model"), timedelta(hours=2),
-         "metrics on the eval split and the gate that blesses the model (or not)", gates=True),
+         "metrics on the eval split and the gate that blesses the model (or not)", gates=True,
+         loads=("tensorflow", "sklearn.metrics", "matplotlib")),
     Step("optimize_model", ("ingest_examples", "train_model", "evaluate_model"), timedelta(hours=2),
-         "TFLite, pruning and TF-TRT variants, each judged against the original"),
+         "TFLite, pruning and TF-TRT variants, each judged against the original",
+         loads=("tensorflow", "tensorflow_model_optimization", "matplotlib")),
     Step("push_model", ("ingest_examples", "train_model", "evaluate_model", "optimize_model"),
-         timedelta(minutes=30), "the blessed version into the model store, promoted and registered", retries=1),
+         timedelta(minutes=30), "the blessed version into the model store, promoted and registered", retries=1,
+         loads=("tensorflow",)),
 )
 STEPS = tuple(step.name for step in STEP_TABLE)
