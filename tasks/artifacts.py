@@ -268,6 +268,7 @@ class ModelArtifact(Record):
     examples_per_second: float = 0.0
     traces: dict[str, int] = field(default_factory=dict)
     mixed_precision: bool = False
+    jit_compile: bool = False  # the train and eval steps' model part compiled with XLA
     checkpoint_files_mirrored: int = 0
     mlflow_run_id: str | None = None  # the run that logged it as an MLflow model
     mlflow_model_id: str | None = None  # that MLflow 3 logged model: what a push registers, what metrics link to

@@ -34,7 +34,8 @@ from pathlib import Path
 from tasks.config import ConfigError, load_pipeline, parse_overrides
 from tasks.steps import STEPS
 from tasks.settings import Settings, airflow_environment
-BENCH_ROWS = {"ingest": 1_000_000, "validate": 1_000_000, "input": 1_000_000, "train": 1_000_000, "optimize": 100_000}
+BENCH_ROWS = {"ingest": 1_000_000, "validate": 1_000_000, "input": 1_000_000, "train": 1_000_000, "optimize": 100_000,
+              "batch": 50_000}
 BENCH_EXPERIMENT = "tfpipe-bench"
 
 
@@ -213,6 +214,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         if args.suite == "input":
             result = bench_training.bench_input(rows, args.columns, args.repeat, batch_size=args.batch_size or 1024)
+        elif args.suite == "batch":
+            result = bench_training.bench_batch(rows, args.columns, args.repeat, epochs=args.epochs,
+                                                batch_size=args.batch_size or 64)
         else:
             result = bench_training.bench_train(rows, args.columns, args.repeat, epochs=args.epochs,
                                                 batch_size=args.batch_size or 16384, autotune=not args.no_autotune)
@@ -286,6 +290,49 @@ def _cmd_history(args: argparse.Namespace) -> int:
     events = audit.history(settings.model_store, checked_name(args.model, "model name"), args.version)
     print(json.dumps(events, indent=2) if args.json else audit.format_history(args.model, events))
     return 0
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    """``tfpipe trace``: what the profiles of training steps say (train.profile_steps)."""
+    import tempfile
+
+    from tasks.tables import format_table
+    from tasks.training.profile import find_traces, summarize
+
+    with tempfile.TemporaryDirectory(prefix="tfpipe-trace-") as scratch:
+        folder = _trace_folder(args.where, Path(scratch))
+        traces = find_traces(folder)
+        if not traces:
+            print(f"tfpipe: no profile (*.xplane.pb) under {args.where}: set train.profile_steps and train again",
+                  file=sys.stderr)
+            return 1
+        summaries = [summarize(path) for path in traces]
+    if args.json:
+        print(json.dumps([s.to_dict(args.top) for s in summaries], indent=2))
+        return 0
+    for s in summaries:
+        print(f"{s.path}\n  {s.steps} calls of the step function, {s.step_seconds:.3f} s; waiting for input "
+              f"{s.input_seconds:.3f} s: input-bound share {s.input_bound_share:.1%}")
+        total = sum(seconds for _, seconds, _ in s.ops) or 1.0
+        print(format_table(("op", "seconds", "share", "count"),
+                           [(op, f"{sec:.4f}", f"{sec / total:.1%}", n) for op, sec, n in s.ops[:args.top]],
+                           indent=2, right=(1, 2, 3)))
+    return 0
+
+
+def _trace_folder(where: str, scratch: Path) -> Path:
+    """A local folder or file, or ``runs:/<run id>/<path>`` (an MLflow run's artifacts, downloaded)."""
+    import re
+
+    from tasks.context import tracking_for
+
+    if not where.startswith("runs:/"):
+        return Path(where)
+    match = re.fullmatch(r"runs:/([0-9a-f]{32})(?:/([\w.\-/]*))?", where)
+    if match is None or ".." in (match.group(2) or "").split("/"):
+        raise ConfigError(f"{where!r} is not runs:/<run id>/<artifact path> (the run id is 32 hex digits)")
+    tracking = tracking_for(Settings.from_env())
+    return Path(tracking.client.download_artifacts(match.group(1), match.group(2) or "", str(scratch)))
 
 
 def _cmd_serving_sync(args: argparse.Namespace) -> int:
@@ -482,7 +529,7 @@ def _tool_commands(sub) -> None:
     datagen.set_defaults(func=_cmd_datagen)
 
     bench = sub.add_parser("bench", help="benchmark a step against its reference and floor (GUIDE section 4)")
-    bench.add_argument("suite", choices=("ingest", "validate", "input", "train", "optimize", "tfx"))
+    bench.add_argument("suite", choices=("ingest", "validate", "input", "train", "batch", "optimize", "tfx"))
     bench.add_argument("--rows", type=int, help=f"generated rows (default: {BENCH_ROWS})")
     bench.add_argument("--columns", type=int, default=20)
     bench.add_argument("--repeat", type=int, default=3, help="interleaved repetitions (median reported)")
@@ -548,6 +595,14 @@ def _release_commands(sub) -> None:
     history.add_argument("--version", type=int, help="only the events that moved to or from this store version")
     history.add_argument("--json", action="store_true", help="the events as JSON")
     history.set_defaults(func=_cmd_history)
+
+    trace = sub.add_parser("trace", help="the ops that took the most time and the input-bound share, from the "
+                                         "profiles of training steps (train.profile_steps)")
+    trace.add_argument("where", help="a folder holding profiles (a TensorBoard or model folder), a .xplane.pb file, "
+                                     "or runs:/<train run id>/model/tensorboard")
+    trace.add_argument("--top", type=int, default=10, help="ops to list (default: 10)")
+    trace.add_argument("--json", action="store_true", help="the summaries as JSON")
+    trace.set_defaults(func=_cmd_trace)
 
     sync = sub.add_parser("serving-sync", help="mirror the model store into a local directory for TF Serving")
     sync.add_argument("directory", help="local directory TensorFlow Serving reads (its models.config is written there)")

@@ -156,6 +156,10 @@ class TrainConfig(_Frozen):
         "devices and workers), and batch_size is ignored.",
     )
     learning_rate: float = Field(0.01, gt=0, le=10, description="Peak learning rate (after warm-up).")
+    lr_scaling: str = Field(
+        "none", description="With batch_size_per_replica, the peak learning rate grows with the global batch: "
+        "linear (x replicas) or sqrt (x square root of the replicas), reached after the warm-up; none: as set."
+    )
     optimizer: str = Field("adam", description="adam, or adamw (decoupled weight decay).")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
     lr_schedule: str = Field(
@@ -201,6 +205,10 @@ class TrainConfig(_Frozen):
     mixed_precision: str = Field(
         "auto", description="auto (mixed_float16 on a GPU), on, or off."
     )
+    jit_compile: str = Field(
+        "auto", description="XLA: compile the model's part of the train and eval steps: auto (on a GPU; on "
+        "CPU it measured slower, docs/training.md), on, or off."
+    )
     shuffle_buffer: int = Field(10_000, ge=1, description="Examples in the shuffle buffer.")
     cache: str = Field(
         "auto", description="Keep the parsed train examples (and eval examples, when both splits fit) in memory "
@@ -214,6 +222,11 @@ class TrainConfig(_Frozen):
         "every parallel stage on every usable core and the autotuner off, steadier on machines with few cores."
     )
     tensorboard: bool = Field(True, description="Write TensorBoard logs (an MLflow artifact).")
+    profile_steps: tuple[int, int] | None = Field(
+        None, description="[first, last]: a TensorFlow Profiler trace of these training steps (1-based, "
+        "inclusive), the input pipeline included, beside the TensorBoard logs (an MLflow artifact); "
+        "`tfpipe trace` summarizes it. Off by default."
+    )
     seed: int = Field(42, description="Seed for weights and shuffling.")
 
     @field_validator("strategy")
@@ -226,15 +239,30 @@ class TrainConfig(_Frozen):
     def _known_optimizer(cls, value: str) -> str:
         return _one_of(value, ("adam", "adamw"))
 
+    @field_validator("lr_scaling")
+    @classmethod
+    def _known_scaling(cls, value: str) -> str:
+        return _one_of(value, ("none", "linear", "sqrt"))
+
     @field_validator("lr_schedule")
     @classmethod
     def _known_schedule(cls, value: str) -> str:
         return _one_of(value, ("cosine", "exponential", "constant"))
 
-    @field_validator("mixed_precision")
+    @field_validator("mixed_precision", "jit_compile", mode="before")
     @classmethod
-    def _known_precision(cls, value: str) -> str:
-        return _one_of(value, ("auto", "on", "off"))
+    def _auto_on_or_off(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML reads a bare on/off as a boolean
+            return "on" if value else "off"
+        return _one_of(value, ("auto", "on", "off")) if isinstance(value, str) else value
+
+    @field_validator("profile_steps")
+    @classmethod
+    def _step_range(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 1 <= value[0] <= value[1] < value[0] + 1000:
+            raise ValueError("must be [first, last] with 1 <= first <= last, at most 1000 steps (a trace grows with "
+                             f"every step), got {list(value)}")
+        return value
 
     @field_validator("cache")
     @classmethod

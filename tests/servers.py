@@ -56,6 +56,16 @@ def moto_s3():
         server.stop()
 
 
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop a server started in a session of its own, with every process it started."""
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
 @contextmanager
 def mlflow_server(workdir: Path):
     """A real ``mlflow server`` subprocess: SQLite backend, artifacts proxied to a local folder."""
@@ -73,12 +83,24 @@ def mlflow_server(workdir: Path):
         wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+        _stop_group(proc)
+        log.close()
+
+
+@contextmanager
+def tensorboard(logdir: Path):
+    """A real ``tensorboard`` subprocess (with this project's plugins) over ``logdir``, on 127.0.0.1."""
+    port = free_port()
+    log = (logdir.parent / "tensorboard-server.log").open("w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(logdir), "--host", "127.0.0.1",
+         "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=120, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop_group(proc)
         log.close()
 
 

@@ -1,4 +1,4 @@
-"""``tfpipe bench input|train``: the training input pipeline and the training loop, measured.
+"""``tfpipe bench input|train|batch``: the training input pipeline and the training loop, measured.
 
 input (one epoch of the train split, batch 1024, parsed into model inputs):
   ours            tasks.training.inputs, first epoch: parallel interleave of the GZIP shards in blocks,
@@ -13,12 +13,18 @@ input (one epoch of the train split, batch 1024, parsed into model inputs):
 
 train (same model, data, global batch, optimizer and schedule):
   ours            tasks.training: custom tf.GradientTape loop, steps_per_execution, eval and a
-                  checkpoint per epoch
+                  checkpoint per epoch (train.jit_compile off)
+  ours_xla        the same with train.jit_compile on: the model after its lookups compiled by XLA
   keras_fit       tf_keras Model.fit on the same tf.data pipeline, with the same validation and
                   checkpoint per epoch (BackupAndRestore)
   workers_1       one multi_worker process pinned to one core          (CPU machines)
   workers_2       two multi_worker processes, each pinned to its own core, same global batch
   one_device / mirrored_all_gpus                                        (GPU machines)
+
+batch (accuracy as the global batch grows, as with batch_size_per_replica over more replicas):
+  batch_1x        the batch per replica (default 64), train.learning_rate as set
+  batch_Nx        N times the batch (N = 4, 16), the learning rate as set (train.lr_scaling none)
+  batch_Nx_linear the same at the peak of train.lr_scaling linear (x N); _sqrt: x sqrt(N)
 
 Throughput is training examples per second of the training loop (tracing, evaluation and
 checkpoints included, process start-up and export excluded); the variants' final eval losses
@@ -187,11 +193,14 @@ def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, 
                 "checkpoint_every_steps": 10**9, "autotune": autotune}
         runs = iter(range(10**6))
 
-        def ours() -> dict[str, Any]:
-            run = root / f"ours-{next(runs)}"
-            result = train_model(data.uri, data.spec, TrainConfig(**base), str(run / "model"), run / "ckpt",
-                                 root / "cache", run / "work")
-            return {"examples_per_second": result.examples_per_second, "eval_loss": result.final_metrics["eval_loss"]}
+        def ours(jit_compile: str = "off"):
+            def run_once() -> dict[str, Any]:
+                run = root / f"ours-{jit_compile}-{next(runs)}"
+                result = train_model(data.uri, data.spec, TrainConfig(**base, jit_compile=jit_compile),
+                                     str(run / "model"), run / "ckpt", root / "cache", run / "work")
+                return {"examples_per_second": result.examples_per_second,
+                        "eval_loss": result.final_metrics["eval_loss"]}
+            return run_once
 
         def keras_fit() -> dict[str, Any]:
             return _keras_fit(data, TrainConfig(**base), root / f"keras-{next(runs)}")
@@ -210,8 +219,8 @@ def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, 
                         "eval_loss": result["final_metrics"]["eval_loss"], "peak_rss_mb": result["peak_rss_mb"]}
             return run
 
-        variants = {"ours": ours, "keras_fit": keras_fit}
-        pairs = [("ours", "keras_fit")]
+        variants = {"ours": ours(), "ours_xla": ours("on"), "keras_fit": keras_fit}
+        pairs = [("ours", "keras_fit"), ("ours_xla", "ours")]
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
             variants["one_device"] = workers(1, "one_device", None)
@@ -249,6 +258,59 @@ def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, 
         if "mirrored_all_gpus/one_device" in result["ratios"]:
             result["targets"]["mirrored_all_gpus/one_device >= 1.6"] = (
                 result["ratios"]["mirrored_all_gpus/one_device"] >= 1.6)
+        return result
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_batch(rows: int, columns: int = 20, repeat: int = 1, epochs: int = 3, batch_size: int = 64,
+                workdir: Path | None = None, factors: tuple[int, ...] = (1, 4, 16)) -> dict:
+    """Accuracy as the global batch grows ``factors`` times (as it does with batch_size_per_replica
+    over more replicas), with the learning rate as set and scaled by each train.lr_scaling rule.
+    The same data, model, epochs and warm-up; one device, since the loss is averaged over the
+    global batch whatever the replicas (tests/tasks/test_train.py checks that mirrored, multi_worker
+    and one device train to the same weights)."""
+    from tasks.config import TrainConfig
+    from tasks.training.loop import train_model
+    from tasks.training.optimization import peak_learning_rate
+
+    root = Path(tempfile.mkdtemp(prefix="tfpipe-bench-", dir=workdir))
+    try:
+        data = prepare_examples(root / "data", rows, columns=columns, task="binary", hidden_units=(64, 32))
+        base = {"epochs": epochs, "learning_rate": 0.003, "hidden_units": [64, 32], "warmup_fraction": 0.1,
+                "early_stopping": {"patience": None}, "tensorboard": False, "cache": "memory",
+                "checkpoint_every_steps": 10**9, "batch_size_per_replica": batch_size}
+        runs = iter(range(10**6))
+
+        def variant(factor: int, rule: str):
+            def run_once() -> dict[str, Any]:
+                scaled = TrainConfig(**base, lr_scaling=rule)
+                # One device with the global batch of `factor` replicas, at the rule's peak.
+                config = TrainConfig(**{**base, "batch_size_per_replica": None, "batch_size": batch_size * factor,
+                                        "learning_rate": peak_learning_rate(scaled, batch_size * factor)})
+                run = root / f"{factor}-{rule}-{next(runs)}"
+                result = train_model(data.uri, data.spec, config, str(run / "model"), run / "ckpt", root / "cache",
+                                     run / "work")
+                return {"examples_per_second": result.examples_per_second, "learning_rate": config.learning_rate,
+                        **{k: result.final_metrics[k] for k in ("eval_loss", "eval_accuracy")}}
+            return run_once
+
+        variants = {f"batch_{factors[0]}x": variant(factors[0], "none")}
+        for factor in factors[1:]:
+            for rule in ("none", "linear", "sqrt"):
+                variants[f"batch_{factor}x" + ("" if rule == "none" else f"_{rule}")] = variant(factor, rule)
+        measured = run_variants(variants, repeat)
+        for row in measured.values():
+            row["seconds"] = 1.0 / row["result"]["examples_per_second"]
+        result = suite_report(
+            "batch", {"rows": rows, "columns": columns, "train_examples": data.counts["train"], "epochs": epochs,
+                      "batch_size_per_replica": batch_size, "factors": list(factors), "repeat": repeat},
+            measured, {name: 1 for name in measured}, "examples/s", [],
+            extra={key: {name: round(row["result"][key], 4) for name, row in measured.items()}
+                   for key in ("eval_accuracy", "eval_loss", "learning_rate")},
+        )
+        for row in result["variants"].values():
+            row["seconds"] = round(epochs * data.counts["train"] / row["throughput"], 3)
         return result
     finally:
         shutil.rmtree(root, ignore_errors=True)

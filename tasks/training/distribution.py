@@ -120,6 +120,14 @@ def use_mixed_precision(mode: str) -> bool:
     return mode == "on" or (mode == "auto" and bool(tf.config.list_physical_devices("GPU")))
 
 
+def use_xla(mode: str) -> bool:
+    """``train.jit_compile``: ``auto`` compiles on a GPU only, where XLA's fused kernels pay; on
+    this project's CPUs the compiled steps measured slower (docs/training.md)."""
+    import tensorflow as tf
+
+    return mode == "on" or (mode == "auto" and bool(tf.config.list_physical_devices("GPU")))
+
+
 def sum_across_workers(strategy, role: WorkerRole, values: tuple[float, ...]) -> tuple[float, ...]:
     """Add each worker's values (every worker gets the totals) with one collective."""
     import tensorflow as tf

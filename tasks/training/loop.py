@@ -31,9 +31,10 @@ from tasks.config import TrainConfig
 from tasks.progress import report
 from tasks.training.checkpoints import CheckpointMirror, LoopState, restore_checkpoints
 from tasks.training.distribution import (WorkerRole, Writer, configure_devices, make_strategy, resolve_strategy,
-                                         sum_across_workers, use_mixed_precision)
+                                         sum_across_workers, use_mixed_precision, use_xla)
 from tasks.training.export import export
 from tasks.training.inputs import compressed_size, eval_dataset, should_cache
+from tasks.training.profile import StepProfiler
 from tasks.training.model import ModelSpec, build
 from tasks.training.optimization import learning_rate_schedule, make_optimizer
 from tasks.training.steps import Plan, Steps, train_iterator
@@ -91,9 +92,11 @@ def train_model(
     resumed_from = state.restore()
     mirror = CheckpointMirror(checkpoint_dir, checkpoint_uri) if checkpoint_uri and role.is_chief else None
     reporter = Reporter(plan, config, schedule, progress, checkpoint_dir.parent / TENSORBOARD_DIR)
-    examples_per_second = run_epochs(plan, config, state, Steps(model, optimizer, spec, config, plan), reporter,
-                                     mirror, spec)
-    reporter.close()
+    try:
+        examples_per_second = run_epochs(plan, config, state, Steps(model, optimizer, spec, config, plan), reporter,
+                                         mirror, spec)
+    finally:  # a failed training leaves no profiler running in this process
+        reporter.close(int(state.step.numpy()))
     restored_best = state.restore_best(config.early_stopping.restore_best)
     try:
         export(model, spec, state.history, output_uri, checkpoint_dir, work_dir, role.is_chief)
@@ -112,6 +115,7 @@ def train_model(
         strategy=type(plan.strategy).__name__, replicas=plan.strategy.num_replicas_in_sync,
         workers=role.num_workers, best_epoch=best_epoch, stopped_early=bool(state.stopped.numpy()),
         examples_per_second=examples_per_second, traces=dict(plan.traces), mixed_precision=plan.mixed,
+        jit_compile=plan.jit,
         checkpoint_files_mirrored=mirror.uploaded if mirror is not None else 0,
     )
 
@@ -153,14 +157,14 @@ def plan_training(examples_uri: str, spec: ModelSpec, params: TrainConfig, role:
                            cache=should_cache(params.cache, compressed + compressed_size(eval_files)),
                            autotune=params.autotune)
     return Plan(role, strategy, coordinator, mixed, batch, train_count // batch, params.epochs, train_files,
-                compressed, eval_ds)
+                compressed, eval_ds, jit=use_xla(params.jit_compile))
 
 
 def build_model_and_optimizer(spec: ModelSpec, params: TrainConfig, plan: Plan, search_path: tuple[str, ...]):
     """The model, its learning-rate schedule and its optimizer, under the strategy's scope."""
     with plan.strategy.scope():
         model = build(spec, params, search_path)
-        schedule = learning_rate_schedule(params, plan.total_steps, plan.steps_per_epoch)
+        schedule = learning_rate_schedule(params, plan.total_steps, plan.steps_per_epoch, plan.batch)
         optimizer = make_optimizer(params, schedule, plan.mixed)
         optimizer.build(model.trainable_variables)  # slots now, so the step is traced once
     return model, schedule, optimizer
@@ -205,6 +209,7 @@ class Reporter:
                           if params.tensorboard and self.active else None)
         self.clock = Throughput()
         self._last_log = self._last_shown = self.clock.started
+        self.profiler = StepProfiler(params.profile_steps, board, self.active)
 
     def learning_rate(self, step: int) -> float:
         return float(self.schedule(step))
@@ -248,7 +253,8 @@ class Reporter:
         log.info("epoch %d/%d: %s", epoch, self.params.epochs,
                  ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "step")))
 
-    def close(self) -> None:
+    def close(self, steps_done: int) -> None:
+        self.profiler.finish(steps_done)  # the training may end (an early stop) before the range does
         if self.summaries is not None:
             self.summaries.flush()
 
@@ -296,11 +302,13 @@ def train_epoch(plan: Plan, params: TrainConfig, state: LoopState, steps: Steps,
     epoch_losses: list[float] = []
     while offset < steps_per_epoch:
         # Up to the next checkpoint or the epoch's end: one call, or every call (parameter_server).
-        due = min(steps_per_epoch - offset, every - step % every)
+        due = min(steps_per_epoch - offset, every - step % every, reporter.profiler.until_boundary(step))
         per_call = params.steps_per_execution
         counts = ([min(per_call, due - i) for i in range(0, due, per_call)] if plan.coordinator is not None
                   else [min(per_call, due)])
-        for count, call_losses in zip(counts, steps.calls(iterator, counts)):
+        with reporter.profiler.call(step):  # one call (parameter_server: the calls scheduled together)
+            called = list(zip(counts, steps.calls(iterator, counts)))
+        for count, call_losses in called:
             learning_rate = reporter.learning_rate(step)
             losses = [float(v) for v in call_losses]
             if not all(math.isfinite(v) for v in losses) and not plan.mixed:
@@ -311,6 +319,7 @@ def train_epoch(plan: Plan, params: TrainConfig, state: LoopState, steps: Steps,
             reporter.clock.examples += count * plan.batch
             state.step.assign(step)
             reporter.on_call(epoch, first_step, step, losses, learning_rate)
+        reporter.profiler.after(step)
         reporter.clock.end_calls(sum(counts) * plan.batch)
         if step % every == 0 and offset < steps_per_epoch:
             save(step)

@@ -202,6 +202,37 @@ def build_model(spec: ModelSpec, seed: int):
     return keras.Model(inputs=inputs, outputs=logits)
 
 
+# Keras layers whose ops XLA cannot compile (hash-table lookups, string ops).
+UNCOMPILABLE_LAYERS = ("StringLookup", "IntegerLookup", "Hashing", "TextVectorization")
+
+
+def split_at_lookups(model):
+    """``(encoder, core)``: the model cut after its lookup layers, for XLA. The encoder (the
+    lookups, no weights) maps the model's inputs to the core's; the core holds every weight, the
+    same variables as ``model``, and compiles. ``(None, model)`` for a model without lookups.
+
+    Raises:
+        ValueError: The model cannot be cut there (a lookup's input is also used elsewhere, or
+            the model is not a functional Keras model).
+    """
+    import tensorflow as tf
+    import tf_keras as keras
+
+    lookups = [layer for layer in model.layers if type(layer).__name__ in UNCOMPILABLE_LAYERS]
+    if not lookups:
+        return None, model
+    looked_up = {id(t) for layer in lookups for t in tf.nest.flatten(layer.input)}
+    cut = [layer.output for layer in lookups] + [t for t in model.inputs if id(t) not in looked_up]
+    try:
+        encoder, core = keras.Model(model.inputs, cut), keras.Model(cut, model.outputs)
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"train.jit_compile: the model cannot be cut after its lookup layers "
+                         f"({', '.join(layer.name for layer in lookups)}) to compile the rest: {error}") from None
+    if {id(v) for v in core.trainable_variables} != {id(v) for v in model.trainable_variables}:
+        raise ValueError("train.jit_compile: the model's lookup layers hold trainable weights; set jit_compile: off")
+    return encoder, core
+
+
 def load_model_fn(path: str, search_path: tuple[str, ...] = ()):
     """``'package.module:function'`` to the function; errors say what is missing.
 

@@ -40,11 +40,20 @@ def warmup_schedule(peak: float, warmup_steps: int, decay):
     return WarmupSchedule()
 
 
-def learning_rate_schedule(params: TrainConfig, total_steps: int, steps_per_epoch: int):
+def peak_learning_rate(params: TrainConfig, global_batch: int) -> float:
+    """``train.learning_rate``, scaled by ``train.lr_scaling`` when the global batch grows with the
+    replicas (``batch_size_per_replica``): linear (Goyal et al., 2017) or square root."""
+    if params.batch_size_per_replica is None or params.lr_scaling == "none":
+        return params.learning_rate
+    growth = global_batch / params.batch_size_per_replica
+    return params.learning_rate * (growth if params.lr_scaling == "linear" else growth ** 0.5)
+
+
+def learning_rate_schedule(params: TrainConfig, total_steps: int, steps_per_epoch: int, global_batch: int = 0):
     import tf_keras as keras
 
     warmup = int(params.warmup_fraction * total_steps)
-    peak = params.learning_rate
+    peak = peak_learning_rate(params, global_batch or params.batch_size)
     schedules = keras.optimizers.schedules
     if params.lr_schedule == "cosine":
         decay = schedules.CosineDecay(peak, max(total_steps - warmup, 1), alpha=params.min_learning_rate_ratio)

@@ -19,7 +19,7 @@ from typing import Any
 from tasks.config import TrainConfig
 from tasks.training.distribution import WorkerRole
 from tasks.training.inputs import InputPipeline, should_cache
-from tasks.training.model import ModelSpec
+from tasks.training.model import ModelSpec, split_at_lookups
 from tasks.training.optimization import loss_function
 
 
@@ -38,6 +38,7 @@ class Plan:
     compressed: int  # bytes of the train shards (whether their parsed batches are cached)
     eval_ds: Any
     traces: dict[str, int] = field(default_factory=lambda: {"train_steps": 0, "eval_step": 0})
+    jit: bool = False  # the model's part of each step compiled with XLA (train.jit_compile)
 
     @property
     def collective(self) -> bool:
@@ -57,22 +58,39 @@ class Steps:
         self.per_example_loss = loss_function(spec)
         self.trainable = model.trainable_variables
         self._train = self._eval = None
+        # train.jit_compile: the lookups run as they are, the rest (every weight) compiled with XLA.
+        self.encoder, self.core = split_at_lookups(model) if plan.jit else (None, model)
+        self._gradients, self._logits = self.gradients, self.logits
 
-    def replica_step(self, features, labels):
+    def encode(self, features):
+        return features if self.encoder is None else self.encoder(features, training=False)
+
+    def logits(self, inputs, training: bool):
         import tensorflow as tf
 
-        model, optimizer, mixed = self.model, self.optimizer, self.plan.mixed
+        return tf.cast(self.core(inputs, training=training), tf.float32)
+
+    def gradients(self, inputs, labels):
+        """The replica's loss and its gradients (not yet summed across replicas)."""
+        import tensorflow as tf
+
+        core, optimizer, mixed = self.core, self.optimizer, self.plan.mixed
         with tf.GradientTape() as tape:
-            logits = tf.cast(model(features, training=True), tf.float32)
+            logits = self.logits(inputs, True)
             # Averaged over the global batch: summing the replicas' losses gives the batch mean.
             loss = tf.nn.compute_average_loss(self.per_example_loss(labels, logits), global_batch_size=self.plan.batch)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            if core.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(core.losses))
             scaled = optimizer.get_scaled_loss(loss) if mixed else loss
         gradients = tape.gradient(scaled, self.trainable)
         if mixed:
             gradients = optimizer.get_unscaled_gradients(gradients)
-        gradients = [tf.convert_to_tensor(g) for g in gradients]  # embeddings' IndexedSlices
+        return loss, [tf.convert_to_tensor(g) for g in gradients]  # embeddings' IndexedSlices made dense
+
+    def replica_step(self, features, labels):
+        import tensorflow as tf
+
+        loss, gradients = self._gradients(self.encode(features), labels)
         # Sum across replicas first, so clipping sees the gradient of the whole global batch.
         # One collective per step: every gradient flattened into one vector (a collective per
         # tensor costs a round trip each between workers).
@@ -82,7 +100,7 @@ class Steps:
                      zip(tf.split(flat, [g.shape.num_elements() for g in gradients]), gradients)]
         if self.params.clip_norm is not None:
             gradients, _ = tf.clip_by_global_norm(gradients, self.params.clip_norm)
-        optimizer.apply_gradients(zip(gradients, self.trainable), skip_gradients_aggregation=True)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable), skip_gradients_aggregation=True)
         return loss
 
     def train_steps(self, iterator, count):
@@ -106,7 +124,7 @@ class Steps:
         import tensorflow as tf
 
         self.plan.traces["eval_step"] += 1
-        logits = tf.cast(self.model(features, training=False), tf.float32)
+        logits = self._logits(self.encode(features), False)
         loss = tf.reduce_sum(self.per_example_loss(labels, logits))
         if self.spec.task == "multiclass":
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32))
@@ -125,6 +143,9 @@ class Steps:
 
         signature = None if self.plan.coordinator is not None or iterator is None else [
             iterator._type_spec, tf.TensorSpec([], tf.int32)]  # noqa: SLF001 - the iterator's spec
+        if self.plan.jit:  # nested in the step functions: XLA compiles the model's part only
+            self._gradients = tf.function(self.gradients, autograph=False, jit_compile=True)
+            self._logits = tf.function(self.logits, autograph=False, jit_compile=True)
         self._train = tf.function(self.train_steps, autograph=False, input_signature=signature)
         self._eval = tf.function(self.eval_step, autograph=False, input_signature=list(self.plan.eval_ds.element_spec))
 

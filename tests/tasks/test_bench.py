@@ -19,7 +19,7 @@ def _check_contract(result, suite, variants):
     assert result["suite"] == suite
     assert result["machine"]["cpus"] >= 1 and "tensorflow" in result["machine"]["versions"]
     assert set(result["variants"]) == variants
-    unit = "examples/s" if suite in ("input", "train") else "rows/s"
+    unit = "examples/s" if suite in ("input", "train", "batch") else "rows/s"
     for row in result["variants"].values():
         assert row["throughput"] > 0 and row["unit"] == unit and row["seconds"] > 0 and row["peak_rss_mb"] > 0
     for name, ratio in result["ratios"].items():
@@ -66,9 +66,10 @@ def test_bench_train_contract_and_mlflow_run(tmp_path, home):
     assert main(["bench", "train", "--rows", "4000", "--repeat", "1", "--epochs", "1", "--batch-size", "128",
                  "--no-autotune", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    _check_contract(result, "train", {"ours", "keras_fit", "workers_1", "workers_2"})
+    _check_contract(result, "train", {"ours", "ours_xla", "keras_fit", "workers_1", "workers_2"})
     assert result["params"]["autotune"] is False
-    assert set(result["ratios"]) == {"ours/keras_fit", "workers_2/workers_1"}
+    assert set(result["ratios"]) == {"ours/keras_fit", "ours_xla/ours", "workers_2/workers_1"}
+    assert result["checks"]["ours_xla_eval_loss_within_10pct_of_ours"]  # XLA learns what the plain step does
     assert set(result["final_eval_loss"]) == set(result["variants"])
     assert all(0 < loss < 1 for loss in result["final_eval_loss"].values())  # each variant learned (log loss)
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
@@ -149,3 +150,17 @@ def test_bench_tfx_reports_each_orchestration_against_tfx():
     assert result["ratios"]["tfpipe_run/tfx"] == pytest.approx(99.9 / 54.1, rel=0.01)
     assert result["targets"] == {"tfpipe_run/tfx <= 0.5": False, "airflow_dags_test/tfx <= 0.75": False}
     assert "time_ratios" in format_table(result)
+
+
+def test_bench_batch_reports_accuracy_per_batch_and_rule(tmp_path, home):
+    out = tmp_path / "batch.json"
+    assert main(["bench", "batch", "--rows", "3000", "--repeat", "1", "--epochs", "1", "--batch-size", "16",
+                 "--no-mlflow", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    names = {"batch_1x", "batch_4x", "batch_4x_linear", "batch_4x_sqrt", "batch_16x", "batch_16x_linear",
+             "batch_16x_sqrt"}
+    _check_contract(result, "batch", names)
+    rates = result["learning_rate"]
+    assert rates["batch_16x"] == rates["batch_1x"] == 0.003  # as set
+    assert rates["batch_16x_linear"] == pytest.approx(0.048) and rates["batch_16x_sqrt"] == pytest.approx(0.012)
+    assert set(result["eval_accuracy"]) == names and all(0.4 < a <= 1 for a in result["eval_accuracy"].values())

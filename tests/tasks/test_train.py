@@ -7,6 +7,7 @@ CPU split into two logical devices, and ``multi_worker`` as two processes talkin
 well as one device (its updates are asynchronous, so not to the same weights).
 """
 
+import gzip
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import shutil
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from tasks.training.optimization import learning_rate_schedule
 from tasks.training.export import read_history, read_model_spec
 from tasks.training.loop import train_model
 from tests.helpers import Recorder, run_concurrently
+from tests.servers import tensorboard
 
 
 
@@ -207,10 +210,32 @@ def test_mirrored_and_multi_worker_match_one_device_on_the_same_global_batch(one
 
 def test_global_batch_can_scale_with_the_replicas(binary, tmp_path):
     request = _request(binary, tmp_path, "scaled", strategy="mirrored", cpu_replicas=2, batch_size_per_replica=32,
-                       epochs=1)
+                       epochs=1, lr_scaling="linear", lr_schedule="constant", warmup_fraction=0.5)
     result = launch(request, 1, tmp_path / "run")
     assert result["replicas"] == 2
     assert result["steps"] == binary.counts["train"] // 64  # global batch 2 x 32
+    rates = _scalars(Path(result["uri"]) / "tensorboard", "learning_rate")
+    assert rates[0] < 0.002 and max(rates) == pytest.approx(0.02)  # warmed up to 0.01 x 2 replicas (a value per call)
+
+
+def _scalars(board: Path, tag: str) -> list[float]:
+    import tensorflow as tf
+
+    return [float(tf.make_ndarray(value.tensor)) for path in sorted(board.glob("events.out.tfevents.*"))
+            for event in tf.compat.v1.train.summary_iterator(str(path)) for value in event.summary.value
+            if value.tag == tag]
+
+
+def test_the_peak_learning_rate_follows_the_global_batch_by_the_named_rule():
+    from tasks.training.optimization import peak_learning_rate
+
+    grows = {"learning_rate": 0.01, "batch_size_per_replica": 32}
+    assert peak_learning_rate(TrainConfig(**grows, lr_scaling="linear"), 32 * 16) == pytest.approx(0.16)
+    assert peak_learning_rate(TrainConfig(**grows, lr_scaling="sqrt"), 32 * 16) == pytest.approx(0.04)
+    assert peak_learning_rate(TrainConfig(**grows), 32 * 16) == 0.01  # none: as set
+    assert peak_learning_rate(TrainConfig(learning_rate=0.01, lr_scaling="linear"), 512) == 0.01  # a fixed batch
+    schedule = learning_rate_schedule(TrainConfig(**grows, lr_scaling="sqrt", warmup_fraction=0.1), 1000, 100, 128)
+    assert float(schedule(99)) == pytest.approx(0.02) and float(schedule(49)) == pytest.approx(0.01)
 
 
 def test_only_the_chief_writes(distributed):
@@ -573,3 +598,63 @@ def test_a_saved_model_is_loaded_once_per_process_until_it_changes(trained, tmp_
     data.write_bytes(data.read_bytes())  # rewritten in place, same size
     os.utime(data, ns=(stamp + 1_000_000_000, stamp + 1_000_000_000))
     assert load_saved_model(copy) is not first
+
+
+def test_xla_compiles_the_model_after_its_lookups_and_trains_as_without(binary, tmp_path):
+    import tensorflow as tf
+
+    from tasks.training.model import build_model, split_at_lookups
+
+    model = build_model(binary.spec, seed=1)
+    encoder, core = split_at_lookups(model)
+    assert {type(layer).__name__ for layer in encoder.layers} == {"InputLayer", "StringLookup"}
+    assert [v.ref() for v in core.trainable_variables] == [v.ref() for v in model.trainable_variables]
+    rng = np.random.default_rng(0)
+    features = {f.name: tf.constant(rng.choice([*f.vocabulary, "unseen"], (64, 1)) if f.categorical
+                                    else rng.normal(f.mean, f.std, (64, 1)).astype("float32"))
+                for f in binary.spec.features}
+    assert any(f.categorical for f in binary.spec.features)
+    assert np.allclose(core(encoder(features)).numpy(), model(features).numpy())
+
+    plain = _train(binary, tmp_path, name="plain", epochs=2, jit_compile="off")
+    compiled = _train(binary, tmp_path, name="xla", epochs=2, jit_compile="on")
+    assert compiled.jit_compile and not plain.jit_compile
+    assert compiled.traces == {"train_steps": 1, "eval_step": 1}
+    assert compiled.final_metrics["eval_loss"] == pytest.approx(plain.final_metrics["eval_loss"], rel=0.02)
+    assert np.allclose(_predict(compiled.uri, _eval_records(binary, 32)), _predict(plain.uri, _eval_records(binary, 32)),
+                       atol=0.02)
+
+
+def test_profiled_steps_leave_a_trace_of_the_step_function_and_its_input(binary, tmp_path, capsys):
+    from tasks.cli import main
+    from tasks.training.profile import find_traces, summarize
+
+    result = _train(binary, tmp_path, epochs=1, steps_per_execution=2, profile_steps=(2, 4))
+    traces = find_traces(Path(result.uri) / "tensorboard")
+    assert len(traces) == 1 and "plugins/profile" in str(traces[0])
+    summary = summarize(traces[0])
+    # Steps 2 to 4 exactly: calls cut at the range's ends (steps 2-3, then 4), each marked as a step.
+    assert summary.steps == 2
+    ops = {op for op, _, _ in summary.ops}
+    assert {"MatMul", "_FusedMatMul"} & ops and {"ReluGrad", "AssignSubVariableOp"} <= ops  # forward, backward, update
+    assert 0 < summary.input_seconds < summary.step_seconds  # the batches it waited for, inside the steps
+    assert main(["trace", str(Path(result.uri)), "--json", "--top", "3"]) == 0
+    (printed,) = json.loads(capsys.readouterr().out)
+    assert printed["steps"] == 2 and len(printed["top_ops"]) == 3
+    assert 0 < printed["input_bound_share"] < 1
+    assert main(["trace", "runs:/../../etc"]) == 2
+    assert main(["trace", str(tmp_path / "nothing")]) == 1
+    # TensorBoard's profile plugin (a dependency) finds the trace and makes its overview from it.
+    with tensorboard(Path(result.uri) / "tensorboard") as url:
+        def get(path: str):
+            with urllib.request.urlopen(url + path, timeout=60) as response:
+                body = response.read()
+            return json.loads(gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body)
+
+        assert get("/data/plugins_listing")["profile"]["enabled"]
+        (run,) = get("/data/plugin/profile/runs")
+        assert traces[0].parent.name == run
+        assert "overview_page^" in get(f"/data/plugin/profile/run_tools?run={run}")
+        (host,) = get(f"/data/plugin/profile/hosts?run={run}&tag=overview_page%5E")
+        overview = get(f"/data/plugin/profile/data?run={run}&tag=overview_page%5E&host={host}")
+        assert overview[0]["p"]["host_tf_op_percent"] == "100.0%"  # the ops ran on this host's CPU
