@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks import artifacts, heap, storage
+from tasks import artifacts, storage
 from tasks.artifacts import Blessing, ExamplesArtifact, ModelArtifact, OptimizedArtifact, ValidationArtifact
 from tasks.errors import DataError
 from tasks.context import RunContext, curated_schema_path, end_pipeline, scratch_dir, step_run, tracking_for
@@ -53,8 +53,6 @@ def run_step(name: str, ctx: RunContext, *inputs: Mapping[str, Any] | None) -> d
     typed = [None if record is None else RECORDS[source].of(record) for source, record in zip(step.inputs, inputs)]
 
     def compute(run_ctx: RunContext) -> dict[str, Any]:
-        tracking_for(run_ctx.settings)  # first: a new store is made while TFDV loads (tasks/context.py)
-        heap.load(*step.loads)
         result = step_function(name)(run_ctx, *typed)
         return result.to_dict() if isinstance(result, artifacts.Record) else result
 

@@ -20,7 +20,7 @@ class Step:
     does: str
     gates: bool = False  # an unblessed record ends the run (the DAG's short-circuit)
     retries: int | None = None  # None: the DAG's default (DEFAULT_ARGS)
-    loads: tuple[str, ...] = ()  # the heavy libraries it uses, loaded first (tasks/heap.py)
+    loads: tuple[str, ...] = ()  # the heavy libraries it uses, loaded once its MLflow run is open (tasks/heap.py)
 
 
 # Training and evaluation run long on big data; the rest should be quick.
