@@ -20,7 +20,7 @@ from typing import Any
 from tasks import __version__, artifacts, heap
 from tasks.config import PipelineConfig, load_pipeline, resolve_pipeline_path
 from tasks.settings import Settings
-from tasks.steps import STEP_TABLE
+from tasks.steps import step_named
 from tasks.tracking import MlflowTracker, MlflowTracking, RunIdentity, experiment_url, run_url
 from tasks.trigger import overrides_from_params
 
@@ -153,7 +153,8 @@ def step_run(ctx: RunContext, name: str) -> Iterator[MlflowTracker]:
                         "run_url": run_url(ctx.settings.mlflow_ui_url, experiment_id, tracker.run_id),
                         "experiment_url": experiment_url(ctx.settings.mlflow_ui_url, experiment_id)})
         # The step's run is open (a DAG run that ends now finds it), then its libraries load.
-        heap.load(*next((step.loads for step in STEP_TABLE if step.name == name), ()))
+        step = step_named(name)
+        heap.load(*(step.loads if step else ()))
         yield tracker
         tracker.log_metrics({"step_seconds": time.perf_counter() - started})
 

@@ -22,7 +22,7 @@ from tasks.artifacts import Blessing, ExamplesArtifact, ModelArtifact, Optimized
 from tasks.errors import DataError
 from tasks.context import RunContext, curated_schema_path, end_pipeline, scratch_dir, step_run, tracking_for
 from tasks.settings import redact
-from tasks.steps import STEP_TABLE, STEPS
+from tasks.steps import STEP_TABLE, STEPS, step_named
 from tasks.tracking import MlflowTracker, flatten
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def run_step(name: str, ctx: RunContext, *inputs: Mapping[str, Any] | None) -> d
     each is read back as its typed record, and the step's record goes back as JSON."""
     from tasks.reuse import run_cached
 
-    step = next(step for step in STEP_TABLE if step.name == name)
+    step = step_named(name)
     typed = [None if record is None else RECORDS[source].of(record) for source, record in zip(step.inputs, inputs)]
 
     def compute(run_ctx: RunContext) -> dict[str, Any]:

@@ -31,9 +31,9 @@ def run_cached(name: str, ctx: RunContext, inputs: tuple[Mapping[str, Any] | Non
     """``compute(ctx)``'s record, or an earlier run's for the same key (``cache: true``)."""
     if not getattr(ctx.config, "cache", False) or name not in cache.CACHEABLE:
         return compute(ctx)
-    from tasks.steps import STEP_TABLE
+    from tasks.steps import step_named
 
-    sources = next(step.inputs for step in STEP_TABLE if step.name == name)
+    sources = step_named(name).inputs
     key = cache.step_key(ctx, name, sources, inputs)
     entry = cache.lookup(ctx, name, key)
     if entry is not None:

@@ -42,3 +42,8 @@ STEP_TABLE = (
          loads=("tensorflow",)),
 )
 STEPS = tuple(step.name for step in STEP_TABLE)
+
+
+def step_named(name: str) -> Step | None:
+    """The step table's row of ``name``; None for a name that is not a step."""
+    return next((step for step in STEP_TABLE if step.name == name), None)
