@@ -8,10 +8,11 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 STAMP := $(VENV)/.tfpipe-synced
 PRODUCTION_STAMP := $(VENV)/.tfpipe-production-synced
+GPU_STAMP := $(VENV)/.tfpipe-gpu-synced
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help venv demo test test-slow test-production test-fast corpus browser-deps production-deps airflow mlflow lock clean
+.PHONY: help venv demo test test-slow test-production test-fast bench-gpu corpus browser-deps production-deps airflow mlflow lock clean
 
 help:
 	@echo "make demo     run the penguins pipeline through Airflow and print a summary"
@@ -19,6 +20,8 @@ help:
 	@echo "make test-slow  the slow suites: faults, the real-table corpus, the Airflow scheduler path (about 30)"
 	@echo "make test-production  the production profile started natively: PostgreSQL, Redis, Celery with"
 	@echo "              two workers, FAB auth, an MLflow server, S3 (installs the production extra; about 15)"
+	@echo "make bench-gpu  every GPU branch (mirrored GPUs, mixed_float16, XLA, TF-TRT) run and measured; installs"
+	@echo "              the gpu extra (TensorFlow 2.16 with CUDA 12); without a GPU each check is a recorded skip"
 	@echo "make corpus   run real public tables through the whole pipeline with the minimal YAML"
 	@echo "              (ARGS=\"--small\" for those under 2,000 rows, ARGS=\"--out corpus.json\", ARGS=\"--list\")"
 	@echo "make airflow  Airflow standalone on http://127.0.0.1:8080 with this project's DAGs"
@@ -33,13 +36,13 @@ help:
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --python "$(PYTHON)"
-	@rm -f $(PRODUCTION_STAMP)
+	@rm -f $(PRODUCTION_STAMP) $(GPU_STAMP)
 	@touch $@
 
 # The same environment with the production extra (Celery, FAB, Amazon providers; psycopg2).
 $(PRODUCTION_STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --extra production --python "$(PYTHON)"
-	@rm -f $(STAMP)
+	@rm -f $(STAMP) $(GPU_STAMP)
 	@touch $@
 
 venv: $(STAMP)
@@ -58,6 +61,15 @@ test-production: $(PRODUCTION_STAMP) production-deps
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not integration"
+
+# The same environment with CUDA 12's libraries (the gpu extra) for TensorFlow's GPU kernels.
+$(GPU_STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --extra gpu --python "$(PYTHON)"
+	@rm -f $(STAMP) $(PRODUCTION_STAMP)
+	@touch $@
+
+bench-gpu: $(GPU_STAMP)
+	$(VENV)/bin/tfpipe bench gpu $(ARGS)
 
 corpus: $(STAMP)
 	$(VENV)/bin/python -m tasks.bench.corpus $(ARGS)

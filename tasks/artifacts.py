@@ -268,6 +268,7 @@ class ModelArtifact(Record):
     examples_per_second: float = 0.0
     traces: dict[str, int] = field(default_factory=dict)
     mixed_precision: bool = False
+    precision: str = "float32"  # the Keras dtype policy it trained under (train.mixed_precision)
     jit_compile: bool = False  # the train and eval steps' model part compiled with XLA
     checkpoint_files_mirrored: int = 0
     mlflow_run_id: str | None = None  # the run that logged it as an MLflow model

@@ -7,7 +7,8 @@ so ``tfpipe --help`` and config errors answer at once.
     tfpipe summary PIPELINE [--run-id ID]  what a pipeline run did (from MLflow)
     tfpipe demo                            run the penguins DAG through Airflow, then summarize
     tfpipe datagen OUT [--rows N] ...      synthetic tabular data (CSV or Parquet)
-    tfpipe bench ingest|validate|input|train|optimize [--rows N] [--out FILE]   benchmarks (ours, reference, floor)
+    tfpipe bench SUITE [--rows N] [--out FILE]   benchmarks (ours, reference, floor): ingest, validate, input,
+                                           train, batch, graph, optimize, gpu, tfx
     tfpipe train-job --name N --image I --request URI   an Indexed Job + headless Service: training as pods
     tfpipe tfjob --name N --image I --request URI   the same as a Kubeflow TFJob (training operator v1)
     tfpipe schema PIPELINE [--curate|--reset]  the schema in force; --curate copies the recorded one beside the
@@ -35,7 +36,7 @@ from tasks.config import ConfigError, load_pipeline, parse_overrides
 from tasks.steps import STEPS
 from tasks.settings import Settings, airflow_environment
 BENCH_ROWS = {"ingest": 1_000_000, "validate": 1_000_000, "input": 1_000_000, "train": 1_000_000, "optimize": 100_000,
-              "batch": 50_000}
+              "batch": 50_000, "graph": 100_000, "gpu": 1_000_000}
 BENCH_EXPERIMENT = "tfpipe-bench"
 
 
@@ -205,6 +206,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from tasks.bench.validate import bench_validate
 
         result = bench_validate(rows, args.columns, args.repeat)
+    elif args.suite == "gpu":
+        from tasks.bench.gpu import bench_gpu
+
+        result = bench_gpu(rows, args.columns, args.repeat, epochs=args.epochs, batch_size=args.batch_size or 16384)
+    elif args.suite == "graph":
+        from tasks.bench.graph import bench_graph
+
+        result = bench_graph(rows, args.columns, args.repeat, epochs=args.epochs, batch_size=args.batch_size or 1024)
     elif args.suite == "optimize":
         from tasks.bench.optimize import bench_optimize
 
@@ -529,7 +538,8 @@ def _tool_commands(sub) -> None:
     datagen.set_defaults(func=_cmd_datagen)
 
     bench = sub.add_parser("bench", help="benchmark a step against its reference and floor (GUIDE section 4)")
-    bench.add_argument("suite", choices=("ingest", "validate", "input", "train", "batch", "optimize", "tfx"))
+    bench.add_argument("suite", choices=("ingest", "validate", "input", "train", "batch", "graph", "optimize",
+                                                 "gpu", "tfx"))
     bench.add_argument("--rows", type=int, help=f"generated rows (default: {BENCH_ROWS})")
     bench.add_argument("--columns", type=int, default=20)
     bench.add_argument("--repeat", type=int, default=3, help="interleaved repetitions (median reported)")

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tasks.errors import UserError
 
@@ -132,6 +132,34 @@ class DataConfig(_Frozen):
         return value
 
 
+GRAPH_PASSES = ("constant_folding", "layout_optimizer", "arithmetic_optimization", "remapping",
+                "dependency_optimization", "loop_optimization", "function_optimization", "shape_optimization",
+                "debug_stripper", "implementation_selector")
+
+
+class GraphOptions(_Frozen):
+    """TensorFlow's graph optimizer (Grappler) passes, on (true), off (false) or as TensorFlow sets
+    them (unset), for every graph a step runs: the training and evaluation steps, and the exported
+    serving graph wherever the pipeline runs it (evaluation, optimization, the push's checks)."""
+
+    disable_meta_optimizer: bool = Field(False, description="true: no Grappler pass at all.")
+    constant_folding: bool | None = Field(None, description="Evaluate the subgraphs whose inputs are constants.")
+    layout_optimizer: bool | None = Field(None, description="Convert tensors to the device's faster layout (GPU).")
+    arithmetic_optimization: bool | None = Field(None, description="Simplify arithmetic, merge common subexpressions.")
+    remapping: bool | None = Field(None, description="Fuse op sequences into one kernel (MatMul + BiasAdd + Relu).")
+    dependency_optimization: bool | None = Field(None, description="Remove redundant control dependencies.")
+    loop_optimization: bool | None = Field(None, description="Hoist loop invariants, remove dead loop branches.")
+    function_optimization: bool | None = Field(None, description="Inline and specialize function calls.")
+    shape_optimization: bool | None = Field(None, description="Simplify shape computations.")
+    debug_stripper: bool | None = Field(None, description="Remove assertions and debug ops (off by default).")
+    implementation_selector: bool | None = Field(None, description="Swap in a device's faster implementation.")
+
+    def tf_options(self) -> dict[str, bool]:
+        """The options as ``tf.config.optimizer.set_experimental_options`` takes them (unset left out)."""
+        options = {name: value for name in GRAPH_PASSES if (value := getattr(self, name)) is not None}
+        return {**options, "disable_meta_optimizer": True} if self.disable_meta_optimizer else options
+
+
 class EarlyStoppingConfig(_Frozen):
     """Stop when the eval loss has not improved for ``patience`` epochs."""
 
@@ -203,7 +231,9 @@ class TrainConfig(_Frozen):
         100, ge=1, description="Checkpoint interval; a retried task resumes from the latest checkpoint."
     )
     mixed_precision: str = Field(
-        "auto", description="auto (mixed_float16 on a GPU), on, or off."
+        "auto", description="Compute in 16 bits, weights and the logits in float32: auto (float16 on a GPU, off on "
+        "a CPU, where bfloat16 measured no faster: docs/training.md#precision), on (float16 on a GPU, else "
+        "bfloat16), float16 (with loss scaling), bfloat16, or off."
     )
     jit_compile: str = Field(
         "auto", description="XLA: compile the model's part of the train and eval steps: auto (on a GPU; on "
@@ -222,6 +252,10 @@ class TrainConfig(_Frozen):
         "every parallel stage on every usable core and the autotuner off, steadier on machines with few cores."
     )
     tensorboard: bool = Field(True, description="Write TensorBoard logs (an MLflow artifact).")
+    graph_options: GraphOptions = Field(
+        GraphOptions(), description="Grappler passes on or off (docs/training.md#graph-optimizations); "
+        "default: TensorFlow's."
+    )
     profile_steps: tuple[int, int] | None = Field(
         None, description="[first, last]: a TensorFlow Profiler trace of these training steps (1-based, "
         "inclusive), the input pipeline included, beside the TensorBoard logs (an MLflow artifact); "
@@ -251,10 +285,11 @@ class TrainConfig(_Frozen):
 
     @field_validator("mixed_precision", "jit_compile", mode="before")
     @classmethod
-    def _auto_on_or_off(cls, value: Any) -> Any:
+    def _auto_on_or_off(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, bool):  # YAML reads a bare on/off as a boolean
             return "on" if value else "off"
-        return _one_of(value, ("auto", "on", "off")) if isinstance(value, str) else value
+        choices = ("auto", "on", "off") + (("float16", "bfloat16") if info.field_name == "mixed_precision" else ())
+        return _one_of(value, choices) if isinstance(value, str) else value
 
     @field_validator("profile_steps")
     @classmethod
@@ -346,8 +381,10 @@ class GateConfig(_Frozen):
     )
 
 
-OPTIMIZE_VARIANTS = ("tflite_float32", "tflite_float16", "tflite_dynamic_range", "tflite_int8", "pruned",
-                     "tensorrt_fp16")
+OPTIMIZE_VARIANTS = ("tflite_float32", "tflite_float16", "tflite_dynamic_range", "tflite_int8", "qat_int8",
+                     "pruned", "tensorrt_fp16")
+# qat_int8 is opt-in: it fine-tunes the model on every run.
+DEFAULT_OPTIMIZE_VARIANTS = tuple(name for name in OPTIMIZE_VARIANTS if name != "qat_int8")
 
 
 class PruningConfig(_Frozen):
@@ -361,6 +398,20 @@ class PruningConfig(_Frozen):
     learning_rate: float = Field(1e-3, gt=0, le=1)
 
 
+class QatConfig(_Frozen):
+    """Quantization-aware training (tensorflow-model-optimization) of the dense layers, for ``qat_int8``."""
+
+    epochs: int = Field(
+        1, ge=1, le=1000, description="Fine-tuning epochs over the train split, with fake quantization."
+    )
+    batch_size: int | None = Field(
+        None, ge=1, le=65_536, description="Fine-tuning batch size; default: train.batch_size."
+    )
+    learning_rate: float = Field(
+        1e-4, gt=0, le=1, description="Fine-tuning learning rate (Adam): small, the model is trained already."
+    )
+
+
 class OptimizeConfig(_Frozen):
     max_accuracy_drop: float = Field(
         0.02, ge=0, le=1, description="Classifiers: a variant losing more accuracy than this (absolute) is rejected."
@@ -371,13 +422,15 @@ class OptimizeConfig(_Frozen):
         "(relative: 0.05 is 5%, whatever the label's unit).",
     )
     variants: list[str] = Field(
-        default_factory=lambda: list(OPTIMIZE_VARIANTS),
-        description="Variants to build and measure: " + ", ".join(OPTIMIZE_VARIANTS) + ".",
+        default_factory=lambda: list(DEFAULT_OPTIMIZE_VARIANTS),
+        description="Variants to build and measure: " + ", ".join(OPTIMIZE_VARIANTS) + ". Default: all but "
+        "qat_int8, which is opt-in (it fine-tunes the model on every run).",
     )
     representative_examples: int = Field(
         200, ge=1, le=100_000, description="Train examples that calibrate int8 quantization."
     )
     pruning: PruningConfig = PruningConfig()
+    qat: QatConfig = QatConfig()
     latency_runs: int = Field(200, ge=10, le=100_000, description="Batch-1 calls timed per variant (p50, p99).")
     throughput_batch: int = Field(1024, ge=1, le=1_000_000, description="Batch size of the throughput measurement.")
 

@@ -155,6 +155,10 @@ def step_run(ctx: RunContext, name: str) -> Iterator[MlflowTracker]:
         # The step's run is open (a DAG run that ends now finds it), then its libraries load.
         step = step_named(name)
         heap.load(*(step.loads if step else ()))
+        if step and "tensorflow" in step.loads:  # the graphs it runs, served ones too, optimized as configured
+            from tasks.training.distribution import apply_graph_options
+
+            apply_graph_options(ctx.config.train.graph_options.tf_options())
         yield tracker
         tracker.log_metrics({"step_seconds": time.perf_counter() - started})
 

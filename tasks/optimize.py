@@ -7,6 +7,10 @@ Variants (``optimize.variants``):
 * ``tflite_int8``: full-integer quantization, calibrated on ``optimize.representative_examples``
   examples of the train split. Every builtin op runs in int8; inputs and outputs stay float
   and strings (a string lookup has no integer form).
+* ``qat_int8`` (opt-in, not in the default list): quantization-aware training
+  (:mod:`tasks.quantization`). The dense layers are fine-tuned on the train split with
+  fake quantization for ``optimize.qat.epochs`` epochs, then converted and calibrated as
+  ``tflite_int8``. A model tfmot cannot annotate is a recorded skip.
 * ``pruned``: magnitude pruning with ``tensorflow-model-optimization``. The dense layers are
   fine-tuned on the train split with a polynomial sparsity schedule up to
   ``optimize.pruning.target_sparsity``, stripped, and exported as a SavedModel. Its raw size is
@@ -40,7 +44,7 @@ import numpy as np
 
 from tasks import storage
 from tasks.coders import first_records
-from tasks.config import OptimizeConfig, PruningConfig
+from tasks.config import OptimizeConfig, PruningConfig, QatConfig
 from tasks.evaluate import compute_metrics, eval_data
 from tasks.training.model import ModelSpec, parse_spec, tensor_names
 from tasks.artifacts import CHART_FILE, FEATURES_SIGNATURE, REPORT_FILE, SAVED_MODEL_DIR, OptimizedArtifact
@@ -253,91 +257,6 @@ def convert_tensorrt(saved_model_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def prune_model(saved_model_dir: Path, spec: ModelSpec, train_files: list[str], train_count: int, out_dir: Path,
-                target_sparsity: float, epochs: int, batch_size: int, learning_rate: float,
-                build_model: Callable[[ModelSpec], Any]) -> dict[str, Any]:
-    """Fine-tune the dense layers under a polynomial sparsity schedule, strip the pruning
-    wrappers, export with the same signatures. Returns the sparsity reached per pruned kernel.
-
-    Raises:
-        ValueError: The model has no dense layer, or is not a functional/sequential Keras model.
-    """
-    import tensorflow as tf
-    import tensorflow_model_optimization as tfmot
-    import tf_keras as keras
-    # The switch tf_keras itself reads to decide whether a layer's call is converted.
-    from tensorflow.python.autograph.core import ag_ctx
-
-    from tasks.training.inputs import batch_parser
-    from tasks.training.optimization import loss_function
-    from tasks.training.export import save_serving_model, serving_module
-
-    model = build_model(spec)
-    tf.train.Checkpoint(model=model).read(str(saved_model_dir / "variables" / "variables")) \
-        .expect_partial().assert_existing_objects_matched()
-    steps_per_epoch = max(1, train_count // batch_size)
-    schedule = tfmot.sparsity.keras.PolynomialDecay(
-        initial_sparsity=0.0, final_sparsity=target_sparsity, begin_step=0,
-        end_step=max(1, int(steps_per_epoch * epochs * 0.8)), frequency=max(1, steps_per_epoch // 4))
-
-    wrapped = []
-
-    def wrap(layer):
-        if isinstance(layer, keras.layers.Dense):
-            wrapped.append(layer.name)
-            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
-        return layer
-
-    try:
-        # Built without AutoGraph, as Keras does inside a tf.function(autograph=False): converting
-        # the pruning wrappers' Python while the functional graph is rebuilt took 2 s of the 2.2.
-        with ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED):
-            pruned = keras.models.clone_model(model, clone_function=wrap)
-    except ValueError as error:
-        raise ValueError(f"pruning needs a functional or sequential Keras model: {error}") from None
-    if not wrapped:
-        raise ValueError("the model has no dense layer to prune")
-    data = tf.data.TFRecordDataset(train_files, "GZIP").shuffle(10_000, seed=0).repeat() \
-        .batch(batch_size, drop_remainder=True).map(batch_parser(spec), num_parallel_calls=tf.data.AUTOTUNE) \
-        .prefetch(tf.data.AUTOTUNE)
-    fine_tune(pruned, data, loss_function(spec), keras.optimizers.Adam(learning_rate), steps_per_epoch, epochs)
-    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
-    module, signatures = serving_module(stripped, spec)
-    save_serving_model(module, out_dir, signatures)
-    return {layer.name: float(np.mean(layer.kernel.numpy() == 0))
-            for layer in stripped.layers if isinstance(layer, keras.layers.Dense)}
-
-
-def fine_tune(pruned, data, per_example, optimizer, steps_per_epoch: int, epochs: int) -> None:
-    """Fine-tune a model wrapped for pruning: what ``fit`` with tfmot's ``UpdatePruningStep`` does
-    (the pruning step starts at 0, each training call advances it and updates the masks on the
-    schedule, each epoch ends by applying them), as a step function traced once without AutoGraph.
-    Keras's ``fit`` converts its own and the wrappers' Python through AutoGraph first: 10x the
-    time of the fine-tuning itself on a small table (docs/benchmarks.md)."""
-    import tensorflow as tf
-    from tensorflow_model_optimization.python.core.sparsity.keras.pruning_wrapper import collect_prunable_layers
-
-    layers = collect_prunable_layers(pruned)
-    for layer in layers:
-        layer.pruning_step.assign(0)
-    optimizer.build(pruned.trainable_variables)  # slots now: a first call that made them would trace twice
-
-    @tf.function(autograph=False)
-    def step(features, target):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(per_example(target, pruned(features, training=True)))
-        gradients = tape.gradient(loss, pruned.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, pruned.trainable_variables))
-        return loss
-
-    batches = iter(data)
-    for _epoch in range(epochs):
-        for _ in range(steps_per_epoch):
-            step(*next(batches))
-        for layer in layers:
-            layer.pruning_obj.weight_mask_op()
-
-
 def _train_split(examples_uri: str, cache_dir: Path) -> tuple[list[str], int]:
     """The train split's local shard files and its example count."""
     from tasks.artifacts import Examples
@@ -361,9 +280,11 @@ def optimize_model(
     ``config.max_rmse_increase`` (regressors).
 
     Args:
-        config: The ``optimize`` section (its ``pruning.batch_size`` unset: ``train.batch_size``'s default).
-        build_model: Builds the (untrained) Keras model of a spec, for pruning; default: the
-            model built from the schema (:func:`tasks.training.model.build_model`).
+        config: The ``optimize`` section (its ``pruning.batch_size`` or ``qat.batch_size`` unset:
+            ``train.batch_size``'s default).
+        build_model: Builds the (untrained) Keras model of a spec, for pruning and
+            quantization-aware training; default: the model built from the schema
+            (:func:`tasks.training.model.build_model`).
         throughput_seconds: How long each variant's throughput is measured at most (it stops once stable).
     """
     variants = tuple(config.variants)
@@ -377,8 +298,11 @@ def optimize_model(
     scratch = Path(tempfile.mkdtemp(dir=work_dir, prefix="optimize-"))
     train_files, train_count = _train_split(examples_uri, cache_dir)
     try:
-        calibration = first_records(train_files, config.representative_examples) if "tflite_int8" in variants else []
+        quantized = {"tflite_int8", "qat_int8"} & set(variants)
+        calibration = first_records(train_files, config.representative_examples) if quantized else []
         _tflite_variants(judged, saved_model, variants, calibration, scratch)
+        if "qat_int8" in variants:
+            _qat_variant(judged, saved_model, train_files, train_count, calibration, config.qat, build_model, scratch)
         if "pruned" in variants:
             _pruned_variant(judged, saved_model, train_files, train_count, config.pruning, build_model, scratch)
         if "tensorrt_fp16" in variants:
@@ -463,6 +387,7 @@ def _tflite_variants(judged: _Judged, saved_model: Path, variants: tuple[str, ..
 def _pruned_variant(judged: _Judged, saved_model: Path, train_files: list[str], train_count: int,
                     pruning: PruningConfig, build_model, scratch: Path) -> None:
     from tasks.config import TrainConfig
+    from tasks.finetuning import prune_model
     from tasks.training import model as model_lib
 
     path = scratch / "pruned_saved_model"
@@ -474,6 +399,30 @@ def _pruned_variant(judged: _Judged, saved_model: Path, train_files: list[str], 
                      {"sparsity": sparsity, "target_sparsity": pruning.target_sparsity})
     except ValueError as error:
         judged.skip("pruned", str(error))
+
+
+def _qat_variant(judged: _Judged, saved_model: Path, train_files: list[str], train_count: int,
+                 calibration: list[bytes], qat: QatConfig, build_model, scratch: Path) -> None:
+    """Quantization-aware fine-tuning (:mod:`tasks.quantization`), then the same full-integer
+    conversion and calibration as ``tflite_int8``; the fine-tuned SavedModel is not published."""
+    from tasks.config import TrainConfig
+    from tasks.quantization import train_quantization_aware
+    from tasks.training import model as model_lib
+
+    with tempfile.TemporaryDirectory(dir=scratch.parent, prefix="qat-") as folder:
+        exported = Path(folder) / "qat_saved_model"
+        try:
+            train_quantization_aware(saved_model, judged.spec, train_files, train_count, exported, qat.epochs,
+                                     qat.batch_size or TrainConfig.model_fields["batch_size"].default,
+                                     qat.learning_rate, build_model or (lambda s: model_lib.build_model(s, 0)))
+        except ValueError as error:
+            judged.skip("qat_int8", str(error))
+            return
+        tflite = convert_tflite(exported, "int8", raw_features(judged.spec, calibration))
+    path = scratch / "model_qat_int8.tflite"
+    path.write_bytes(tflite)
+    judged.judge("qat_int8", "tflite", path, tflite_runner(tflite),
+                 {"representative_examples": len(calibration), "qat_epochs": qat.epochs})
 
 
 def _tensorrt_variant(judged: _Judged, saved_model: Path, scratch: Path) -> None:

@@ -384,13 +384,14 @@ def optimize_model(ctx: RunContext, examples: ExamplesArtifact, model: ModelArti
         options = ctx.config.optimize
         train = ctx.config.train
         builder = None
-        if train.model_fn:  # prune the pipeline's own model, built as training built it
+        if train.model_fn:  # prune and quantize the pipeline's own model, built as training built it
             from tasks.training.model import build
 
             builder = lambda spec: build(spec, train, (str(Path(ctx.pipeline).parent),))  # noqa: E731
-        # Pruning fine-tunes at the training batch size unless the section says otherwise.
+        # Pruning and QAT fine-tune at the training batch size unless their section says otherwise.
         pruning = options.pruning.model_copy(update={"batch_size": options.pruning.batch_size or train.batch_size})
-        result = optimize(model.uri, examples.uri, options.model_copy(update={"pruning": pruning}),
+        qat = options.qat.model_copy(update={"batch_size": options.qat.batch_size or train.batch_size})
+        result = optimize(model.uri, examples.uri, options.model_copy(update={"pruning": pruning, "qat": qat}),
                           ctx.output("optimized"), ctx.settings.cache_dir, ctx.work_dir("optimize_model"),
                           build_model=builder)
         tracker.log_model_input(model.mlflow_model_id)

@@ -126,14 +126,16 @@ def suite_report(suite: str, params: dict, measured: dict[str, dict], rows: dict
 
 def format_table(result: dict) -> str:
     lines = [f"tfpipe bench {result['suite']}  {json.dumps(result['params'])}  cpus={result['machine']['cpus']}", ""]
-    lines.append(f"  {'variant':<20}{'throughput':>14} {'unit':<7}{'seconds':>9}{'peak RSS MB':>13}")
+    width = max([20, *(len(name) + 2 for name in result["variants"])])
+    lines.append(f"  {'variant':<{width}}{'throughput':>14} {'unit':<7}{'seconds':>9}{'peak RSS MB':>13}")
     for name, row in result["variants"].items():
-        lines.append(f"  {name:<20}{row['throughput']:>14,.0f} {row['unit']:<7}{row['seconds']:>9.3f}"
+        lines.append(f"  {name:<{width}}{row['throughput']:>14,.0f} {row['unit']:<7}{row['seconds']:>9.3f}"
                      f"{row['peak_rss_mb']:>13.0f}")
     lines.append("")
     for name, ratio in result["ratios"].items():
         lines.append(f"  {name:<40}{ratio:>8.2f}x")
-    for key in ("time_ratios", "latency_ratios", "gzip_size_ratios", "stages", "skipped", "rejected", "checks", "targets"):
+    for key in ("time_ratios", "latency_ratios", "serving_throughput_ratios", "serving", "gzip_size_ratios", "stages",
+                "skipped", "rejected", "checks", "targets"):
         if result.get(key):
             lines += ["", f"  {key}:"] + [f"    {k}: {v}" for k, v in result[key].items()]
     if "report" in result:  # a suite's own table (optimize: the optimization report)

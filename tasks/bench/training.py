@@ -15,6 +15,8 @@ train (same model, data, global batch, optimizer and schedule):
   ours            tasks.training: custom tf.GradientTape loop, steps_per_execution, eval and a
                   checkpoint per epoch (train.jit_compile off)
   ours_xla        the same with train.jit_compile on: the model after its lookups compiled by XLA
+  ours_bf16       the same with train.mixed_precision bfloat16 (CPU machines; mixed_float16 on GPUs:
+                  ours_fp16): 16-bit compute, float32 weights and logits
   keras_fit       tf_keras Model.fit on the same tf.data pipeline, with the same validation and
                   checkpoint per epoch (BackupAndRestore)
   workers_1       one multi_worker process pinned to one core          (CPU machines)
@@ -182,6 +184,7 @@ def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, 
     import tensorflow as tf
 
     from tasks.config import TrainConfig
+    from tasks.training.distribution import cpu_has_bfloat16
     from tasks.training.launcher import core_sets, launch
     from tasks.training.loop import train_model
 
@@ -193,10 +196,11 @@ def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, 
                 "checkpoint_every_steps": 10**9, "autotune": autotune}
         runs = iter(range(10**6))
 
-        def ours(jit_compile: str = "off"):
+        def ours(jit_compile: str = "off", precision: str = "off"):
             def run_once() -> dict[str, Any]:
-                run = root / f"ours-{jit_compile}-{next(runs)}"
-                result = train_model(data.uri, data.spec, TrainConfig(**base, jit_compile=jit_compile),
+                run = root / f"ours-{jit_compile}-{precision}-{next(runs)}"
+                config = TrainConfig(**base, jit_compile=jit_compile, mixed_precision=precision)
+                result = train_model(data.uri, data.spec, config,
                                      str(run / "model"), run / "ckpt", root / "cache", run / "work")
                 return {"examples_per_second": result.examples_per_second,
                         "eval_loss": result.final_metrics["eval_loss"]}
@@ -219,9 +223,10 @@ def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, 
                         "eval_loss": result["final_metrics"]["eval_loss"], "peak_rss_mb": result["peak_rss_mb"]}
             return run
 
-        variants = {"ours": ours(), "ours_xla": ours("on"), "keras_fit": keras_fit}
-        pairs = [("ours", "keras_fit"), ("ours_xla", "ours")]
         gpus = tf.config.list_physical_devices("GPU")
+        half = "ours_fp16" if gpus else "ours_bf16"
+        variants = {"ours": ours(), "ours_xla": ours("on"), half: ours(precision="on"), "keras_fit": keras_fit}
+        pairs = [("ours", "keras_fit"), ("ours_xla", "ours"), (half, "ours")]
         if gpus:
             variants["one_device"] = workers(1, "one_device", None)
             if len(gpus) > 1:
@@ -241,7 +246,7 @@ def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, 
         result = suite_report(
             "train", {"rows": rows, "columns": columns, "train_examples": data.counts["train"], "epochs": epochs,
                       "global_batch_size": batch_size, "hidden_units": [256, 256], "repeat": repeat,
-                      "autotune": autotune},
+                      "autotune": autotune, "cpu_native_bfloat16": cpu_has_bfloat16()},
             measured, {name: 1 for name in measured}, "examples/s", pairs,
             extra={"final_eval_loss": {name: round(row["result"]["eval_loss"], 4) for name, row in measured.items()}},
         )

@@ -234,7 +234,7 @@ def build_card(facts: dict[str, Any]) -> tuple[str, list[Section]]:
         ("steps", model.get("steps")), ("best epoch", model.get("best_epoch")),
         ("stopped early", bool(model.get("stopped_early"))), ("strategy", model.get("strategy")),
         ("replicas x workers", f"{model.get('replicas')} x {model.get('workers', 1)}"),
-        ("mixed precision", bool(model.get("mixed_precision"))),
+        ("precision", model.get("precision") or ("mixed" if model.get("mixed_precision") else "float32")),
         *((f"final {k}", v) for k, v in sorted((model.get("final_metrics") or {}).items()))])])
     training.blocks.append("Features the model reads (normalized with the train split's mean and standard "
                            "deviation; strings through their vocabulary):")

@@ -114,10 +114,38 @@ def make_strategy(name: str):
     raise ValueError(f"unknown strategy {name!r}")
 
 
-def use_mixed_precision(mode: str) -> bool:
+def cpu_has_bfloat16() -> bool:
+    """The CPU computes bfloat16 natively (AMX or AVX512-BF16), where oneDNN's bfloat16 kernels pay."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no native bfloat16 assumed
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def precision_policy(mode: str) -> str:
+    """The Keras dtype policy of ``train.mixed_precision``: ``float32``, ``mixed_float16`` (a GPU's
+    half precision, with loss scaling) or ``mixed_bfloat16`` (float32's range, no loss scaling).
+    ``auto`` takes float16 on a GPU and float32 on a CPU, where bfloat16 measured no faster for
+    these models even with AMX (docs/training.md#precision); ``on`` takes bfloat16 on a CPU."""
     import tensorflow as tf
 
-    return mode == "on" or (mode == "auto" and bool(tf.config.list_physical_devices("GPU")))
+    if mode in ("float16", "bfloat16"):
+        return f"mixed_{mode}"
+    if mode == "off":
+        return "float32"
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    return "mixed_bfloat16" if mode == "on" else "float32"
+
+
+def apply_graph_options(options: dict[str, bool]) -> None:
+    """Set Grappler's passes (``train.graph_options``) for every graph this process instantiates
+    from now on: a function traced or a SavedModel loaded later is optimized with them."""
+    if options:
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options(options)
 
 
 def use_xla(mode: str) -> bool:

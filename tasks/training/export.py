@@ -63,6 +63,19 @@ def serving_module(model, spec: ModelSpec):
     return module, {SERVING_SIGNATURE: serve_examples, FEATURES_SIGNATURE: serve_features}
 
 
+def float32_twin(model, rebuild):
+    """The trained model with float32 compute, for export: a model trained under a mixed policy
+    computes in float16 or bfloat16 in every layer, which TensorFlow Serving's CPU kernels and
+    the TFLite converter (no bfloat16) do not all take. ``rebuild()`` builds the same
+    architecture; the weights (float32 under every policy) are copied into it."""
+    import tf_keras as keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    twin = rebuild()
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def save_serving_model(module, path: Path, signatures: dict) -> None:
     """``tf.saved_model.save`` of a :func:`serving_module`, without Keras's per-layer traces.
 

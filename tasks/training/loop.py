@@ -31,8 +31,8 @@ from tasks.config import TrainConfig
 from tasks.progress import report
 from tasks.training.checkpoints import CheckpointMirror, LoopState, restore_checkpoints
 from tasks.training.distribution import (WorkerRole, Writer, configure_devices, make_strategy, resolve_strategy,
-                                         sum_across_workers, use_mixed_precision, use_xla)
-from tasks.training.export import export
+                                         sum_across_workers, apply_graph_options, precision_policy, use_xla)
+from tasks.training.export import export, float32_twin
 from tasks.training.inputs import compressed_size, eval_dataset, should_cache
 from tasks.training.profile import StepProfiler
 from tasks.training.model import ModelSpec, build
@@ -99,7 +99,8 @@ def train_model(
         reporter.close(int(state.step.numpy()))
     restored_best = state.restore_best(config.early_stopping.restore_best)
     try:
-        export(model, spec, state.history, output_uri, checkpoint_dir, work_dir, role.is_chief)
+        served = model if plan.precision == "float32" else float32_twin(model, lambda: build(spec, config, search_path))
+        export(served, spec, state.history, output_uri, checkpoint_dir, work_dir, role.is_chief)
     finally:
         writer.cleanup()
     if plan.collective:
@@ -114,8 +115,8 @@ def train_model(
         final_metrics={k: v for k, v in final.items() if k not in ("epoch", "step", "seconds")},
         strategy=type(plan.strategy).__name__, replicas=plan.strategy.num_replicas_in_sync,
         workers=role.num_workers, best_epoch=best_epoch, stopped_early=bool(state.stopped.numpy()),
-        examples_per_second=examples_per_second, traces=dict(plan.traces), mixed_precision=plan.mixed,
-        jit_compile=plan.jit,
+        examples_per_second=examples_per_second, traces=dict(plan.traces),
+        mixed_precision=plan.precision != "float32", precision=plan.precision, jit_compile=plan.jit,
         checkpoint_files_mirrored=mirror.uploaded if mirror is not None else 0,
     )
 
@@ -129,8 +130,9 @@ def plan_training(examples_uri: str, spec: ModelSpec, params: TrainConfig, role:
 
     strategy_name = resolve_strategy(params.strategy)
     configure_devices(strategy_name, params.cpu_replicas)
-    mixed = use_mixed_precision(params.mixed_precision)
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    precision = precision_policy(params.mixed_precision)
+    keras.mixed_precision.set_global_policy(precision)
+    apply_graph_options(params.graph_options.tf_options())
     keras.utils.set_random_seed(params.seed)
     if params.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -156,7 +158,7 @@ def plan_training(examples_uri: str, spec: ModelSpec, params: TrainConfig, role:
                            worker_index=role.worker_id if collective else 0,
                            cache=should_cache(params.cache, compressed + compressed_size(eval_files)),
                            autotune=params.autotune)
-    return Plan(role, strategy, coordinator, mixed, batch, train_count // batch, params.epochs, train_files,
+    return Plan(role, strategy, coordinator, precision, batch, train_count // batch, params.epochs, train_files,
                 compressed, eval_ds, jit=use_xla(params.jit_compile))
 
 
@@ -165,7 +167,7 @@ def build_model_and_optimizer(spec: ModelSpec, params: TrainConfig, plan: Plan, 
     with plan.strategy.scope():
         model = build(spec, params, search_path)
         schedule = learning_rate_schedule(params, plan.total_steps, plan.steps_per_epoch, plan.batch)
-        optimizer = make_optimizer(params, schedule, plan.mixed)
+        optimizer = make_optimizer(params, schedule, plan.loss_scaled)
         optimizer.build(model.trainable_variables)  # slots now, so the step is traced once
     return model, schedule, optimizer
 
@@ -311,7 +313,7 @@ def train_epoch(plan: Plan, params: TrainConfig, state: LoopState, steps: Steps,
         for count, call_losses in called:
             learning_rate = reporter.learning_rate(step)
             losses = [float(v) for v in call_losses]
-            if not all(math.isfinite(v) for v in losses) and not plan.mixed:
+            if not all(math.isfinite(v) for v in losses) and not plan.loss_scaled:
                 raise FloatingPointError(f"the training loss is {losses[-1]} at step {step + len(losses)}: "
                                          f"lower train.learning_rate or set train.clip_norm")
             epoch_losses += losses

@@ -30,7 +30,7 @@ class Plan:
     role: WorkerRole
     strategy: Any  # a tf.distribute strategy
     coordinator: Any  # a ClusterCoordinator under parameter_server, else None
-    mixed: bool
+    precision: str  # the Keras dtype policy: float32, mixed_float16 or mixed_bfloat16
     batch: int  # the global batch
     steps_per_epoch: int
     epochs: int
@@ -39,6 +39,11 @@ class Plan:
     eval_ds: Any
     traces: dict[str, int] = field(default_factory=lambda: {"train_steps": 0, "eval_step": 0})
     jit: bool = False  # the model's part of each step compiled with XLA (train.jit_compile)
+
+    @property
+    def loss_scaled(self) -> bool:
+        """float16's narrow range needs the loss scaled (bfloat16 has float32's)."""
+        return self.precision == "mixed_float16"
 
     @property
     def collective(self) -> bool:
@@ -74,7 +79,7 @@ class Steps:
         """The replica's loss and its gradients (not yet summed across replicas)."""
         import tensorflow as tf
 
-        core, optimizer, mixed = self.core, self.optimizer, self.plan.mixed
+        core, optimizer, mixed = self.core, self.optimizer, self.plan.loss_scaled
         with tf.GradientTape() as tape:
             logits = self.logits(inputs, True)
             # Averaged over the global batch: summing the replicas' losses gives the batch mean.

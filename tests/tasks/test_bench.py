@@ -19,7 +19,7 @@ def _check_contract(result, suite, variants):
     assert result["suite"] == suite
     assert result["machine"]["cpus"] >= 1 and "tensorflow" in result["machine"]["versions"]
     assert set(result["variants"]) == variants
-    unit = "examples/s" if suite in ("input", "train", "batch") else "rows/s"
+    unit = "examples/s" if suite in ("input", "train", "batch", "graph") else "rows/s"
     for row in result["variants"].values():
         assert row["throughput"] > 0 and row["unit"] == unit and row["seconds"] > 0 and row["peak_rss_mb"] > 0
     for name, ratio in result["ratios"].items():
@@ -59,6 +59,7 @@ def test_bench_input_contract(tmp_path):
     assert set(result["targets"]) == {"ours/naive >= 5", "ours/floor >= 0.7", "ours_cached/floor >= 0.7"}
 
 
+@pytest.mark.slow  # each trains several models: the slow suite
 def test_bench_train_contract_and_mlflow_run(tmp_path, home):
     from mlflow import MlflowClient
 
@@ -66,10 +67,11 @@ def test_bench_train_contract_and_mlflow_run(tmp_path, home):
     assert main(["bench", "train", "--rows", "4000", "--repeat", "1", "--epochs", "1", "--batch-size", "128",
                  "--no-autotune", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    _check_contract(result, "train", {"ours", "ours_xla", "keras_fit", "workers_1", "workers_2"})
+    _check_contract(result, "train", {"ours", "ours_xla", "ours_bf16", "keras_fit", "workers_1", "workers_2"})
     assert result["params"]["autotune"] is False
-    assert set(result["ratios"]) == {"ours/keras_fit", "ours_xla/ours", "workers_2/workers_1"}
+    assert set(result["ratios"]) == {"ours/keras_fit", "ours_xla/ours", "ours_bf16/ours", "workers_2/workers_1"}
     assert result["checks"]["ours_xla_eval_loss_within_10pct_of_ours"]  # XLA learns what the plain step does
+    assert result["checks"]["ours_bf16_eval_loss_within_10pct_of_ours"]  # so does bfloat16 compute
     assert set(result["final_eval_loss"]) == set(result["variants"])
     assert all(0 < loss < 1 for loss in result["final_eval_loss"].values())  # each variant learned (log loss)
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
@@ -83,6 +85,7 @@ def test_bench_train_contract_and_mlflow_run(tmp_path, home):
     assert run.data.tags["target.ours/keras_fit"] == f"{'met' if met else 'missed'} (>= 1)"
 
 
+@pytest.mark.slow  # each trains several models: the slow suite
 def test_bench_optimize_contract(tmp_path, capsys):
     out = tmp_path / "optimize.json"
     assert main(["bench", "optimize", "--rows", "3000", "--repeat", "1", "--batch-size", "256", "--out", str(out),
@@ -152,6 +155,7 @@ def test_bench_tfx_reports_each_orchestration_against_tfx():
     assert "time_ratios" in format_table(result)
 
 
+@pytest.mark.slow  # each trains several models: the slow suite
 def test_bench_batch_reports_accuracy_per_batch_and_rule(tmp_path, home):
     out = tmp_path / "batch.json"
     assert main(["bench", "batch", "--rows", "3000", "--repeat", "1", "--epochs", "1", "--batch-size", "16",
@@ -164,3 +168,50 @@ def test_bench_batch_reports_accuracy_per_batch_and_rule(tmp_path, home):
     assert rates["batch_16x"] == rates["batch_1x"] == 0.003  # as set
     assert rates["batch_16x_linear"] == pytest.approx(0.048) and rates["batch_16x_sqrt"] == pytest.approx(0.012)
     assert set(result["eval_accuracy"]) == names and all(0.4 < a <= 1 for a in result["eval_accuracy"].values())
+
+
+@pytest.mark.slow
+def test_bench_graph_measures_each_pass_off_in_a_process_of_its_own(tmp_path, capsys):
+    from tasks.bench.graph import DEFAULT_ON
+
+    out = tmp_path / "graph.json"
+    assert main(["bench", "graph", "--rows", "3000", "--repeat", "1", "--epochs", "1", "--batch-size", "128",
+                 "--no-mlflow", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    names = {"defaults", "all_off", *(f"no_{name}" for name in DEFAULT_ON)}
+    _check_contract(result, "graph", names)
+    variants = result["variants"]
+    for name, row in variants.items():
+        assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"] and row["serving_rows_per_second"] > 0, name
+        assert 0 < row["eval_loss"] < 1, name
+    # Grappler ran as configured: with no pass at all the serving graph keeps every node it was traced with.
+    assert variants["all_off"]["serving_nodes"] > variants["defaults"]["serving_nodes"]
+    assert variants["no_arithmetic_optimization"]["serving_nodes"] > variants["defaults"]["serving_nodes"]
+    assert set(result["checks"].values()) == {True}  # each graph answers as the defaults' does
+    assert set(result["latency_ratios"]) == set(result["serving_throughput_ratios"]) == {
+        f"{name}/defaults" for name in names - {"defaults"}}
+    assert "no_remapping/defaults" in capsys.readouterr().out
+
+
+def test_bench_gpu_reports_each_gpu_branch_or_why_it_was_skipped(tmp_path, home, capsys):
+    import tensorflow as tf
+    from mlflow import MlflowClient
+
+    from tasks.bench.gpu import CHECKS
+
+    out = tmp_path / "gpu.json"
+    assert main(["bench", "gpu", "--rows", "3000", "--repeat", "1", "--epochs", "1", "--batch-size", "256",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["suite"] == "gpu"
+    if tf.config.list_physical_devices("GPU"):  # a GPU machine: what ran, ran; the rest says why not
+        assert "one_device" in result["variants"]
+        assert set(result["variants"]) | set(result["skipped"]) >= set(CHECKS) - {"tensorrt_fp16"}
+        assert set(result["checks"].values()) == {True}
+    else:
+        assert result["variants"] == {} and set(result["skipped"]) == set(CHECKS)
+        assert all("no GPU visible to TensorFlow" in reason for reason in result["skipped"].values())
+        assert "tensorflow[and-cuda]==2.16" in capsys.readouterr().out
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tfpipe-bench").experiment_id])
+    assert run.info.run_name == "bench-gpu" and run.info.status == "FINISHED"

@@ -44,6 +44,12 @@ def test_bad_key_is_named(pipeline_file, override, named):
     assert str(pipeline_file) in str(error.value)
 
 
+def test_qat_int8_is_an_opt_in_variant(pipeline_file):
+    assert "qat_int8" not in load_pipeline(pipeline_file).optimize.variants
+    config = load_pipeline(pipeline_file, {"optimize.variants": ["tflite_int8", "qat_int8"], "optimize.qat.epochs": 2})
+    assert config.optimize.variants == ["tflite_int8", "qat_int8"] and config.optimize.qat.epochs == 2
+
+
 def test_missing_required_key_is_named(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("data: {source: x.csv}\ntask: binary\n")
@@ -141,3 +147,14 @@ def test_usable_cpus_follow_the_cpu_affinity():
         preexec_fn=lambda: os.sched_setaffinity(0, {first}), capture_output=True, text=True, check=True,
     )
     assert out.stdout.strip() == "1"
+
+
+def test_graph_options_name_tensorflows_passes(pipeline_file):
+    config = load_pipeline(pipeline_file, {"train.graph_options.remapping": False,
+                                           "train.graph_options.constant_folding": True})
+    assert config.train.graph_options.tf_options() == {"constant_folding": True, "remapping": False}
+    assert load_pipeline(pipeline_file).train.graph_options.tf_options() == {}  # TensorFlow's own defaults
+    everything_off = load_pipeline(pipeline_file, {"train.graph_options.disable_meta_optimizer": True})
+    assert everything_off.train.graph_options.tf_options() == {"disable_meta_optimizer": True}
+    with pytest.raises(ConfigError, match="memory_optimizer"):
+        load_pipeline(pipeline_file, {"train.graph_options.memory_optimizer": False})

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.config import OptimizeConfig, PruningConfig
+from tasks.config import OptimizeConfig, PruningConfig, QatConfig
 from tasks.optimize import optimize_model
 from tasks.artifacts import FEATURES_SIGNATURE, SERVING_SIGNATURE
 
@@ -54,6 +54,36 @@ def test_int8_variant_runs_integer_kernels(optimized):
     assert np.int8 in kinds  # quantized weights and activations
     assert optimized.report["variants"]["tflite_int8"]["quality_drop"] <= 0.02
 
+
+
+@pytest.mark.slow
+def test_qat_int8_variant_is_fine_tuned_measured_and_judged_like_the_others(trained, tmp_path):
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from tasks.quantization import quantize_dense_layers
+
+    config = OptimizeConfig(variants=["tflite_int8", "qat_int8"], representative_examples=64,
+                            qat=QatConfig(epochs=2, batch_size=32), latency_runs=30, throughput_batch=256)
+    result = optimize_model(trained["model"].uri, trained["examples"].uri, config, str(tmp_path / "optimized"),
+                            trained["cache"], trained["work"], throughput_seconds=0.1)
+    variants = result.report["variants"]
+    assert list(variants) == ["saved_model", "tflite_int8", "qat_int8"]
+    row, original, post_training = variants["qat_int8"], variants["saved_model"], variants["tflite_int8"]
+    assert row["kind"] == "tflite" and row["qat_epochs"] == 2 and row["representative_examples"] == 64
+    assert 0 < row["gzip_bytes"] and 0 < row["size_bytes"] < original["size_bytes"]
+    assert 0 < row["latency_p50_ms"] <= row["latency_p99_ms"] and row["throughput_per_second"] > 0
+    assert row["quality_drop"] == pytest.approx(original["accuracy"] - row["accuracy"])
+    assert row["kept"] == (row["quality_drop"] <= config.max_accuracy_drop) and row["kept"]
+    assert row["accuracy"] >= post_training["accuracy"] - 0.02  # the fine-tuning did not break what int8 keeps
+    model = (Path(result.uri) / row["file"]).read_bytes()
+    kinds = {d["dtype"] for d in tf.lite.Interpreter(model_content=model).get_tensor_details()}
+    assert np.int8 in kinds  # quantized weights and activations
+    assert model != (Path(result.uri) / post_training["file"]).read_bytes()  # fine-tuned weights, learned ranges
+    assert sorted(p.name for p in Path(result.uri).iterdir()) == [
+        "_SUCCESS", "model_int8.tflite", "model_qat_int8.tflite", "report.json", "tradeoff.png"]
+    with pytest.raises(ValueError, match="no dense layer"):  # optimize_model records these as skips
+        quantize_dense_layers(keras.Sequential([keras.Input((2,)), keras.layers.Flatten()]))
 
 
 def test_one_converter_makes_every_variant_as_a_fresh_one_would(trained):
