@@ -17,7 +17,8 @@ export UV_COMPILE_BYTECODE := 1
 help:
 	@echo "make demo     run the penguins pipeline through Airflow and print a summary"
 	@echo "make test     run the test suite but the slow suites (about 25 minutes on 2 cores)"
-	@echo "make test-slow  the slow suites: faults, the real-table corpus, the Airflow scheduler path (about 30)"
+	@echo "make test-slow  the slow suites: faults, the real-table corpus, the Airflow scheduler path,"
+	@echo "              the benchmarks that train models (about 35)"
 	@echo "make test-production  the production profile started natively: PostgreSQL, Redis, Celery with"
 	@echo "              two workers, FAB auth, an MLflow server, S3 (installs the production extra; about 15)"
 	@echo "make bench-gpu  every GPU branch (mirrored GPUs, mixed_float16, XLA, TF-TRT) run and measured; installs"

@@ -232,8 +232,8 @@ class TrainConfig(_Frozen):
     )
     mixed_precision: str = Field(
         "auto", description="Compute in 16 bits, weights and the logits in float32: auto (float16 on a GPU, off on "
-        "a CPU, where bfloat16 measured no faster: docs/training.md#precision), on (float16 on a GPU, else "
-        "bfloat16), float16 (with loss scaling), bfloat16, or off."
+        "a CPU), on (float16 on a GPU, else bfloat16: it pays on CPUs with AMX, docs/training.md#precision), "
+        "float16 (with loss scaling), bfloat16, or off."
     )
     jit_compile: str = Field(
         "auto", description="XLA: compile the model's part of the train and eval steps: auto (on a GPU; on "

@@ -94,6 +94,10 @@ def _report(runs: dict[str, list[dict[str, Any]]], params: dict[str, Any], tf_ve
         row["seconds"] = round(params["epochs"] * params["train_examples"] / row["throughput"], 3)
         row.update({key: round(_median(rows, key), 4) for key in
                     ("latency_p50_ms", "latency_p99_ms", "serving_rows_per_second")})
+        # Each run's figures, for the spread between processes (``all_seconds`` is per example).
+        row["all_runs"] = {key: [round(r[key], 4) for r in rows] for key in
+                           ("train_examples_per_second", "latency_p50_ms", "serving_rows_per_second")}
+        del row["all_seconds"]
         row["serving_nodes"], row["eval_loss"] = rows[-1]["serving_nodes"], round(rows[-1]["eval_loss"], 4)
     base = result["variants"]["defaults"]
     result["latency_ratios"] = {f"{name}/defaults": ratio(row["latency_p50_ms"], base["latency_p50_ms"])

@@ -46,7 +46,7 @@ def bench_optimize(rows: int, columns: int = 20, repeat: int = 3, workdir: Path 
                    throughput_batch: int = 1024, latency_runs: int = 200) -> dict:
     import os
 
-    from tasks.config import OptimizeConfig, PruningConfig, TrainConfig
+    from tasks.config import OPTIMIZE_VARIANTS, OptimizeConfig, PruningConfig, QatConfig, TrainConfig
     from tasks.evaluate import eval_data
     from tasks.optimize import (Measurement, Runner, format_report, measure_speed, optimize_model, raw_features,
                                 saved_model_runner, tflite_runner)
@@ -61,8 +61,11 @@ def bench_optimize(rows: int, columns: int = 20, repeat: int = 3, workdir: Path 
                              early_stopping={"patience": None}, tensorboard=False, cache="memory")
         model = train_model(data.uri, data.spec, params, str(root / "model"), root / "ckpt", root / "cache",
                             root / "work")
-        config = OptimizeConfig(pruning=PruningConfig(target_sparsity=0.8, epochs=2, batch_size=256),
-                                latency_runs=latency_runs, throughput_batch=throughput_batch)
+        # Every variant, the opt-in qat_int8 too, measured the same way.
+        config = OptimizeConfig(variants=list(OPTIMIZE_VARIANTS),
+                                pruning=PruningConfig(target_sparsity=0.8, epochs=2, batch_size=256),
+                                qat=QatConfig(epochs=1, batch_size=256), latency_runs=latency_runs,
+                                throughput_batch=throughput_batch)
         optimized = optimize_model(model.uri, data.uri, config, str(root / "optimized"), root / "cache", root / "work")
         measurement = Measurement(latency_runs=latency_runs, throughput_batch=throughput_batch)
         report = optimized.report

@@ -126,8 +126,9 @@ def cpu_has_bfloat16() -> bool:
 def precision_policy(mode: str) -> str:
     """The Keras dtype policy of ``train.mixed_precision``: ``float32``, ``mixed_float16`` (a GPU's
     half precision, with loss scaling) or ``mixed_bfloat16`` (float32's range, no loss scaling).
-    ``auto`` takes float16 on a GPU and float32 on a CPU, where bfloat16 measured no faster for
-    these models even with AMX (docs/training.md#precision); ``on`` takes bfloat16 on a CPU."""
+    ``auto`` takes float16 on a GPU and float32 on a CPU: bfloat16 paid (1.22x) only on a CPU
+    with AMX and at large batches (docs/training.md#precision), so a CPU run opts in with ``on``
+    or ``bfloat16``."""
     import tensorflow as tf
 
     if mode in ("float16", "bfloat16"):

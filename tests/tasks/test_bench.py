@@ -91,7 +91,8 @@ def test_bench_optimize_contract(tmp_path, capsys):
     assert main(["bench", "optimize", "--rows", "3000", "--repeat", "1", "--batch-size", "256", "--out", str(out),
                  "--no-mlflow"]) == 0
     result = json.loads(out.read_text())
-    built = {"saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_range", "tflite_int8", "pruned"}
+    built = {"saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic_range", "tflite_int8", "qat_int8",
+             "pruned"}
     assert built - set(result["rejected"]) <= set(result["variants"]) <= built | {"floor", "tensorrt_fp16"}
     _check_contract(result, "optimize", set(result["variants"]))
     assert result["checks"] == {"every_variant_answered_the_eval_examples": True}
