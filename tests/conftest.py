@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="google")
 # Airflow reads its home when first imported: give the whole session a private one (never
 # ~/airflow), before any test imports airflow.
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="tfpipe-test-airflow-")
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, ignore_errors=True)  # gone with the session, not left in /tmp
 os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent.parent / "dags")
