@@ -102,7 +102,7 @@ def suite_report(suite: str, params: dict, measured: dict[str, dict], rows: dict
             "throughput": round(rows[name] / row["seconds"], 1),
             "unit": unit,
             "seconds": round(row["seconds"], 4),
-            "all_seconds": [round(s, 4) for s in row["all_seconds"]],
+            "all_seconds": [float(f"{s:.4g}") for s in row["all_seconds"]],  # per example in some suites: tiny
             "peak_rss_mb": row["peak_rss_mb"],
         }
     result = {
