@@ -185,6 +185,14 @@ def prepare_examples(root: Path, rows: int, columns: int = 20, task: str = "bina
                             {split: opened.files(split, cache) for split in opened.splits})
 
 
+def training_settings(epochs: int, batch_size: int, hidden_units: tuple[int, ...] = (256, 256)) -> dict[str, Any]:
+    """The ``train`` settings the training benchmarks share: the same schedule and model for every
+    variant, no early stop, TensorBoard or mid-epoch checkpoint, the parsed examples in memory."""
+    return {"epochs": epochs, "batch_size": batch_size, "learning_rate": 0.003, "hidden_units": list(hidden_units),
+            "early_stopping": {"patience": None}, "tensorboard": False, "cache": "memory",
+            "checkpoint_every_steps": 10**9}
+
+
 def compare_statistics(a, b) -> list[str]:
     """Differences between two statistics protos (counts exact, moments to 1e-5)."""
     problems = []

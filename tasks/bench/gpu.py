@@ -89,13 +89,12 @@ def bench_gpu(rows: int, columns: int = 20, repeat: int = 1, epochs: int = 3, ba
 
 def _training(root: Path, data, epochs: int, batch_size: int, name: str):
     """One check's training run on the prepared examples."""
+    from tasks.bench.common import training_settings
     from tasks.config import TrainConfig
     from tasks.training.loop import train_model
 
     def run_once() -> dict[str, Any]:
-        config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=0.003, hidden_units=[256, 256],
-                             early_stopping={"patience": None}, tensorboard=False, cache="memory",
-                             checkpoint_every_steps=10**9, **SETTINGS[name])
+        config = TrainConfig(**training_settings(epochs, batch_size), **SETTINGS[name])
         run = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
         result = train_model(data.uri, data.spec, config, str(run / "model"), run / "ckpt", root / "cache",
                              run / "work")

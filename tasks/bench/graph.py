@@ -121,7 +121,7 @@ def _close(a: list[float], b: list[float], tolerance: float = 0.05) -> bool:
 
 def measure_variant(request: dict[str, Any]) -> dict[str, Any]:
     """Train and serve under one set of graph options (in this process, which must be fresh)."""
-    from tasks.bench.common import PeakRss
+    from tasks.bench.common import PeakRss, training_settings
     from tasks.config import TrainConfig
     from tasks.training.distribution import apply_graph_options
     from tasks.training.loop import train_model
@@ -129,9 +129,8 @@ def measure_variant(request: dict[str, Any]) -> dict[str, Any]:
 
     apply_graph_options(request["graph_options"])
     spec, root = ModelSpec.from_dict(request["spec"]), Path(request["root"])
-    config = TrainConfig(epochs=request["epochs"], batch_size=request["batch_size"], learning_rate=0.003,
-                         hidden_units=[256, 256], early_stopping={"patience": None}, tensorboard=False, cache="memory",
-                         checkpoint_every_steps=10**9, graph_options=request["graph_options"])
+    config = TrainConfig(**training_settings(request["epochs"], request["batch_size"]),
+                         graph_options=request["graph_options"])
     with PeakRss() as rss:
         trained = train_model(request["examples_uri"], spec, config, str(root / "model"), root / "ckpt",
                               Path(request["cache_dir"]), root / "work")

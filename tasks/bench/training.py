@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.bench.common import prepare_examples, run_variants, suite_report
+from tasks.bench.common import prepare_examples, run_variants, suite_report, training_settings
 
 
 def _count(dataset, steps: int) -> int:
@@ -191,9 +191,7 @@ def bench_train(rows: int, columns: int = 20, repeat: int = 3, epochs: int = 3, 
     root = Path(tempfile.mkdtemp(prefix="tfpipe-bench-", dir=workdir))
     try:
         data = prepare_examples(root / "data", rows, columns=columns, task="binary", hidden_units=(256, 256))
-        base = {"epochs": epochs, "batch_size": batch_size, "learning_rate": 0.003, "hidden_units": [256, 256],
-                "early_stopping": {"patience": None}, "tensorboard": False, "cache": "memory",
-                "checkpoint_every_steps": 10**9, "autotune": autotune}
+        base = {**training_settings(epochs, batch_size), "autotune": autotune}
         runs = iter(range(10**6))
 
         def ours(jit_compile: str = "off", precision: str = "off"):
@@ -282,9 +280,9 @@ def bench_batch(rows: int, columns: int = 20, repeat: int = 1, epochs: int = 3, 
     root = Path(tempfile.mkdtemp(prefix="tfpipe-bench-", dir=workdir))
     try:
         data = prepare_examples(root / "data", rows, columns=columns, task="binary", hidden_units=(64, 32))
-        base = {"epochs": epochs, "learning_rate": 0.003, "hidden_units": [64, 32], "warmup_fraction": 0.1,
-                "early_stopping": {"patience": None}, "tensorboard": False, "cache": "memory",
-                "checkpoint_every_steps": 10**9, "batch_size_per_replica": batch_size}
+        # batch_size_per_replica sets the global batch (batch_size is then ignored).
+        base = {**training_settings(epochs, batch_size, (64, 32)), "warmup_fraction": 0.1,
+                "batch_size_per_replica": batch_size}
         runs = iter(range(10**6))
 
         def variant(factor: int, rule: str):
