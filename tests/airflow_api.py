@@ -46,7 +46,10 @@ class Api:
         return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")["state"]
 
     def finished(self, dag_id: str, run_id: str, timeout: float = 900) -> str:
-        return self.wait(lambda: (s := self.run_state(dag_id, run_id)) in ("success", "failed") and s, timeout)
+        try:
+            return self.wait(lambda: (s := self.run_state(dag_id, run_id)) in ("success", "failed") and s, timeout)
+        except TimeoutError as error:  # say where the run stood
+            raise TimeoutError(f"{error}: {dag_id} {run_id} tasks {self.task_states(dag_id, run_id)}") from None
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         found = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances")
