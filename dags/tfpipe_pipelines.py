@@ -66,6 +66,17 @@ def _training_placement() -> dict:
     return placement
 
 
+def _kubernetes_training(source: str):
+    """``train_model`` as the deferrable operator that runs training as a Kubernetes Job."""
+    from dags.kubernetes_training import KubernetesTrainModel
+
+    def train_model(examples, validation):
+        return KubernetesTrainModel(task_id="train_model", pipeline_file=source, examples=examples,
+                                    validation=validation, **_task_args("train_model")).output
+
+    return train_model
+
+
 def build_dag(pipeline_file: Path):
     """One DAG per pipeline file; ``dag_id`` is the pipeline's name."""
     from tasks.config import load_pipeline
@@ -153,6 +164,8 @@ def build_dag(pipeline_file: Path):
 
         tasks = {"ingest_examples": ingest_examples, "validate_examples": validate_examples, "train_model": train_model,
                  "evaluate_model": evaluate_model, "optimize_model": optimize_model, "push_model": push_model}
+        if config.train.runner == "kubernetes":  # submits the training Job, then defers until it ends
+            tasks["train_model"] = _kubernetes_training(source)
         outputs: dict = {}
         for step in STEP_TABLE.values():  # wired as the step table says: each task's inputs, in order
             outputs[step.name] = tasks[step.name](*(outputs[name] for name in step.inputs))

@@ -118,6 +118,11 @@ def checkpoints_uri(artifact_root: str, pipeline: str, run_id: str) -> str:
     return storage.join(run_root(artifact_root, pipeline, run_id), "checkpoints")
 
 
+def training_job_uri(artifact_root: str, pipeline: str, run_id: str) -> str:
+    """Where ``train.runner: kubernetes`` puts each try's request and its chief's result."""
+    return storage.join(run_root(artifact_root, pipeline, run_id), "training_job")
+
+
 def recorded_schema_uri(artifact_root: str, pipeline: str) -> str:
     return storage.join(pipeline_root(artifact_root, pipeline), "schema", "schema.pbtxt")
 

@@ -137,6 +137,30 @@ GRAPH_PASSES = ("constant_folding", "layout_optimizer", "arithmetic_optimization
                 "debug_stripper", "implementation_selector")
 
 
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")  # a Kubernetes quantity, as pods take it
+
+
+class KubernetesTrainConfig(_Frozen):
+    """Each training pod of ``train.runner: kubernetes`` (docs/production.md#training-on-kubernetes).
+    The image, namespace and connection are the deployment's (``TFPIPE_TRAIN_IMAGE``, ...), never a run's."""
+
+    cpu: str = Field("4", description="CPU request of each training pod (a Kubernetes quantity: 4, 500m).")
+    memory: str = Field("16Gi", description="Memory request and limit of each training pod (16Gi, 512Mi).")
+    gpus: int = Field(0, ge=0, le=16, description="nvidia.com/gpu limit of each training pod.")
+    backoff_limit: int = Field(
+        3, ge=0, le=100, description="Container restarts the Job allows (each resumes from the checkpoint copy) "
+        "before it fails; the task's retry then submits a new Job."
+    )
+    poll_seconds: float = Field(30, ge=1, le=3600, description="How often the waiting task reads the Job's status.")
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not _QUANTITY.match(value):
+            raise ValueError(f"must be a Kubernetes quantity such as 4, 500m, 16Gi (got {value!r})")
+        return value
+
+
 class GraphOptions(_Frozen):
     """TensorFlow's graph optimizer (Grappler) passes, on (true), off (false) or as TensorFlow sets
     them (unset), for every graph a step runs: the training and evaluation steps, and the exported
@@ -251,6 +275,11 @@ class TrainConfig(_Frozen):
         True, description="Let tf.data's autotuner set the input pipelines' parallelism and prefetch. false: "
         "every parallel stage on every usable core and the autotuner off, steadier on machines with few cores."
     )
+    runner: str = Field(
+        "local", description="Where training runs: local (this process, or train.workers processes here), or "
+        "kubernetes (an Indexed Job of pods that the task submits and waits for, docs/production.md)."
+    )
+    kubernetes: KubernetesTrainConfig = Field(KubernetesTrainConfig(), description="train.runner kubernetes: each pod.")
     tensorboard: bool = Field(True, description="Write TensorBoard logs (an MLflow artifact).")
     graph_options: GraphOptions = Field(
         GraphOptions(), description="Grappler passes on or off (docs/training.md#graph-optimizations); "
@@ -267,6 +296,11 @@ class TrainConfig(_Frozen):
     @classmethod
     def _known_strategy(cls, value: str) -> str:
         return _one_of(value, STRATEGIES)
+
+    @field_validator("runner")
+    @classmethod
+    def _known_runner(cls, value: str) -> str:
+        return _one_of(value, ("local", "kubernetes"))
 
     @field_validator("optimizer")
     @classmethod

@@ -146,7 +146,8 @@ def step_run(ctx: RunContext, name: str) -> Iterator[MlflowTracker]:
     params = {"config": ctx.config.model_dump(mode="json"), "overrides": json.dumps(ctx.overrides),
               "code_version": code_version()}
     started = time.perf_counter()
-    with tracking.step_run(ctx.identity, name, ctx.try_number, params=params) as tracker:
+    may_wait = name == "train_model" and ctx.config.train.runner == "kubernetes"  # the task defers meanwhile
+    with tracking.step_run(ctx.identity, name, ctx.try_number, params=params, may_wait=may_wait) as tracker:
         if ctx.on_run is not None:
             experiment_id = tracking.experiment_id(ctx.config.name)
             ctx.on_run({"run_id": tracker.run_id, "experiment_id": experiment_id,

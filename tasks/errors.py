@@ -14,3 +14,9 @@ class UserError(ValueError):
 
 class DataError(UserError):
     """Source data that cannot be ingested; the message names the file and the column."""
+
+
+class StepWaiting(Exception):  # noqa: N818 -- not an error: the step goes on when its work ends
+    """The step handed its work to another system and waits for it: its MLflow run stays open,
+    and running the step again (same try) picks the work up where it is. Under Airflow the task
+    defers until then (``dags/kubernetes_training.py``)."""

@@ -294,6 +294,10 @@ def _run_training(ctx: RunContext, tracker: MlflowTracker, examples_uri: str, sp
         "tracking": {"uri": redact(ctx.settings.tracking_uri), "run_id": tracker.run_id},
         "checkpoint_uri": mirror,
     }
+    if params.runner == "kubernetes":  # pods submitted and waited for (under Airflow: the task defers)
+        from tasks.training.kubernetes_runner import train_on_kubernetes
+
+        return ModelArtifact.of(train_on_kubernetes(ctx, request))
     tf_config = os.environ.get("TF_CONFIG")
     if params.strategy == "multi_worker" and not tf_config:
         log.info("starting %d training workers on 127.0.0.1", params.workers)

@@ -16,6 +16,7 @@ TAG_DAG_ID = "airflow.dag_id"
 TAG_DAG_RUN_ID = "airflow.run_id"
 TAG_TASK_ID = "airflow.task_id"
 TAG_TRY = "airflow.try_number"
+TAG_WAITING = "tfpipe.waiting"  # a step run left open while its work runs elsewhere (a deferred task)
 TAG_DAG_RUN_URL = "airflow.dag_run_url"
 TAG_TASK_URL = "airflow.task_instance_url"
 TAG_DAG_RUN_STATE = "airflow.dag_run_state"

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from tasks.errors import StepWaiting
 from tasks.tracking.models import saved_model_pyfunc
 from tasks.tracking.names import (EXPERIMENT_KIND, MLFLOW_LOGGERS, MODEL_TRAINING, NOTE, PARENT_ROLE, STEP_ROLE,
                                   TAG_BASELINE, TAG_BLESSED, TAG_DAG_ID, TAG_DAG_RUN_ID, TAG_DAG_RUN_STATE,
                                   TAG_DAG_RUN_URL, TAG_PIPELINE, TAG_PUSHED_URI, TAG_PUSHED_VERSION, TAG_REGISTRY_URL,
                                   TAG_REGISTRY_VERSION, TAG_ROLE, TAG_RUN_KEY, TAG_TASK_ID, TAG_TASK_URL, TAG_TRY,
-                                  model_version_url)
+                                  TAG_WAITING, model_version_url)
 from tasks.tracking.registry import move_champion_alias, registry_version_for
 
 
@@ -395,8 +396,11 @@ class MlflowTracking:
 
     @contextmanager
     def step_run(self, identity: RunIdentity, step: str, try_number: int,
-                 params: Mapping[str, Any] | None = None) -> Iterator[MlflowTracker]:
-        """A child run for one try of one step, ended FINISHED or FAILED with it."""
+                 params: Mapping[str, Any] | None = None, may_wait: bool = False) -> Iterator[MlflowTracker]:
+        """A child run for one try of one step, ended FINISHED or FAILED with it.
+
+        A step that ``may_wait`` for work elsewhere (:class:`~tasks.errors.StepWaiting`) leaves
+        its run open, and running that try again goes on in the same run."""
         parent_id = self.parent_run_id(identity, params)
         self.set_parent_status(parent_id, "RUNNING")
         tags = {
@@ -414,15 +418,33 @@ class MlflowTracking:
             tags[TAG_DAG_RUN_URL] = identity.dag_run_url()
             tags[NOTE] = (f"Airflow task instance: [{identity.dag_id} / {step} (try {try_number})]"
                           f"({identity.task_url(step)}) of DAG run [{identity.run_id}]({identity.dag_run_url()})")
-        run = self.client.create_run(self.experiment_id(identity.pipeline), run_name=step, tags=tags)
-        tracker = MlflowTracker(self.client, run.info.run_id, parent_id)
+        run_id = self._waiting_step_run(identity, parent_id, step, try_number) if may_wait else None
+        if run_id is None:
+            run_id = self.client.create_run(self.experiment_id(identity.pipeline), run_name=step, tags=tags).info.run_id
+        tracker = MlflowTracker(self.client, run_id, parent_id)
         try:
             yield tracker
+        except StepWaiting:
+            self.client.set_tag(run_id, TAG_WAITING, "true")  # open: the step goes on in this run
+            raise
         except BaseException:
-            self.client.set_terminated(run.info.run_id, status="FAILED")
+            self.client.set_terminated(run_id, status="FAILED")
             self.set_parent_status(parent_id, "FAILED")
             raise
-        self.client.set_terminated(run.info.run_id, status="FINISHED")
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def _waiting_step_run(self, identity: RunIdentity, parent_id: str, step: str, try_number: int) -> str | None:
+        """The open run of this try of ``step`` if it waited for work elsewhere (a deferred task), else None."""
+        runs = self.client.search_runs(
+            [self.experiment_id(identity.pipeline)],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{TAG_WAITING}` = 'true'",
+        )
+        for run in runs:
+            tags = run.data.tags
+            if (tags.get(TAG_TASK_ID), tags.get(TAG_TRY), run.info.status) == (step, str(try_number), "RUNNING"):
+                self.client.set_tag(run.info.run_id, TAG_WAITING, "false")
+                return run.info.run_id
+        return None
 
 
     def record_operation(self, experiment: str, run_name: str, role: str, params: Mapping[str, Any],

@@ -76,16 +76,17 @@ def tf_config_for_pod(env: Mapping[str, str]) -> dict[str, Any] | None:
 
 
 def _container(image: str, request_uri: str, layout: Mapping[str, Any], cpu: str, memory: str, gpus: int,
-               parameter_servers: int) -> dict[str, Any]:
+               parameter_servers: int, cluster: bool = True) -> dict[str, Any]:
     resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
     if gpus:
         resources["limits"]["nvidia.com/gpu"] = gpus
     env = [
-        {"name": CLUSTER_ENV, "value": json.dumps(layout)},
         # Kubernetes sets it in an Indexed Job's pods; the downward API makes that explicit.
         {"name": INDEX_ENV, "valueFrom": {"fieldRef": {
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
     ]
+    if cluster:  # a lone pod (one_device, mirrored) trains without a TF_CONFIG
+        env.insert(0, {"name": CLUSTER_ENV, "value": json.dumps(layout)})
     if parameter_servers:
         env.append({"name": "GRPC_FAIL_FAST", "value": "use_caller"})
     return {
@@ -101,11 +102,14 @@ def _container(image: str, request_uri: str, layout: Mapping[str, Any], cpu: str
 
 def job_manifests(name: str, image: str, workers: int, request_uri: str, *, namespace: str = "default",
                   cpu: str = "4", memory: str = "16Gi", gpus: int = 0, parameter_servers: int = 0,
-                  backoff_limit: int = 3) -> list[dict[str, Any]]:
+                  backoff_limit: int = 3, cluster: bool = True) -> list[dict[str, Any]]:
     """The headless Service and the Indexed Job of one training cluster (``kubectl apply`` order).
 
-    ``request_uri`` is the training request on storage every pod reads (S3).
+    ``request_uri`` is the training request on storage every pod reads (S3). ``cluster=False``:
+    one pod (``workers=1``) that trains alone, without a ``TF_CONFIG``.
     """
+    if not cluster and (workers != 1 or parameter_servers):
+        raise ValueError("a pod that trains alone is one worker without parameter servers")
     _check(name, namespace, workers, parameter_servers)
     layout = cluster_layout(name, workers, namespace, parameter_servers)
     pods = sum(len(addresses) for addresses in layout.values())
@@ -130,7 +134,8 @@ def job_manifests(name: str, image: str, workers: int, request_uri: str, *, name
             "spec": {
                 "subdomain": name,
                 "restartPolicy": "OnFailure",
-                "containers": [_container(image, request_uri, layout, cpu, memory, gpus, parameter_servers)],
+                "containers": [_container(image, request_uri, layout, cpu, memory, gpus, parameter_servers,
+                                                      cluster)],
             },
         },
     }

@@ -310,8 +310,12 @@ def run_worker(request_path: Path) -> int:
     if role.is_chief and request.get("result_path"):
         import resource
 
+        from tasks import storage
+
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        Path(request["result_path"]).write_text(json.dumps({**result.to_dict(), "peak_rss_mb": round(peak_mb, 1)}))
+        # A local file for the local launcher; object storage for a pod (tasks/training/kubernetes_runner.py).
+        storage.write_bytes(request["result_path"],
+                            json.dumps({**result.to_dict(), "peak_rss_mb": round(peak_mb, 1)}).encode())
     return 0
 
 
@@ -409,12 +413,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if derived is not None:
             os.environ["TF_CONFIG"] = json.dumps(derived)
     if "://" in request:  # a pod reads its request from shared storage
-        from tasks import storage
-
-        local = Path("/tmp") / "tfpipe-request.json"
-        local.write_bytes(storage.read_bytes(request))
-        request = str(local)
+        request = str(_pod_request(request))
     return run_worker(Path(request))
+
+
+def _pod_request(uri: str) -> Path:
+    """A pod's request, downloaded, its relative folders placed in the pod's temporary folder."""
+    import tempfile
+
+    from tasks import storage
+
+    scratch = Path(tempfile.gettempdir()) / "tfpipe"
+    request = json.loads(storage.read_bytes(uri))
+    for key in ("checkpoint_dir", "cache_dir", "work_dir"):
+        if not Path(request[key]).is_absolute():
+            request[key] = str(scratch / request[key])
+    local = scratch / "request.json"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_text(json.dumps(request))
+    return local
 
 
 if __name__ == "__main__":

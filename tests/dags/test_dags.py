@@ -182,6 +182,29 @@ def test_a_broken_pipeline_config_is_shown_as_its_own_dag_and_hides_no_other(tmp
     assert broken.task_dict["report_config_error"].retries == 0
 
 
+def test_training_on_kubernetes_is_a_deferrable_task_in_the_same_graph(tmp_path, monkeypatch):
+    """``train.runner: kubernetes``: train_model submits the Job and defers (dags/kubernetes_training.py),
+    with the step table's retries and timeout, between the same tasks."""
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    from dags.kubernetes_training import KubernetesTrainModel
+
+    config = yaml.safe_load((DAGS / "pipelines" / "penguins.yaml").read_text())
+    config["train"] = {**config.get("train", {}), "runner": "kubernetes", "strategy": "multi_worker", "workers": 4}
+    folder = _dags_copy(tmp_path, {"kube.yaml": yaml.safe_dump(config)})
+    monkeypatch.setenv("TFPIPE_PIPELINES_DIR", str(folder / "pipelines"))
+    bag = DagBag(dag_folder=str(folder))
+    assert bag.import_errors == {}
+    dag = bag.dags["kube"]
+    train = dag.task_dict["train_model"]
+    assert type(train).__name__ == KubernetesTrainModel.__name__ and hasattr(train, "execute_complete")
+    assert train.upstream_task_ids == {"ingest_examples", "validate_examples"}
+    assert {"evaluate_model", "optimize_model", "push_model"} <= train.downstream_task_ids
+    assert train.retries >= 1 and train.execution_timeout is not None
+    assert set(train.template_fields) == {"examples", "validation"}
+
+
 FAILURE_SCRIPT = r"""
 import json, os, sys
 from datetime import timedelta
