@@ -80,3 +80,26 @@ def test_the_gpu_template_is_where_the_values_and_the_image_put_it(values):
     control = (REPO / "docker" / "control-plane.Dockerfile").read_text()
     assert f"COPY --chown=airflow:0 docker/kubernetes/gpu-pod-template.yaml {path}" in control
     assert "apache-airflow-providers-cncf-kubernetes==" in control  # the KubernetesExecutor
+
+
+def test_training_jobs_rbac_lets_the_workers_and_triggerer_manage_them(values):
+    """train.runner: kubernetes: the workers submit and delete Jobs and Services, the triggerer
+    reads Jobs, and the pods run as the service account the values name."""
+    docs = list(yaml.safe_load_all((REPO / "docker" / "kubernetes" / "training-rbac.yaml").read_text()))
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    by_kind = {doc["kind"]: doc for doc in docs}
+    env = {e["name"]: e.get("value") for e in values["env"]}
+    assert by_kind["ServiceAccount"]["metadata"]["name"] == env["TFPIPE_TRAIN_SERVICE_ACCOUNT"]
+    assert {doc["metadata"]["namespace"] for doc in docs} == {env["TFPIPE_TRAIN_NAMESPACE"]}
+    bound = {s["name"] for s in by_kind["RoleBinding"]["subjects"]}
+    assert bound == {values["workers"]["serviceAccount"]["name"], values["triggerer"]["serviceAccount"]["name"]}
+    granted = {(group, resource): set(rule["verbs"]) for rule in by_kind["Role"]["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert {"create", "get", "list", "delete"} <= granted[("batch", "jobs")]  # tasks/training/kubernetes_runner.py
+    assert {"create", "get", "list", "delete"} <= granted[("", "services")]
+    image = values["images"]["pod_template"]
+    assert env["TFPIPE_TRAIN_IMAGE"] == f"{image['repository']}:{image['tag']}"
+    from tasks.training.kubernetes_runner import Placement
+
+    assert Placement.from_env(env).service_account == "tfpipe-training"  # the values pass its checks

@@ -102,7 +102,8 @@ def _container(image: str, request_uri: str, layout: Mapping[str, Any], cpu: str
 
 def job_manifests(name: str, image: str, workers: int, request_uri: str, *, namespace: str = "default",
                   cpu: str = "4", memory: str = "16Gi", gpus: int = 0, parameter_servers: int = 0,
-                  backoff_limit: int = 3, cluster: bool = True) -> list[dict[str, Any]]:
+                  backoff_limit: int = 3, cluster: bool = True,
+                  service_account: str | None = None) -> list[dict[str, Any]]:
     """The headless Service and the Indexed Job of one training cluster (``kubectl apply`` order).
 
     ``request_uri`` is the training request on storage every pod reads (S3). ``cluster=False``:
@@ -134,6 +135,7 @@ def job_manifests(name: str, image: str, workers: int, request_uri: str, *, name
             "spec": {
                 "subdomain": name,
                 "restartPolicy": "OnFailure",
+                **({"serviceAccountName": service_account} if service_account else {}),
                 "containers": [_container(image, request_uri, layout, cpu, memory, gpus, parameter_servers,
                                                       cluster)],
             },

