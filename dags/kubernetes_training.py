@@ -9,11 +9,22 @@ the Job's failure (the task's next try submits a new Job, which resumes from the
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from airflow.sdk import BaseOperator
 
 from dags.airflow_support import run_context, tfpipe_step
+
+
+def hook_cluster(conn_id: str) -> Any:
+    """The training Jobs' cluster through the cncf.kubernetes provider's hook and connection ``conn_id``."""
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    from tasks.training.kubernetes_runner import Cluster
+
+    hook = KubernetesHook(conn_id=conn_id)
+    return Cluster(hook.core_v1_client, hook.batch_v1_client)
 
 
 class KubernetesTrainModel(BaseOperator):
@@ -42,6 +53,7 @@ class KubernetesTrainModel(BaseOperator):
         def train_model() -> Any:
             ctx = run_context(self.pipeline_file, context["params"], context["run_id"], context.get("ds"),
                               context["ti"])
+            ctx = dataclasses.replace(ctx, kubernetes=hook_cluster)
             return steps.run_step("train_model", ctx, self.examples, self.validation)
 
         try:

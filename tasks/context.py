@@ -44,6 +44,9 @@ class RunContext:
     # Told where each step's MLflow run is ({"run_id", "experiment_id", "run_url", "experiment_url"}),
     # as soon as it exists: the DAG pushes it to XCom for the Airflow UI's links.
     on_run: Callable[[dict[str, str]], None] | None = None
+    # How train.runner kubernetes reaches the cluster: a connection id to a
+    # tasks.training.kubernetes_runner.Cluster (the DAG's: Airflow's hook); None: the kubeconfig.
+    kubernetes: Callable[[str], Any] | None = None
 
     @property
     def identity(self) -> RunIdentity:

@@ -2,7 +2,7 @@
 
 The step writes its training request beside the run's artifacts (object storage every pod
 reads), submits the headless Service and the Indexed Job of :mod:`tasks.training.kubernetes`
-through the cncf.kubernetes provider's ``KubernetesHook`` (the Airflow connection
+(under Airflow through the cncf.kubernetes provider's ``KubernetesHook`` and the connection
 ``TFPIPE_KUBERNETES_CONN_ID``, default ``kubernetes_default``; outside Airflow, the kubeconfig),
 and then waits: under Airflow it raises :class:`TrainingSubmitted` and the task defers on the
 provider's ``KubernetesJobTrigger`` (no worker slot held); ``tfpipe run`` polls. When the Job
@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -122,17 +123,26 @@ def manifests(name: str, key: str, placement: Placement, params: Any, request_ur
 
 
 class Cluster:
-    """The Kubernetes API, through the cncf.kubernetes provider's hook (an Airflow connection, or
-    the kubeconfig when ``conn_id`` is None)."""
+    """The Kubernetes API through the ``kubernetes`` client's CoreV1 and BatchV1 APIs: under
+    Airflow, those of the cncf.kubernetes provider's hook (``dags/kubernetes_training.py`` puts
+    the factory in the run's context); elsewhere, the in-cluster config or the kubeconfig."""
 
-    def __init__(self, conn_id: str | None) -> None:
+    def __init__(self, core: Any, batch: Any) -> None:
+        self.core, self.batch = core, batch
+
+    @classmethod
+    def from_kubeconfig(cls, conn_id: str | None = None) -> Cluster:
+        """The cluster this process is in, else the kubeconfig's (``KUBECONFIG``); ``conn_id`` is Airflow's."""
         try:
-            from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+            from kubernetes import client, config
         except ImportError as error:
-            raise UserError("train.runner kubernetes needs Airflow's cncf.kubernetes provider: install tfpipe "
-                            "with its production extra (uv sync --extra production)") from error
-        self.hook = KubernetesHook(conn_id=conn_id)
-        self.core, self.batch = self.hook.core_v1_client, self.hook.batch_v1_client
+            raise UserError("train.runner kubernetes needs the kubernetes client: install tfpipe with its "
+                            "production extra (uv sync --extra production)") from error
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:  # KUBECONFIG as it is now: the client reads it once, at import
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
+        return cls(client.CoreV1Api(), client.BatchV1Api())
 
     def job(self, name: str, namespace: str) -> Any | None:
         from kubernetes.client.rest import ApiException
@@ -167,13 +177,24 @@ class Cluster:
         self.batch.create_namespaced_job(namespace, job)
 
     def wait(self, name: str, namespace: str, poll_seconds: float) -> None:
-        self.hook.wait_until_job_complete(name, namespace, job_poll_interval=poll_seconds)
+        """Until the Job has ended (``tfpipe run``; under Airflow the task defers instead)."""
+        while (job := self.job(name, namespace)) is not None and not (self.failure(job) or self.succeeded(job)):
+            time.sleep(poll_seconds)
+
+    @staticmethod
+    def _condition(job: Any, kind: str) -> Any | None:
+        for condition in (job.status.conditions if job.status else None) or ():
+            if condition.type == kind and condition.status == "True":
+                return condition
+        return None
 
     def failure(self, job: Any) -> str | None:
-        return self.hook.is_job_failed(job) or None
+        """Why the Job failed (its ``Failed`` condition's reason and message), or None."""
+        failed = self._condition(job, "Failed")
+        return None if failed is None else ": ".join(filter(None, (failed.reason, failed.message))) or "Failed"
 
     def succeeded(self, job: Any) -> bool:
-        return bool(self.hook.is_job_successful(job))
+        return self._condition(job, "Complete") is not None
 
 
 def train_on_kubernetes(ctx: Any, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,7 +212,7 @@ def train_on_kubernetes(ctx: Any, request: Mapping[str, Any]) -> dict[str, Any]:
     name, key = job_name(ctx.config.name, ctx.run_id, ctx.try_number), run_key(ctx.config.name, ctx.run_id)
     folder = artifacts.training_job_uri(ctx.settings.artifact_root, ctx.config.name, ctx.run_id)
     result_uri = storage.join(folder, f"{name}.result.json")
-    cluster = Cluster(placement.conn_id if under_airflow else None)
+    cluster = (ctx.kubernetes or Cluster.from_kubeconfig)(placement.conn_id)
     where = f"{placement.namespace}/{name}"
     while True:
         if storage.exists(result_uri):

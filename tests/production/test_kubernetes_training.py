@@ -82,11 +82,11 @@ def test_tfpipe_run_trains_as_an_indexed_job_of_two_pods_and_pushes(tmp_path, cl
     assert model_store.versions("s3://runs/store", "kube") == [1]  # pushed
 
 
-def _first_mirrored_checkpoint(mirror: str, thread) -> None:
+def _first_mirrored_checkpoint(mirror: str, thread, outcome: dict) -> None:
     from tasks import storage
 
     def mirrored() -> bool:
-        assert thread.is_alive(), "training ended before a checkpoint was mirrored"
+        assert thread.is_alive(), f"training ended before a checkpoint was mirrored: {outcome}"
         return storage.exists(f"{mirror}/latest/checkpoint")
 
     wait_for(mirrored, timeout=600, poll=0.2)
@@ -118,7 +118,7 @@ def test_a_failed_job_is_replaced_by_the_next_try_which_resumes_from_the_checkpo
     thread = threading.Thread(target=first_try)
     thread.start()
     mirror = artifacts.checkpoints_uri(settings.artifact_root, "kube", "r2")
-    _first_mirrored_checkpoint(mirror, thread)
+    _first_mirrored_checkpoint(mirror, thread, outcome)
     first = job_name("kube", "r2", 1)
     chief = cluster.job("default", first).pods[0].proc
     os.killpg(chief.pid, signal.SIGKILL)  # the chief's machine is lost; backoffLimit 0: the Job fails
